@@ -1,0 +1,26 @@
+"""Chalice entry point: middleware, blueprints and one-line event handlers."""
+
+from chalice import Chalice, CORSConfig
+
+from chalicelib.api import jobs, meta, middleware, reports
+from chalicelib.settings import get_settings
+
+settings = get_settings()
+app = Chalice(app_name="async-reports")
+app.api.cors = CORSConfig(
+    allow_origin=settings.cors_allow_origin,
+    allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match"],
+    expose_headers=["Location", "Retry-After", "ETag"],
+    max_age=600,
+)
+app.register_middleware(middleware.guard, "http")
+app.register_blueprint(meta.bp)
+app.register_blueprint(reports.bp, url_prefix="/api/v1")
+app.register_blueprint(jobs.bp, url_prefix="/api/v1")
+
+
+@app.on_sqs_message(queue=f"{settings.prefix}-work", batch_size=10)
+def process_work(event):
+    from chalicelib import worker  # the API function never imports the worker (cold start)
+
+    return worker.handle_batch(event.to_dict(), event.context)

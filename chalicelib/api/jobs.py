@@ -1,0 +1,94 @@
+"""Job routes: generate, poll, list, cancel and the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import Blueprint, Response
+
+from chalicelib import clock, paging
+from chalicelib.api import http
+from chalicelib.api.routes import handled
+from chalicelib.errors import NotAsyncReport, ValidationFailed
+from chalicelib.jobs import idempotency, service
+from chalicelib.jobs.create import create_job
+from chalicelib.jobs.states import TERMINAL, JobStatus
+from chalicelib.lines.validation import check_period
+from chalicelib.reports import service as reports
+from chalicelib.settings import get_settings
+from chalicelib.tables import Job
+
+bp = Blueprint(__name__)
+
+
+def _poll_headers(job: Job) -> dict[str, str]:
+    if JobStatus(job.status) in TERMINAL:
+        return {}
+    return {"Retry-After": str(get_settings().poll_interval_seconds)}
+
+
+def _generate(request: dict[str, Any]) -> dict[str, Any]:
+    """Create the job and build the 202 response (replayed as is for a repeated Idempotency-Key)."""
+    report = reports.get_for_generation(request["principal"], request["reportId"])
+    if {"type": "api", "mode": "async"} not in report.delivery_targets:
+        raise NotAsyncReport("Report is not configured for asynchronous generation.")
+    job = create_job(request["userId"], report, request["period"])
+    body = service.to_dict(job, request["baseUrl"])
+    return {"status": 202, "headers": {"Location": body["statusUrl"], **_poll_headers(job)}, "body": body}
+
+
+@bp.route("/reports/{reportId}/generate", methods=["POST"])
+@handled
+def generate(reportId: str) -> Response:  # noqa: N803
+    req = bp.current_request
+    body = http.json_body(req, required=False)
+    if body is not None and (not isinstance(body, dict) or not set(body) <= {"period"}):
+        raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
+    period = check_period((body or {}).get("period") or clock.now().strftime("%Y-%m"))
+    who = http.principal(req)
+    request = {"principal": who, "userId": who.user_id, "reportId": reportId, "period": period,
+               "baseUrl": http.base_url(req), "body": body}
+    key = req.headers.get("idempotency-key")
+    if key is None:
+        out = _generate(request)
+    else:
+        out = idempotency.once(who.user_id, key, {"reportId": reportId, "body": body},
+                               lambda: _generate(request))
+    return Response(body=out["body"], status_code=out["status"], headers=out["headers"])
+
+
+@bp.route("/jobs/{jobId}", methods=["GET"])
+@handled
+def get_job(jobId: str) -> Response:  # noqa: N803
+    req = bp.current_request
+    job = service.get_job(http.principal(req).user_id, jobId)
+    return http.cached_json(req, service.to_dict(job, http.base_url(req)), _poll_headers(job))
+
+
+@bp.route("/jobs", methods=["GET"])
+@handled
+def list_jobs() -> dict:
+    req = bp.current_request
+    size = paging.page_size(http.query(req, "pageSize"))
+    raw_page = http.query(req, "page")
+    if raw_page is not None and (not raw_page.isdigit() or not 1 <= int(raw_page) <= 10_000):
+        raise ValidationFailed("page: must be an integer from 1 to 10000.", field="page")
+    out = service.list_jobs(http.principal(req).user_id, http.query(req, "status"), size,
+                            int(raw_page) if raw_page else None, http.query(req, "nextToken"))
+    base = http.base_url(req)
+    return {**out, "items": [service.to_dict(job, base) for job in out["items"]]}
+
+
+@bp.route("/jobs/{jobId}", methods=["DELETE"])
+@handled
+def cancel_job(jobId: str) -> dict:  # noqa: N803
+    req = bp.current_request
+    job = service.cancel_job(http.principal(req).user_id, jobId)
+    return service.to_dict(job, http.base_url(req))
+
+
+@bp.route("/jobs/{jobId}/events", methods=["GET"])
+@handled
+def job_events(jobId: str) -> dict:  # noqa: N803
+    req = bp.current_request
+    return {"items": service.events(http.principal(req).user_id, jobId)}

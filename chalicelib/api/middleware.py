@@ -1,0 +1,36 @@
+"""HTTP middleware: authentication for every protected route, and uniform error bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from chalice import Response
+from chalice.app import Request
+
+from chalicelib.api import problems
+from chalicelib.auth import principal_from_header
+from chalicelib.errors import Unauthorized
+from chalicelib.settings import get_settings
+
+log = logging.getLogger(__name__)
+PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json"})
+
+
+def guard(request: Request, get_response: Callable[[Request], Response]) -> Response:
+    if request.method != "OPTIONS" and request.path not in PUBLIC_PATHS:
+        try:
+            request.principal = principal_from_header(request.headers.get("authorization"), get_settings())
+        except Unauthorized as err:
+            # The reason goes to the caller; the token itself is never logged.
+            log.info("rejected token", extra={"reason": err.detail, "path": request.path})
+            return _with_cors(problems.from_error(err))
+    return _with_cors(problems.normalize(get_response(request)))
+
+
+def _with_cors(response: Response) -> Response:
+    origin = get_settings().cors_allow_origin
+    if origin and not any(k.lower() == "access-control-allow-origin" for k in response.headers):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Location,Retry-After,ETag"
+    return response

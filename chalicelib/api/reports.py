@@ -1,0 +1,57 @@
+"""Report configurations and expense lines."""
+
+from __future__ import annotations
+
+from chalice import Blueprint, Response
+
+from chalicelib import paging
+from chalicelib.api import http
+from chalicelib.api.routes import created, handled
+from chalicelib.errors import UnsupportedMediaType, ValidationFailed
+from chalicelib.lines import store, validation
+from chalicelib.reports import service
+from chalicelib.settings import get_settings
+
+bp = Blueprint(__name__)
+BODY_TYPES = ["application/json", "text/csv"]
+
+
+@bp.route("/reports", methods=["POST"], content_types=BODY_TYPES)
+@handled
+def create_report() -> Response:
+    request = bp.current_request
+    report = service.create_report(http.principal(request), http.json_body(request))
+    return created(service.to_dict(report), {"Location": f"/api/v1/reports/{report.report_id}"})
+
+
+@bp.route("/reports/{reportId}", methods=["GET"])
+@handled
+def get_report(reportId: str) -> dict:  # noqa: N803 (Chalice passes path params by name)
+    return service.to_dict(service.get_visible(http.principal(bp.current_request), reportId))
+
+
+@bp.route("/expenses", methods=["POST"], content_types=BODY_TYPES)
+@handled
+def import_expenses() -> Response:
+    request = bp.current_request
+    limit = get_settings().max_import_lines
+    kind = http.media_type(request)
+    if kind == "text/csv":
+        lines = validation.parse_csv(http.raw_text(request), limit)
+    elif kind == "application/json":
+        body = http.json_body(request)
+        if not isinstance(body, dict) or set(body) != {"lines"}:
+            raise ValidationFailed('The body must be {"lines": [...]}.', field="lines")
+        lines = validation.validate_lines(body["lines"], limit)
+    else:
+        raise UnsupportedMediaType("Send application/json or text/csv.")
+    return created(store.import_lines(http.principal(request), lines))
+
+
+@bp.route("/expenses", methods=["GET"])
+@handled
+def list_expenses() -> dict:
+    request = bp.current_request
+    period = validation.check_period(http.query(request, "period"))
+    size = paging.page_size(http.query(request, "pageSize"), default=100, maximum=1000)
+    return store.list_lines(http.principal(request), period, size, http.query(request, "nextToken"))

@@ -1,0 +1,112 @@
+"""Job queries and user actions (read, list, cancel, events), each scoped to the caller."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from chalicelib import paging
+from chalicelib.errors import Conflict, NotFound, ValidationFailed
+from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, transition
+from chalicelib.tables import Job, JobEvent
+
+
+def get_job(owner_id: str, job_id: str) -> Job:
+    """The caller's job, or 404 whether it is missing, someone else's or past retention."""
+    try:
+        job = Job.get(job_id, consistent_read=True) if _plausible_id(job_id) else None
+    except Job.DoesNotExist:
+        job = None
+    # DynamoDB deletes expired items days late; an expired job must already read as gone.
+    if job is None or job.owner_id != owner_id or job.expires_at.timestamp() < time.time():
+        raise NotFound(f"Job '{job_id}' was not found.")
+    return job
+
+
+def _plausible_id(job_id: str) -> bool:
+    return 0 < len(job_id) <= 64 and job_id.replace("-", "").isalnum() and job_id.isascii()
+
+
+def to_dict(job: Job, base_url: str) -> dict[str, Any]:
+    status_url = f"{base_url}/api/v1/jobs/{job.job_id}"
+    total = int(job.total_lines)
+    processed = int(job.processed_lines)
+    if job.status == JobStatus.COMPLETED.value:
+        percent = 100
+    else:
+        percent = min(99, processed * 100 // total) if total else 0
+    return {
+        "jobId": job.job_id, "reportId": job.report_id, "period": job.period, "type": job.type,
+        "status": job.status, "statusMessage": job.status_message, "progressPercent": percent,
+        "totalLines": total, "processedLines": processed, "failedLines": int(job.failed_lines),
+        "cachedLines": int(job.cached_lines), "retryCount": int(job.retry_count), "trigger": job.trigger,
+        "createdAt": job.created_at, "startedAt": job.started_at, "updatedAt": job.updated_at,
+        "completedAt": job.completed_at, "estimatedCompletionAt": job.estimated_completion_at,
+        "errorMessage": job.error_message, "statusUrl": status_url,
+        "resultUrl": f"{status_url}/result" if job.status == JobStatus.COMPLETED.value else None,
+    }
+
+
+def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, token: str | None) -> dict[str, Any]:
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise ValidationFailed(f"status: must be one of {', '.join(s.value for s in JobStatus)}.", field="status")
+    start = paging.decode(token)
+    if start is not None:
+        if set(start) != {"jobId", "createdAt", "page"} or not isinstance(start["page"], int):
+            raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
+        page = start["page"]
+    page = page or 1
+    condition = (Job.status == status) if status else None
+    now = time.time()
+    items: list[Job] = []
+    total = 0
+    skip = 0 if start else (page - 1) * size
+    after = (str(start["createdAt"]), str(start["jobId"])) if start else None
+    passed = after is None
+    # Newest first; totalCount is exact, so the whole (TTL-bounded) list is walked once.
+    for job in Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False):
+        if job.expires_at.timestamp() < now:
+            continue
+        total += 1
+        if not passed:
+            # Resume just past the cursor's job (newest first: skip what is newer or equal).
+            if job.job_id == after[1] or job.created_at > after[0]:
+                passed = job.job_id == after[1]
+                continue
+            passed = True
+        if skip:
+            skip -= 1
+            continue
+        if len(items) <= size:
+            items.append(job)
+    more = len(items) > size
+    items = items[:size]
+    token_out = paging.encode({"jobId": items[-1].job_id, "createdAt": items[-1].created_at, "page": page + 1}) \
+        if more else None
+    return {"items": items, "page": page, "pageSize": size, "totalCount": total, "nextToken": token_out}
+
+
+def cancel_job(owner_id: str, job_id: str) -> Job:
+    """Queued jobs are cancelled at once; Processing ones are asked to stop."""
+    for _ in range(3):
+        job = get_job(owner_id, job_id)
+        status = JobStatus(job.status)
+        if status in TERMINAL:
+            raise Conflict(f"The job is already {status.value}.", status=status.value)
+        if status is JobStatus.CANCELLATION_REQUESTED:
+            return job
+        try:
+            if status is JobStatus.QUEUED:
+                return transition(job, JobStatus.CANCELLED, "cancelled", {"by": "user"},
+                                  actions=[Job.status_message.set("Cancelled before it started")])
+            return transition(job, JobStatus.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
+                              actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
+        except TransitionRaced:
+            continue  # the worker moved it meanwhile: look again
+    raise Conflict("The job kept changing while it was being cancelled; try again.")
+
+
+def events(owner_id: str, job_id: str) -> list[dict[str, Any]]:
+    get_job(owner_id, job_id)
+    return [{"at": e.at, "type": e.type, "detail": e.detail or {}}
+            for e in JobEvent.query(job_id, consistent_read=True)]

@@ -1,0 +1,114 @@
+"""The job state machine: the only code that writes a job's status."""
+
+from __future__ import annotations
+
+import uuid
+from enum import Enum
+from typing import Any, Iterable
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from chalicelib import clock
+from chalicelib.errors import ActiveJobExists, InvalidTransition
+from chalicelib.settings import get_settings
+from chalicelib.tables import Control, Job, JobEvent
+
+
+class JobStatus(str, Enum):
+    QUEUED = "Queued"
+    PROCESSING = "Processing"
+    CANCELLATION_REQUESTED = "CancellationRequested"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+S = JobStatus
+TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
+ACTIVE = frozenset(set(S) - TERMINAL)
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED, S.FAILED}),
+    S.PROCESSING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLATION_REQUESTED}),
+    S.CANCELLATION_REQUESTED: frozenset({S.CANCELLED, S.FAILED}),
+    S.FAILED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+    S.COMPLETED: frozenset(),
+}
+
+
+class TransitionRaced(InvalidTransition):
+    """The job's status changed between our read and our conditional write."""
+
+
+def event_item(job_id: str, kind: str, detail: dict[str, Any] | None = None) -> JobEvent:
+    moment = clock.now()
+    return JobEvent(
+        job_id,
+        f"{moment.strftime('%Y-%m-%dT%H:%M:%S.%f')}#{uuid.uuid4().hex[:8]}",
+        at=clock.iso(moment),
+        type=kind,
+        detail=detail or {},
+        expires_at=clock.expiry(get_settings().retention_days),
+    )
+
+
+def lock_key(owner_id: str, report_id: str, period: str) -> str:
+    return f"lock#{owner_id}#{report_id}#{period}"
+
+
+def transition(
+    job: Job,
+    to: JobStatus,
+    event: str,
+    detail: dict[str, Any] | None = None,
+    actions: Iterable[Action] = (),
+    condition: Condition | None = None,
+) -> Job:
+    """Move `job` to `to` with one conditional write that also appends `event`.
+
+    Raises InvalidTransition when the move is not allowed from the job's status,
+    and TransitionRaced when another writer changed the status first.
+    """
+    current = JobStatus(job.status)
+    if to not in TRANSITIONS[current]:
+        raise InvalidTransition(f"A {current.value} job cannot become {to.value}.")
+    stamp = clock.iso(clock.now())
+    updates: list[Action] = [Job.status.set(to.value), Job.updated_at.set(stamp), *actions]
+    if to in TERMINAL:
+        updates += [Job.active_status.remove(), Job.lease_owner.remove(), Job.lease_until.remove()]
+    else:
+        updates += [Job.active_status.set(to.value)]
+    # status_unchanged: closes the race with any other writer (API, worker, reaper)
+    # that moved the job after we read it; exactly one of them wins.
+    status_unchanged = Job.status == current.value
+    try:
+        with TransactWrite(connection=Connection(region=Job.Meta.region, host=Job.Meta.host)) as tx:
+            tx.update(job, actions=updates, condition=(status_unchanged & condition) if condition else status_unchanged)
+            tx.save(event_item(job.job_id, event, detail))
+            if to in TERMINAL:
+                # lock_is_ours: never release a lock another job now holds.
+                lock_is_ours = Control.pk.does_not_exist() | (Control.job_id == job.job_id)
+                tx.delete(Control(job.lock_key), condition=lock_is_ours)
+            elif current in TERMINAL:
+                # Leaving a terminal state re-takes the active-job lock.
+                tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
+                        condition=Control.pk.does_not_exist())
+    except TransactWriteError as err:
+        raise _explain(err, job, current, to) from err
+    job.refresh(consistent_read=True)
+    return job
+
+
+def _explain(err: TransactWriteError, job: Job, current: JobStatus, to: JobStatus) -> Exception:
+    reasons = err.cancellation_reasons or []
+    codes = [r.code if r else None for r in reasons]
+    if codes and codes[0] == "ConditionalCheckFailed":
+        return TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")
+    if current in TERMINAL and len(codes) > 2 and codes[2] == "ConditionalCheckFailed":
+        holder = Control.get(job.lock_key, consistent_read=True).job_id
+        return ActiveJobExists("Another job for this report and period is active.", existingJobId=holder)
+    return err

@@ -1,0 +1,58 @@
+"""Expense-line storage: one partition per (owner, month), sorted by lineId."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from chalicelib import clock, paging
+from chalicelib.auth import Principal
+from chalicelib.errors import ValidationFailed
+from chalicelib.tables import ExpenseLine
+
+
+def owner_period(owner_id: str, period: str) -> str:
+    return f"{owner_id}#{period}"
+
+
+def import_lines(principal: Principal, lines: list[dict[str, str]]) -> dict[str, Any]:
+    """Store validated lines; a re-imported lineId replaces the stored line of its month."""
+    stamp = clock.iso(clock.now())
+    periods = set()
+    with ExpenseLine.batch_write() as batch:
+        for line in lines:
+            period = line["date"][:7]
+            periods.add(period)
+            batch.save(ExpenseLine(
+                owner_period(principal.user_id, period), line["lineId"], date=line["date"],
+                vendor=line["vendor"], amount=line["amount"], currency=line["currency"],
+                description=line["description"], imported_at=stamp,
+            ))
+    return {"imported": len(lines), "periods": sorted(periods)}
+
+
+def to_dict(line: ExpenseLine) -> dict[str, str]:
+    return {"lineId": line.line_id, "date": line.date, "vendor": line.vendor, "amount": line.amount,
+            "currency": line.currency, "description": line.description or ""}
+
+
+def list_lines(principal: Principal, period: str, size: int, token: str | None) -> dict[str, Any]:
+    start = paging.decode(token)
+    if start is not None and set(start) != {"lineId"}:
+        raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
+    key = owner_period(principal.user_id, period)
+    last = {"ownerPeriod": {"S": key}, "lineId": {"S": str(start["lineId"])}} if start else None
+    result = ExpenseLine.query(key, limit=size, last_evaluated_key=last, consistent_read=True)
+    items = [to_dict(line) for line in result]
+    more = result.last_evaluated_key is not None and len(items) == size
+    return {"items": items, "nextToken": paging.encode({"lineId": items[-1]["lineId"]}) if more else None}
+
+
+def iter_lines(owner_id: str, period: str, after: str = "", page: int = 100) -> Iterator[ExpenseLine]:
+    """Lines of a month in lineId order, strictly after the checkpoint `after`, read page by page."""
+    key = owner_period(owner_id, period)
+    condition = ExpenseLine.line_id > after if after else None
+    yield from ExpenseLine.query(key, range_key_condition=condition, consistent_read=True, page_size=page)
+
+
+def count_lines(owner_id: str, period: str) -> int:
+    return ExpenseLine.count(owner_period(owner_id, period), consistent_read=True)

@@ -1,0 +1,153 @@
+"""Report configurations: validation, storage and who may generate them."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from pynamodb.exceptions import PutError
+
+from chalicelib import clock
+from chalicelib.auth import Principal
+from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from chalicelib.tables import ReportConfig
+
+DEFAULT_CATEGORIES = [
+    "Airfare", "Lodging", "Ground Transportation", "Meals & Entertainment", "Office Supplies",
+    "Software & Subscriptions", "Telecommunications", "Training & Education", "Shipping & Postage", "Other",
+]
+REPORT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
+_FIELDS = {"reportId", "name", "deliveryTargets", "allowedRoles", "categories", "schedule"}
+
+
+def _fail(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", field=field)
+
+
+def _targets(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value or len(value) > 10:
+        raise _fail("deliveryTargets", "must be a list of 1 to 10 targets.")
+    out = []
+    for i, t in enumerate(value):
+        where = f"deliveryTargets[{i}]"
+        if not isinstance(t, dict):
+            raise _fail(where, "must be an object.")
+        if t.get("type") == "api" and set(t) == {"type", "mode"} and t.get("mode") in ("async", "sync"):
+            out.append({"type": "api", "mode": t["mode"]})
+        elif t.get("type") == "email" and set(t) == {"type", "to"} and isinstance(t.get("to"), str) \
+                and EMAIL.match(t["to"]):
+            out.append({"type": "email", "to": t["to"]})
+        else:
+            raise _fail(where, "must be {type: api, mode: async|sync} or {type: email, to: <address>}.")
+    return out
+
+
+def _strings(field: str, value: Any, default: list[str], max_items: int) -> list[str]:
+    if value is None:
+        return default
+    if not isinstance(value, list) or len(value) > max_items or not all(
+        isinstance(v, str) and 0 < len(v.strip()) <= 64 and v.isprintable() for v in value
+    ):
+        raise _fail(field, f"must be a list of at most {max_items} non-empty printable strings of up to 64 characters.")
+    if len(set(value)) != len(value):
+        raise _fail(field, "must not repeat a value.")
+    return [v.strip() for v in value]
+
+
+def _schedule(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or set(value) != {"type", "day"} or value["type"] != "monthly"
+            or type(value["day"]) is not int or not 1 <= value["day"] <= 28):
+        raise _fail("schedule", 'must be {"type": "monthly", "day": 1..28}.')
+    return {"type": "monthly", "day": value["day"]}
+
+
+def parse_config(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise _fail(unknown[0], "is not a known field.")
+    report_id = body.get("reportId")
+    if report_id is not None and (not isinstance(report_id, str) or not REPORT_ID.match(report_id)):
+        raise _fail("reportId", "must match ^[a-z0-9][a-z0-9-]{2,63}$.")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or not name.isprintable():
+        raise _fail("name", "is required: a printable string of 1 to 200 characters.")
+    categories = _strings("categories", body.get("categories"), DEFAULT_CATEGORIES, 50)
+    if not categories:
+        raise _fail("categories", "must name at least one category.")
+    return {
+        "reportId": report_id or f"report-{uuid.uuid4()}",
+        "name": name.strip(),
+        "deliveryTargets": _targets(body.get("deliveryTargets")),
+        "allowedRoles": _strings("allowedRoles", body.get("allowedRoles"), [], 20),
+        "categories": categories,
+        "schedule": _schedule(body.get("schedule")),
+    }
+
+
+def create_report(principal: Principal, body: Any) -> ReportConfig:
+    fields = parse_config(body)
+    report = ReportConfig(
+        fields["reportId"],
+        owner_id=principal.user_id,
+        name=fields["name"],
+        delivery_targets=fields["deliveryTargets"],
+        allowed_roles=fields["allowedRoles"],
+        categories=fields["categories"],
+        schedule=fields["schedule"],
+        created_at=clock.iso(clock.now()),
+    )
+    try:
+        # id_is_free: two creates with one reportId; the second gets 409, never overwrites.
+        report.save(condition=ReportConfig.report_id.does_not_exist())
+    except PutError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            raise Conflict(f"A report with id '{fields['reportId']}' already exists.") from err
+        raise
+    return report
+
+
+def may_generate(principal: Principal, report: ReportConfig) -> bool:
+    return report.owner_id == principal.user_id or bool(principal.roles & set(report.allowed_roles or []))
+
+
+def get_visible(principal: Principal, report_id: str) -> ReportConfig:
+    """The report if the caller owns it or holds one of its roles; 404 otherwise."""
+    report = _get(report_id)
+    if report is None or not may_generate(principal, report):
+        raise NotFound(f"Report '{report_id}' was not found.")
+    return report
+
+
+def get_for_generation(principal: Principal, report_id: str) -> ReportConfig:
+    report = _get(report_id)
+    if report is None:
+        raise NotFound(f"Report '{report_id}' was not found.")
+    if not may_generate(principal, report):
+        raise Forbidden("You may not generate this report: you neither own it nor hold one of its allowedRoles.")
+    return report
+
+
+def _get(report_id: str) -> ReportConfig | None:
+    if not REPORT_ID.match(report_id or ""):
+        return None
+    try:
+        return ReportConfig.get(report_id, consistent_read=True)
+    except ReportConfig.DoesNotExist:
+        return None
+
+
+def to_dict(report: ReportConfig) -> dict[str, Any]:
+    out = {
+        "reportId": report.report_id, "name": report.name, "ownerId": report.owner_id,
+        "deliveryTargets": report.delivery_targets, "allowedRoles": list(report.allowed_roles or []),
+        "categories": list(report.categories), "createdAt": report.created_at,
+    }
+    if report.schedule:
+        out["schedule"] = report.schedule
+    return out

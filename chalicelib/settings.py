@@ -1,0 +1,89 @@
+"""The only reader of the environment: one frozen Settings built once per process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+# The local default is documented in the README; deployed stages read the secret from SSM.
+LOCAL_JWT_SECRET = "local-development-secret-change-me-0123456789"
+
+TABLES = ("reports", "lines", "jobs", "events", "results", "vendor-cache", "control", "idempotency")
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    prefix: str = "reports-dev"
+    region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    work_queue_url: str | None = None
+    results_bucket: str = "reports-dev-results"
+    public_base_url: str | None = None
+    cors_allow_origin: str = "*"
+    jwt_secret: str = LOCAL_JWT_SECRET
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jobs_per_hour: int = 20
+    retention_days: int = 30
+    poll_interval_seconds: int = 2
+    max_import_lines: int = 5000
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    model_batch_size: int = 25
+    model_concurrency: int = 4
+    line_batch_size: int = 100
+    lambda_time_reserve_seconds: float = 20.0
+    inline_wait_max_seconds: float = 10.0
+    rate_limit_ceiling_seconds: float = 3600.0
+    stale_after_seconds: int = 300
+    result_inline_max_bytes: int = 5_000_000
+
+    def table(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        prefix = env.get("APP_PREFIX", "reports-dev")
+        return cls(
+            prefix=prefix,
+            region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
+            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            work_queue_url=env.get("WORK_QUEUE_URL") or None,
+            results_bucket=env.get("RESULTS_BUCKET", f"{prefix}-results"),
+            public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            cors_allow_origin=env.get("CORS_ALLOW_ORIGIN", "*"),
+            jwt_secret=env.get("JWT_SECRET") or LOCAL_JWT_SECRET,
+            jwt_jwks_url=env.get("JWT_JWKS_URL") or None,
+            jwt_issuer=env.get("JWT_ISSUER") or None,
+            jwt_audience=env.get("JWT_AUDIENCE") or None,
+            jobs_per_hour=_int("JOBS_PER_HOUR", 20),
+            poll_interval_seconds=_int("POLL_INTERVAL_SECONDS", 2),
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            openai_model=env.get("OPENAI_MODEL", "gpt-4o-mini"),
+            model_batch_size=_int("MODEL_BATCH_SIZE", 25),
+            model_concurrency=_int("MODEL_CONCURRENCY", 4),
+            line_batch_size=_int("LINE_BATCH_SIZE", 100),
+            lambda_time_reserve_seconds=_float("LAMBDA_TIME_RESERVE_SECONDS", 20.0),
+            inline_wait_max_seconds=_float("INLINE_WAIT_MAX_SECONDS", 10.0),
+            rate_limit_ceiling_seconds=_float("RATE_LIMIT_CEILING_SECONDS", 3600.0),
+            stale_after_seconds=_int("STALE_AFTER_SECONDS", 300),
+            result_inline_max_bytes=_int("RESULT_INLINE_MAX_BYTES", 5_000_000),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,161 @@
+"""PynamoDB models of the tables declared in infra/template.yaml."""
+
+from __future__ import annotations
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    JSONAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    TTLAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib.settings import get_settings
+
+_settings = get_settings()
+
+
+class _Meta:
+    region = _settings.region
+    host = _settings.aws_endpoint_url
+    # Short timeouts: an API request must fail fast (503) rather than hang.
+    connect_timeout_seconds = 5
+    read_timeout_seconds = 10
+    max_retry_attempts = 2
+
+
+def _meta(name: str) -> type:
+    return type("Meta", (_Meta,), {"table_name": _settings.table(name)})
+
+
+class ReportConfig(Model):
+    Meta = _meta("reports")
+    report_id = UnicodeAttribute(hash_key=True, attr_name="reportId")
+    owner_id = UnicodeAttribute(attr_name="ownerId")
+    name = UnicodeAttribute()
+    delivery_targets = JSONAttribute(attr_name="deliveryTargets")
+    allowed_roles = ListAttribute(of=UnicodeAttribute, attr_name="allowedRoles", default=list)
+    categories = ListAttribute(of=UnicodeAttribute)
+    schedule = JSONAttribute(null=True)
+    created_at = UnicodeAttribute(attr_name="createdAt")
+
+
+class ExpenseLine(Model):
+    Meta = _meta("lines")
+    owner_period = UnicodeAttribute(hash_key=True, attr_name="ownerPeriod")
+    line_id = UnicodeAttribute(range_key=True, attr_name="lineId")
+    date = UnicodeAttribute()
+    vendor = UnicodeAttribute()
+    amount = UnicodeAttribute()  # decimal string: never a float in storage
+    currency = UnicodeAttribute()
+    description = UnicodeAttribute(default="")
+    imported_at = UnicodeAttribute(attr_name="importedAt")
+
+
+class OwnerIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "byOwner"
+        projection = AllProjection()
+
+    owner_id = UnicodeAttribute(hash_key=True, attr_name="ownerId")
+    created_at = UnicodeAttribute(range_key=True, attr_name="createdAt")
+
+
+class ActiveIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "byActive"
+        projection = AllProjection()
+
+    active_status = UnicodeAttribute(hash_key=True, attr_name="activeStatus")
+    heartbeat_at = UnicodeAttribute(range_key=True, attr_name="heartbeatAt")
+
+
+class Job(Model):
+    Meta = _meta("jobs")
+    job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
+    owner_id = UnicodeAttribute(attr_name="ownerId")
+    report_id = UnicodeAttribute(attr_name="reportId")
+    period = UnicodeAttribute()
+    type = UnicodeAttribute(default="expense_report")
+    status = UnicodeAttribute()
+    # Mirrors status while the job is live, absent once terminal (sparse index).
+    active_status = UnicodeAttribute(null=True, attr_name="activeStatus")
+    status_message = UnicodeAttribute(null=True, attr_name="statusMessage")
+    trigger = UnicodeAttribute(default="api")
+    categories = ListAttribute(of=UnicodeAttribute, default=list)
+    total_lines = NumberAttribute(default=0, attr_name="totalLines")
+    processed_lines = NumberAttribute(default=0, attr_name="processedLines")
+    failed_lines = NumberAttribute(default=0, attr_name="failedLines")
+    cached_lines = NumberAttribute(default=0, attr_name="cachedLines")
+    retry_count = NumberAttribute(default=0, attr_name="retryCount")
+    created_at = UnicodeAttribute(attr_name="createdAt")
+    started_at = UnicodeAttribute(null=True, attr_name="startedAt")
+    updated_at = UnicodeAttribute(attr_name="updatedAt")
+    completed_at = UnicodeAttribute(null=True, attr_name="completedAt")
+    heartbeat_at = UnicodeAttribute(null=True, attr_name="heartbeatAt")
+    estimated_completion_at = UnicodeAttribute(null=True, attr_name="estimatedCompletionAt")
+    error_message = UnicodeAttribute(null=True, attr_name="errorMessage")
+    lock_key = UnicodeAttribute(attr_name="lockKey")
+    # Checkpoint: the last lineId whose result is written; "" before the first batch.
+    cursor = UnicodeAttribute(default="")
+    lease_owner = UnicodeAttribute(null=True, attr_name="leaseOwner")
+    lease_until = NumberAttribute(null=True, attr_name="leaseUntil")
+    rate_limited_seconds = NumberAttribute(default=0, attr_name="rateLimitedSeconds")
+    reap_count = NumberAttribute(default=0, attr_name="reapCount")
+    result_key = UnicodeAttribute(null=True, attr_name="resultKey")
+    needs_review = NumberAttribute(default=0, attr_name="needsReview")
+    expires_at = TTLAttribute(attr_name="expiresAt")
+    by_owner = OwnerIndex()
+    by_active = ActiveIndex()
+
+
+class JobEvent(Model):
+    Meta = _meta("events")
+    job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
+    event_key = UnicodeAttribute(range_key=True, attr_name="eventKey")
+    at = UnicodeAttribute()
+    type = UnicodeAttribute()
+    detail = JSONAttribute(default=dict)
+    expires_at = TTLAttribute(attr_name="expiresAt")
+
+
+class LineResult(Model):
+    Meta = _meta("results")
+    job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
+    line_id = UnicodeAttribute(range_key=True, attr_name="lineId")
+    date = UnicodeAttribute()
+    vendor = UnicodeAttribute()
+    amount = UnicodeAttribute()
+    currency = UnicodeAttribute()
+    description = UnicodeAttribute(default="")
+    category = UnicodeAttribute(null=True)
+    confidence = NumberAttribute(default=0)
+    source = UnicodeAttribute()
+    needs_review = BooleanAttribute(default=False, attr_name="needsReview")
+    expires_at = TTLAttribute(attr_name="expiresAt")
+
+
+class VendorCacheEntry(Model):
+    Meta = _meta("vendor-cache")
+    cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
+    vendor = UnicodeAttribute()
+    category = UnicodeAttribute()
+    confidence = NumberAttribute()
+    source = UnicodeAttribute()
+    updated_at = UnicodeAttribute(attr_name="updatedAt")
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+
+
+class Control(Model):
+    """Locks and rate windows: small items written next to the job in one transaction."""
+
+    Meta = _meta("control")
+    pk = UnicodeAttribute(hash_key=True)
+    job_id = UnicodeAttribute(null=True, attr_name="jobId")
+    stamps = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}
+    version = NumberAttribute(default=0)
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
