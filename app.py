@@ -2,7 +2,7 @@
 
 from chalice import Chalice, CORSConfig
 
-from chalicelib.api import jobs, meta, middleware, reports
+from chalicelib.api import jobs, meta, middleware, reports, results
 from chalicelib.settings import get_settings
 
 settings = get_settings()
@@ -17,6 +17,7 @@ app.register_middleware(middleware.guard, "http")
 app.register_blueprint(meta.bp)
 app.register_blueprint(reports.bp, url_prefix="/api/v1")
 app.register_blueprint(jobs.bp, url_prefix="/api/v1")
+app.register_blueprint(results.bp, url_prefix="/api/v1")
 
 
 @app.on_sqs_message(queue=f"{settings.prefix}-work", batch_size=10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import boto3
@@ -14,7 +14,7 @@ from chalicelib.settings import get_settings
 _BOTO_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def client(service: str) -> Any:
     s = get_settings()
     return boto3.client(service, region_name=s.region, endpoint_url=s.aws_endpoint_url, config=_BOTO_CONFIG)

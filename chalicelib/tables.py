@@ -108,6 +108,9 @@ class Job(Model):
     reap_count = NumberAttribute(default=0, attr_name="reapCount")
     result_key = UnicodeAttribute(null=True, attr_name="resultKey")
     needs_review = NumberAttribute(default=0, attr_name="needsReview")
+    result_version = NumberAttribute(default=0, attr_name="resultVersion")
+    # Set by retry: flagged lines before the cursor are tried again once on resume.
+    recheck_flagged = BooleanAttribute(default=False, attr_name="recheckFlagged")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()
@@ -146,6 +149,7 @@ class VendorCacheEntry(Model):
     category = UnicodeAttribute()
     confidence = NumberAttribute()
     source = UnicodeAttribute()
+    model = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(attr_name="updatedAt")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")
 

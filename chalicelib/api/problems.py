@@ -32,7 +32,8 @@ def from_error(err: AppError) -> Response:
     headers = dict(err.headers)
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-    extensions = {k: v for k, v in err.extensions.items() if v is not None}
+    reserved = {"type", "title", "status", "detail", "kind", "headers"}
+    extensions = {k: v for k, v in err.extensions.items() if v is not None and k not in reserved}
     return problem(err.status, err.detail, err.title, _slug(type(err).__name__), headers, **extensions)
 
 

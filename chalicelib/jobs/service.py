@@ -92,7 +92,7 @@ def cancel_job(owner_id: str, job_id: str) -> Job:
         job = get_job(owner_id, job_id)
         status = JobStatus(job.status)
         if status in TERMINAL:
-            raise Conflict(f"The job is already {status.value}.", status=status.value)
+            raise Conflict(f"The job is already {status.value}.", jobStatus=status.value)
         if status is JobStatus.CANCELLATION_REQUESTED:
             return job
         try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from enum import Enum
-from typing import Any, Iterable
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
@@ -18,7 +19,7 @@ from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job, JobEvent
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     QUEUED = "Queued"
     PROCESSING = "Processing"
     CANCELLATION_REQUESTED = "CancellationRequested"
@@ -87,7 +88,8 @@ def transition(
     status_unchanged = Job.status == current.value
     try:
         with TransactWrite(connection=Connection(region=Job.Meta.region, host=Job.Meta.host)) as tx:
-            tx.update(job, actions=updates, condition=(status_unchanged & condition) if condition else status_unchanged)
+            guard = status_unchanged if condition is None else status_unchanged & condition
+            tx.update(job, actions=updates, condition=guard)
             tx.save(event_item(job.job_id, event, detail))
             if to in TERMINAL:
                 # lock_is_ours: never release a lock another job now holds.

@@ -57,7 +57,7 @@ def validate_line(raw: Any, where: str) -> dict[str, str]:
         raise fail("vendor", "is required: printable text of up to 200 characters.")
     amount = raw.get("amount")
     if not isinstance(amount, str) or not AMOUNT.match(amount.strip()):
-        raise fail("amount", "must be a decimal string such as \"23.50\" (at most 12 digits before the point, 4 after).")
+        raise fail("amount", 'must be a decimal string such as "23.50" (up to 12 digits before the point, 4 after).')
     try:
         amount = str(Decimal(amount.strip()))
     except InvalidOperation:

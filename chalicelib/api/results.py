@@ -1,0 +1,53 @@
+"""Result, retry and line settlement routes."""
+
+from __future__ import annotations
+
+from chalice import Blueprint, Response
+
+from chalicelib import results
+from chalicelib.api import http
+from chalicelib.api.routes import handled
+from chalicelib.errors import Conflict, ValidationFailed
+from chalicelib.jobs import actions, service
+from chalicelib.jobs.states import JobStatus
+
+bp = Blueprint(__name__)
+
+
+@bp.route("/jobs/{jobId}/result", methods=["GET"])
+@handled
+def get_result(jobId: str) -> Response:  # noqa: N803
+    req = bp.current_request
+    fmt = http.query(req, "format") or "json"
+    if fmt not in ("json", "csv"):
+        raise ValidationFailed("format: must be json or csv.", field="format")
+    job = service.get_job(http.principal(req).user_id, jobId)
+    if job.status != JobStatus.COMPLETED.value or not job.result_key:
+        raise Conflict(f"The result is available once the job is Completed; it is {job.status}.",
+                       jobStatus=job.status)
+    body, url = results.fetch(job.result_key, csv_format=fmt == "csv")
+    if body is None:
+        return Response(body="", status_code=303, headers={"Location": url})
+    content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+    headers = {"Content-Type": content_type, "ETag": f'"{job.job_id}-v{int(job.result_version)}-{fmt}"'}
+    if fmt == "csv":
+        headers["Content-Disposition"] = f'attachment; filename="{job.report_id}-{job.period}.csv"'
+    if req.headers.get("if-none-match") == headers["ETag"]:
+        return Response(body="", status_code=304, headers=headers)
+    return Response(body=body.decode("utf-8"), status_code=200, headers=headers)
+
+
+@bp.route("/jobs/{jobId}/retry", methods=["POST"])
+@handled
+def retry_job(jobId: str) -> Response:  # noqa: N803
+    req = bp.current_request
+    job = actions.retry_job(http.principal(req).user_id, jobId)
+    body = service.to_dict(job, http.base_url(req))
+    return Response(body=body, status_code=202, headers={"Location": body["statusUrl"], "Retry-After": "2"})
+
+
+@bp.route("/jobs/{jobId}/lines/{lineId}", methods=["PATCH"])
+@handled
+def settle_line(jobId: str, lineId: str) -> dict:  # noqa: N803
+    req = bp.current_request
+    return actions.settle_line(http.principal(req).user_id, jobId, lineId, http.json_body(req))

@@ -1,0 +1,103 @@
+"""Categorize a batch of lines: vendor cache first, then distinct vendors, many per model request."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chalicelib.categorize import cache, provider, rules
+from chalicelib.categorize.errors import JobFatal, LongWait, ProviderError, RetriesExhausted
+from chalicelib.categorize.normalize import normalize_vendor
+from chalicelib.categorize.retry import RetryLoop
+from chalicelib.categorize.types import Answer, Item
+from chalicelib.settings import Settings
+
+
+class LineLike(Protocol):
+    line_id: str
+    vendor: str
+    description: str
+
+
+@dataclass
+class ModelBackend:
+    api: Any
+    model: str
+    loop: RetryLoop
+    batch_size: int
+    concurrency: int
+
+
+def _flagged(item: Item) -> Answer:
+    return Answer(item.id, None, 0.0, "model", True)
+
+
+def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) -> list[Answer]:
+    """Ask once; ask again once for what is missing or invalid; flag what is still missing."""
+    answers: dict[str, Answer] = {}
+    for _ in range(2):
+        todo = [i for i in chunk if i.id not in answers]
+        if not todo:
+            break
+        try:
+            got = backend.loop.run(lambda todo=todo: provider.ask(backend.api, backend.model, todo, categories))
+        except RetriesExhausted:
+            break
+        except ProviderError as err:
+            if err.fatal:
+                raise JobFatal(err.message) from err
+            break  # a request the provider refuses (400): flag its lines, the job goes on
+        answers.update({a.id: a for a in got})
+    return [answers.get(i.id) or _flagged(i) for i in chunk]
+
+
+def ask_model(backend: ModelBackend, items: list[Item], categories: list[str]) -> list[Answer]:
+    chunks = [items[i:i + backend.batch_size] for i in range(0, len(items), backend.batch_size)]
+    answers: list[Answer] = []
+    waits: list[LongWait] = []
+    fatal: list[JobFatal] = []
+    with ThreadPoolExecutor(max_workers=max(1, backend.concurrency)) as pool:
+        futures = [pool.submit(_ask_chunk, backend, chunk, categories) for chunk in chunks]
+        for future in futures:
+            try:
+                answers += future.result()
+            except LongWait as err:
+                waits.append(err)
+            except JobFatal as err:
+                fatal.append(err)
+    _remember(answers, items, categories, backend.model)
+    if fatal:
+        raise fatal[0]
+    if waits:
+        raise max(waits, key=lambda w: w.seconds)
+    return answers
+
+
+def _remember(answers: list[Answer], items: list[Item], categories: list[str], model: str) -> None:
+    by_id = {i.id: i for i in items}
+    for a in answers:
+        if a.category and not a.needs_review:
+            cache.remember(categories, normalize_vendor(by_id[a.id].vendor), a.category, a.confidence, model)
+
+
+def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
+               backend: ModelBackend | None) -> dict[str, Answer]:
+    """Answers by line id. `backend` None means the offline rules categorizer."""
+    groups: dict[str, list[LineLike]] = {}
+    for line in lines:
+        groups.setdefault(normalize_vendor(line.vendor), []).append(line)
+    model = backend.model if backend else settings.openai_model
+    known = cache.lookup(categories, list(groups), model)
+    misses = [v for v in groups if v not in known]
+    items = [Item(f"v{n}", groups[v][0].vendor, groups[v][0].description) for n, v in enumerate(misses)]
+    if not items:
+        fresh = []
+    elif backend is None:
+        fresh = rules.categorize(items, categories)
+    else:
+        fresh = ask_model(backend, items, categories)
+    by_item = {a.id: a for a in fresh}
+    for item, vendor in zip(items, misses, strict=True):
+        known[vendor] = by_item[item.id]
+    return {line.line_id: known[vendor] for vendor, members in groups.items() for line in members}

@@ -1,0 +1,76 @@
+"""User actions after a job ran: retry a stopped job, settle a line of a completed one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+
+from chalicelib import results
+from chalicelib.categorize import cache
+from chalicelib.categorize.normalize import normalize_vendor
+from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from chalicelib.jobs.create import enqueue
+from chalicelib.jobs.service import get_job
+from chalicelib.jobs.states import JobStatus, TransitionRaced, transition
+from chalicelib.tables import Job, LineResult
+
+log = logging.getLogger(__name__)
+
+
+def retry_job(owner_id: str, job_id: str) -> Job:
+    """A Failed or Cancelled job is queued again and resumes from its checkpoint."""
+    job = get_job(owner_id, job_id)
+    if job.status not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+        raise Conflict(f"Only a Failed or Cancelled job can be retried; this one is {job.status}.")
+    try:
+        job = transition(job, JobStatus.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
+            Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),
+            Job.rate_limited_seconds.set(0), Job.recheck_flagged.set(int(job.failed_lines) > 0),
+            Job.heartbeat_at.set(job.updated_at), Job.status_message.set("Queued again; resuming from checkpoint")])
+    except TransitionRaced as err:
+        raise Conflict("The job changed while it was being retried; look at it again.") from err
+    try:
+        enqueue(job.job_id, reason="retried")
+    except Exception as err:
+        log.warning("work queue unavailable during retry", extra={"jobId": job.job_id})
+        transition(job, JobStatus.FAILED, "failed", {"reason": "could not be queued"},
+                   actions=[Job.error_message.set("The job could not be queued again; retry it shortly.")])
+        raise ServiceUnavailable("The work queue is unavailable; the job was not retried.") from err
+    return job
+
+
+def settle_line(owner_id: str, job_id: str, line_id: str, body: Any) -> dict[str, Any]:
+    """A person's category for one line of a Completed job; the report and the cache follow."""
+    job = get_job(owner_id, job_id)
+    if not isinstance(body, dict) or set(body) != {"category"} or not isinstance(body["category"], str):
+        raise ValidationFailed('The body must be {"category": "<one of the report\'s categories>"}.',
+                               field="category")
+    category = body["category"]
+    if category not in job.categories:
+        raise ValidationFailed(f"category: '{category}' is not in this report's taxonomy.", field="category")
+    if job.status != JobStatus.COMPLETED.value:
+        raise Conflict(f"Lines can be settled once the job is Completed; it is {job.status}.")
+    try:
+        line = LineResult.get(job_id, line_id, consistent_read=True)
+    except LineResult.DoesNotExist:
+        raise NotFound(f"Line '{line_id}' is not part of this job.") from None
+    was_flagged = bool(line.needs_review)
+    line.update(actions=[LineResult.category.set(category), LineResult.confidence.set(1.0),
+                         LineResult.source.set("manual"), LineResult.needs_review.set(False)])
+    cache.learn_manual(list(job.categories), normalize_vendor(line.vendor), category)
+    _rebuild(job, fixed=1 if was_flagged else 0)
+    return results.line_dict(line)
+
+
+def _rebuild(job: Job, fixed: int) -> None:
+    job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed)])
+    version = int(job.result_version)
+    key, _ = results.assemble(job, version)
+    try:
+        # newest_wins: two settlements racing; the later version's report stays current.
+        job.update(actions=[Job.result_key.set(key)], condition=Job.result_version == version)
+    except UpdateError as err:
+        if err.cause_response_code != "ConditionalCheckFailedException":
+            raise
