@@ -1,6 +1,6 @@
 """Chalice entry point: middleware, blueprints and one-line event handlers."""
 
-from chalice import Chalice, CORSConfig
+from chalice import Chalice, CORSConfig, Rate
 
 from chalicelib.api import jobs, meta, middleware, reports, results
 from chalicelib.settings import get_settings
@@ -25,3 +25,17 @@ def process_work(event):
     from chalicelib import worker  # the API function never imports the worker (cold start)
 
     return worker.handle_batch(event.to_dict(), event.context)
+
+
+@app.on_sqs_message(queue=f"{settings.prefix}-work-dlq", batch_size=10)
+def handle_dead_letters(event):
+    from chalicelib import worker
+
+    return worker.handle_dead_letters(event.to_dict(), event.context)
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES))
+def reap_stale_jobs(event):
+    from chalicelib import reaper
+
+    return reaper.reap()

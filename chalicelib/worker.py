@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chalicelib import clock, results
+from chalicelib import clock, faults, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
 from chalicelib.categorize.retry import RetryLoop
@@ -35,6 +35,16 @@ def handle_batch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry: one failed record goes back to the queue, never the whole batch."""
     return process_partial_response(event=event, record_handler=lambda record: handle_record(record, context),
                                     processor=processor, context=context)
+
+
+def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry on the DLQ: each message's job becomes Failed with the reason."""
+    from chalicelib.reaper import dead_letter
+
+    def one(record: SQSRecord) -> None:
+        dead_letter(record.body, record.attributes.approximate_receive_count)
+
+    return process_partial_response(event=event, record_handler=one, processor=processor, context=context)
 
 
 def handle_record(record: SQSRecord, context: Any) -> None:
@@ -101,6 +111,7 @@ def _work(run: Invocation) -> None:
         if status is not JobStatus.PROCESSING or job.lease_owner != run.lease.owner:
             return None
         if time.monotonic() > run.deadline:
+            faults.point("before_continuation_send")
             enqueue(job.job_id, reason="continuation")
             return None
         lines = list(islice(iter_lines(job.owner_id, job.period, after=job.cursor), run.settings.line_batch_size))
@@ -109,11 +120,14 @@ def _work(run: Invocation) -> None:
         answers = _categorize(run, lines)
         if answers is None:
             return None
+        faults.point("after_model_call")
         _write_results(job, lines, answers)
+        faults.point("after_result_writes")
         done = _progress(run, answers)
         run.done += done.lines
         eta = runner.eta(int(job.total_lines) - int(job.processed_lines) - done.lines, run.started, run.done)
         runner.checkpoint(job, run.lease, job.cursor, lines[-1].line_id, done, eta)
+        faults.point("after_checkpoint")
 
 
 def _categorize(run: Invocation, lines: list) -> dict[str, Answer] | None:
@@ -122,7 +136,7 @@ def _categorize(run: Invocation, lines: list) -> dict[str, Answer] | None:
         return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend)
     except LongWait as wait:
         delay = min(900, max(1, math.ceil(wait.seconds)))
-        runner.note_retries(run.job, run.lease, _progress(run, {}))
+        runner.note_retries(run.job, run.lease, _progress(run, {}), resume_in=delay)
         event_item(run.job.job_id, "rate_limited", {"waitSeconds": round(wait.seconds, 3),
                                                     "requeuedWithDelaySeconds": delay}).save()
         enqueue(run.job.job_id, delay_seconds=delay, reason="rate_limited")

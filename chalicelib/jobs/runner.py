@@ -98,7 +98,7 @@ def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: P
             Job.cursor.set(new_cursor), Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
             Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
             Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3)),
-            Job.total_lines.set(total), Job.heartbeat_at.set(clock.iso(clock.now())),
+            Job.total_lines.set(total), Job.heartbeat_at.set(clock.iso(clock.now())), Job.reap_count.set(0),
             Job.updated_at.set(clock.iso(clock.now())),
             Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
             Job.status_message.set(f"Categorized {processed} of {total} lines"),
@@ -111,12 +111,13 @@ def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: P
         raise
 
 
-def note_retries(job: Job, lease: Lease, done: Progress) -> None:
-    """Count retries spent on a batch that will be redone (its lines are not counted)."""
-    if done.retries:
-        job.update(actions=[Job.retry_count.add(done.retries),
-                            Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3))],
-                   condition=Job.lease_owner == lease.owner)
+def note_retries(job: Job, lease: Lease, done: Progress, resume_in: int) -> None:
+    """Before a delayed re-enqueue: count the retries spent, and push the heartbeat to when
+    the job is due back, so the reaper does not mistake a planned wait for a dead worker."""
+    due = clock.iso(clock.now() + timedelta(seconds=resume_in))
+    job.update(actions=[Job.retry_count.add(done.retries), Job.heartbeat_at.set(due),
+                        Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3))],
+               condition=Job.lease_owner == lease.owner)
 
 
 def release(job: Job, lease: Lease) -> None:

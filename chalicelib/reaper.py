@@ -1,0 +1,90 @@
+"""The stale-job reaper: a sweep of the live-jobs index, every write conditioned on what it saw."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from pynamodb.exceptions import UpdateError
+
+from chalicelib import clock
+from chalicelib.jobs import runner
+from chalicelib.jobs.create import enqueue
+from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
+from chalicelib.settings import Settings, get_settings
+from chalicelib.tables import Job
+
+log = logging.getLogger(__name__)
+MAX_REAPS = 3
+
+
+def stale_jobs(status: JobStatus, cutoff: str) -> list[Job]:
+    """Live jobs in `status` whose heartbeat is older than `cutoff` (an index query, not a scan)."""
+    return list(Job.by_active.query(status.value, range_key_condition=Job.heartbeat_at < cutoff))
+
+
+def reap(settings: Settings | None = None) -> dict[str, int]:
+    settings = settings or get_settings()
+    cutoff = clock.iso(clock.now() - timedelta(seconds=settings.stale_after_seconds))
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 0}
+    for status in (JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.CANCELLATION_REQUESTED):
+        for job in stale_jobs(status, cutoff):
+            counts[_reap_one(job, status)] += 1
+    if any(counts[k] for k in ("requeued", "failed", "cancelled")):
+        log.info("reaper swept", extra=counts)
+    return counts
+
+
+def _reap_one(job: Job, status: JobStatus) -> str:
+    try:
+        if status is JobStatus.CANCELLATION_REQUESTED:
+            runner.cancel(job)
+            return "cancelled"
+        if int(job.reap_count) >= MAX_REAPS:
+            runner.fail(job, f"The job stopped making progress {MAX_REAPS} times in a row and was stopped. "
+                             "Retry it; if it stops again, contact support with the job id.",
+                        {"reaps": int(job.reap_count)})
+            return "failed"
+        if not _mark_reaped(job, status):
+            return "skipped"
+        enqueue(job.job_id, reason="reaped")
+        return "requeued"
+    except TransitionRaced:
+        return "skipped"
+
+
+def _mark_reaped(job: Job, status: JobStatus) -> bool:
+    """Claim this reap; False if the job moved (progress, another reaper) since the sweep read it."""
+    seen_heartbeat = job.heartbeat_at
+    # no_progress_since_seen: a worker's checkpoint or a second reaper changes the heartbeat,
+    # so exactly one reaper wins and a live job that just moved is left alone.
+    no_progress_since_seen = (Job.heartbeat_at == seen_heartbeat) & (Job.status == status.value)
+    try:
+        job.update(actions=[Job.reap_count.add(1), Job.heartbeat_at.set(clock.iso(clock.now())),
+                            Job.lease_owner.remove(), Job.lease_until.remove()],
+                   condition=no_progress_since_seen)
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+    event_item(job.job_id, "reaped", {"status": status.value, "lastHeartbeat": seen_heartbeat,
+                                      "reaps": int(job.reap_count)}).save()
+    return True
+
+
+def dead_letter(body: str, receive_count: str | None) -> dict[str, Any]:
+    """A message that exhausted its receives: its job becomes Failed with the reason."""
+    try:
+        job_id = str(json.loads(body)["jobId"])
+        job = Job.get(job_id, consistent_read=True)
+    except (ValueError, KeyError, TypeError, Job.DoesNotExist):
+        log.error("dead letter names no known job; dropped")
+        return {"outcome": "unknown"}
+    if JobStatus(job.status) in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+        return {"outcome": "already-terminal", "jobId": job_id}
+    runner.fail(job, "Processing this job failed repeatedly and its work message was moved to the dead-letter "
+                     "queue. Retry the job; if it fails again, contact support with the job id.",
+                {"deadLetter": True, "receiveCount": receive_count})
+    return {"outcome": "failed", "jobId": job_id}
