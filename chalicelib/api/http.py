@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from decimal import Decimal
@@ -16,6 +17,24 @@ from chalicelib.settings import get_settings
 
 MAX_BODY_BYTES = 6 * 1024 * 1024
 MAX_JSON_DEPTH = 20
+
+
+# Chalice keeps one `app.current_request` for the whole process; `chalice local` serves
+# requests on threads, so two requests could read each other's. The middleware pins the
+# request of this thread here, and views read it from here only.
+_CURRENT: contextvars.ContextVar[Request] = contextvars.ContextVar("current_request")
+
+
+def bind(request: Request) -> contextvars.Token:
+    return _CURRENT.set(request)
+
+
+def unbind(token: contextvars.Token) -> None:
+    _CURRENT.reset(token)
+
+
+def current() -> Request:
+    return _CURRENT.get()
 
 
 def principal(request: Request) -> Principal:

@@ -40,7 +40,7 @@ def _generate(request: dict[str, Any]) -> dict[str, Any]:
 @bp.route("/reports/{reportId}/generate", methods=["POST"])
 @handled
 def generate(reportId: str) -> Response:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     body = http.json_body(req, required=False)
     if body is not None and (not isinstance(body, dict) or not set(body) <= {"period"}):
         raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
@@ -60,7 +60,7 @@ def generate(reportId: str) -> Response:  # noqa: N803
 @bp.route("/jobs/{jobId}", methods=["GET"])
 @handled
 def get_job(jobId: str) -> Response:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     job = service.get_job(http.principal(req).user_id, jobId)
     return http.cached_json(req, service.to_dict(job, http.base_url(req)), _poll_headers(job))
 
@@ -68,7 +68,7 @@ def get_job(jobId: str) -> Response:  # noqa: N803
 @bp.route("/jobs", methods=["GET"])
 @handled
 def list_jobs() -> dict:
-    req = bp.current_request
+    req = http.current()
     size = paging.page_size(http.query(req, "pageSize"))
     raw_page = http.query(req, "page")
     if raw_page is not None and (not raw_page.isdigit() or not 1 <= int(raw_page) <= 10_000):
@@ -82,7 +82,7 @@ def list_jobs() -> dict:
 @bp.route("/jobs/{jobId}", methods=["DELETE"])
 @handled
 def cancel_job(jobId: str) -> dict:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     job = service.cancel_job(http.principal(req).user_id, jobId)
     return service.to_dict(job, http.base_url(req))
 
@@ -90,5 +90,5 @@ def cancel_job(jobId: str) -> dict:  # noqa: N803
 @bp.route("/jobs/{jobId}/events", methods=["GET"])
 @handled
 def job_events(jobId: str) -> dict:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     return {"items": service.events(http.principal(req).user_id, jobId)}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from chalice import Response
 from chalice.app import Request
 
-from chalicelib.api import problems
+from chalicelib.api import http, problems
 from chalicelib.auth import principal_from_header
 from chalicelib.errors import Unauthorized
 from chalicelib.settings import get_settings
@@ -18,6 +18,14 @@ PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json"})
 
 
 def guard(request: Request, get_response: Callable[[Request], Response]) -> Response:
+    token = http.bind(request)
+    try:
+        return _guard(request, get_response)
+    finally:
+        http.unbind(token)
+
+
+def _guard(request: Request, get_response: Callable[[Request], Response]) -> Response:
     if request.method != "OPTIONS" and request.path not in PUBLIC_PATHS:
         try:
             request.principal = principal_from_header(request.headers.get("authorization"), get_settings())

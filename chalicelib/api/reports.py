@@ -19,7 +19,7 @@ BODY_TYPES = ["application/json", "text/csv"]
 @bp.route("/reports", methods=["POST"], content_types=BODY_TYPES)
 @handled
 def create_report() -> Response:
-    request = bp.current_request
+    request = http.current()
     report = service.create_report(http.principal(request), http.json_body(request))
     return created(service.to_dict(report), {"Location": f"/api/v1/reports/{report.report_id}"})
 
@@ -27,13 +27,13 @@ def create_report() -> Response:
 @bp.route("/reports/{reportId}", methods=["GET"])
 @handled
 def get_report(reportId: str) -> dict:  # noqa: N803 (Chalice passes path params by name)
-    return service.to_dict(service.get_visible(http.principal(bp.current_request), reportId))
+    return service.to_dict(service.get_visible(http.principal(http.current()), reportId))
 
 
 @bp.route("/expenses", methods=["POST"], content_types=BODY_TYPES)
 @handled
 def import_expenses() -> Response:
-    request = bp.current_request
+    request = http.current()
     limit = get_settings().max_import_lines
     kind = http.media_type(request)
     if kind == "text/csv":
@@ -51,7 +51,7 @@ def import_expenses() -> Response:
 @bp.route("/expenses", methods=["GET"])
 @handled
 def list_expenses() -> dict:
-    request = bp.current_request
+    request = http.current()
     period = validation.check_period(http.query(request, "period"))
     size = paging.page_size(http.query(request, "pageSize"), default=100, maximum=1000)
     return store.list_lines(http.principal(request), period, size, http.query(request, "nextToken"))

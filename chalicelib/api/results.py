@@ -17,7 +17,7 @@ bp = Blueprint(__name__)
 @bp.route("/jobs/{jobId}/result", methods=["GET"])
 @handled
 def get_result(jobId: str) -> Response:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     fmt = http.query(req, "format") or "json"
     if fmt not in ("json", "csv"):
         raise ValidationFailed("format: must be json or csv.", field="format")
@@ -40,7 +40,7 @@ def get_result(jobId: str) -> Response:  # noqa: N803
 @bp.route("/jobs/{jobId}/retry", methods=["POST"])
 @handled
 def retry_job(jobId: str) -> Response:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     job = actions.retry_job(http.principal(req).user_id, jobId)
     body = service.to_dict(job, http.base_url(req))
     return Response(body=body, status_code=202, headers={"Location": body["statusUrl"], "Retry-After": "2"})
@@ -49,5 +49,5 @@ def retry_job(jobId: str) -> Response:  # noqa: N803
 @bp.route("/jobs/{jobId}/lines/{lineId}", methods=["PATCH"])
 @handled
 def settle_line(jobId: str, lineId: str) -> dict:  # noqa: N803
-    req = bp.current_request
+    req = http.current()
     return actions.settle_line(http.principal(req).user_id, jobId, lineId, http.json_body(req))
