@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,6 +49,8 @@ class Settings:
     rate_limit_ceiling_seconds: float = 3600.0
     stale_after_seconds: int = 300
     result_inline_max_bytes: int = 5_000_000
+    # ASL retriers for model requests; None means categorize.retry.DEFAULT_POLICY.
+    retry_policy: tuple[dict, ...] | None = None
 
     def table(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -81,6 +84,7 @@ class Settings:
             rate_limit_ceiling_seconds=_float("RATE_LIMIT_CEILING_SECONDS", 3600.0),
             stale_after_seconds=_int("STALE_AFTER_SECONDS", 300),
             result_inline_max_bytes=_int("RESULT_INLINE_MAX_BYTES", 5_000_000),
+            retry_policy=tuple(json.loads(env["MODEL_RETRY_POLICY"])) if env.get("MODEL_RETRY_POLICY") else None,
         )
 
 

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalicelib import clock, faults, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
-from chalicelib.categorize.retry import RetryLoop
+from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import runner
 from chalicelib.jobs.create import enqueue
@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def handle_batch(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handle_batch(event: dict[str, Any], context: Any, settings: Settings | None = None) -> dict[str, Any]:
     """Lambda entry: one failed record goes back to the queue, never the whole batch."""
-    return process_partial_response(event=event, record_handler=lambda record: handle_record(record, context),
-                                    processor=processor, context=context)
+    return process_partial_response(event=event, processor=processor, context=context,
+                                    record_handler=lambda record: handle_record(record, context, settings))
 
 
 def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(event=event, record_handler=one, processor=processor, context=context)
 
 
-def handle_record(record: SQSRecord, context: Any) -> None:
+def handle_record(record: SQSRecord, context: Any, settings: Settings | None = None) -> None:
     try:
         message = json.loads(record.body)
         job_id, reason = str(message["jobId"]), str(message.get("reason", "start"))
@@ -55,7 +55,7 @@ def handle_record(record: SQSRecord, context: Any) -> None:
         log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
         return
     try:
-        run_job(job_id, reason, context)
+        run_job(job_id, reason, context, settings)
     except Exception:
         # The record goes back to the queue and is redone from the checkpoint.
         log.exception("job invocation failed; the message will be redelivered", extra={"jobId": job_id})
@@ -82,8 +82,9 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
     job = runner.claim(job_id, lease, reason)
     if job is None:
         return
-    deadline = time.monotonic() + max(1.0, remaining - settings.lambda_time_reserve_seconds)
-    loop = RetryLoop(deadline=deadline, inline_wait_max=settings.inline_wait_max_seconds,
+    deadline = time.monotonic() + max(0.0, remaining - settings.lambda_time_reserve_seconds)
+    loop = RetryLoop(settings.retry_policy or DEFAULT_POLICY, deadline=deadline,
+                     inline_wait_max=settings.inline_wait_max_seconds,
                      ceiling_seconds=settings.rate_limit_ceiling_seconds,
                      already_limited_seconds=float(job.rate_limited_seconds))
     backend = None
@@ -110,7 +111,8 @@ def _work(run: Invocation) -> None:
             return runner.cancel(job)
         if status is not JobStatus.PROCESSING or job.lease_owner != run.lease.owner:
             return None
-        if time.monotonic() > run.deadline:
+        # At least one batch per invocation, so a short budget still makes progress.
+        if run.done and time.monotonic() > run.deadline:
             faults.point("before_continuation_send")
             enqueue(job.job_id, reason="continuation")
             return None

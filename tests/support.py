@@ -1,0 +1,120 @@
+"""Helpers shared by the integration tests and the benchmarks: real SQS, real handler."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib import deps
+from chalicelib.settings import Settings
+
+
+@dataclass
+class Ctx:
+    """A Lambda context with a fixed time budget."""
+
+    remaining_ms: int = 300_000
+    aws_request_id: str = ""
+    function_name: str = "process_work"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:process_work"
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
+        self._start = time.monotonic()
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int(self.remaining_ms - (time.monotonic() - self._start) * 1000))
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until `check()` is truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def lambda_event(messages: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {"Records": [{
+        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+        "attributes": {"ApproximateReceiveCount": m.get("Attributes", {}).get("ApproximateReceiveCount", "1")},
+        "messageAttributes": {}, "md5OfBody": m.get("MD5OfBody", ""), "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:work", "awsRegion": "us-east-1",
+    } for m in messages]}
+
+
+def receive(job_ids: set[str] | None = None, wait: int = 0) -> list[dict[str, Any]]:
+    """Visible work messages (for `job_ids` only; strays of earlier tests are deleted)."""
+    sqs, url = deps.client("sqs"), deps.work_queue_url()
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
+                              AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+    mine = []
+    for m in got:
+        if job_ids is None or json.loads(m["Body"]).get("jobId") in job_ids:
+            mine.append(m)
+        else:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return mine
+
+
+def deliver(messages: list[dict[str, Any]], ctx: Ctx | None = None, settings: Settings | None = None,
+            twice: bool = False) -> dict[str, Any]:
+    """Hand messages to the real handler as Lambda would; delete what succeeded, make failures visible again."""
+    from chalicelib import worker
+
+    sqs, url = deps.client("sqs"), deps.work_queue_url()
+    event = lambda_event(messages)
+    out = worker.handle_batch(event, ctx or Ctx(), settings)
+    if twice:
+        out = worker.handle_batch(event, ctx or Ctx(), settings)
+    failed = {f["itemIdentifier"] for f in out["batchItemFailures"]}
+    for m in messages:
+        if m["MessageId"] in failed:
+            sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        else:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return out
+
+
+def drain(job_ids: set[str], settings: Settings | None = None, ctx_factory: Callable[[], Ctx] = Ctx,
+          rounds: int = 200, twice: bool = False) -> int:
+    """Deliver every message for `job_ids` until none is visible; returns the deliveries made."""
+    count = 0
+    for _ in range(rounds):
+        messages = receive(job_ids)
+        if not messages:
+            return count
+        deliver(messages, ctx_factory(), settings, twice=twice)
+        count += 1
+    raise AssertionError("work queue never drained")
+
+
+def expense_lines(n: int, vendors: list[str], period: str = "2026-01", prefix: str = "tx") -> list[dict[str, str]]:
+    return [{"lineId": f"{prefix}-{i:06d}", "date": f"{period}-{1 + i % 28:02d}", "vendor": vendors[i % len(vendors)],
+             "amount": f"{1 + i % 500}.{i % 100:02d}", "currency": "USD" if i % 7 else "EUR",
+             "description": "expense"} for i in range(n)]
+
+
+VENDOR_STEMS = ["Uber Trip", "Marriott Hotel", "Delta Air", "Starbucks", "Staples", "GitHub", "Verizon Wireless",
+                "Udemy Course", "FedEx Shipping", "Blue Bottle Coffee", "Hilton Garden Inn", "Lyft Ride",
+                "United Airlines", "Slack Technologies", "Office Depot", "Comcast Internet", "Coursera",
+                "UPS Store", "Chipotle Grill", "Acme Consulting"]
+
+
+def vendors(n: int) -> list[str]:
+    """`n` distinct vendors (after normalization), spelled as card statements spell them."""
+    out = []
+    for i in range(n):
+        stem = VENDOR_STEMS[i % len(VENDOR_STEMS)]
+        branch = "" if i < len(VENDOR_STEMS) else f" {chr(65 + i // len(VENDOR_STEMS))}{'x' * (i // 26)}"
+        out.append(f"{stem.upper()}{branch} *{1000 + i}")
+    return out
