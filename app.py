@@ -39,3 +39,11 @@ def reap_stale_jobs(event):
     from chalicelib import reaper
 
     return reaper.reap()
+
+
+# Hourly, so a deferred run (rate limit, outage) is retried the same day; at most one job per report and month.
+@app.schedule(Rate(1, unit=Rate.HOURS))
+def run_scheduled_reports(event):
+    from chalicelib import schedules
+
+    return schedules.run_due()

@@ -32,6 +32,15 @@ def _meta(name: str) -> type:
     return type("Meta", (_Meta,), {"table_name": _settings.table(name)})
 
 
+class ScheduleIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "bySchedule"
+        projection = AllProjection()
+
+    schedule_day = NumberAttribute(hash_key=True, attr_name="scheduleDay")
+    report_id = UnicodeAttribute(range_key=True, attr_name="reportId")
+
+
 class ReportConfig(Model):
     Meta = _meta("reports")
     report_id = UnicodeAttribute(hash_key=True, attr_name="reportId")
@@ -41,7 +50,9 @@ class ReportConfig(Model):
     allowed_roles = ListAttribute(of=UnicodeAttribute, attr_name="allowedRoles", default=list)
     categories = ListAttribute(of=UnicodeAttribute)
     schedule = JSONAttribute(null=True)
+    schedule_day = NumberAttribute(null=True, attr_name="scheduleDay")
     created_at = UnicodeAttribute(attr_name="createdAt")
+    by_schedule = ScheduleIndex()
 
 
 class ExpenseLine(Model):

@@ -100,6 +100,7 @@ def create_report(principal: Principal, body: Any) -> ReportConfig:
         allowed_roles=fields["allowedRoles"],
         categories=fields["categories"],
         schedule=fields["schedule"],
+        schedule_day=fields["schedule"]["day"] if fields["schedule"] else None,
         created_at=clock.iso(clock.now()),
     )
     try:
