@@ -153,6 +153,28 @@ class LineResult(Model):
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+class SeenDayIndex(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "bySeenDay"
+        projection = AllProjection()
+
+    seen_day = UnicodeAttribute(hash_key=True, attr_name="seenDay")
+    cache_key = UnicodeAttribute(range_key=True, attr_name="cacheKey")
+
+
+class VendorSeen(Model):
+    """`seen#<taxonomy>#<vendor>`: a vendor met by a job, for the nightly cache warmer."""
+
+    Meta = _meta("vendor-cache")
+    cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
+    seen_day = UnicodeAttribute(attr_name="seenDay")
+    vendor = UnicodeAttribute()
+    description = UnicodeAttribute(default="")
+    categories = ListAttribute(of=UnicodeAttribute)
+    expires_at = TTLAttribute(attr_name="expiresAt")
+    by_seen_day = SeenDayIndex()
+
+
 class VendorCacheEntry(Model):
     Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")

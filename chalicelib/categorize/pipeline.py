@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from chalicelib.categorize import cache, provider, rules
+from chalicelib.categorize import cache, provider, rules, seen
 from chalicelib.categorize.errors import JobFatal, LongWait, ProviderError, RetriesExhausted
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import RetryLoop
@@ -88,6 +88,7 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     for line in lines:
         groups.setdefault(normalize_vendor(line.vendor), []).append(line)
     model = backend.model if backend else settings.openai_model
+    seen.record_seen(categories, {v: (m[0].vendor, m[0].description) for v, m in groups.items()})
     known = cache.lookup(categories, list(groups), model)
     misses = [v for v in groups if v not in known]
     items = [Item(f"v{n}", groups[v][0].vendor, groups[v][0].description) for n, v in enumerate(misses)]
