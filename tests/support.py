@@ -110,11 +110,19 @@ VENDOR_STEMS = ["Uber Trip", "Marriott Hotel", "Delta Air", "Starbucks", "Staple
                 "UPS Store", "Chipotle Grill", "Acme Consulting"]
 
 
-def vendors(n: int) -> list[str]:
-    """`n` distinct vendors (after normalization), spelled as card statements spell them."""
+def vendors(n: int, salt: str | None = None) -> list[str]:
+    """`n` distinct vendors (after normalization), spelled as card statements spell them.
+
+    A random letters-only salt keeps tests apart in the shared vendor cache.
+    """
+    import random
+    import string
+
+    if salt is None:
+        salt = "".join(random.choices(string.ascii_uppercase, k=6))
     out = []
     for i in range(n):
         stem = VENDOR_STEMS[i % len(VENDOR_STEMS)]
         branch = "" if i < len(VENDOR_STEMS) else f" {chr(65 + i // len(VENDOR_STEMS))}{'x' * (i // 26)}"
-        out.append(f"{stem.upper()}{branch} *{1000 + i}")
+        out.append(f"{stem.upper()}{branch}{' ' + salt if salt else ''} *{1000 + i}")
     return out
