@@ -1,6 +1,6 @@
 """Chalice entry point: middleware, blueprints and one-line event handlers."""
 
-from chalice import Chalice, CORSConfig, Rate
+from chalice import Chalice, CORSConfig, Cron, Rate
 
 from chalicelib.api import jobs, meta, middleware, reports, results
 from chalicelib.settings import get_settings
@@ -47,3 +47,10 @@ def run_scheduled_reports(event):
     from chalicelib import schedules
 
     return schedules.run_due()
+
+
+@app.schedule(Cron(0, 2, "*", "*", "?", "*"))
+def warm_vendor_cache(event):
+    from chalicelib import worker
+
+    return worker.warm_cache(event.context)

@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from chalicelib import clock, faults, results
+from chalicelib import clock, deps, faults, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
@@ -50,8 +50,11 @@ def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def handle_record(record: SQSRecord, context: Any, settings: Settings | None = None) -> None:
     try:
         message = json.loads(record.body)
+        if message.get("kind") == "warm":
+            warm_cache(context, settings, after=str(message.get("after") or ""))
+            return
         job_id, reason = str(message["jobId"]), str(message.get("reason", "start"))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
         return
     try:
@@ -75,6 +78,36 @@ class Invocation:
     seen: tuple[int, int, float] = (0, 0, 0.0)  # retry stats already counted in a checkpoint
 
 
+def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None:
+    if not settings.openai_api_key:
+        return None
+    return pipeline.ModelBackend(provider.client(settings.openai_api_key, settings.openai_base_url),
+                                 settings.openai_model, loop, settings.model_batch_size, settings.model_concurrency)
+
+
+def _loop(settings: Settings, remaining: float, limited_so_far: float = 0.0) -> RetryLoop:
+    deadline = time.monotonic() + max(0.0, remaining - settings.lambda_time_reserve_seconds)
+    return RetryLoop(settings.retry_policy or DEFAULT_POLICY, deadline=deadline,
+                     inline_wait_max=settings.inline_wait_max_seconds,
+                     ceiling_seconds=settings.rate_limit_ceiling_seconds, already_limited_seconds=limited_so_far)
+
+
+def warm_cache(context: Any, settings: Settings | None = None, after: str = "") -> dict[str, Any]:
+    """One warm run within this invocation's time; what is left goes on in a continuation message."""
+    from chalicelib.categorize import warmer
+
+    settings = settings or get_settings()
+    remaining = context.get_remaining_time_in_millis() / 1000.0
+    loop = _loop(settings, remaining)
+    outcome = warmer.warm(_backend(settings, loop), max(1.0, remaining - settings.lambda_time_reserve_seconds),
+                          after)
+    if outcome.get("after"):
+        deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(),
+                                        MessageBody=json.dumps({"kind": "warm", "after": outcome["after"]}))
+    log.info("cache warm run", extra={k: v for k, v in outcome.items() if k != "after"})
+    return outcome
+
+
 def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     remaining = context.get_remaining_time_in_millis() / 1000.0
@@ -82,17 +115,8 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
     job = runner.claim(job_id, lease, reason)
     if job is None:
         return
-    deadline = time.monotonic() + max(0.0, remaining - settings.lambda_time_reserve_seconds)
-    loop = RetryLoop(settings.retry_policy or DEFAULT_POLICY, deadline=deadline,
-                     inline_wait_max=settings.inline_wait_max_seconds,
-                     ceiling_seconds=settings.rate_limit_ceiling_seconds,
-                     already_limited_seconds=float(job.rate_limited_seconds))
-    backend = None
-    if settings.openai_api_key:
-        backend = pipeline.ModelBackend(provider.client(settings.openai_api_key, settings.openai_base_url),
-                                        settings.openai_model, loop, settings.model_batch_size,
-                                        settings.model_concurrency)
-    run = Invocation(job, lease, settings, deadline, loop, backend, time.time())
+    loop = _loop(settings, remaining, float(job.rate_limited_seconds))
+    run = Invocation(job, lease, settings, loop.deadline, loop, _backend(settings, loop), time.time())
     try:
         _work(run)
     finally:
