@@ -27,7 +27,7 @@ def _jwks_client(url: str) -> jwt.PyJWKClient:
 def principal_from_header(header: str | None, settings: Settings) -> Principal:
     """Verify an `Authorization: Bearer …` header; raise Unauthorized with a reason."""
     if not header:
-        raise Unauthorized("A bearer token is required.")
+        raise Unauthorized("A bearer token is required.", tokenPresented=False)
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

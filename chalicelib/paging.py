@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from chalicelib.errors import ValidationFailed
@@ -31,6 +32,6 @@ def decode(token: str | None) -> dict[str, Any] | None:
 def page_size(raw: str | None, default: int = 20, maximum: int = 100) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= maximum:
         raise ValidationFailed(f"pageSize: must be an integer from 1 to {maximum}.", field="pageSize")
     return int(raw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pynamodb.attributes import (
     BooleanAttribute,
     JSONAttribute,
@@ -11,6 +13,7 @@ from pynamodb.attributes import (
     TTLAttribute,
     UnicodeAttribute,
 )
+from pynamodb.connection import Connection
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -26,6 +29,13 @@ class _Meta:
     connect_timeout_seconds = 5
     read_timeout_seconds = 10
     max_retry_attempts = 2
+
+
+@lru_cache(maxsize=1)
+def connection() -> Connection:
+    """One connection for transactions: building one per call reloads botocore's models (~0.1 s)."""
+    return Connection(region=_Meta.region, host=_Meta.host, connect_timeout_seconds=_Meta.connect_timeout_seconds,
+                      read_timeout_seconds=_Meta.read_timeout_seconds, max_retry_attempts=_Meta.max_retry_attempts)
 
 
 def _meta(name: str) -> type:

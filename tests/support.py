@@ -53,17 +53,19 @@ def lambda_event(messages: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def receive(job_ids: set[str] | None = None, wait: int = 0) -> list[dict[str, Any]]:
-    """Visible work messages (for `job_ids` only; strays of earlier tests are deleted)."""
+    """Visible work messages for `job_ids` (strays of earlier tests are deleted on the way)."""
     sqs, url = deps.client("sqs"), deps.work_queue_url()
-    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
-                              AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
-    mine = []
-    for m in got:
-        if job_ids is None or json.loads(m["Body"]).get("jobId") in job_ids:
-            mine.append(m)
-        else:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return mine
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
+                                  AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+        mine = []
+        for m in got:
+            if job_ids is None or json.loads(m["Body"]).get("jobId") in job_ids:
+                mine.append(m)
+            else:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        if mine or not got:
+            return mine
 
 
 def deliver(messages: list[dict[str, Any]], ctx: Ctx | None = None, settings: Settings | None = None,

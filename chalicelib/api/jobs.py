@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from chalice import Blueprint, Response
 
 from chalicelib import clock, paging
 from chalicelib.api import http
-from chalicelib.api.routes import handled
+from chalicelib.api.routes import NO_BODY, handled
 from chalicelib.errors import NotAsyncReport, ValidationFailed
 from chalicelib.jobs import idempotency, service
 from chalicelib.jobs.create import create_job
@@ -44,7 +45,7 @@ def generate(reportId: str) -> Response:  # noqa: N803
     body = http.json_body(req, required=False)
     if body is not None and (not isinstance(body, dict) or not set(body) <= {"period"}):
         raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
-    period = check_period((body or {}).get("period") or clock.now().strftime("%Y-%m"))
+    period = check_period(body["period"]) if body and "period" in body else clock.now().strftime("%Y-%m")
     who = http.principal(req)
     request = {"principal": who, "userId": who.user_id, "reportId": reportId, "period": period,
                "baseUrl": http.base_url(req), "body": body}
@@ -57,7 +58,7 @@ def generate(reportId: str) -> Response:  # noqa: N803
     return Response(body=out["body"], status_code=out["status"], headers=out["headers"])
 
 
-@bp.route("/jobs/{jobId}", methods=["GET"])
+@bp.route("/jobs/{jobId}", methods=["GET"], content_types=NO_BODY)
 @handled
 def get_job(jobId: str) -> Response:  # noqa: N803
     req = http.current()
@@ -65,13 +66,13 @@ def get_job(jobId: str) -> Response:  # noqa: N803
     return http.cached_json(req, service.to_dict(job, http.base_url(req)), _poll_headers(job))
 
 
-@bp.route("/jobs", methods=["GET"])
+@bp.route("/jobs", methods=["GET"], content_types=NO_BODY)
 @handled
 def list_jobs() -> dict:
     req = http.current()
     size = paging.page_size(http.query(req, "pageSize"))
     raw_page = http.query(req, "page")
-    if raw_page is not None and (not raw_page.isdigit() or not 1 <= int(raw_page) <= 10_000):
+    if raw_page is not None and (not re.fullmatch(r"[0-9]{1,5}", raw_page) or not 1 <= int(raw_page) <= 10_000):
         raise ValidationFailed("page: must be an integer from 1 to 10000.", field="page")
     out = service.list_jobs(http.principal(req).user_id, http.query(req, "status"), size,
                             int(raw_page) if raw_page else None, http.query(req, "nextToken"))
@@ -79,7 +80,7 @@ def list_jobs() -> dict:
     return {**out, "items": [service.to_dict(job, base) for job in out["items"]]}
 
 
-@bp.route("/jobs/{jobId}", methods=["DELETE"])
+@bp.route("/jobs/{jobId}", methods=["DELETE"], content_types=NO_BODY)
 @handled
 def cancel_job(jobId: str) -> dict:  # noqa: N803
     req = http.current()
@@ -87,7 +88,7 @@ def cancel_job(jobId: str) -> dict:  # noqa: N803
     return service.to_dict(job, http.base_url(req))
 
 
-@bp.route("/jobs/{jobId}/events", methods=["GET"])
+@bp.route("/jobs/{jobId}/events", methods=["GET"], content_types=NO_BODY)
 @handled
 def job_events(jobId: str) -> dict:  # noqa: N803
     req = http.current()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from chalice import Blueprint, Response
 
+from chalicelib.api.routes import NO_BODY
+
 bp = Blueprint(__name__)
 _HERE = Path(__file__).parent
 
@@ -17,17 +19,17 @@ def _openapi() -> str:
     return (_HERE / "openapi.json").read_text()
 
 
-@bp.route("/health", methods=["GET"])
+@bp.route("/health", methods=["GET"], content_types=NO_BODY)
 def health() -> dict:
     return {"status": "ok"}
 
 
-@bp.route("/openapi.json", methods=["GET"])
+@bp.route("/openapi.json", methods=["GET"], content_types=NO_BODY)
 def openapi() -> Response:
     return Response(body=_openapi(), headers={"Content-Type": "application/json"})
 
 
-@bp.route("/", methods=["GET"])
+@bp.route("/", methods=["GET"], content_types=NO_BODY)
 def dashboard() -> Response:
     page = _HERE / "dashboard.html"
     html = page.read_text() if page.exists() else "<!doctype html><title>Reports</title><p>See /openapi.json</p>"

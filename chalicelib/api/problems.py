@@ -31,8 +31,9 @@ def problem(status: int, detail: str, title: str | None = None, kind: str | None
 def from_error(err: AppError) -> Response:
     headers = dict(err.headers)
     if err.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-    reserved = {"type", "title", "status", "detail", "kind", "headers"}
+        presented = err.extensions.get("tokenPresented", True)
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if presented else "Bearer"
+    reserved = {"type", "title", "status", "detail", "kind", "headers", "tokenPresented"}
     extensions = {k: v for k, v in err.extensions.items() if v is not None and k not in reserved}
     return problem(err.status, err.detail, err.title, _slug(type(err).__name__), headers, **extensions)
 

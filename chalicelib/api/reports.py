@@ -6,7 +6,7 @@ from chalice import Blueprint, Response
 
 from chalicelib import paging
 from chalicelib.api import http
-from chalicelib.api.routes import created, handled
+from chalicelib.api.routes import NO_BODY, created, handled
 from chalicelib.errors import UnsupportedMediaType, ValidationFailed
 from chalicelib.lines import store, validation
 from chalicelib.reports import service
@@ -24,7 +24,7 @@ def create_report() -> Response:
     return created(service.to_dict(report), {"Location": f"/api/v1/reports/{report.report_id}"})
 
 
-@bp.route("/reports/{reportId}", methods=["GET"])
+@bp.route("/reports/{reportId}", methods=["GET"], content_types=NO_BODY)
 @handled
 def get_report(reportId: str) -> dict:  # noqa: N803 (Chalice passes path params by name)
     return service.to_dict(service.get_visible(http.principal(http.current()), reportId))
@@ -48,7 +48,7 @@ def import_expenses() -> Response:
     return created(store.import_lines(http.principal(request), lines))
 
 
-@bp.route("/expenses", methods=["GET"])
+@bp.route("/expenses", methods=["GET"], content_types=NO_BODY)
 @handled
 def list_expenses() -> dict:
     request = http.current()

@@ -6,7 +6,7 @@ from chalice import Blueprint, Response
 
 from chalicelib import results
 from chalicelib.api import http
-from chalicelib.api.routes import handled
+from chalicelib.api.routes import NO_BODY, handled
 from chalicelib.errors import Conflict, ValidationFailed
 from chalicelib.jobs import actions, service
 from chalicelib.jobs.states import JobStatus
@@ -14,7 +14,7 @@ from chalicelib.jobs.states import JobStatus
 bp = Blueprint(__name__)
 
 
-@bp.route("/jobs/{jobId}/result", methods=["GET"])
+@bp.route("/jobs/{jobId}/result", methods=["GET"], content_types=NO_BODY)
 @handled
 def get_result(jobId: str) -> Response:  # noqa: N803
     req = http.current()
@@ -37,7 +37,7 @@ def get_result(jobId: str) -> Response:  # noqa: N803
     return Response(body=body.decode("utf-8"), status_code=200, headers=headers)
 
 
-@bp.route("/jobs/{jobId}/retry", methods=["POST"])
+@bp.route("/jobs/{jobId}/retry", methods=["POST"], content_types=NO_BODY)
 @handled
 def retry_job(jobId: str) -> Response:  # noqa: N803
     req = http.current()

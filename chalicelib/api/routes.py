@@ -11,6 +11,9 @@ from chalice import Response
 from chalicelib.api import problems
 from chalicelib.errors import AppError
 
+# Routes that read no body accept any Content-Type (Chalice would otherwise demand JSON on a GET).
+NO_BODY = ["*/*"]
+
 
 def handled(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)

@@ -7,17 +7,16 @@ import logging
 import time
 import uuid
 
-from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.transactions import TransactWrite
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from chalicelib import clock, deps
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
-from chalicelib.jobs.states import JobStatus, event_item, lock_key
+from chalicelib.jobs.states import JobStatus, event_item, lock_holder, lock_key
 from chalicelib.reports.service import ReportConfig
 from chalicelib.settings import get_settings
-from chalicelib.tables import Control, Job, JobEvent
+from chalicelib.tables import Control, Job, JobEvent, connection
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3600
@@ -25,10 +24,6 @@ WINDOW_SECONDS = 3600
 
 class _WindowRaced(Exception):
     """Another create for this user changed the rate window between our read and write."""
-
-
-def _connection() -> Connection:
-    return Connection(region=Job.Meta.region, host=Job.Meta.host)
 
 
 def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start") -> None:
@@ -69,7 +64,7 @@ def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Jo
     )
     live[job.job_id] = now
     try:
-        with TransactWrite(connection=_connection()) as tx:
+        with TransactWrite(connection=connection()) as tx:
             tx.save(job, condition=Job.job_id.does_not_exist())
             # lock_is_free: one active job per (user, report, period), however many creates race.
             tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
@@ -80,26 +75,21 @@ def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Jo
                             expires_at=clock.expiry(seconds=WINDOW_SECONDS * 2)), condition=window_unchanged)
             tx.save(event_item(job.job_id, "created", {"trigger": trigger, "period": period}))
     except TransactWriteError as err:
-        codes = [r.code if r else None for r in (err.cancellation_reasons or [])]
-        if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
+        codes = {r.code for r in (err.cancellation_reasons or []) if r}
+        if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
+            raise
+        # Which write was refused is read from the state, not from the reasons' order.
+        holder = lock_holder(job.lock_key)
+        if holder and holder != job.job_id:
             raise ActiveJobExists("An active job for this report and period already exists.",
-                                  existingJobId=_lock_holder(job.lock_key)) from err
-        if len(codes) > 2 and codes[2] == "ConditionalCheckFailed" or "TransactionConflict" in codes:
-            raise _WindowRaced() from err
-        raise
+                                  existingJobId=holder) from err
+        raise _WindowRaced() from err
     return job
-
-
-def _lock_holder(key: str) -> str | None:
-    try:
-        return Control.get(key, consistent_read=True).job_id
-    except Control.DoesNotExist:
-        return None
 
 
 def _undo(job: Job) -> None:
     """Remove every trace of a job whose message could not be sent."""
-    with TransactWrite(connection=_connection()) as tx:
+    with TransactWrite(connection=connection()) as tx:
         tx.delete(job)
         tx.delete(Control(job.lock_key), condition=Control.pk.does_not_exist() | (Control.job_id == job.job_id))
         tx.update(Control(f"rate#{job.owner_id}"), actions=[Control.stamps[job.job_id].remove()])

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
-from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -16,7 +15,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import clock
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.settings import get_settings
-from chalicelib.tables import Control, Job, JobEvent
+from chalicelib.tables import Control, Job, JobEvent, connection
 
 
 class JobStatus(StrEnum):
@@ -87,7 +86,7 @@ def transition(
     # that moved the job after we read it; exactly one of them wins.
     status_unchanged = Job.status == current.value
     try:
-        with TransactWrite(connection=Connection(region=Job.Meta.region, host=Job.Meta.host)) as tx:
+        with TransactWrite(connection=connection()) as tx:
             guard = status_unchanged if condition is None else status_unchanged & condition
             tx.update(job, actions=updates, condition=guard)
             tx.save(event_item(job.job_id, event, detail))
@@ -105,12 +104,24 @@ def transition(
     return job
 
 
+def lock_holder(key: str) -> str | None:
+    try:
+        return Control.get(key, consistent_read=True).job_id
+    except Control.DoesNotExist:
+        return None
+
+
 def _explain(err: TransactWriteError, job: Job, current: JobStatus, to: JobStatus) -> Exception:
-    reasons = err.cancellation_reasons or []
-    codes = [r.code if r else None for r in reasons]
-    if codes and codes[0] == "ConditionalCheckFailed":
-        return TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")
-    if current in TERMINAL and len(codes) > 2 and codes[2] == "ConditionalCheckFailed":
-        holder = Control.get(job.lock_key, consistent_read=True).job_id
-        return ActiveJobExists("Another job for this report and period is active.", existingJobId=holder)
-    return err
+    """Name why a transition's transaction was refused, from the state it left behind.
+
+    (PynamoDB sends deletes, puts and updates in that order, not ours, so the position
+    of a cancellation reason does not say which of our writes failed.)
+    """
+    codes = {r.code for r in (err.cancellation_reasons or []) if r}
+    if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
+        return err
+    if current in TERMINAL and to not in TERMINAL:
+        holder = lock_holder(job.lock_key)
+        if holder and holder != job.job_id:
+            return ActiveJobExists("Another job for this report and period is active.", existingJobId=holder)
+    return TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")

@@ -43,11 +43,11 @@ def validate_line(raw: Any, where: str) -> dict[str, str]:
     line_id = raw.get("lineId")
     if line_id in (None, ""):
         line_id = str(uuid.uuid4())
-    elif not isinstance(line_id, str) or not LINE_ID.match(line_id):
+    elif not isinstance(line_id, str) or not LINE_ID.fullmatch(line_id):
         raise fail("lineId", "must be 1-128 characters of letters, digits and . _ : - (starting alphanumeric).")
     day = raw.get("date")
     try:
-        if not isinstance(day, str) or not DATE.match(day):
+        if not isinstance(day, str) or not DATE.fullmatch(day):
             raise ValueError
         date.fromisoformat(day)
     except ValueError:
@@ -56,14 +56,14 @@ def validate_line(raw: Any, where: str) -> dict[str, str]:
     if not vendor:
         raise fail("vendor", "is required: printable text of up to 200 characters.")
     amount = raw.get("amount")
-    if not isinstance(amount, str) or not AMOUNT.match(amount.strip()):
+    if not isinstance(amount, str) or not AMOUNT.fullmatch(amount.strip()):
         raise fail("amount", 'must be a decimal string such as "23.50" (up to 12 digits before the point, 4 after).')
     try:
         amount = str(Decimal(amount.strip()))
     except InvalidOperation:
         raise fail("amount", "must be a decimal string.") from None
     currency = raw.get("currency")
-    if not isinstance(currency, str) or not CURRENCY.match(currency):
+    if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
         raise fail("currency", "must be a three-letter ISO 4217 code in capitals, such as USD.")
     description = _text(raw.get("description"), 500, False)
     if raw.get("description") not in (None, "") and description is None:
@@ -90,7 +90,8 @@ def validate_lines(raws: Any, max_lines: int, label: str = "lines") -> list[dict
 
 
 def parse_csv(text: str, max_lines: int) -> list[dict[str, str]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    # Excel's "CSV UTF-8" starts with a byte-order mark.
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
     try:
         header = reader.fieldnames or []
         missing = [c for c in CSV_COLUMNS if c not in header and c not in ("lineId", "description")]
@@ -113,6 +114,6 @@ def parse_csv(text: str, max_lines: int) -> list[dict[str, str]]:
 
 
 def check_period(value: Any) -> str:
-    if not isinstance(value, str) or not PERIOD.match(value):
+    if not isinstance(value, str) or not PERIOD.fullmatch(value):
         raise ValidationFailed("period: must be a month YYYY-MM.", field="period")
     return value

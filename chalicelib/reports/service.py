@@ -37,7 +37,7 @@ def _targets(value: Any) -> list[dict[str, str]]:
         if t.get("type") == "api" and set(t) == {"type", "mode"} and t.get("mode") in ("async", "sync"):
             out.append({"type": "api", "mode": t["mode"]})
         elif t.get("type") == "email" and set(t) == {"type", "to"} and isinstance(t.get("to"), str) \
-                and EMAIL.match(t["to"]):
+                and EMAIL.fullmatch(t["to"]):
             out.append({"type": "email", "to": t["to"]})
         else:
             raise _fail(where, "must be {type: api, mode: async|sync} or {type: email, to: <address>}.")
@@ -51,9 +51,10 @@ def _strings(field: str, value: Any, default: list[str], max_items: int) -> list
         isinstance(v, str) and 0 < len(v.strip()) <= 64 and v.isprintable() for v in value
     ):
         raise _fail(field, f"must be a list of at most {max_items} non-empty printable strings of up to 64 characters.")
-    if len(set(value)) != len(value):
+    trimmed = [v.strip() for v in value]
+    if len(set(trimmed)) != len(trimmed):
         raise _fail(field, "must not repeat a value.")
-    return [v.strip() for v in value]
+    return trimmed
 
 
 def _schedule(value: Any) -> dict[str, Any] | None:
@@ -72,7 +73,7 @@ def parse_config(body: Any) -> dict[str, Any]:
     if unknown:
         raise _fail(unknown[0], "is not a known field.")
     report_id = body.get("reportId")
-    if report_id is not None and (not isinstance(report_id, str) or not REPORT_ID.match(report_id)):
+    if report_id is not None and (not isinstance(report_id, str) or not REPORT_ID.fullmatch(report_id)):
         raise _fail("reportId", "must match ^[a-z0-9][a-z0-9-]{2,63}$.")
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200 or not name.isprintable():
@@ -135,7 +136,7 @@ def get_for_generation(principal: Principal, report_id: str) -> ReportConfig:
 
 
 def _get(report_id: str) -> ReportConfig | None:
-    if not REPORT_ID.match(report_id or ""):
+    if not REPORT_ID.fullmatch(report_id or ""):
         return None
     try:
         return ReportConfig.get(report_id, consistent_read=True)
