@@ -1,0 +1,196 @@
+"""Shared fixtures. The suite runs offline: AWS is a moto server subprocess, reached over the real wire.
+
+Settings (and the PynamoDB models) read the environment once, at import, but the moto server's URL is only
+known once it runs. So this file sets the test environment when it is imported and, in `pytest_configure`
+(before any test module is collected, hence before anything imports chalicelib), starts one moto server per
+process on a free port, points AWS_ENDPOINT_URL at it and deploys infra/template.yaml into it. With
+pytest-xdist every worker process gets its own server; the controller starts none. Tests isolate their state
+with fresh random user ids and report ids, never by resetting moto.
+
+Fixtures: aws_endpoint, settings, token_for, client, api_stack, worker.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# --- the test environment, before anything imports chalicelib ------------------------------------------------
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"  # never real credentials, whatever the shell has
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+for _var in ("AWS_SESSION_TOKEN", "AWS_PROFILE",
+             # Ambient settings that would make the suite leave the machine or change the contract under test.
+             "AWS_ENDPOINT_URL", "WORK_QUEUE_URL", "RESULTS_BUCKET", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+             "JWT_JWKS_URL", "PUBLIC_BASE_URL"):
+    os.environ.pop(_var, None)
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("APP_PREFIX", "reports-test")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+
+# A chalice stage that .chalice/config.json does not declare: `chalice local --stage` and chalice.test.Client
+# then only apply the top-level environment_variables, so they keep APP_PREFIX=reports-test (stage `dev`
+# would force reports-dev onto the app).
+TEST_STAGE = "pytest"
+
+_moto: Any = None
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    if hasattr(config, "workerinput"):
+        return False
+    return bool(getattr(config.option, "numprocesses", None)) and getattr(config.option, "dist", "no") != "no"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _moto
+    if _moto is not None or _is_xdist_controller(config) or config.option.help or config.option.version:
+        return
+    settings_module = sys.modules.get("chalicelib.settings")
+    if "chalicelib.tables" in sys.modules or (settings_module and settings_module.get_settings.cache_info().currsize):
+        raise pytest.UsageError("chalicelib was imported before tests/conftest.py set AWS_ENDPOINT_URL: "
+                                "settings are read once per process, so it would not point at the test moto server")
+    from local.deploy import deploy
+    from local.stack import MotoServer
+
+    server = MotoServer().start_and_wait(deadline_seconds=30.0)
+    try:
+        env = deploy(server.url, os.environ["APP_PREFIX"])["env"]
+    except BaseException:
+        server.stop()
+        raise
+    os.environ.update(env)
+    _moto = server
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _moto
+    if _moto is not None:
+        _moto.stop(timeout=3.0)
+        _moto = None
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------
+
+
+class Token(str):
+    """A bearer token (a str) that also knows its user: `.sub`, `.roles`, `.headers`."""
+
+    sub: str
+    roles: tuple[str, ...]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self}"}
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> str:
+    """The URL of this process's moto server."""
+    return os.environ["AWS_ENDPOINT_URL"]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Any:
+    from chalicelib.settings import get_settings
+
+    current = get_settings()
+    assert current.aws_endpoint_url == os.environ["AWS_ENDPOINT_URL"], "settings were read before conftest ran"
+    return current
+
+
+@pytest.fixture(scope="session")
+def token_for(settings: Any) -> Any:
+    """`token_for(sub=None, roles=())`: a valid bearer token; a fresh random user when `sub` is None."""
+    from chalicelib.auth import mint_token
+
+    def make(sub: str | None = None, roles: tuple[str, ...] | list[str] = ()) -> Token:
+        user = sub or f"user-{uuid.uuid4()}"
+        token = Token(mint_token(settings, user, list(roles)))
+        token.sub, token.roles = user, tuple(roles)
+        return token
+
+    return make
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    """The API in-process (chalice.test.Client) against this process's moto server.
+
+    Chalice quirk: the test client swaps os.environ for a copy patched with the stage's environment_variables
+    during every invocation; TEST_STAGE keeps that from changing APP_PREFIX.
+    """
+    from chalice.test import Client
+
+    from app import app
+
+    _check_stage()
+    with Client(app, stage_name=TEST_STAGE, project_dir=str(ROOT)) as test_client:
+        yield test_client
+
+
+def _check_stage() -> None:
+    from local.deploy import stage_environment
+
+    forced = stage_environment(TEST_STAGE).get("APP_PREFIX")
+    if forced and forced != os.environ["APP_PREFIX"]:
+        pytest.fail(f".chalice/config.json stage {TEST_STAGE!r} sets APP_PREFIX={forced}; tests deploy "
+                    f"{os.environ['APP_PREFIX']}")
+
+
+@pytest.fixture(scope="session")
+def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `chalice local` subprocess against this process's moto server; yields its base URL."""
+    from local.stack import ChaliceLocal, StartupError, free_port
+
+    _check_stage()
+    log_path = tmp_path_factory.mktemp("api-stack") / "chalice-local.log"
+    api = None
+    for attempt in range(3):
+        api = ChaliceLocal(free_port(), dict(os.environ), stage=TEST_STAGE, log_path=log_path)
+        try:
+            api.start_and_wait(deadline_seconds=30.0)
+            break
+        except StartupError:
+            api.stop(timeout=3.0)
+            if attempt == 2:
+                raise
+    assert api is not None
+    try:
+        yield api.url
+    finally:
+        api.stop(timeout=5.0)
+
+
+@pytest.fixture
+def worker(settings: Any) -> Iterator[Any]:
+    """A local.poller thread feeding the work queue to the real SQS handler for this test; yields the poller.
+
+    `worker.stats` counts invocations, deletions and failures. Long polls are 1 s, so teardown is quick.
+    """
+    from app import app
+    from local.poller import build_pollers
+
+    stop = threading.Event()
+    pollers = build_pollers(app, stop_event=stop, queues=[f"{settings.prefix}-work"], concurrency=1,
+                            wait_time_seconds=1)
+    assert pollers, f"app.py declares no @app.on_sqs_message handler for {settings.prefix}-work"
+    for poller in pollers:
+        poller.start()
+    try:
+        yield pollers[0]
+    finally:
+        stop.set()
+        for poller in pollers:
+            if not poller.stop(timeout=30.0):
+                pytest.fail(f"worker {poller.name} did not stop within 30 s")
