@@ -43,6 +43,10 @@ class Settings:
     openai_model: str = "gpt-4o-mini"
     model_batch_size: int = 25
     model_concurrency: int = 4
+    # The provider's limits, shared by every worker through the DynamoDB limiter (unset: no limiter).
+    openai_rpm: float | None = None
+    openai_tpm: float | None = None
+    openai_timeout_seconds: float = 30.0
     line_batch_size: int = 100
     lambda_time_reserve_seconds: float = 20.0
     inline_wait_max_seconds: float = 10.0
@@ -78,6 +82,9 @@ class Settings:
             openai_model=env.get("OPENAI_MODEL", "gpt-4o-mini"),
             model_batch_size=_int("MODEL_BATCH_SIZE", 25),
             model_concurrency=_int("MODEL_CONCURRENCY", 4),
+            openai_rpm=float(env["OPENAI_RPM"]) if env.get("OPENAI_RPM") else None,
+            openai_tpm=float(env["OPENAI_TPM"]) if env.get("OPENAI_TPM") else None,
+            openai_timeout_seconds=_float("OPENAI_TIMEOUT_SECONDS", 30.0),
             line_batch_size=_int("LINE_BATCH_SIZE", 100),
             lambda_time_reserve_seconds=_float("LAMBDA_TIME_RESERVE_SECONDS", 20.0),
             inline_wait_max_seconds=_float("INLINE_WAIT_MAX_SECONDS", 10.0),

@@ -205,4 +205,8 @@ class Control(Model):
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
     stamps = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}
     version = NumberAttribute(default=0)
+    # Shared model-provider limiter: bucket levels at `level_at` (epoch seconds).
+    level_requests = NumberAttribute(null=True, attr_name="levelRequests")
+    level_tokens = NumberAttribute(null=True, attr_name="levelTokens")
+    level_at = NumberAttribute(null=True, attr_name="levelAt")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

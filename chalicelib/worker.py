@@ -81,8 +81,14 @@ class Invocation:
 def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None:
     if not settings.openai_api_key:
         return None
-    return pipeline.ModelBackend(provider.client(settings.openai_api_key, settings.openai_base_url),
-                                 settings.openai_model, loop, settings.model_batch_size, settings.model_concurrency)
+    limiter = None
+    if settings.openai_rpm or settings.openai_tpm:
+        from chalicelib.categorize.limiter import SharedLimiter
+
+        limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm)
+    api = provider.client(settings.openai_api_key, settings.openai_base_url, settings.openai_timeout_seconds)
+    return pipeline.ModelBackend(api, settings.openai_model, loop, settings.model_batch_size,
+                                 settings.model_concurrency, limiter)
 
 
 def _loop(settings: Settings, remaining: float, limited_so_far: float = 0.0) -> RetryLoop:

@@ -27,6 +27,7 @@ class ModelBackend:
     loop: RetryLoop
     batch_size: int
     concurrency: int
+    limiter: Any = None  # limiter.SharedLimiter when the fleet shares a provider quota
 
 
 def _flagged(item: Item) -> Answer:
@@ -41,7 +42,8 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
         if not todo:
             break
         try:
-            got = backend.loop.run(lambda todo=todo: provider.ask(backend.api, backend.model, todo, categories))
+            got = backend.loop.run(lambda todo=todo: provider.ask(backend.api, backend.model, todo, categories,
+                                                                  backend.limiter))
         except RetriesExhausted:
             break
         except ProviderError as err:

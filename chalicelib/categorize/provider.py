@@ -100,20 +100,40 @@ def classify(err: Exception) -> ProviderError:
     return ProviderError("Provider.BadRequest", f"The model provider refused the request: {err}")
 
 
-def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]) -> list[Answer]:
+def completion_budget(items: list[Item]) -> int:
+    """max_completion_tokens for a request: about 25 tokens per answer, with room to spare."""
+    return 32 + 48 * len(items)
+
+
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    """What the provider counts against tokens-per-minute before it answers: prompt plus max output."""
+    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + max_tokens
+
+
+def _remaining(headers: Any, name: str) -> float | None:
+    return _number(headers.get(f"x-ratelimit-remaining-{name}"), 1.0) if headers is not None else None
+
+
+def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None) -> list[Answer]:
     """One request; returns the answers that are valid (missing or invalid ones are left out)."""
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
+                {"role": "user", "content": json.dumps(payload)}]
+    budget = completion_budget(items)
+    if limiter is not None:
+        limiter.acquire(estimate_tokens(messages, budget))
     try:
-        completion = api.chat.completions.create(
-            model=model, temperature=0,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                      {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
-                      {"role": "user", "content": json.dumps(payload)}],
+        raw = api.chat.completions.with_raw_response.create(
+            model=model, temperature=0, messages=messages, max_completion_tokens=budget,
             response_format={"type": "json_schema", "json_schema": {
                 "name": "expense_categories", "strict": True, "schema": answer_schema(categories)}},
         )
+        completion = raw.parse()
     except openai.OpenAIError as err:
         raise classify(err) from err
+    if limiter is not None:
+        limiter.observe(_remaining(raw.headers, "requests"), _remaining(raw.headers, "tokens"))
     return parse_answer(completion.choices[0].message.content if completion.choices else None, items, categories)
 
 
