@@ -10,11 +10,11 @@ from typing import Any
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import clock
-from chalicelib.jobs import runner
+from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
 from chalicelib.settings import Settings, get_settings
-from chalicelib.tables import Job
+from chalicelib.tables import Job, JobChunk
 
 log = logging.getLogger(__name__)
 MAX_REAPS = 3
@@ -31,7 +31,13 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 0}
     for status in (JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.CANCELLATION_REQUESTED):
         for job in stale_jobs(status, cutoff):
+            if status is JobStatus.PROCESSING and int(job.chunk_count):
+                continue  # fanned out: judged chunk by chunk below
             counts[_reap_one(job, status)] += 1
+    # A fanned-out job moves while any chunk moves, so each of its chunks is judged on its own.
+    for job in Job.by_active.query(JobStatus.PROCESSING.value, filter_condition=Job.chunk_count > 0):
+        for outcome in _reap_chunks(job, cutoff):
+            counts[outcome] += 1
     if any(counts[k] for k in ("requeued", "failed", "cancelled")):
         log.info("reaper swept", extra=counts)
     return counts
@@ -71,6 +77,44 @@ def _mark_reaped(job: Job, status: JobStatus) -> bool:
         raise
     event_item(job.job_id, "reaped", {"status": status.value, "lastHeartbeat": seen_heartbeat,
                                       "reaps": int(job.reap_count)}).save()
+    return True
+
+
+def _reap_chunks(job: Job, cutoff: str) -> list[str]:
+    parts = chunks.of(job.job_id)
+    outcomes = []
+    for chunk in parts:
+        if chunk.status == chunks.DONE or chunk.heartbeat_at >= cutoff:
+            continue
+        if int(chunk.reap_count) >= MAX_REAPS:
+            runner.fail(job, f"Part {int(chunk.chunk) + 1} of this job stopped making progress {MAX_REAPS} times "
+                             "in a row and the job was stopped. Retry it; if it stops again, contact support.",
+                        {"chunk": int(chunk.chunk), "reaps": int(chunk.reap_count)})
+            return ["failed"]
+        outcomes.append("requeued" if _reap_chunk(job, chunk) else "skipped")
+    if parts and all(c.status == chunks.DONE for c in parts) and (job.heartbeat_at or "") < cutoff:
+        # Every chunk is done but no report came: the assembler died. Hand the job over again.
+        if _mark_reaped(job, JobStatus.PROCESSING):
+            enqueue(job.job_id, reason="reaped")
+            outcomes.append("requeued")
+    return outcomes
+
+
+def _reap_chunk(job: Job, chunk: JobChunk) -> bool:
+    seen = chunk.heartbeat_at
+    # no_progress_since_seen: a checkpoint or another reaper changes the heartbeat first.
+    try:
+        chunk.update(actions=[JobChunk.reap_count.add(1), JobChunk.heartbeat_at.set(clock.iso(clock.now())),
+                              JobChunk.status.set(chunks.PENDING), JobChunk.lease_owner.remove(),
+                              JobChunk.lease_until.remove()],
+                     condition=(JobChunk.heartbeat_at == seen) & (JobChunk.status != chunks.DONE))
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+    event_item(job.job_id, "reaped", {"chunk": int(chunk.chunk), "lastHeartbeat": seen,
+                                      "reaps": int(chunk.reap_count)}).save()
+    chunks.send(job.job_id, [int(chunk.chunk)], reason="reaped")
     return True
 
 

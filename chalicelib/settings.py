@@ -10,7 +10,7 @@ from functools import lru_cache
 # The local default is documented in the README; deployed stages read the secret from SSM.
 LOCAL_JWT_SECRET = "local-development-secret-change-me-0123456789"
 
-TABLES = ("reports", "lines", "jobs", "events", "results", "vendor-cache", "control", "idempotency")
+TABLES = ("reports", "lines", "jobs", "chunks", "events", "results", "vendor-cache", "control", "idempotency")
 
 
 def _int(name: str, default: int) -> int:
@@ -48,6 +48,9 @@ class Settings:
     openai_tpm: float | None = None
     openai_timeout_seconds: float = 30.0
     line_batch_size: int = 100
+    # Jobs with more lines than this fan out into chunks of `chunk_lines`, each worked in parallel.
+    fanout_threshold_lines: int = 2000
+    chunk_lines: int = 1000
     lambda_time_reserve_seconds: float = 20.0
     inline_wait_max_seconds: float = 10.0
     rate_limit_ceiling_seconds: float = 3600.0
@@ -86,6 +89,8 @@ class Settings:
             openai_tpm=float(env["OPENAI_TPM"]) if env.get("OPENAI_TPM") else None,
             openai_timeout_seconds=_float("OPENAI_TIMEOUT_SECONDS", 30.0),
             line_batch_size=_int("LINE_BATCH_SIZE", 100),
+            fanout_threshold_lines=_int("FANOUT_THRESHOLD_LINES", 2000),
+            chunk_lines=_int("CHUNK_LINES", 1000),
             lambda_time_reserve_seconds=_float("LAMBDA_TIME_RESERVE_SECONDS", 20.0),
             inline_wait_max_seconds=_float("INLINE_WAIT_MAX_SECONDS", 10.0),
             rate_limit_ceiling_seconds=_float("RATE_LIMIT_CEILING_SECONDS", 3600.0),

@@ -130,11 +130,32 @@ class Job(Model):
     result_key = UnicodeAttribute(null=True, attr_name="resultKey")
     needs_review = NumberAttribute(default=0, attr_name="needsReview")
     result_version = NumberAttribute(default=0, attr_name="resultVersion")
+    # Fan-out: how many chunks the job was split into (0: worked whole) and how many are done.
+    chunk_count = NumberAttribute(default=0, attr_name="chunkCount")
+    chunks_done = NumberAttribute(default=0, attr_name="chunksDone")
     # Set by retry: flagged lines before the cursor are tried again once on resume.
     recheck_flagged = BooleanAttribute(default=False, attr_name="recheckFlagged")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()
+
+
+class JobChunk(Model):
+    """A range of a large job's lines, (after, upto], worked by one invocation at a time."""
+
+    Meta = _meta("chunks")
+    job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
+    chunk = NumberAttribute(range_key=True)
+    after = UnicodeAttribute(default="")
+    upto = UnicodeAttribute(default="")  # "" for the last chunk: up to the end of the month's lines
+    cursor = UnicodeAttribute(default="")
+    status = UnicodeAttribute(default="Pending")  # Pending | Running | Done
+    lease_owner = UnicodeAttribute(null=True, attr_name="leaseOwner")
+    lease_until = NumberAttribute(null=True, attr_name="leaseUntil")
+    heartbeat_at = UnicodeAttribute(attr_name="heartbeatAt")
+    reap_count = NumberAttribute(default=0, attr_name="reapCount")
+    processed = NumberAttribute(default=0)
+    expires_at = TTLAttribute(attr_name="expiresAt")
 
 
 class JobEvent(Model):

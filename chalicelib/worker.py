@@ -18,7 +18,7 @@ from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
-from chalicelib.jobs import runner
+from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Lease, Progress
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
@@ -54,11 +54,15 @@ def handle_record(record: SQSRecord, context: Any, settings: Settings | None = N
             warm_cache(context, settings, after=str(message.get("after") or ""))
             return
         job_id, reason = str(message["jobId"]), str(message.get("reason", "start"))
+        number = int(message["chunk"]) if "chunk" in message else None
     except (ValueError, KeyError, TypeError, AttributeError):
         log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
         return
     try:
-        run_job(job_id, reason, context, settings)
+        if number is None:
+            run_job(job_id, reason, context, settings)
+        else:
+            run_chunk(job_id, number, context, settings)
     except Exception:
         # The record goes back to the queue and is redone from the checkpoint.
         log.exception("job invocation failed; the message will be redelivered", extra={"jobId": job_id})
@@ -114,42 +118,154 @@ def warm_cache(context: Any, settings: Settings | None = None, after: str = "") 
     return outcome
 
 
-def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
+class JobScope:
+    """The whole job as one range of lines, checkpointed on the job item itself."""
+
+    def __init__(self, run: Invocation) -> None:
+        self.run = run
+
+    def holds(self) -> bool:
+        return self.run.job.lease_owner == self.run.lease.owner
+
+    def next_lines(self, n: int) -> list:
+        job = self.run.job
+        return list(islice(iter_lines(job.owner_id, job.period, after=job.cursor), n))
+
+    def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
+        return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)
+
+    def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
+        if delay:
+            runner.note_retries(self.run.job, self.run.lease, done or Progress(), resume_in=delay)
+        enqueue(self.run.job.job_id, delay_seconds=delay, reason=reason)
+
+    def complete(self) -> None:
+        _finish(self.run)
+
+
+class ChunkScope(JobScope):
+    """One chunk of a fanned-out job: its own cursor and lease; counts go to the job."""
+
+    def __init__(self, run: Invocation, chunk: Any) -> None:
+        super().__init__(run)
+        self.chunk = chunk
+
+    def holds(self) -> bool:
+        return chunks.holds(self.chunk, self.run.lease)
+
+    def next_lines(self, n: int) -> list:
+        return chunks.next_lines(self.run.job, self.chunk, n)
+
+    def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
+        return chunks.checkpoint(self.run.job, self.chunk, self.run.lease, cursor, done, eta)
+
+    def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
+        if delay:
+            chunks.hold(self.chunk, self.run.lease, delay)
+        chunks.send(self.run.job.job_id, [int(self.chunk.chunk)], reason, delay)
+
+    def complete(self) -> None:
+        if chunks.finish(self.run.job, self.chunk, self.run.lease):
+            _assemble_if_mine(self.run)
+
+
+def _start(job_id: str, context: Any, settings: Settings | None, claim: Any) -> Invocation | None:
     settings = settings or get_settings()
     remaining = context.get_remaining_time_in_millis() / 1000.0
     lease = Lease(owner=str(getattr(context, "aws_request_id", "local")), until=time.time() + remaining + 5)
-    job = runner.claim(job_id, lease, reason)
+    job = claim(lease)
     if job is None:
-        return
+        return None
     loop = _loop(settings, remaining, float(job.rate_limited_seconds))
-    run = Invocation(job, lease, settings, loop.deadline, loop, _backend(settings, loop), time.time())
+    return Invocation(job, lease, settings, loop.deadline, loop, _backend(settings, loop), time.time())
+
+
+def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
+    run = _start(job_id, context, settings, lambda lease: runner.claim(job_id, lease, reason))
+    if run is None:
+        return
     try:
-        _work(run)
+        if run.job.recheck_flagged:
+            _recheck_flagged(run)
+        if int(run.job.chunk_count) or (int(run.job.total_lines) > run.settings.fanout_threshold_lines
+                                        and not run.job.cursor):
+            _fan_out(run, reason)
+        else:
+            _work(run, JobScope(run))
     finally:
         if JobStatus(run.job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
-            runner.release(run.job, lease)
+            runner.release(run.job, run.lease)
 
 
-def _work(run: Invocation) -> None:
+def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None = None) -> None:
+    """One chunk of a fanned-out job, while the job is live."""
+    def claim(lease: Lease) -> Job | None:
+        job = runner.load(job_id)
+        if job is None or job.status not in (JobStatus.PROCESSING.value, JobStatus.CANCELLATION_REQUESTED.value):
+            return None
+        return job
+
+    run = _start(job_id, context, settings, claim)
+    chunk = chunks.claim(job_id, number, run.lease) if run else None
+    if run is None or chunk is None:
+        return
+    try:
+        _work(run, ChunkScope(run, chunk))
+    finally:
+        chunks.release(chunk, run.lease)
+
+
+def _fan_out(run: Invocation, reason: str) -> None:
+    """Split the job into chunks (once), and send a message for each chunk that has work left."""
     job = run.job
-    if job.recheck_flagged:
-        _recheck_flagged(run)
+    if not int(job.chunk_count):
+        ranges = chunks.plan(job.owner_id, job.period, run.settings.chunk_lines)
+        chunks.create(job, ranges)
+        job.update(actions=[Job.chunk_count.set(len(ranges)), Job.chunks_done.set(0),
+                            Job.status_message.set(f"Categorizing {int(job.total_lines)} lines in "
+                                                   f"{len(ranges)} parallel chunks")],
+                   condition=Job.lease_owner == run.lease.owner)
+        todo = list(range(len(ranges)))
+    elif reason == "retried":
+        todo = chunks.reset_unfinished(job)
+    else:
+        todo = []
+    chunks.send(job.job_id, todo, reason="fan-out")
+    job.refresh(consistent_read=True)
+    if not todo and int(job.chunks_done) >= int(job.chunk_count):
+        _finish(run)  # every chunk was done already: the assembler before us died (reaped) or we retry it
+
+
+def _assemble_if_mine(run: Invocation) -> None:
+    """The last chunk done: whoever takes the job's lease assembles the report, exactly once."""
+    job = runner.load(run.job.job_id)
+    if job is not None and runner.take_lease(job, run.lease):
+        run.job = job
+        try:
+            _finish(run)
+        finally:
+            if JobStatus(job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+                runner.release(job, run.lease)
+
+
+def _work(run: Invocation, scope: JobScope) -> None:
+    job = run.job
     while True:
         job.refresh(consistent_read=True)
         status = JobStatus(job.status)
         if status is JobStatus.CANCELLATION_REQUESTED:
-            return runner.cancel(job)
-        if status is not JobStatus.PROCESSING or job.lease_owner != run.lease.owner:
+            return _stop(job)
+        if status is not JobStatus.PROCESSING or not scope.holds():
             return None
         # At least one batch per invocation, so a short budget still makes progress.
         if run.done and time.monotonic() > run.deadline:
             faults.point("before_continuation_send")
-            enqueue(job.job_id, reason="continuation")
+            scope.requeue(0, "continuation")
             return None
-        lines = list(islice(iter_lines(job.owner_id, job.period, after=job.cursor), run.settings.line_batch_size))
+        lines = scope.next_lines(run.settings.line_batch_size)
         if not lines:
-            return _finish(run)
-        answers = _categorize(run, lines)
+            return scope.complete()
+        answers = _categorize(run, scope, lines)
         if answers is None:
             return None
         faults.point("after_model_call")
@@ -157,21 +273,28 @@ def _work(run: Invocation) -> None:
         faults.point("after_result_writes")
         done = _progress(run, answers)
         run.done += done.lines
-        eta = runner.eta(int(job.total_lines) - int(job.processed_lines) - done.lines, run.started, run.done)
-        runner.checkpoint(job, run.lease, job.cursor, lines[-1].line_id, done, eta)
+        remaining = int(job.total_lines) - int(job.processed_lines) - done.lines
+        scope.checkpoint(lines[-1].line_id, done, runner.eta(remaining, job.started_at, int(job.processed_lines)))
         faults.point("after_checkpoint")
 
 
-def _categorize(run: Invocation, lines: list) -> dict[str, Answer] | None:
+def _stop(job: Job) -> None:
+    try:
+        runner.cancel(job)
+    except TransitionRaced:
+        pass  # another chunk's worker stopped it first
+
+
+def _categorize(run: Invocation, scope: JobScope, lines: list) -> dict[str, Answer] | None:
     """Answers for `lines`, or None when the job was re-enqueued or failed meanwhile."""
     try:
         return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend)
     except LongWait as wait:
         delay = min(900, max(1, math.ceil(wait.seconds)))
-        runner.note_retries(run.job, run.lease, _progress(run, {}), resume_in=delay)
+        spent = _progress(run, {})
         event_item(run.job.job_id, "rate_limited", {"waitSeconds": round(wait.seconds, 3),
                                                     "requeuedWithDelaySeconds": delay}).save()
-        enqueue(run.job.job_id, delay_seconds=delay, reason="rate_limited")
+        scope.requeue(delay, "rate_limited", spent)
         return None
     except JobFatal as fatal:
         runner.fail(run.job, str(fatal))
@@ -213,7 +336,7 @@ def _recheck_flagged(run: Invocation) -> None:
     fixed = 0
     for start in range(0, len(flagged), run.settings.line_batch_size):
         chunk = flagged[start:start + run.settings.line_batch_size]
-        answers = _categorize(run, chunk)
+        answers = _categorize(run, JobScope(run), chunk)
         if answers is None:
             return
         _write_results(job, chunk, answers)

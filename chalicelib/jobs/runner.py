@@ -33,7 +33,7 @@ class Progress:
     rate_limited_seconds: float = 0.0
 
 
-def _load(job_id: str) -> Job | None:
+def load(job_id: str) -> Job | None:
     try:
         return Job.get(job_id, consistent_read=True)
     except Job.DoesNotExist:
@@ -42,7 +42,7 @@ def _load(job_id: str) -> Job | None:
 
 def claim(job_id: str, lease: Lease, reason: str) -> Job | None:
     """The job, leased to us, if there is work to do; None if the message is stale or a duplicate."""
-    job = _load(job_id)
+    job = load(job_id)
     if job is None:
         return None
     status = S(job.status)
@@ -66,20 +66,26 @@ def claim(job_id: str, lease: Lease, reason: str) -> Job | None:
     return _take_lease(job, lease, reason)
 
 
-def _take_lease(job: Job, lease: Lease, reason: str) -> Job | None:
-    now = time.time()
+def take_lease(job: Job, lease: Lease) -> bool:
+    """Lease a Processing job to this invocation; False if a live invocation holds it."""
     # lease_free: only one invocation works a job at a time; a duplicate message finds
     # the lease held and is dropped (a dead holder's lease expires and the reaper re-enqueues).
-    lease_free = Job.lease_owner.does_not_exist() | (Job.lease_until < now) | (Job.lease_owner == lease.owner)
+    lease_free = Job.lease_owner.does_not_exist() | (Job.lease_until < time.time()) | (Job.lease_owner == lease.owner)
     try:
         job.update(actions=[Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until),
                             Job.heartbeat_at.set(clock.iso(clock.now()))],
                    condition=lease_free & (Job.status == S.PROCESSING.value))
+        return True
     except UpdateError as err:
         if err.cause_response_code == "ConditionalCheckFailedException":
-            log.info("job leased elsewhere; dropping duplicate message", extra={"jobId": job.job_id})
-            return None
+            return False
         raise
+
+
+def _take_lease(job: Job, lease: Lease, reason: str) -> Job | None:
+    if not take_lease(job, lease):
+        log.info("job leased elsewhere; dropping duplicate message", extra={"jobId": job.job_id})
+        return None
     if reason in ("rate_limited", "retried"):
         event_item(job.job_id, "resumed", {"after": reason}).save()
     return job
@@ -128,11 +134,12 @@ def release(job: Job, lease: Lease) -> None:
         log.info("lease already gone", extra={"jobId": job.job_id})
 
 
-def eta(remaining_lines: int, started: float, done_here: int) -> str | None:
-    """Projected finish from this invocation's pace."""
-    if done_here <= 0 or remaining_lines <= 0:
+def eta(remaining_lines: int, started_at: str | None, done: int) -> str | None:
+    """Projected finish from the job's pace since it started (all chunks together)."""
+    began = clock.parse(started_at)
+    if began is None or done <= 0 or remaining_lines <= 0:
         return None
-    per_line = (time.time() - started) / done_here
+    per_line = (clock.now() - began).total_seconds() / done
     return clock.iso(clock.now() + timedelta(seconds=per_line * remaining_lines))
 
 

@@ -1,0 +1,119 @@
+"""Fan-out: a large job split into chunks, each its own message, lease and checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from chalicelib import faults, reaper, worker
+from chalicelib.jobs import chunks
+from chalicelib.settings import get_settings
+from chalicelib.tables import Job
+from local.simulator import Simulator
+from tests.integration.test_worker import Api, assert_every_line_once
+from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
+
+
+@pytest.fixture
+def api(client, token_for):
+    return Api(client, token_for())
+
+
+@pytest.fixture
+def fanout():
+    return dataclasses.replace(get_settings(), fanout_threshold_lines=100, chunk_lines=60, line_batch_size=25)
+
+
+def event_types(api: Api, job_id: str) -> list[str]:
+    return [e["type"] for e in api.call("get", f"/jobs/{job_id}/events")[1]["items"]]
+
+
+def test_large_job_fans_out_and_is_assembled_exactly_once(api, fanout):
+    lines = expense_lines(300, vendors(40))
+    job_id = api.start(lines)
+    deliver(receive({job_id}), Ctx(), fanout)  # the start message plans the chunks and sends theirs
+    assert int(Job.get(job_id).chunk_count) == 5
+    messages = receive({job_id})
+    assert len(messages) == 5
+    deliver(messages, Ctx(), fanout, twice=True)  # every chunk message delivered twice
+    assert_every_line_once(api, job_id, lines)
+    assert event_types(api, job_id).count("completed") == 1
+    assert all(c.status == chunks.DONE for c in chunks.of(job_id))
+
+
+def test_a_period_exactly_on_a_chunk_boundary_has_no_empty_tail(api, fanout):
+    lines = expense_lines(240, vendors(10))
+    job_id = api.start(lines)
+    drain({job_id}, fanout)
+    assert int(Job.get(job_id).chunk_count) == 4
+    assert_every_line_once(api, job_id, lines)
+
+
+def test_cancel_mid_way_stops_every_chunk_and_keeps_done_lines(api, fanout):
+    lines = expense_lines(300, vendors(40))
+    job_id = api.start(lines)
+    deliver(receive({job_id}), Ctx(), fanout)
+    first = receive({job_id})[:1]
+    deliver(first, Ctx(), dataclasses.replace(fanout, lambda_time_reserve_seconds=300))  # one batch, then hand over
+    assert api.call("delete", f"/jobs/{job_id}")[1]["status"] == "CancellationRequested"
+    drain({job_id}, fanout)
+    job = api.job(job_id)
+    assert job["status"] == "Cancelled"
+    assert 0 < job["processedLines"] < 300
+    assert job["processedLines"] == sum(int(c.processed) for c in chunks.of(job_id))
+
+
+def test_a_chunk_whose_worker_dies_is_reaped_and_finished(api, fanout, monkeypatch):
+    lines = expense_lines(300, vendors(40))
+    job_id = api.start(lines)
+    deliver(receive({job_id}), Ctx(), fanout)
+    messages = receive({job_id})
+    dying = messages[0]
+
+    def die(name: str) -> None:
+        if name == "after_checkpoint":
+            raise SystemExit("worker died")
+
+    monkeypatch.setattr(faults, "point", die)
+    monkeypatch.setattr(chunks, "release", lambda chunk, lease: None)  # a killed process releases nothing
+    with pytest.raises(SystemExit):
+        worker.run_chunk(job_id, json.loads(dying["Body"])["chunk"], Ctx(), fanout)
+    monkeypatch.undo()
+    deliver([dying])  # ack: the dead invocation's message would stay hidden for the visibility timeout
+    for m in messages[1:]:
+        deliver([m], Ctx(), fanout)
+    assert api.job(job_id)["status"] == "Processing"
+    quick = dataclasses.replace(fanout, stale_after_seconds=1)
+    wait_for(lambda: reaper.reap(quick)["requeued"] >= 1, 10, interval=0.3, what="the chunk to be reaped")
+    drain({job_id}, fanout)
+    assert_every_line_once(api, job_id, lines)
+    assert "reaped" in event_types(api, job_id)
+
+
+def test_retry_of_a_failed_fanned_out_job_redoes_only_unfinished_chunks(api, fanout):
+    sim = Simulator().start()
+    try:
+        model = dataclasses.replace(fanout, openai_api_key="sk-test", openai_base_url=sim.url)
+        lines = expense_lines(300, vendors(300))
+        job_id = api.start(lines)
+        deliver(receive({job_id}), Ctx(), model)
+        messages = receive({job_id})
+        for m in messages[:2]:
+            deliver([m], Ctx(), model)
+        sim.configure(quota_exhausted=True)
+        deliver(messages[2:], Ctx(), model)
+        failed = api.job(job_id)
+        assert failed["status"] == "Failed" and "quota" in failed["errorMessage"]
+        sim.configure(quota_exhausted=False)
+        done_before = {int(c.chunk) for c in chunks.of(job_id) if c.status == chunks.DONE}
+        assert len(done_before) == 2
+        asked = sim.stats()["requests"]
+        assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202
+        drain({job_id}, model)
+        assert_every_line_once(api, job_id, lines)
+        # 3 chunks of 60 distinct vendors left (180 vendors at 25 per request): no request for the 2 done chunks.
+        assert sim.stats()["requests"] - asked <= 3 * 3 + 1
+    finally:
+        sim.stop()
