@@ -2,6 +2,7 @@
 
 from chalice import Chalice, CORSConfig, Cron, Rate
 
+from chalicelib import observability
 from chalicelib.api import jobs, meta, middleware, reports, results
 from chalicelib.settings import get_settings
 
@@ -13,6 +14,8 @@ app.api.cors = CORSConfig(
     expose_headers=["Location", "Retry-After", "ETag"],
     max_age=600,
 )
+# Outermost: correlation keys, a trace subsegment and one metrics flush for every event type.
+app.register_middleware(observability.middleware, "all")
 app.register_middleware(middleware.guard, "http")
 app.register_blueprint(meta.bp)
 app.register_blueprint(reports.bp, url_prefix="/api/v1")
@@ -20,7 +23,9 @@ app.register_blueprint(jobs.bp, url_prefix="/api/v1")
 app.register_blueprint(results.bp, url_prefix="/api/v1")
 
 
-@app.on_sqs_message(queue=f"{settings.prefix}-work", batch_size=10)
+# One message per invocation: each is a unit of minutes (a job or a chunk of one), and a batch
+# would work them one after another in a single invocation instead of in parallel.
+@app.on_sqs_message(queue=f"{settings.prefix}-work", batch_size=1)
 def process_work(event):
     from chalicelib import worker  # the API function never imports the worker (cold start)
 

@@ -48,7 +48,7 @@ def _reap_one(job: Job, status: JobStatus) -> str:
         if status is JobStatus.CANCELLATION_REQUESTED:
             runner.cancel(job)
             return "cancelled"
-        if int(job.reap_count) >= MAX_REAPS:
+        if status is JobStatus.PROCESSING and int(job.reap_count) >= MAX_REAPS:
             runner.fail(job, f"The job stopped making progress {MAX_REAPS} times in a row and was stopped. "
                              "Retry it; if it stops again, contact support with the job id.",
                         {"reaps": int(job.reap_count)})
@@ -68,7 +68,10 @@ def _mark_reaped(job: Job, status: JobStatus) -> bool:
     # so exactly one reaper wins and a live job that just moved is left alone.
     no_progress_since_seen = (Job.heartbeat_at == seen_heartbeat) & (Job.status == status.value)
     try:
-        job.update(actions=[Job.reap_count.add(1), Job.heartbeat_at.set(clock.iso(clock.now())),
+        # Only a Processing job that stopped moving counts towards giving up; a Queued one may
+        # just be waiting behind a backlog.
+        stalled = 1 if status is JobStatus.PROCESSING else 0
+        job.update(actions=[Job.reap_count.add(stalled), Job.heartbeat_at.set(clock.iso(clock.now())),
                             Job.lease_owner.remove(), Job.lease_until.remove()],
                    condition=no_progress_since_seen)
     except UpdateError as err:
@@ -86,7 +89,9 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
     for chunk in parts:
         if chunk.status == chunks.DONE or chunk.heartbeat_at >= cutoff:
             continue
-        if int(chunk.reap_count) >= MAX_REAPS:
+        # A Pending chunk may only be waiting for a free worker: it is sent again, but only a
+        # Running chunk that stopped moving counts towards giving up.
+        if chunk.status == chunks.RUNNING and int(chunk.reap_count) >= MAX_REAPS:
             runner.fail(job, f"Part {int(chunk.chunk) + 1} of this job stopped making progress {MAX_REAPS} times "
                              "in a row and the job was stopped. Retry it; if it stops again, contact support.",
                         {"chunk": int(chunk.chunk), "reaps": int(chunk.reap_count)})
@@ -102,9 +107,10 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
 
 def _reap_chunk(job: Job, chunk: JobChunk) -> bool:
     seen = chunk.heartbeat_at
+    stalled = 1 if chunk.status == chunks.RUNNING else 0
     # no_progress_since_seen: a checkpoint or another reaper changes the heartbeat first.
     try:
-        chunk.update(actions=[JobChunk.reap_count.add(1), JobChunk.heartbeat_at.set(clock.iso(clock.now())),
+        chunk.update(actions=[JobChunk.reap_count.add(stalled), JobChunk.heartbeat_at.set(clock.iso(clock.now())),
                               JobChunk.status.set(chunks.PENDING), JobChunk.lease_owner.remove(),
                               JobChunk.lease_until.remove()],
                      condition=(JobChunk.heartbeat_at == seen) & (JobChunk.status != chunks.DONE))

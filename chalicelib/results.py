@@ -6,6 +6,7 @@ import csv
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from decimal import Decimal
 from typing import IO, Any
 
@@ -36,8 +37,11 @@ def _csv_row(d: dict[str, Any], description: str) -> list[str]:
             text["category"], f"{d['confidence']:.3f}", d["source"], "true" if d["needsReview"] else "false"]
 
 
-def assemble(job: Job, version: int) -> tuple[str, int]:
-    """Write the report for `job` to S3; returns (json key, lines needing review)."""
+def assemble(job: Job, version: int, tick: Callable[[], None] | None = None) -> tuple[str, int]:
+    """Write the report for `job` to S3; returns (json key, lines needing review).
+
+    `tick` is called every 2,000 lines, so a long assembly can show it is alive.
+    """
     totals: dict[tuple[str, str], list] = defaultdict(lambda: [Decimal(0), 0])
     needs_review = 0
     with tempfile.TemporaryFile("w+", encoding="utf-8") as lines_part, \
@@ -45,7 +49,9 @@ def assemble(job: Job, version: int) -> tuple[str, int]:
         writer = csv.writer(csv_file)
         writer.writerow(CSV_COLUMNS)
         first = True
-        for r in LineResult.query(job.job_id, consistent_read=True, page_size=500):
+        for count, r in enumerate(LineResult.query(job.job_id, consistent_read=True, page_size=500), 1):
+            if tick is not None and count % 2000 == 0:
+                tick()
             d = line_dict(r)
             lines_part.write(("" if first else ",") + json.dumps(d, separators=(",", ":")))
             first = False

@@ -12,8 +12,9 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pynamodb.exceptions import UpdateError
 
-from chalicelib import clock, deps, faults, results
+from chalicelib import clock, credentials, deps, faults, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
@@ -83,14 +84,15 @@ class Invocation:
 
 
 def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None:
-    if not settings.openai_api_key:
+    key = credentials.openai_api_key(settings)  # SSM in deployed stages (cached), OPENAI_API_KEY locally
+    if not key:
         return None
     limiter = None
     if settings.openai_rpm or settings.openai_tpm:
         from chalicelib.categorize.limiter import SharedLimiter
 
         limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm)
-    api = provider.client(settings.openai_api_key, settings.openai_base_url, settings.openai_timeout_seconds)
+    api = provider.client(key, settings.openai_base_url, settings.openai_timeout_seconds)
     return pipeline.ModelBackend(api, settings.openai_model, loop, settings.model_batch_size,
                                  settings.model_concurrency, limiter)
 
@@ -221,11 +223,7 @@ def _fan_out(run: Invocation, reason: str) -> None:
     if not int(job.chunk_count):
         ranges = chunks.plan(job.owner_id, job.period, run.settings.chunk_lines)
         chunks.create(job, ranges)
-        job.update(actions=[Job.chunk_count.set(len(ranges)), Job.chunks_done.set(0),
-                            Job.status_message.set(f"Categorizing {int(job.total_lines)} lines in "
-                                                   f"{len(ranges)} parallel chunks")],
-                   condition=Job.lease_owner == run.lease.owner)
-        todo = list(range(len(ranges)))
+        todo = list(range(len(ranges))) if _record_plan(job, len(ranges)) else []
     elif reason == "retried":
         todo = chunks.reset_unfinished(job)
     else:
@@ -234,6 +232,23 @@ def _fan_out(run: Invocation, reason: str) -> None:
     job.refresh(consistent_read=True)
     if not todo and int(job.chunks_done) >= int(job.chunk_count):
         _finish(run)  # every chunk was done already: the assembler before us died (reaped) or we retry it
+
+
+def _record_plan(job: Job, count: int) -> bool:
+    """Record the chunk count once; False if another planner got there first (it sends the messages)."""
+    # not_planned_yet: two planners (a slow one and the one the reaper sent) agree on one plan.
+    not_planned_yet = Job.chunk_count.does_not_exist() | (Job.chunk_count == 0)
+    try:
+        job.update(actions=[Job.chunk_count.set(count), Job.chunks_done.set(0),
+                            Job.heartbeat_at.set(clock.iso(clock.now())),
+                            Job.status_message.set(f"Categorizing {int(job.total_lines)} lines in "
+                                                   f"{count} parallel chunks")],
+                   condition=not_planned_yet & (Job.status == JobStatus.PROCESSING.value))
+        return True
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
 
 
 def _assemble_if_mine(run: Invocation) -> None:
@@ -345,10 +360,19 @@ def _recheck_flagged(run: Invocation) -> None:
                condition=Job.lease_owner == run.lease.owner)
 
 
+def _heartbeat(run: Invocation) -> None:
+    """Assembling a large report takes a while: show the reaper it is still moving."""
+    try:
+        run.job.update(actions=[Job.heartbeat_at.set(clock.iso(clock.now()))],
+                       condition=Job.lease_owner == run.lease.owner)
+    except UpdateError:
+        pass  # lease lost: the completing transition will say so
+
+
 def _finish(run: Invocation) -> None:
     job = run.job
     version = int(job.result_version) + 1
-    key, needs_review = results.assemble(job, version)
+    key, needs_review = results.assemble(job, version, tick=lambda: _heartbeat(run))
     processed = int(job.processed_lines)
     message = (f"Categorized {processed} lines; {needs_review} need review" if processed
                else f"No expense lines for {job.period}; the report is empty")

@@ -12,7 +12,7 @@ import json
 import time
 from itertools import islice
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock, deps
@@ -43,11 +43,15 @@ def plan(owner_id: str, period: str, chunk_lines: int) -> list[tuple[str, str]]:
 
 def create(job: Job, ranges: list[tuple[str, str]]) -> None:
     stamp = clock.iso(clock.now())
-    # Idempotent puts: a redelivered start message rewrites the same not-yet-started chunks.
-    with JobChunk.batch_write() as batch:
-        for number, (after, upto) in enumerate(ranges):
-            batch.save(JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=PENDING,
-                                heartbeat_at=stamp, expires_at=job.expires_at))
+    for number, (after, upto) in enumerate(ranges):
+        try:
+            # chunk_is_new: a second planner (a redelivered or reaped start) must never reset a
+            # chunk that already started, or its lines would be counted again.
+            JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=PENDING, heartbeat_at=stamp,
+                     expires_at=job.expires_at).save(condition=JobChunk.job_id.does_not_exist())
+        except PutError as err:
+            if err.cause_response_code != "ConditionalCheckFailedException":
+                raise
 
 
 def of(job_id: str) -> list[JobChunk]:
@@ -157,8 +161,9 @@ def finish(job: Job, chunk: JobChunk, lease: Lease) -> bool:
 
 
 def release(chunk: JobChunk, lease: Lease) -> None:
+    """Hand the chunk back (Pending): its continuation or a later message picks it up."""
     try:
-        chunk.update(actions=[JobChunk.lease_owner.remove(), JobChunk.lease_until.remove()],
-                     condition=_mine(lease))
+        chunk.update(actions=[JobChunk.status.set(PENDING), JobChunk.lease_owner.remove(),
+                              JobChunk.lease_until.remove()], condition=_mine(lease))
     except UpdateError:
         pass

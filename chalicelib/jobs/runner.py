@@ -53,7 +53,7 @@ def claim(job_id: str, lease: Lease, reason: str) -> Job | None:
             return transition(job, S.PROCESSING, "started", {"totalLines": total}, actions=[
                 Job.started_at.set(job.started_at or stamp), Job.heartbeat_at.set(stamp),
                 Job.total_lines.set(max(total, int(job.processed_lines))),
-                Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until),
+                Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until), Job.reap_count.set(0),
                 Job.status_message.set(f"Categorizing {total} lines")])
         if status is S.CANCELLATION_REQUESTED:
             transition(job, S.CANCELLED, "cancelled", {"processedLines": int(job.processed_lines)},
