@@ -187,7 +187,7 @@ class ManagedProcess:
 
 
 class MotoServer(ManagedProcess):
-    """`python -m moto.server` on 127.0.0.1 and a free port."""
+    """moto's server (local.moto_server: DynamoDB writes made atomic) on 127.0.0.1 and a free port."""
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
         self.host = host
@@ -200,8 +200,8 @@ class MotoServer(ManagedProcess):
             self._own_log = True
         else:
             self._own_log = False
-        super().__init__("moto", [sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)],
-                         log_path=log_path)
+        super().__init__("moto", [sys.executable, "-m", "local.moto_server", "-H", host, "-p", str(self.port)],
+                         log_path=log_path, cwd=PROJECT_ROOT)
 
     @property
     def url(self) -> str:

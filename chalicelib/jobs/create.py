@@ -6,12 +6,14 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
+from pynamodb.expressions.condition import size
 from pynamodb.transactions import TransactWrite
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
-from chalicelib import clock, deps
+from chalicelib import clock, deps, observability
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
 from chalicelib.jobs.states import JobStatus, event_item, lock_holder, lock_key
 from chalicelib.reports.service import ReportConfig
@@ -39,41 +41,27 @@ def _live_stamps(window: Control | None, now: float) -> dict[str, float]:
     return {k: float(v) for k, v in stamps.items() if float(v) > now - WINDOW_SECONDS}
 
 
-@retry(retry=retry_if_exception_type(_WindowRaced), stop=stop_after_attempt(40), wait=wait_random(0.001, 0.03),
-       reraise=True)
-def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Job:
-    settings = get_settings()
-    now = time.time()
-    rate_key = f"rate#{owner_id}"
-    try:
-        window = Control.get(rate_key, consistent_read=True)
-    except Control.DoesNotExist:
-        window = None
-    live = _live_stamps(window, now)
-    if len(live) >= settings.jobs_per_hour:
-        wait = int(min(live.values()) + WINDOW_SECONDS - now) + 1
-        raise RateLimited(f"At most {settings.jobs_per_hour} jobs may be created per hour; try again in {wait} s.",
-                          retry_after=wait)
+def _new_job(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Job:
     stamp = clock.iso(clock.now())
-    job = Job(
+    return Job(
         str(uuid.uuid4()), owner_id=owner_id, report_id=report.report_id, period=period,
         status=JobStatus.QUEUED.value, active_status=JobStatus.QUEUED.value, trigger=trigger,
         categories=list(report.categories), created_at=stamp, updated_at=stamp, heartbeat_at=stamp,
         status_message="Waiting for a worker", lock_key=lock_key(owner_id, report.report_id, period),
-        expires_at=clock.expiry(settings.retention_days),
+        expires_at=clock.expiry(get_settings().retention_days),
     )
-    live[job.job_id] = now
+
+
+def _commit(job: Job, add_to_window: Callable[[TransactWrite], None]) -> None:
+    """The job, its lock, its rate-window entry and its `created` event, all or nothing."""
     try:
         with TransactWrite(connection=connection()) as tx:
             tx.save(job, condition=Job.job_id.does_not_exist())
             # lock_is_free: one active job per (user, report, period), however many creates race.
             tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
                     condition=Control.pk.does_not_exist())
-            # window_unchanged: the hourly count we checked is still the count we write.
-            window_unchanged = (Control.version == window.version) if window else Control.pk.does_not_exist()
-            tx.save(Control(rate_key, stamps=live, version=(window.version + 1) if window else 1,
-                            expires_at=clock.expiry(seconds=WINDOW_SECONDS * 2)), condition=window_unchanged)
-            tx.save(event_item(job.job_id, "created", {"trigger": trigger, "period": period}))
+            add_to_window(tx)
+            tx.save(event_item(job.job_id, "created", {"trigger": job.trigger, "period": job.period}))
     except TransactWriteError as err:
         codes = {r.code for r in (err.cancellation_reasons or []) if r}
         if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
@@ -84,6 +72,53 @@ def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Jo
             raise ActiveJobExists("An active job for this report and period already exists.",
                                   existingJobId=holder) from err
         raise _WindowRaced() from err
+
+
+def _fast_window(job: Job, limit: int) -> Callable[[TransactWrite], None]:
+    """Add to the window without reading it: refused when it holds `limit` entries, expired or not."""
+    def add(tx: TransactWrite) -> None:
+        # room_in_window: counting expired entries too can only refuse early, never admit one too many;
+        # a refusal falls back to the slow path, which prunes.
+        room_in_window = Control.pk.exists() & (size(Control.stamps) < limit)
+        tx.update(Control(f"rate#{job.owner_id}"), condition=room_in_window, actions=[
+            Control.stamps[job.job_id].set(int(time.time())), Control.version.add(1),
+            Control.expires_at.set(clock.expiry(seconds=WINDOW_SECONDS * 2))])
+    return add
+
+
+@retry(retry=retry_if_exception_type(_WindowRaced), stop=stop_after_attempt(40), wait=wait_random(0.001, 0.03),
+       reraise=True)
+def _slow_write(job: Job, limit: int) -> None:
+    """Read the window, drop what is older than an hour, then refuse (429) or write it back whole."""
+    now = time.time()
+    rate_key = f"rate#{job.owner_id}"
+    try:
+        window = Control.get(rate_key, consistent_read=True)
+    except Control.DoesNotExist:
+        window = None
+    live = _live_stamps(window, now)
+    if len(live) >= limit:
+        wait = int(min(live.values()) + WINDOW_SECONDS - now) + 1
+        raise RateLimited(f"At most {limit} jobs may be created per hour; try again in {wait} s.", retry_after=wait)
+    live[job.job_id] = int(now)
+
+    def put(tx: TransactWrite) -> None:
+        # window_unchanged: the hourly count we checked is still the count we write.
+        window_unchanged = (Control.version == window.version) if window else Control.pk.does_not_exist()
+        tx.save(Control(rate_key, stamps=live, version=(window.version + 1) if window else 1,
+                        expires_at=clock.expiry(seconds=WINDOW_SECONDS * 2)), condition=window_unchanged)
+
+    _commit(job, put)
+
+
+def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Job:
+    """One transaction in the common case; a read of the rate window only when it may be full."""
+    limit = get_settings().jobs_per_hour
+    job = _new_job(owner_id, report, period, trigger)
+    try:
+        _commit(job, _fast_window(job, limit))
+    except _WindowRaced:
+        _slow_write(job, limit)  # missing, full (perhaps of expired entries) or contended
     return job
 
 
@@ -115,4 +150,5 @@ def create_job(owner_id: str, report: ReportConfig, period: str, trigger: str = 
         except Exception:
             log.exception("could not undo job after failed send", extra={"jobId": job.job_id})
         raise ServiceUnavailable("The work queue is unavailable; no job was created. Try again shortly.") from err
+    observability.job_created()
     return job
