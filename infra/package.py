@@ -1,0 +1,263 @@
+"""`make package`: a deployable SAM template and its zips for one Chalice stage.
+
+    python -m infra.package [--stage dev] [--out build/package/<stage>] [--template-only] [--bundle-sdk]
+
+1. Merges infra/deploy.yaml (deployment-only additions) over infra/template.yaml (the resources the local
+   stack also deploys) into build/package/<stage>/merge-template.json, and pins the template's `Prefix`
+   parameter to the stage's APP_PREFIX: Chalice writes queue names into the event sources and policies.
+2. Runs `chalice package --stage <stage> --merge-template <that file> <out>`, in process. With
+   `automatic_layer` the dependencies go into layer-deployment.zip, cached by Chalice per requirements.txt
+   (.chalice/deployments), so after the first run only a requirements change needs PyPI.
+3. Drops from the layer the AWS SDK the Lambda Python runtime already provides (boto3, botocore and their
+   dependencies: ~17 MB of the ~30 MB zip), unless --bundle-sdk.
+4. Imports every handler module from the unzipped package, with only the runtime's SDK beside it, to catch a
+   missing or unimportable dependency before AWS does; prints the sizes against the 15 MB budget.
+
+--template-only skips the dependencies and the import check (no network; the template is the same): the
+template tests use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "infra" / "template.yaml"
+OVERLAY = ROOT / "infra" / "deploy.yaml"
+CHALICE_CONFIG = ROOT / ".chalice" / "config.json"
+# The SDK in Lambda's Python runtime (and what it needs): used from there, not shipped in the layer.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "python_dateutil", "six", "urllib3")
+BUDGET_MB = 15.0
+HANDLER_MODULES = ("app", "chalicelib.worker", "chalicelib.reaper", "chalicelib.schedules")
+PRECOMPILE = ("app",)  # bytecode for what the API function imports (see precompile)
+
+
+def stage_prefix(stage: str) -> str:
+    config = json.loads(CHALICE_CONFIG.read_text())
+    prefix = ((config.get("stages") or {}).get(stage) or {}).get("environment_variables", {}).get("APP_PREFIX")
+    if not prefix:
+        raise SystemExit(f".chalice/config.json declares no stage {stage!r} with an APP_PREFIX")
+    return prefix
+
+
+def merge_template(stage: str) -> dict[str, Any]:
+    """infra/deploy.yaml over infra/template.yaml, with Chalice's merge rules (dicts merge, the rest replaces)."""
+    from chalice.package import TemplateDeepMerger
+
+    from local.deploy import load_template  # the YAML loader that understands !Sub, !Ref, !GetAtt
+
+    merged = TemplateDeepMerger().merge(load_template(OVERLAY), load_template(TEMPLATE))
+    prefix = stage_prefix(stage)
+    merged["Parameters"]["Prefix"].update(
+        Default=prefix, AllowedValues=[prefix],
+        Description=f"Fixed by the chalice stage {stage!r} (APP_PREFIX): queue names are built into the functions.")
+    merged["Description"] = f"Async report generation, stage {stage} ({prefix}): packaged by `make package`."
+    return merged
+
+
+def _placeholder_zip(path: Path, member: str) -> str:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(member, "placeholder: packaged with --template-only\n")
+    return str(path)
+
+
+def chalice_package(stage: str, out: Path, merge_path: Path, template_only: bool = False) -> None:
+    """`chalice package --stage STAGE --merge-template MERGE OUT`, in this process."""
+    from chalice.cli import cli
+    from chalice.deploy.packager import AppOnlyDeploymentPackager, LayerDeploymentPackager
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # Chalice asks; the template uses ${AWS::Region}
+    with ExitStack() as patches:
+        if template_only:
+            python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+            layer = _placeholder_zip(out.parent / f"{out.name}-layer.zip", f"python/lib/{python}/site-packages/X")
+            app = _placeholder_zip(out.parent / f"{out.name}-app.zip", "app.py")
+            patches.enter_context(mock.patch.object(LayerDeploymentPackager, "create_deployment_package",
+                                                    lambda *a, **k: layer))
+            patches.enter_context(mock.patch.object(AppOnlyDeploymentPackager, "create_deployment_package",
+                                                    lambda *a, **k: app))
+        cli.main(args=["--project-dir", str(ROOT), "package", "--stage", stage, "--merge-template", str(merge_path),
+                       str(out)], obj={}, standalone_mode=False)
+
+
+def slim_layer(path: Path) -> int:
+    """Rewrite the layer zip without the runtime-provided SDK; returns the bytes saved."""
+    before = path.stat().st_size
+    tmp = path.with_suffix(".tmp.zip")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            top = item.filename.split("site-packages/", 1)[-1].split("/", 1)[0]
+            if top.split("-", 1)[0].removesuffix(".py") in RUNTIME_PROVIDED:
+                continue
+            dst.writestr(item, src.read(item.filename))
+    tmp.replace(path)
+    return before - path.stat().st_size
+
+
+def zip_sizes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(out.glob("*.zip"))}
+
+
+def deployed_pythonpath(out: Path, workdir: Path) -> list[str]:
+    """Unzip the package as Lambda lays it out: /var/task, the layer, then the runtime's SDK (from this venv)."""
+    task, opt, sdk = workdir / "task", workdir / "opt", workdir / "runtime"
+    with zipfile.ZipFile(out / "deployment.zip") as z:
+        z.extractall(task)
+    layer = out / "layer-deployment.zip"
+    if layer.exists():
+        with zipfile.ZipFile(layer) as z:
+            z.extractall(opt)
+    sdk.mkdir(parents=True, exist_ok=True)
+    import importlib.util
+
+    for name in RUNTIME_PROVIDED:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.origin:
+            origin = Path(spec.origin)
+            source = origin.parent if origin.name == "__init__.py" else origin
+            (sdk / source.name).symlink_to(source)
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return [str(task), str(opt / "python" / "lib" / python / "site-packages"), str(opt / "python"), str(sdk)]
+
+
+IMPORT_PROBE = """
+import importlib, json, sys, time
+out = {}
+for n, name in enumerate(sys.argv[1:]):
+    start = time.perf_counter()
+    importlib.import_module(name)
+    out[name] = round((time.perf_counter() - start) * 1000, 1)
+    if n == 0:  # what the first module (the API function's handler) pulled in that only workers need
+        out["workerOnlyAfterFirst"] = sorted(m for m in ("openai", "chalicelib.worker", "aws_xray_sdk.core")
+                                             if m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def probe_imports(pythonpath: list[str], modules: tuple[str, ...], env: dict[str, str] | None = None,
+                  isolated: bool = True) -> dict[str, Any]:
+    """Import `modules` in order in a fresh interpreter; milliseconds each, cumulative order."""
+    args = [sys.executable, *(["-S"] if isolated else []), "-c", IMPORT_PROBE, *modules]
+    done = subprocess.run(args, env=_probe_env(pythonpath, env), capture_output=True, text=True, timeout=120,
+                          cwd=pythonpath[0])
+    if done.returncode:
+        raise RuntimeError(f"importing {modules} from the package failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+LIST_PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})))
+"""
+
+
+def precompile(out: Path, pythonpath: list[str], modules: tuple[str, ...]) -> int:
+    """Add bytecode for what importing `modules` loads from the package; returns the files compiled.
+
+    Lambda cannot write __pycache__ into /var/task or /opt, so without it every cold start compiles each
+    module it imports again (about half of `import app`). The .pyc files are unchecked-hash: used as they
+    are, whatever the timestamps the zip gives their sources.
+    """
+    import py_compile
+
+    done = subprocess.run([sys.executable, "-S", "-c", LIST_PROBE, *modules], capture_output=True, text=True,
+                          env=_probe_env(pythonpath), timeout=120, cwd=pythonpath[0])
+    if done.returncode:
+        raise RuntimeError(f"importing {modules} from the package failed:\n{done.stderr[-3000:]}")
+    loaded = [Path(f) for f in json.loads(done.stdout.strip().splitlines()[-1]) if f.endswith(".py")]
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    targets = [(out / "deployment.zip", Path(pythonpath[0]), ""),
+               (out / "layer-deployment.zip", Path(pythonpath[1]), f"python/lib/{python}/site-packages/")]
+    compiled = 0
+    for zip_path, root, arc_prefix in targets:
+        sources = [f for f in loaded if f.is_relative_to(root)]
+        if not sources or not zip_path.exists():
+            continue
+        with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as z, tempfile.TemporaryDirectory() as tmp:
+            present = set(z.namelist())
+            for source in sources:
+                relative = source.relative_to(root)
+                arc = f"{arc_prefix}{relative.parent.as_posix() + '/' if relative.parent.parts else ''}" \
+                      f"__pycache__/{source.stem}.{sys.implementation.cache_tag}.pyc"
+                if arc in present:
+                    continue
+                where = "/var/task/" if not arc_prefix else "/opt/"
+                cfile = Path(tmp) / "out.pyc"
+                py_compile.compile(str(source), cfile=str(cfile), dfile=f"{where}{arc_prefix}{relative.as_posix()}",
+                                   doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                z.write(cfile, arc)
+                compiled += 1
+    return compiled
+
+
+def _probe_env(pythonpath: list[str], env: dict[str, str] | None = None) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1", "APP_PREFIX": "reports-dev",
+            "AWS_LAMBDA_FUNCTION_NAME": "probe", "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true", "PYTHONPATH": os.pathsep.join(pythonpath),
+            "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+
+
+def package(stage: str, out: Path, template_only: bool = False, bundle_sdk: bool = False) -> dict[str, Any]:
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merge_path = out.parent / f"{out.name}-merge-template.json"
+    merge_path.write_text(json.dumps(merge_template(stage), indent=1))
+    chalice_package(stage, out, merge_path, template_only)
+    report: dict[str, Any] = {"template": str(out / "sam.json"), "templateBytes": (out / "sam.json").stat().st_size}
+    if not template_only:
+        if not bundle_sdk and (out / "layer-deployment.zip").exists():
+            report["sdkBytesDropped"] = slim_layer(out / "layer-deployment.zip")
+        with tempfile.TemporaryDirectory(prefix="package-check-") as work:
+            report["precompiled"] = precompile(out, deployed_pythonpath(out, Path(work) / "before"), PRECOMPILE)
+        with tempfile.TemporaryDirectory(prefix="package-check-") as work:
+            path = deployed_pythonpath(out, Path(work))
+            api = probe_imports(path, ("app",))  # as the API function: tracing off
+            workers = probe_imports(path, HANDLER_MODULES, {"POWERTOOLS_TRACE_DISABLED": "false"})  # X-Ray SDK on
+            report["importMs"] = {"app (API)": api["app"], **{m: workers[m] for m in HANDLER_MODULES[1:]},
+                                  "workerOnlyAfterFirst": api["workerOnlyAfterFirst"]}
+    report["zipBytes"] = zip_sizes(out)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.package", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--out", type=Path, help="output directory (default build/package/<stage>)")
+    parser.add_argument("--template-only", action="store_true", help="no dependencies, no network: the template")
+    parser.add_argument("--bundle-sdk", action="store_true", help="keep boto3/botocore in the layer (~+16 MB)")
+    args = parser.parse_args(argv)
+    out = (args.out or ROOT / "build" / "package" / args.stage).resolve()
+    report = package(args.stage, out, args.template_only, args.bundle_sdk)
+    print(f"template  {report['template']}  ({report['templateBytes'] / 1024:.0f} KiB)")
+    over = False
+    for name, size in report["zipBytes"].items():
+        mb = size / 1_000_000
+        over |= mb > BUDGET_MB and not args.template_only
+        print(f"zip       {out / name}  {mb:.2f} MB{'  OVER the 15 MB budget' if mb > BUDGET_MB else ''}")
+    if "sdkBytesDropped" in report:
+        print(f"layer     {report['sdkBytesDropped'] / 1_000_000:.1f} MB of AWS SDK left to the Lambda runtime")
+    for module, ms in (report.get("importMs") or {}).items():
+        if isinstance(ms, float):
+            print(f"import    {module:<22} {ms:7.1f} ms (from the unzipped package; workers after app)")
+    extra = (report.get("importMs") or {}).get("workerOnlyAfterFirst")
+    if extra:
+        print(f"WARNING   importing app loads {extra}: the API function's cold start pays for them")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
