@@ -1,0 +1,3 @@
+"""`reports`: a command-line client for the report generation API (development/client code, never deployed)."""
+
+__version__ = "0.1.0"

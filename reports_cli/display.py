@@ -1,0 +1,129 @@
+"""How jobs are shown: a live rich progress bar on a terminal, plain progress lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+LABELS = {"CancellationRequested": "Cancelling"}
+
+
+def label(status: str | None) -> str:
+    return LABELS.get(status or "", status or "?")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def eta_text(job: dict[str, Any], now: datetime | None = None) -> str:
+    """'~42s' / '~3m' from estimatedCompletionAt while the job runs; '-' otherwise."""
+    when = parse_time(job.get("estimatedCompletionAt"))
+    if when is None or job.get("status") != "Processing":
+        return "-"
+    seconds = max(0, int((when - (now or datetime.now(UTC))).total_seconds()))
+    if seconds < 90:
+        return f"~{seconds}s"
+    if seconds < 5400:
+        return f"~{round(seconds / 60)}m"
+    return f"~{seconds / 3600:.1f}h"
+
+
+def counts(job: dict[str, Any]) -> str:
+    total, done = int(job.get("totalLines") or 0), int(job.get("processedLines") or 0)
+    percent = int(job.get("progressPercent") or 0)
+    return f"{done}/{total} lines ({percent}%), {int(job.get('failedLines') or 0)} flagged"
+
+
+def describe(job: dict[str, Any]) -> str:
+    """A multi-line, human summary of one job (the `status` command)."""
+    rows = [
+        ("Job", job.get("jobId")),
+        ("Report", f"{job.get('reportId')} ({job.get('period')})"),
+        ("Status", label(job.get("status")) + (f" - {job['statusMessage']}" if job.get("statusMessage") else "")),
+        ("Progress", counts(job) + f", {int(job.get('cachedLines') or 0)} from cache"),
+        ("ETA", f"{job['estimatedCompletionAt']} ({eta_text(job)})" if eta_text(job) != "-" else None),
+        ("Error", job.get("errorMessage")),
+        ("Retries", job.get("retryCount") or None),
+        ("Created", job.get("createdAt")),
+        ("Completed", job.get("completedAt")),
+        ("Result", job.get("resultUrl")),
+    ]
+    return "\n".join(f"{name:<10} {value}" for name, value in rows if value not in (None, ""))
+
+
+def table(jobs: list[dict[str, Any]]) -> str:
+    """Aligned plain-text columns (readable in a terminal, greppable in a pipe)."""
+    head = ("JOB", "REPORT", "PERIOD", "STATUS", "LINES", "FLAGGED", "CREATED")
+    rows = [head] + [(
+        str(j.get("jobId")), str(j.get("reportId")), str(j.get("period")), label(j.get("status")),
+        f"{int(j.get('processedLines') or 0)}/{int(j.get('totalLines') or 0)}", str(int(j.get("failedLines") or 0)),
+        str(j.get("createdAt") or ""),
+    ) for j in jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def outcome(job: dict[str, Any]) -> str:
+    """The one line printed when a wait ends."""
+    status = job.get("status")
+    if status == "Completed":
+        flagged = int(job.get("failedLines") or 0)
+        review = f", {flagged} flagged for review" if flagged else ""
+        return f"Completed: {int(job.get('processedLines') or 0)} lines{review}. Result: reports result {job['jobId']}"
+    if status == "Failed":
+        return f"Failed: {job.get('errorMessage') or job.get('statusMessage') or 'no reason given'}"
+    if status == "Cancelled":
+        return f"Cancelled: {job.get('statusMessage') or counts(job)}"
+    return f"{label(status)}: {counts(job)}"
+
+
+class Watch:
+    """Shows a job's progress while `Client.wait` polls: a live bar on a terminal, else a line per change."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.live = self.stream.isatty() if live is None else live
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.last = ""
+
+    def __enter__(self) -> Watch:
+        if self.live and not self.quiet:
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(),
+                TextColumn("{task.completed:>.0f}/{task.fields[total_lines]} lines"),
+                TextColumn("{task.fields[flagged]} flagged"), TextColumn("ETA {task.fields[eta]}"),
+                TimeElapsedColumn(), console=Console(file=self.stream), transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("job", total=None, status="Queued", total_lines="?", flagged=0,
+                                               eta="-")
+        return self
+
+    def update(self, job: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None and self.task is not None:
+            total = int(job.get("totalLines") or 0)
+            self.progress.update(self.task, total=total or None, completed=int(job.get("processedLines") or 0),
+                                 status=label(job.get("status")), total_lines=total or "?",
+                                 flagged=int(job.get("failedLines") or 0), eta=eta_text(job))
+            return
+        line = f"{label(job.get('status'))}: {counts(job)}, ETA {eta_text(job)}"
+        if line != self.last:
+            self.last = line
+            print(line, file=self.stream, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
