@@ -5,11 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test soak bench lint clean package deploy
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .  # the `reports` CLI
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -19,11 +20,25 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2
 
+# The long chaos soak (tests/hardening/test_chaos.py); `make test` runs a short one. CHAOS_SEED=N replays a run.
+soak: $(STAMP)
+	CHAOS_JOBS=30 CHAOS_LINES=200 CHAOS_WORKERS=3 CHAOS_KILLS=8 CHAOS_DEADLINE=900 \
+		$(PY) -m pytest tests/hardening/test_chaos.py -q -s -p no:xdist
+
 bench: $(STAMP)
 	$(PY) -m bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# Deploy to AWS (README, "Deploy to AWS"): package into build/package/$(STAGE), then deploy it (needs credentials).
+STAGE ?= dev
+
+package: $(STAMP)
+	$(PY) -m infra.package --stage $(STAGE)
+
+deploy: package
+	$(PY) -m infra.deploy --stage $(STAGE) $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,7 +25,7 @@ from typing import Any
 import botocore.client
 
 import tests.support as support
-from bench.api import InProcessApi, new_user, quiesce
+from bench.api import TERMINAL_STATES, InProcessApi, new_user, quiesce
 from bench.common import heading, note, table, target
 from bench.env import PREFIX, ROOT, STAGE, Run
 from local.simulator import Simulator
@@ -210,6 +210,20 @@ class Result:
                 f"{self.per_1k(self.requests):.1f}"]
 
 
+def wait_completed(api: InProcessApi, headers: dict[str, str], job_id: str, timeout: float = 900.0) -> dict[str, Any]:
+    """Poll GET job every POLL s until terminal; a 500 (moto's server timing out under the workers' load) is
+    polled again rather than ending the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, job = api.call("get", f"/api/v1/jobs/{job_id}", headers)
+        if status == 200 and job["status"] in TERMINAL_STATES:
+            return job
+        if status not in (200, 500):
+            raise RuntimeError(f"GET job {job_id}: {status} {job}")
+        time.sleep(POLL)
+    raise RuntimeError(f"job {job_id} not terminal after {timeout:.0f} s")
+
+
 def distinct_vendors(k: int) -> list[str]:
     """`k` distinct vendors, cold in the cache: support.vendors() in blocks of 1,000, each with a fresh random salt.
 
@@ -239,7 +253,7 @@ def one_run(bench: Run, n: int) -> Result:
         with counted_calls() as api_counts:
             started = time.perf_counter()
             job = api.generate(headers, report_id, "2026-01")
-            done = api.wait_terminal(headers, job["jobId"], interval=POLL, timeout=900.0)
+            done = wait_completed(api, headers, job["jobId"])
             wall = time.perf_counter() - started
         if done["status"] != "Completed":
             raise RuntimeError(f"job {job['jobId']} ended {done['status']}: {done.get('errorMessage')}")

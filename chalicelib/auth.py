@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import jwt
 
+from chalicelib import credentials
 from chalicelib.errors import Unauthorized
 from chalicelib.settings import Settings
 
@@ -39,7 +40,7 @@ def principal_from_header(header: str | None, settings: Settings) -> Principal:
             key = _jwks_client(settings.jwt_jwks_url).get_signing_key_from_jwt(token).key
             algorithms = ["RS256"]
         else:
-            key, algorithms = settings.jwt_secret, ["HS256"]
+            key, algorithms = credentials.jwt_secret(settings), ["HS256"]
         # The algorithm list is fixed by configuration, never taken from the token:
         # that is what stops `alg: none` and HS/RS confusion.
         claims = jwt.decode(

@@ -12,7 +12,7 @@ from pynamodb.exceptions import UpdateError
 from chalicelib import clock
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
-from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
+from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job, JobChunk
 
@@ -48,10 +48,16 @@ def _reap_one(job: Job, status: JobStatus) -> str:
         if status is JobStatus.CANCELLATION_REQUESTED:
             runner.cancel(job)
             return "cancelled"
-        if status is JobStatus.PROCESSING and int(job.reap_count) >= MAX_REAPS:
-            runner.fail(job, f"The job stopped making progress {MAX_REAPS} times in a row and was stopped. "
-                             "Retry it; if it stops again, contact support with the job id.",
-                        {"reaps": int(job.reap_count)})
+        # Only a job a worker took since its last reap (it holds a lease) and then left can be said
+        # to have stopped making progress; one whose message waits behind a backlog is sent again.
+        if status is JobStatus.PROCESSING and job.lease_owner and int(job.reap_count) >= MAX_REAPS:
+            message = (f"The job stopped making progress {MAX_REAPS} times in a row and was stopped. "
+                       "Retry it; if it stops again, contact support with the job id.")
+            # as_seen: fail only the job this sweep judged, never what it became since (say, retried).
+            as_seen = (Job.heartbeat_at == job.heartbeat_at) & (Job.reap_count == job.reap_count)
+            transition(job, JobStatus.FAILED, "failed", {"reason": message, "reaps": int(job.reap_count)},
+                       actions=[Job.error_message.set(message), Job.status_message.set("Failed")],
+                       condition=as_seen)
             return "failed"
         if not _mark_reaped(job, status):
             return "skipped"
@@ -68,9 +74,9 @@ def _mark_reaped(job: Job, status: JobStatus) -> bool:
     # so exactly one reaper wins and a live job that just moved is left alone.
     no_progress_since_seen = (Job.heartbeat_at == seen_heartbeat) & (Job.status == status.value)
     try:
-        # Only a Processing job that stopped moving counts towards giving up; a Queued one may
-        # just be waiting behind a backlog.
-        stalled = 1 if status is JobStatus.PROCESSING else 0
+        # Only a Processing job a worker held counts towards giving up; a Queued one, or one
+        # re-sent and not yet taken up, may just be waiting behind a backlog.
+        stalled = 1 if status is JobStatus.PROCESSING and job.lease_owner else 0
         job.update(actions=[Job.reap_count.add(stalled), Job.heartbeat_at.set(clock.iso(clock.now())),
                             Job.lease_owner.remove(), Job.lease_until.remove()],
                    condition=no_progress_since_seen)

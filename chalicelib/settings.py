@@ -21,6 +21,10 @@ def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Settings:
     prefix: str = "reports-dev"
@@ -30,8 +34,19 @@ class Settings:
     results_bucket: str = "reports-dev-results"
     public_base_url: str | None = None
     cors_allow_origin: str = "*"
-    jwt_secret: str = LOCAL_JWT_SECRET
+    jwt_secret: str = field(default=LOCAL_JWT_SECRET, repr=False)
     jwt_jwks_url: str | None = None
+    # Deployed stages name SSM parameters (SecureString) instead; chalicelib.credentials reads them at first use.
+    jwt_secret_param: str | None = None
+    openai_api_key_param: str | None = None
+    secrets_max_age_seconds: int = 300
+    # Observability (chalicelib.observability): JSON logs, EMF metrics and X-Ray only inside Lambda.
+    in_lambda: bool = False
+    service_name: str = "async-reports"
+    metrics_namespace: str = "AsyncReports"
+    metrics_enabled: bool = False
+    tracing_enabled: bool = False
+    log_level: str = "INFO"
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jobs_per_hour: int = 20
@@ -66,6 +81,7 @@ class Settings:
     def from_env(cls) -> Settings:
         env = os.environ
         prefix = env.get("APP_PREFIX", "reports-dev")
+        in_lambda = bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not env.get("AWS_CHALICE_CLI_MODE")
         return cls(
             prefix=prefix,
             region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
@@ -76,6 +92,15 @@ class Settings:
             cors_allow_origin=env.get("CORS_ALLOW_ORIGIN", "*"),
             jwt_secret=env.get("JWT_SECRET") or LOCAL_JWT_SECRET,
             jwt_jwks_url=env.get("JWT_JWKS_URL") or None,
+            jwt_secret_param=env.get("JWT_SECRET_PARAM") or None,
+            openai_api_key_param=env.get("OPENAI_API_KEY_PARAM") or None,
+            secrets_max_age_seconds=_int("SECRETS_MAX_AGE_SECONDS", 300),
+            in_lambda=in_lambda,
+            service_name=env.get("POWERTOOLS_SERVICE_NAME") or "async-reports",
+            metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE") or "AsyncReports",
+            metrics_enabled=in_lambda and not _true("POWERTOOLS_METRICS_DISABLED"),
+            tracing_enabled=in_lambda and not _true("POWERTOOLS_TRACE_DISABLED"),
+            log_level=(env.get("POWERTOOLS_LOG_LEVEL") or env.get("LOG_LEVEL") or "INFO").upper(),
             jwt_issuer=env.get("JWT_ISSUER") or None,
             jwt_audience=env.get("JWT_AUDIENCE") or None,
             jobs_per_hour=_int("JOBS_PER_HOUR", 20),

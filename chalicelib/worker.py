@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import clock, credentials, deps, faults, results
+from chalicelib import clock, credentials, deps, faults, observability, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
@@ -81,6 +81,7 @@ class Invocation:
     started: float
     done: int = 0
     seen: tuple[int, int, float] = (0, 0, 0.0)  # retry stats already counted in a checkpoint
+    memo: dict[str, Answer] = field(default_factory=dict)  # this invocation's answers by normalized vendor
 
 
 def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None:
@@ -287,9 +288,11 @@ def _work(run: Invocation, scope: JobScope) -> None:
         _write_results(job, lines, answers)
         faults.point("after_result_writes")
         done = _progress(run, answers)
+        observability.lines_done(done.lines, done.failed)
         run.done += done.lines
         remaining = int(job.total_lines) - int(job.processed_lines) - done.lines
-        scope.checkpoint(lines[-1].line_id, done, runner.eta(remaining, job.started_at, int(job.processed_lines)))
+        eta = runner.eta(remaining, job.started_at, int(job.processed_lines) + done.lines)
+        scope.checkpoint(lines[-1].line_id, done, eta)
         faults.point("after_checkpoint")
 
 
@@ -303,7 +306,7 @@ def _stop(job: Job) -> None:
 def _categorize(run: Invocation, scope: JobScope, lines: list) -> dict[str, Answer] | None:
     """Answers for `lines`, or None when the job was re-enqueued or failed meanwhile."""
     try:
-        return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend)
+        return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend, run.memo)
     except LongWait as wait:
         delay = min(900, max(1, math.ceil(wait.seconds)))
         spent = _progress(run, {})

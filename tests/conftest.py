@@ -32,11 +32,12 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 for _var in ("AWS_SESSION_TOKEN", "AWS_PROFILE",
              # Ambient settings that would make the suite leave the machine or change the contract under test.
              "AWS_ENDPOINT_URL", "WORK_QUEUE_URL", "RESULTS_BUCKET", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-             "JWT_JWKS_URL", "PUBLIC_BASE_URL"):
+             "JWT_JWKS_URL", "PUBLIC_BASE_URL", "JWT_SECRET_PARAM", "OPENAI_API_KEY_PARAM", "AWS_LAMBDA_FUNCTION_NAME"):
     os.environ.pop(_var, None)
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("APP_PREFIX", "reports-test")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")  # no X-Ray SDK, no daemon
 
 # A chalice stage that .chalice/config.json does not declare: `chalice local --stage` and chalice.test.Client
 # then only apply the top-level environment_variables, so they keep APP_PREFIX=reports-test (stage `dev`

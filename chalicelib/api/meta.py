@@ -33,7 +33,10 @@ def openapi() -> Response:
 def dashboard() -> Response:
     page = _HERE / "dashboard.html"
     html = page.read_text() if page.exists() else "<!doctype html><title>Reports</title><p>See /openapi.json</p>"
-    return Response(body=html, headers={"Content-Type": "text/html; charset=utf-8"})
+    # The page's own <meta> CSP limits what it loads; framing can only be refused by a header.
+    return Response(body=html, headers={"Content-Type": "text/html; charset=utf-8", "X-Frame-Options": "DENY",
+                                        "Content-Security-Policy": "frame-ancestors 'none'",
+                                        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
 
 def openapi_document() -> dict:

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from chalice import Response
 from chalice.app import Request
 
+from chalicelib import observability
 from chalicelib.api import http, problems
 from chalicelib.auth import principal_from_header
-from chalicelib.errors import Unauthorized
+from chalicelib.errors import AppError, Unauthorized
 from chalicelib.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ def _guard(request: Request, get_response: Callable[[Request], Response]) -> Res
             # The reason goes to the caller; the token itself is never logged.
             log.info("rejected token", extra={"reason": err.detail, "path": request.path})
             return _with_cors(problems.from_error(err))
+        except AppError as err:  # e.g. the signing secret could not be read (503)
+            return _with_cors(problems.from_error(err))
+        observability.bind(userId=request.principal.user_id)
     return _with_cors(problems.normalize(get_response(request)))
 
 

@@ -10,6 +10,7 @@ from chalicelib.api.routes import NO_BODY, handled
 from chalicelib.errors import Conflict, ValidationFailed
 from chalicelib.jobs import actions, service
 from chalicelib.jobs.states import JobStatus
+from chalicelib.settings import get_settings
 
 bp = Blueprint(__name__)
 
@@ -43,7 +44,8 @@ def retry_job(jobId: str) -> Response:  # noqa: N803
     req = http.current()
     job = actions.retry_job(http.principal(req).user_id, jobId)
     body = service.to_dict(job, http.base_url(req))
-    return Response(body=body, status_code=202, headers={"Location": body["statusUrl"], "Retry-After": "2"})
+    return Response(body=body, status_code=202,
+                    headers={"Location": body["statusUrl"], "Retry-After": str(get_settings().poll_interval_seconds)})
 
 
 @bp.route("/jobs/{jobId}/lines/{lineId}", methods=["PATCH"])

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 from chalice import Response
 
 from chalicelib.api import problems
-from chalicelib.errors import AppError
+from chalicelib.errors import AppError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+# What a data store answers when it is overloaded or down, as opposed to a request it refuses.
+_UNAVAILABLE_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+                                "InternalServerError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 
 # Routes that read no body accept any Content-Type (Chalice would otherwise demand JSON on a GET).
 NO_BODY = ["*/*"]
@@ -22,8 +30,33 @@ def handled(view: Callable[..., Any]) -> Callable[..., Any]:
             return view(**kwargs)
         except AppError as err:
             return problems.from_error(err)
+        except Exception as err:
+            if not store_unavailable(err):
+                raise
+            # A timeout or an outage of DynamoDB/SQS/S3 is a 503 the client may retry, not a 500 bug report.
+            log.warning("a data store did not answer", extra={"error": type(err).__name__})
+            return problems.from_error(ServiceUnavailable("A data store this request needs did not answer; "
+                                                          "try again shortly."))
 
     return run
+
+
+def store_unavailable(err: BaseException) -> bool:
+    """True if `err` comes of a timeout, an unreachable endpoint or throttling of an AWS data store.
+
+    The whole chain is searched: PynamoDB wraps the botocore error, and its `cause_response_code` itself raises
+    AttributeError when that error is a timeout, so callers checking it fail with a third exception.
+    """
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (EndpointUnreachable, HTTPClientError)):
+            return True
+        if isinstance(seen, ClientError) and seen.response.get("Error", {}).get("Code") in _UNAVAILABLE_CODES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def created(body: Any, headers: dict[str, str] | None = None) -> Response:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import time
 
-from pynamodb.exceptions import PutError
+from pynamodb.exceptions import PutError, TransactWriteError
+from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock
 from chalicelib.categorize.types import Answer
-from chalicelib.tables import VendorCacheEntry
+from chalicelib.tables import VendorCacheEntry, connection
 
 CONFIDENT = 0.8
 TTL_DAYS = 90
@@ -36,22 +37,45 @@ def lookup(categories: list[str], vendors: list[str], model: str) -> dict[str, A
     return found
 
 
+def _entry(categories: list[str], vendor: str, category: str, confidence: float, model: str) -> VendorCacheEntry:
+    return VendorCacheEntry(key(categories, vendor), vendor=vendor, category=category, confidence=confidence,
+                            source="model", model=model, updated_at=clock.iso(clock.now()),
+                            expires_at=clock.expiry(days=TTL_DAYS))
+
+
+# not_manual: a person's answer outranks any model, even one racing this write.
+_NOT_MANUAL = VendorCacheEntry.cache_key.does_not_exist() | (VendorCacheEntry.source != "manual")
+
+
 def remember(categories: list[str], vendor: str, category: str, confidence: float, model: str) -> bool:
     """Write a confident model answer through; never overwrite a manual one."""
     if confidence < CONFIDENT:
         return False
-    entry = VendorCacheEntry(key(categories, vendor), vendor=vendor, category=category, confidence=confidence,
-                             source="model", model=model, updated_at=clock.iso(clock.now()),
-                             expires_at=clock.expiry(days=TTL_DAYS))
-    # not_manual: a person's answer outranks any model, even one racing this write.
-    not_manual = VendorCacheEntry.cache_key.does_not_exist() | (VendorCacheEntry.source != "manual")
     try:
-        entry.save(condition=not_manual)
+        _entry(categories, vendor, category, confidence, model).save(condition=_NOT_MANUAL)
         return True
     except PutError as err:
         if err.cause_response_code == "ConditionalCheckFailedException":
             return False
         raise
+
+
+def remember_many(categories: list[str], answers: list[tuple[str, str, float]], model: str) -> None:
+    """Write confident answers (vendor, category, confidence) through, up to 100 per transaction.
+
+    A transaction carries a condition per put; if one meets a manual answer, that group falls
+    back to one conditional put each, so the other answers still land.
+    """
+    confident = [a for a in answers if a[2] >= CONFIDENT]
+    for start in range(0, len(confident), 100):
+        group = confident[start:start + 100]
+        try:
+            with TransactWrite(connection=connection()) as tx:
+                for vendor, category, confidence in group:
+                    tx.save(_entry(categories, vendor, category, confidence, model), condition=_NOT_MANUAL)
+        except TransactWriteError:
+            for vendor, category, confidence in group:
+                remember(categories, vendor, category, confidence, model)
 
 
 def learn_manual(categories: list[str], vendor: str, category: str) -> None:

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chalicelib import observability
 from chalicelib.categorize import cache, provider, rules, seen
 from chalicelib.categorize.errors import JobFatal, LongWait, ProviderError, RetriesExhausted
 from chalicelib.categorize.normalize import normalize_vendor
@@ -78,21 +79,29 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str]) -
 
 def _remember(answers: list[Answer], items: list[Item], categories: list[str], model: str) -> None:
     by_id = {i.id: i for i in items}
-    for a in answers:
-        if a.category and not a.needs_review:
-            cache.remember(categories, normalize_vendor(by_id[a.id].vendor), a.category, a.confidence, model)
+    cache.remember_many(categories, [(normalize_vendor(by_id[a.id].vendor), a.category, a.confidence)
+                                     for a in answers if a.category and not a.needs_review], model)
 
 
 def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
-               backend: ModelBackend | None) -> dict[str, Answer]:
-    """Answers by line id. `backend` None means the offline rules categorizer."""
+               backend: ModelBackend | None, memo: dict[str, Answer] | None = None) -> dict[str, Answer]:
+    """Answers by line id. `backend` None means the offline rules categorizer.
+
+    `memo` holds this invocation's answers by normalized vendor, so a vendor met again in a
+    later batch (even one answered with too little confidence to cache) is not asked again.
+    """
+    memo = {} if memo is None else memo
     groups: dict[str, list[LineLike]] = {}
     for line in lines:
         groups.setdefault(normalize_vendor(line.vendor), []).append(line)
     model = backend.model if backend else settings.openai_model
-    seen.record_seen(categories, {v: (m[0].vendor, m[0].description) for v, m in groups.items()})
-    known = cache.lookup(categories, list(groups), model)
+    new = [v for v in groups if v not in memo]
+    if new:
+        seen.record_seen(categories, {v: (groups[v][0].vendor, groups[v][0].description) for v in new})
+    known = {v: memo[v] for v in groups if v in memo}
+    known.update(cache.lookup(categories, new, model) if new else {})
     misses = [v for v in groups if v not in known]
+    observability.cache_lookups(hits=len(known), misses=len(misses))
     items = [Item(f"v{n}", groups[v][0].vendor, groups[v][0].description) for n, v in enumerate(misses)]
     if not items:
         fresh = []
@@ -103,4 +112,5 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     by_item = {a.id: a for a in fresh}
     for item, vendor in zip(items, misses, strict=True):
         known[vendor] = by_item[item.id]
+    memo.update({v: a for v, a in known.items() if not a.needs_review})
     return {line.line_id: known[vendor] for vendor, members in groups.items() for line in members}

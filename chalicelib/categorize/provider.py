@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 
+from chalicelib import observability
 from chalicelib.categorize.errors import ProviderError
 from chalicelib.categorize.types import Answer, Item
 
@@ -131,7 +132,9 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
         )
         completion = raw.parse()
     except openai.OpenAIError as err:
+        observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
         raise classify(err) from err
+    observability.model_request()
     if limiter is not None:
         limiter.observe(_remaining(raw.headers, "requests"), _remaining(raw.headers, "tokens"))
     return parse_answer(completion.choices[0].message.content if completion.choices else None, items, categories)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import results
+from chalicelib import clock, results
 from chalicelib.categorize import cache
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
@@ -28,7 +28,9 @@ def retry_job(owner_id: str, job_id: str) -> Job:
         job = transition(job, JobStatus.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
             Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),
             Job.rate_limited_seconds.set(0), Job.recheck_flagged.set(int(job.failed_lines) > 0),
-            Job.heartbeat_at.set(job.updated_at), Job.status_message.set("Queued again; resuming from checkpoint")])
+            # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
+            Job.heartbeat_at.set(clock.iso(clock.now())),
+            Job.status_message.set("Queued again; resuming from checkpoint")])
     except TransitionRaced as err:
         raise Conflict("The job changed while it was being retried; look at it again.") from err
     try:
@@ -65,7 +67,9 @@ def settle_line(owner_id: str, job_id: str, line_id: str, body: Any) -> dict[str
 
 
 def _rebuild(job: Job, fixed: int) -> None:
-    job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed)])
+    left = max(0, int(job.needs_review) - fixed)
+    job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed),
+                        Job.status_message.set(f"Categorized {int(job.processed_lines)} lines; {left} need review")])
     version = int(job.result_version)
     key, _ = results.assemble(job, version)
     try:

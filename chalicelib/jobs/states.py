@@ -12,7 +12,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from chalicelib import clock
+from chalicelib import clock, observability
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job, JobEvent, connection
@@ -101,6 +101,7 @@ def transition(
     except TransactWriteError as err:
         raise _explain(err, job, current, to) from err
     job.refresh(consistent_read=True)
+    observability.job_finished(to.value, job.created_at)  # counts terminal states only
     return job
 
 

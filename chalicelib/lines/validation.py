@@ -13,10 +13,11 @@ from typing import Any
 from chalicelib.errors import ValidationFailed
 
 LINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-AMOUNT = re.compile(r"^-?\d{1,12}(\.\d{1,4})?$")
+# [0-9], not \d: \d also matches other scripts' digits ("١٢", "１２"), which Decimal() would quietly accept.
+AMOUNT = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,4})?$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
-DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 CSV_COLUMNS = ["lineId", "date", "vendor", "amount", "currency", "description"]
 _FIELDS = set(CSV_COLUMNS)
 
