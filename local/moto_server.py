@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from moto.core.model_instances import model_data
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
@@ -33,8 +34,21 @@ class SerializedDynamoDB:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
             with self.lock:
-                return list(self.app(environ, start_response))
+                try:
+                    return list(self.app(environ, start_response))
+                finally:
+                    forget_dynamodb_instances()
         return self.app(environ, start_response)
+
+
+def forget_dynamodb_instances() -> None:
+    """Drop moto's registry of every DynamoDB model object it ever made (kept only for its dashboard).
+
+    TransactWriteItems deep-copies each table it touches as a rollback backup, and the registry kept every copy
+    alive: each transaction leaked whole tables, and a long run grew the server to the machine's memory.
+    """
+    for model in model_data["dynamodb"].values():
+        model.instances_tracked.clear()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> None:
