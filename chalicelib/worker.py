@@ -231,6 +231,8 @@ def _fan_out(run: Invocation, reason: str) -> None:
         todo = []
     chunks.send(job.job_id, todo, reason="fan-out")
     job.refresh(consistent_read=True)
+    if job.status == JobStatus.CANCELLATION_REQUESTED.value:
+        return _stop(job)  # cancelled while being split: no chunk may be left to notice it
     if not todo and int(job.chunks_done) >= int(job.chunk_count):
         _finish(run)  # every chunk was done already: the assembler before us died (reaped) or we retry it
 

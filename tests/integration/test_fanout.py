@@ -117,3 +117,16 @@ def test_retry_of_a_failed_fanned_out_job_redoes_only_unfinished_chunks(api, fan
         assert sim.stats()["requests"] - asked <= 3 * 3 + 1
     finally:
         sim.stop()
+
+
+def test_cancel_while_the_job_is_being_split_is_cancelled_at_once(api, fanout, monkeypatch):
+    job_id = api.start(expense_lines(300, vendors(40)))
+    real_plan = chunks.plan
+
+    def cancel_first(*args):
+        assert api.call("delete", f"/jobs/{job_id}")[1]["status"] == "CancellationRequested"
+        return real_plan(*args)
+
+    monkeypatch.setattr(chunks, "plan", cancel_first)
+    deliver(receive({job_id}), Ctx(), fanout)
+    assert api.job(job_id)["status"] == "Cancelled"
