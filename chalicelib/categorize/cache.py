@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from pynamodb.exceptions import PutError, TransactWriteError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import PutError
 
 from chalicelib import clock
 from chalicelib.categorize.types import Answer
-from chalicelib.tables import VendorCacheEntry, connection
+from chalicelib.tables import VendorCacheEntry
 
 CONFIDENT = 0.8
 TTL_DAYS = 90
@@ -61,21 +61,14 @@ def remember(categories: list[str], vendor: str, category: str, confidence: floa
 
 
 def remember_many(categories: list[str], answers: list[tuple[str, str, float]], model: str) -> None:
-    """Write confident answers (vendor, category, confidence) through, up to 100 per transaction.
+    """Write confident answers (vendor, category, confidence) through, side by side.
 
-    A transaction carries a condition per put; if one meets a manual answer, that group falls
-    back to one conditional put each, so the other answers still land.
+    One conditional put each (a manual answer must win). Not a transaction: moto copies
+    every table a transaction touches, and the cache table grows large.
     """
     confident = [a for a in answers if a[2] >= CONFIDENT]
-    for start in range(0, len(confident), 100):
-        group = confident[start:start + 100]
-        try:
-            with TransactWrite(connection=connection()) as tx:
-                for vendor, category, confidence in group:
-                    tx.save(_entry(categories, vendor, category, confidence, model), condition=_NOT_MANUAL)
-        except TransactWriteError:
-            for vendor, category, confidence in group:
-                remember(categories, vendor, category, confidence, model)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda a: remember(categories, a[0], a[1], a[2], model), confident))
 
 
 def learn_manual(categories: list[str], vendor: str, category: str) -> None:
