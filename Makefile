@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # The long chaos soak (tests/hardening/test_chaos.py); `make test` runs a short one. CHAOS_SEED=N replays a run.
 soak: $(STAMP)
-	CHAOS_JOBS=30 CHAOS_LINES=200 CHAOS_WORKERS=3 CHAOS_KILLS=8 CHAOS_DEADLINE=900 \
+	CHAOS_JOBS=30 CHAOS_LINES=200 CHAOS_WORKERS=3 CHAOS_KILLS=8 CHAOS_STALE_AFTER=15 CHAOS_DEADLINE=1800 \
 		$(PY) -m pytest tests/hardening/test_chaos.py -q -s -p no:xdist
 
 bench: $(STAMP)

@@ -3,10 +3,11 @@ answers with random 429s, 500s, timeouts and malformed JSON.
 
 Every job must reach a terminal state, every line must be in its report exactly once (categorized or flagged),
 and nothing may be left in the dead-letter queue unexplained. The work queue's visibility timeout is 1800 s, so a
-killed worker's message only comes back through the reaper, which runs here in-process every half second.
+killed worker's message only comes back through the reaper, which runs here in-process.
 
 `make test` runs a short soak (10 jobs x 50 lines, 2 workers, 2 kills); `make soak` a long one. Knobs:
-CHAOS_JOBS, CHAOS_LINES, CHAOS_WORKERS, CHAOS_KILLS, CHAOS_SEED (printed, to replay a run), CHAOS_DEADLINE.
+CHAOS_JOBS, CHAOS_LINES, CHAOS_WORKERS, CHAOS_KILLS, CHAOS_SEED (printed, to replay a run), CHAOS_DEADLINE,
+CHAOS_STALE_AFTER.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ WORKERS = int(os.environ.get("CHAOS_WORKERS", "2"))
 KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
 SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
 DEADLINE = float(os.environ.get("CHAOS_DEADLINE", "150"))
-STALE_AFTER = 3
+# The reaper's threshold. Small, so a killed worker's job comes back soon; but every sweep also re-sends each
+# job still waiting in the queue, so a long run with a backlog uses a larger one (see `make soak`).
+STALE_AFTER = int(os.environ.get("CHAOS_STALE_AFTER", "3"))
 FAST_RETRIES = [
     {"ErrorEquals": ["Provider.RateLimited"], "IntervalSeconds": 0.1, "BackoffRate": 2.0, "MaxAttempts": 1000,
      "MaxDelaySeconds": 1, "JitterStrategy": "FULL"},
@@ -151,7 +154,8 @@ def test_chaos_soak_every_job_ends_terminal_with_every_line_once(client, token_f
 
     workers = Workers(aws_endpoint, sim.url, tmp_path)
     stop, reaper_errors = threading.Event(), []
-    sweeper = threading.Thread(target=_reap_every, args=(0.5, stop, reaper_errors), daemon=True)
+    sweeper = threading.Thread(target=_reap_every, args=(min(2.0, STALE_AFTER / 4), stop, reaper_errors),
+                               daemon=True)
     for _ in range(WORKERS):
         workers.start()
     sweeper.start()
