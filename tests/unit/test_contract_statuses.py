@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any
 from uuid import UUID, uuid4
 
-import boto3
 import jwt
 import pytest
 from chalice.test import Client
@@ -30,25 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
 MiB = 1024 * 1024
 NOT_ASYNC = "Report is not configured for asynchronous generation."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def aws():
-    """The session's stack when AWS_ENDPOINT_URL is set; otherwise the template deployed into in-process moto."""
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        yield
-        return
-    from moto import mock_aws
-
-    with mock_aws():
-        settings = get_settings()
-        boto3.client("cloudformation", region_name=settings.region).create_stack(
-            StackName=f"{settings.prefix}-infra", TemplateBody=(ROOT / "infra" / "template.yaml").read_text(),
-            Parameters=[{"ParameterKey": "Prefix", "ParameterValue": settings.prefix}])
-        boto3.client("s3", region_name=settings.region).create_bucket(Bucket=settings.results_bucket)
-        deps.reset()
-        yield
-        deps.reset()
 
 
 @pytest.fixture

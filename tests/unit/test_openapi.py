@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlsplit
 from uuid import uuid4
 
-import boto3
 import pytest
 from chalice.test import Client
 from jsonschema import Draft202012Validator, FormatChecker
@@ -56,26 +54,6 @@ def _is_uri_reference(value: object) -> bool:
 
 
 # --- environment ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def aws():
-    """The session's stack when AWS_ENDPOINT_URL is set; otherwise the template deployed into in-process moto."""
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        yield
-        return
-    from moto import mock_aws
-
-    with mock_aws():
-        settings = get_settings()
-        boto3.client("cloudformation", region_name=settings.region).create_stack(
-            StackName=f"{settings.prefix}-infra", TemplateBody=(ROOT / "infra" / "template.yaml").read_text(),
-            Parameters=[{"ParameterKey": "Prefix", "ParameterValue": settings.prefix}])
-        # The template names the bucket <prefix>-results-<account>; the app reads RESULTS_BUCKET (unset here).
-        boto3.client("s3", region_name=settings.region).create_bucket(Bucket=settings.results_bucket)
-        deps.reset()
-        yield
-        deps.reset()
 
 
 @pytest.fixture
