@@ -6,19 +6,33 @@ can both pass a check that only one should pass: 25 concurrent creates could adm
 jobs against a limit of 20. Real DynamoDB never does that. This server serializes
 DynamoDB calls (reads included, they are cheap) and leaves every other service (SQS long
 polls above all) concurrent. `python -m local.moto_server -H 127.0.0.1 -p PORT`.
+
+Two of moto's costs grow with the table, and a 20,000-line job made them dominate: this server makes
+TransactWriteItems back up only the items it touches (`backup_touched_items_only`), and a Query read only
+its own partition (`query_one_partition`). It also writes read results as plain JSON (`plain_json_reads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 from typing import Any
 
+import moto.dynamodb.models as dynamodb_models
 from moto.core.model_instances import model_data
+from moto.dynamodb.comparisons import get_comparison_func
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.table import Table
+from moto.dynamodb.responses import DynamoResult
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
@@ -44,11 +58,166 @@ class SerializedDynamoDB:
 def forget_dynamodb_instances() -> None:
     """Drop moto's registry of every DynamoDB model object it ever made (kept only for its dashboard).
 
-    TransactWriteItems deep-copies each table it touches as a rollback backup, and the registry kept every copy
-    alive: each transaction leaked whole tables, and a long run grew the server to the machine's memory.
+    Every Item a request builds registers itself; nothing ever unregisters it, so a long run grew the server
+    to the machine's memory (when TransactWriteItems still deep-copied whole tables, each one leaked a table).
     """
     for model in model_data["dynamodb"].values():
         model.instances_tracked.clear()  # type: ignore[attr-defined]
+
+
+Saved = tuple[Table, DynamoType, "DynamoType | None", "Item | None"]
+
+
+def backup_touched_items_only() -> None:
+    """Make moto's TransactWriteItems back up the items it touches, not whole tables.
+
+    moto deep-copies every table a transaction names before it starts, as its rollback copy: the cost of one
+    transaction grows with the table, and at 10,000 lines a checkpoint took seconds and the workers' calls timed
+    out. Here the table "copy" is the table itself (so moto's own rollback is a no-op) and this wrapper restores
+    the touched items instead. That is only sound because SerializedDynamoDB runs one DynamoDB request at a time:
+    nothing else can change those items between the backup and the restore.
+    """
+    original = DynamoDBBackend.transact_write_items
+    if getattr(original, "touched_items_only", False):
+        return
+
+    def deepcopy_but_tables(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+    # moto's module uses `copy.deepcopy` in two places: the table backup above, and an item copy (kept as is).
+    dynamodb_models.copy = SimpleNamespace(deepcopy=deepcopy_but_tables, copy=copy.copy)  # type: ignore[attr-defined]
+
+    def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+        saved: list[Saved] = []
+        for entry in transact_items:
+            _, op = next(iter(entry.items()))
+            table = self.tables.get(op.get("TableName", ""))
+            attrs = op.get("Key") or op.get("Item") or {}
+            if table is None or table.hash_key_attr not in attrs:
+                continue  # moto rejects it before writing anything
+            hash_key = DynamoType(attrs[table.hash_key_attr])
+            range_key = None
+            if table.range_key_attr is not None:
+                if table.range_key_attr not in attrs:
+                    continue
+                range_key = DynamoType(attrs[table.range_key_attr])
+            saved.append((table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))))
+        try:
+            original(self, transact_items)
+        except Exception:
+            for table, hash_key, range_key, item in reversed(saved):  # reversed: the first backup of a key wins
+                _restore(table, hash_key, range_key, item)
+            raise
+
+    transact_write_items.touched_items_only = True  # type: ignore[attr-defined]
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def _restore(table: Table, hash_key: DynamoType, range_key: DynamoType | None, item: Item | None) -> None:
+    if item is not None:
+        if range_key is not None:
+            table.items[hash_key][range_key] = item
+        else:
+            table.items[hash_key] = item  # type: ignore[assignment]
+    elif range_key is not None:
+        table.items.get(hash_key, {}).pop(range_key, None)
+    else:
+        table.items.pop(hash_key, None)
+
+
+def query_one_partition() -> None:
+    """Make a table Query look at its own partition, not the whole table.
+
+    moto's Query starts from `Table.all_items()`, every item of the table sorted, and then walks the partition
+    from its first item, sizing each, to find the page after ExclusiveStartKey: paging through a 20,000-line
+    job cost O(table) per page and most of the server's time. For a query on the table itself (no index) with a
+    string sort key, the items handed to moto's Query here are only the page's candidates: the partition's
+    items that pass the key condition and come after ExclusiveStartKey, in order, at most Limit + 1 of them.
+    moto still applies the key condition, Limit, the size limit, filters and projections to them, so results
+    and LastEvaluatedKey are what they were. Index queries get the items unsorted (they sort their own).
+    Sound because SerializedDynamoDB runs one DynamoDB request at a time.
+    """
+    original_query, original_all_items = Table.query, Table.all_items
+    if getattr(original_query, "one_partition", False):
+        return
+
+    def all_items(self: Table) -> list[Item]:
+        candidates = self.__dict__.get("_query_candidates")
+        return original_all_items(self) if candidates is None else candidates
+
+    def query(self: Table, hash_key: DynamoType | None, range_comparison: str | None, range_objs: list[DynamoType],
+              limit: int | None, exclusive_start_key: dict[str, Any] | None, scan_index_forward: bool,
+              projection_expressions: Any, index_name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        filter_kwargs = set(kwargs) - {"consistent_read", "filter_expression", "hash_key_conditions",
+                                       "range_key_conditions"}
+        if index_name:
+            self.__dict__["_query_candidates"] = _unsorted_items(self)
+        elif hash_key is not None and self.range_key_type == "S" and not filter_kwargs and len(args) <= 2:
+            self.__dict__["_query_candidates"] = _page_candidates(
+                self, hash_key, range_comparison, range_objs, limit, exclusive_start_key, scan_index_forward)
+        try:
+            return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                                  scan_index_forward, projection_expressions, index_name, *args, **kwargs)
+        finally:
+            self.__dict__.pop("_query_candidates", None)
+
+    query.one_partition = True  # type: ignore[attr-defined]
+    Table.query = query  # type: ignore[method-assign]
+    Table.all_items = all_items  # type: ignore[method-assign]
+
+
+def _unsorted_items(table: Table) -> list[Item]:
+    if table.range_key_attr:
+        return [item for part in table.items.values() for item in part.values()]  # type: ignore[attr-defined]
+    return list(table.items.values())  # type: ignore[arg-type]
+
+
+def _page_candidates(table: Table, hash_key: DynamoType, comparison: str | None, objs: list[DynamoType],
+                     limit: int | None, start: dict[str, Any] | None, forward: bool) -> list[Item]:
+    part = table.items.get(hash_key) or {}
+    rows = [(key.value, item) for key, item in part.items()]  # type: ignore[union-attr]
+    if comparison:
+        test, against = get_comparison_func(comparison), [o.cast_value for o in objs]
+        rows = [row for row in rows if test(row[0], *against)]
+    if start and table.range_key_attr in start:
+        after = next(iter(start[table.range_key_attr].values()))
+        rows = [row for row in rows if (row[0] > after if forward is not False else row[0] < after)]
+    rows.sort(key=lambda row: row[0])
+    if limit:
+        rows = rows[:limit + 1] if forward is not False else rows[-(limit + 1):]
+    return [item for _, item in rows]
+
+
+_PLAIN_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan"})
+
+
+def plain_json_reads() -> None:
+    """Answer reads with `json.dumps` of moto's result instead of its shape-walking serializer.
+
+    With the partition fix in, serializing read results was half of the server's DynamoDB time. A read's result
+    is already DynamoDB JSON; only binary values (bytes, base64 on the wire) and timestamps need the serializer,
+    and json.dumps refuses both, so such a result falls back to it.
+    """
+    original = DynamoResult.execute_result
+    if getattr(original, "plain_reads", False):
+        return
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(type(value).__name__)
+
+    def execute_result(self: DynamoResult, context: Any) -> Any:
+        if context.operation_model.name in _PLAIN_READS:
+            try:
+                body = json.dumps(self.result, separators=(",", ":"), default=refuse)
+            except (TypeError, ValueError):
+                pass
+            else:
+                version = context.service_model.metadata.get("jsonVersion", "1.0")
+                return 200, {"Content-Type": f"application/x-amz-json-{version}"}, body
+        return original(self, context)
+
+    execute_result.plain_reads = True  # type: ignore[attr-defined]
+    DynamoResult.execute_result = execute_result  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    backup_touched_items_only()
+    query_one_partition()
+    plain_json_reads()
+    # werkzeug's line per request cost a fifth of the server's CPU under load; errors are still logged.
+    if not os.environ.get("MOTO_ACCESS_LOG"):
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, SerializedDynamoDB(app), threaded=True, request_handler=MotoRequestHandler)
 

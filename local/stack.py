@@ -193,7 +193,7 @@ class MotoServer(ManagedProcess):
         self.host = host
         self.port = port or free_port(host)
         if log_path is None:
-            # Moto logs every request (the worker's long polls too): keep that out of the terminal.
+            # Keep moto's log out of the terminal (errors; every request too with MOTO_ACCESS_LOG=1).
             fd, name = tempfile.mkstemp(prefix="moto-", suffix=".log")
             os.close(fd)
             log_path = Path(name)

@@ -1,0 +1,177 @@
+"""local/moto_server.py's TransactWriteItems: all or nothing, though it backs up only the items it touches.
+
+The suite's own moto server runs that code, so these talk to it over the wire like every other test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+
+@pytest.fixture(scope="module")
+def ddb() -> object:
+    return boto3.client("dynamodb", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+
+@pytest.fixture(scope="module")
+def tables(ddb) -> Iterator[tuple[str, str]]:
+    """A hash-and-range table and a hash-only one, made for this module."""
+    suffix = uuid.uuid4().hex[:8]
+    ranged, plain = f"tx-ranged-{suffix}", f"tx-plain-{suffix}"
+    ddb.create_table(TableName=ranged, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                           {"AttributeName": "sk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                {"AttributeName": "sk", "KeyType": "RANGE"}])
+    ddb.create_table(TableName=plain, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    yield ranged, plain
+    ddb.delete_table(TableName=ranged)
+    ddb.delete_table(TableName=plain)
+
+
+def _items(ddb, table: str) -> dict[tuple[str, str], str]:
+    rows = ddb.scan(TableName=table, ConsistentRead=True)["Items"]
+    return {(r["pk"]["S"], r.get("sk", {}).get("S", "")): r["v"]["S"] for r in rows}
+
+
+def _writes(ranged: str, plain: str, pk: str) -> list[dict]:
+    """Change an existing item in each table, add a new one in each, and delete one."""
+    return [
+        {"Update": {"TableName": ranged, "Key": {"pk": {"S": pk}, "sk": {"S": "a"}},
+                    "UpdateExpression": "SET v = :v", "ExpressionAttributeValues": {":v": {"S": "changed"}}}},
+        {"Put": {"TableName": ranged, "Item": {"pk": {"S": pk}, "sk": {"S": "new"}, "v": {"S": "new"}}}},
+        {"Delete": {"TableName": ranged, "Key": {"pk": {"S": pk}, "sk": {"S": "gone"}}}},
+        {"Put": {"TableName": plain, "Item": {"pk": {"S": pk}, "v": {"S": "changed"}}}},
+        {"Put": {"TableName": plain, "Item": {"pk": {"S": pk + "-new"}, "v": {"S": "new"}}}},
+    ]
+
+
+def _seed(ddb, ranged: str, plain: str, pk: str) -> None:
+    for sk in ("a", "gone"):
+        ddb.put_item(TableName=ranged, Item={"pk": {"S": pk}, "sk": {"S": sk}, "v": {"S": "before"}})
+    ddb.put_item(TableName=plain, Item={"pk": {"S": pk}, "v": {"S": "before"}})
+
+
+@pytest.mark.parametrize("last, code", [
+    ({"ConditionCheck": {"TableName": "plain", "Key": {"pk": {"S": "absent"}},
+                         "ConditionExpression": "attribute_exists(pk)"}}, "TransactionCanceledException"),
+    ({"Put": {"TableName": "plain", "Item": {"pk": {"S": "same"}, "v": {"S": "twice"}}}}, "ValidationException"),
+], ids=["failed-condition", "one-item-twice"])
+def test_a_refused_transaction_undoes_every_earlier_write(ddb, tables, last, code):
+    ranged, plain = tables
+    pk = uuid.uuid4().hex
+    _seed(ddb, ranged, plain, pk)
+    before = (_items(ddb, ranged), _items(ddb, plain))
+    (op, body), = last.items()
+    key = "Key" if "Key" in body else "Item"
+    body = {**body, "TableName": plain, key: {**body[key], "pk": {"S": pk if body[key]["pk"]["S"] == "same"
+                                                                   else pk + "-absent"}}}
+    with pytest.raises(ClientError) as caught:
+        ddb.transact_write_items(TransactItems=[*_writes(ranged, plain, pk), {op: body}])
+    assert caught.value.response["Error"]["Code"] == code
+    assert (_items(ddb, ranged), _items(ddb, plain)) == before
+
+
+def test_a_transaction_that_passes_applies_every_write(ddb, tables):
+    ranged, plain = tables
+    pk = uuid.uuid4().hex
+    _seed(ddb, ranged, plain, pk)
+    ddb.transact_write_items(TransactItems=_writes(ranged, plain, pk))
+    assert {k: v for k, v in _items(ddb, ranged).items() if k[0] == pk} == {(pk, "a"): "changed", (pk, "new"): "new"}
+    assert {k: v for k, v in _items(ddb, plain).items() if k[0].startswith(pk)} == {
+        (pk, ""): "changed", (pk + "-new", ""): "new"}
+
+
+# --- Query reads one partition ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def partition(ddb, tables) -> tuple[str, str, list[str]]:
+    """One partition of 120 items (sort keys in a shuffled order), beside two neighbours of 30."""
+    ranged, _ = tables
+    pk = uuid.uuid4().hex
+    keys = [f"k{i:04d}" for i in range(120)]
+    for n, sk in enumerate(sorted(keys, key=lambda k: hash((k, pk)))):
+        ddb.put_item(TableName=ranged, Item={"pk": {"S": pk}, "sk": {"S": sk}, "v": {"S": str(n % 3)}})
+    for neighbour in (pk[:-1] + "0", pk + "z"):
+        for i in range(30):
+            ddb.put_item(TableName=ranged, Item={"pk": {"S": neighbour}, "sk": {"S": f"k{i:04d}"}, "v": {"S": "x"}})
+    return ranged, pk, keys
+
+
+def _pages(ddb, **query) -> tuple[list[str], int]:
+    """Every sort key a paged query returns, and how many pages it took."""
+    out, pages, start = [], 0, None
+    while True:
+        answer = ddb.query(**query, **({"ExclusiveStartKey": start} if start else {}))
+        out += [item["sk"]["S"] for item in answer["Items"]]
+        pages += 1
+        start = answer.get("LastEvaluatedKey")
+        if not start:
+            return out, pages
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_a_paged_query_returns_its_partition_in_order_once(ddb, partition, forward):
+    ranged, pk, keys = partition
+    got, pages = _pages(ddb, TableName=ranged, KeyConditionExpression="pk = :pk", Limit=7, ScanIndexForward=forward,
+                        ExpressionAttributeValues={":pk": {"S": pk}})
+    assert got == (keys if forward else keys[::-1])
+    assert pages == 18  # 17 full pages of 7, then the last item (and moto's empty page after a full one: none)
+
+
+@pytest.mark.parametrize("condition, values, expected", [
+    ("sk > :a", {":a": {"S": "k0100"}}, lambda k: k > "k0100"),
+    ("sk <= :a", {":a": {"S": "k0010"}}, lambda k: k <= "k0010"),
+    ("sk BETWEEN :a AND :b", {":a": {"S": "k0042"}, ":b": {"S": "k0057"}}, lambda k: "k0042" <= k <= "k0057"),
+    ("begins_with(sk, :a)", {":a": {"S": "k005"}}, lambda k: k.startswith("k005")),
+])
+def test_a_paged_query_applies_its_sort_key_condition(ddb, partition, condition, values, expected):
+    ranged, pk, keys = partition
+    got, _ = _pages(ddb, TableName=ranged, KeyConditionExpression=f"pk = :pk AND {condition}", Limit=5,
+                    ExpressionAttributeValues={":pk": {"S": pk}, **values})
+    assert got == [k for k in keys if expected(k)]
+
+
+def test_limit_applies_before_the_filter_as_in_dynamodb(ddb, partition):
+    ranged, pk, keys = partition
+    first = ddb.query(TableName=ranged, KeyConditionExpression="pk = :pk", FilterExpression="v = :v", Limit=10,
+                      ExpressionAttributeValues={":pk": {"S": pk}, ":v": {"S": "0"}})
+    assert first["ScannedCount"] == 10 and first["LastEvaluatedKey"]["sk"]["S"] == keys[9]
+    everything, _ = _pages(ddb, TableName=ranged, KeyConditionExpression="pk = :pk", FilterExpression="v = :v",
+                           Limit=10, ExpressionAttributeValues={":pk": {"S": pk}, ":v": {"S": "0"}})
+    assert len(everything) == 40 and everything == sorted(everything)
+
+
+# --- reads answered as plain JSON ------------------------------------------------------------------------------
+
+EVERY_TYPE = {"s": {"S": "text é"}, "n": {"N": "12.5"}, "yes": {"BOOL": True}, "nothing": {"NULL": True},
+              "m": {"M": {"inner": {"L": [{"S": "a"}, {"N": "1"}, {"M": {}}]}}}, "ss": {"SS": ["x", "y"]},
+              "ns": {"NS": ["1", "2"]}}
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json-types", "with-binary"])
+def test_every_read_returns_what_was_written(ddb, tables, binary):
+    ranged, _ = tables
+    pk = uuid.uuid4().hex
+    item = {"pk": {"S": pk}, "sk": {"S": "a"}, **EVERY_TYPE, **({"b": {"B": b"\x00\xffbytes"}} if binary else {})}
+    ddb.put_item(TableName=ranged, Item=item)
+    key = {"pk": {"S": pk}, "sk": {"S": "a"}}
+    reads = [
+        ddb.get_item(TableName=ranged, Key=key, ConsistentRead=True)["Item"],
+        ddb.batch_get_item(RequestItems={ranged: {"Keys": [key]}})["Responses"][ranged][0],
+        *ddb.query(TableName=ranged, KeyConditionExpression="pk = :pk",
+                   ExpressionAttributeValues={":pk": {"S": pk}})["Items"],
+        *ddb.scan(TableName=ranged, FilterExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": pk}})["Items"],
+    ]
+    expected = {**item, "ss": {"SS": ["x", "y"]}, "ns": {"NS": ["1", "2"]}}
+    for read in reads:
+        assert {**read, "ss": {"SS": sorted(read["ss"]["SS"])}, "ns": {"NS": sorted(read["ns"]["NS"])}} == expected
