@@ -308,6 +308,7 @@ class Stats:
         self.started, self.started_at = now, time.time()
         self.requests = self.ok = self.rate_limited = self.items = self.items_answered = self.early_retries = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.charged_tokens = 0  # what accepted requests took from the tokens-per-minute bucket (prompt + budget)
         self.status_counts: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.by_vendor: Counter[str] = Counter()
@@ -327,6 +328,7 @@ class Stats:
         self.early_retries += early
         if status == 200:
             self.ok += 1
+            self.charged_tokens += req.tokens
             self.items_answered += len(vendors)
             self.answered_by_vendor.update(vendors)
         if status != 429:
@@ -348,7 +350,8 @@ class Stats:
                "early_retries": self.early_retries, "max_requests_in_any_60s_window": self.max_window,
                "requests_by_vendor": dict(self.by_vendor), "answered_by_vendor": dict(self.answered_by_vendor),
                "faults": dict(self.faults),
-               "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+               "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
+                          "charged": self.charged_tokens},
                "started_at": self.started_at, "elapsed": round(now - self.started, 6)}
         if include_log:
             out["log"] = list(self.log)

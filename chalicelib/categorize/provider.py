@@ -101,9 +101,16 @@ def classify(err: Exception) -> ProviderError:
     return ProviderError("Provider.BadRequest", f"The model provider refused the request: {err}")
 
 
-def completion_budget(items: list[Item]) -> int:
-    """max_completion_tokens for a request: about 25 tokens per answer, with room to spare."""
-    return 32 + 48 * len(items)
+def completion_budget(items: list[Item], categories: list[str]) -> int:
+    """max_completion_tokens for a request, from the longest answer the taxonomy allows.
+
+    Providers count max_completion_tokens against tokens-per-minute when a request arrives, so a loose budget
+    spends quota that no answer uses. An answer row (`{"id":"v12","category":"…","confidence":0.95},`) is about
+    15 tokens plus its category's: 20 plus one token per 2 UTF-8 bytes of the longest category leaves room to
+    spare for English (about 4 characters a token) and for scripts of 1 to 3 bytes a token.
+    """
+    longest = max((len(c.encode()) for c in categories), default=0)
+    return 16 + (20 + -(-longest // 2)) * len(items)
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
@@ -121,7 +128,7 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
                 {"role": "user", "content": json.dumps(payload)}]
-    budget = completion_budget(items)
+    budget = completion_budget(items, categories)
     if limiter is not None:
         limiter.acquire(estimate_tokens(messages, budget))
     try:

@@ -66,3 +66,19 @@ def test_rate_limit_wait_comes_from_the_provider_headers(headers, expected):
 def test_insufficient_quota_is_fatal_with_an_actionable_message():
     err = provider.classify(_rate_limit_error({}, code="insufficient_quota"))
     assert err.fatal and "quota" in err.message
+
+
+@pytest.mark.parametrize("categories", [
+    DEFAULT_CATEGORIES,
+    ["Software, Cloud Infrastructure & Developer Tools Subscriptions 01", "Other"],  # 64 characters
+    ["交通費・タクシー・鉄道・航空券・宿泊費・会議費・交際費", "その他"],
+])
+def test_the_completion_budget_fits_the_longest_answer_and_no_more_than_it_needs(categories):
+    items = [Item(f"v{n}", "ACME", "") for n in range(25)]
+    longest = max(categories, key=lambda c: len(c.encode()))
+    answer = json.dumps({"items": [{"id": i.id, "category": longest, "confidence": 0.95} for i in items]},
+                        ensure_ascii=False)
+    budget = provider.completion_budget(items, categories)
+    # At least one token per 3 bytes of the longest possible answer (tokenizers give 3-4 bytes a token for English
+    # JSON, about one a character for CJK); at most twice that, since the budget is charged against the quota.
+    assert len(answer.encode()) / 3 <= budget <= 2 * len(answer.encode()) / 3
