@@ -82,6 +82,7 @@ class Invocation:
     done: int = 0
     seen: tuple[int, int, float] = (0, 0, 0.0)  # retry stats already counted in a checkpoint
     memo: dict[str, Answer] = field(default_factory=dict)  # this invocation's answers by normalized vendor
+    background: pipeline.Background = field(default_factory=pipeline.Background)
 
 
 def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None:
@@ -198,6 +199,7 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
     finally:
         if JobStatus(run.job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             runner.release(run.job, run.lease)
+        run.background.wait()
 
 
 def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None = None) -> None:
@@ -216,6 +218,7 @@ def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None 
         _work(run, ChunkScope(run, chunk))
     finally:
         chunks.release(chunk, run.lease)
+        run.background.wait()
 
 
 def _fan_out(run: Invocation, reason: str) -> None:
@@ -308,7 +311,8 @@ def _stop(job: Job) -> None:
 def _categorize(run: Invocation, scope: JobScope, lines: list) -> dict[str, Answer] | None:
     """Answers for `lines`, or None when the job was re-enqueued or failed meanwhile."""
     try:
-        return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend, run.memo)
+        return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend, run.memo,
+                                   run.job.job_id, run.background)
     except LongWait as wait:
         delay = min(900, max(1, math.ceil(wait.seconds)))
         spent = _progress(run, {})

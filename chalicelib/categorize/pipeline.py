@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -13,6 +15,46 @@ from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import RetryLoop
 from chalicelib.categorize.types import Answer, Item
 from chalicelib.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Background:
+    """Writes no line waits for: the cache write-through and the seen-vendor notes.
+
+    They run beside the model requests and the batches after them, off the path from a job's start to its
+    completion; the worker waits for them before its invocation returns (a Lambda is frozen after that).
+    A failed one costs a cache miss later, never a line: it is logged, not raised.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background")
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> int:
+        """Wait for every write submitted; returns how many failed."""
+        failed = 0
+        for future in self._pending:
+            if future.exception() is not None:
+                failed += 1
+                log.warning("a background cache write failed", exc_info=future.exception())
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return failed
+
+
+def _run(background: Background | None, fn: Callable[..., Any], *args: Any) -> None:
+    if background is None:
+        fn(*args)
+    else:
+        background.submit(fn, *args)
 
 
 class LineLike(Protocol):
@@ -55,7 +97,9 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
     return [answers.get(i.id) or _flagged(i) for i in chunk]
 
 
-def ask_model(backend: ModelBackend, items: list[Item], categories: list[str]) -> list[Answer]:
+def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
+              job_id: str | None = None, background: Background | None = None) -> list[Answer]:
+    """The model's answers for `items`, written through to the cache (see cache.remember for `job_id`)."""
     chunks = [items[i:i + backend.batch_size] for i in range(0, len(items), backend.batch_size)]
     answers: list[Answer] = []
     waits: list[LongWait] = []
@@ -69,7 +113,7 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str]) -
                 waits.append(err)
             except JobFatal as err:
                 fatal.append(err)
-    _remember(answers, items, categories, backend.model)
+    _run(background, _remember, answers, items, categories, backend.model, job_id)
     if fatal:
         raise fatal[0]
     if waits:
@@ -77,18 +121,22 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str]) -
     return answers
 
 
-def _remember(answers: list[Answer], items: list[Item], categories: list[str], model: str) -> None:
+def _remember(answers: list[Answer], items: list[Item], categories: list[str], model: str,
+              job_id: str | None) -> None:
     by_id = {i.id: i for i in items}
     cache.remember_many(categories, [(normalize_vendor(by_id[a.id].vendor), a.category, a.confidence)
-                                     for a in answers if a.category and not a.needs_review], model)
+                                     for a in answers if a.category and not a.needs_review], model, job_id)
 
 
 def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
-               backend: ModelBackend | None, memo: dict[str, Answer] | None = None) -> dict[str, Answer]:
+               backend: ModelBackend | None, memo: dict[str, Answer] | None = None,
+               job_id: str | None = None, background: Background | None = None) -> dict[str, Answer]:
     """Answers by line id. `backend` None means the offline rules categorizer.
 
     `memo` holds this invocation's answers by normalized vendor, so a vendor met again in a
-    later batch (even one answered with too little confidence to cache) is not asked again.
+    later batch (even one answered with too little confidence to cache) is not asked again; `job_id` does the
+    same across the invocations and chunks of one job, through the cache (cache.lookup). With `background`,
+    the writes no answer waits for are left to it.
     """
     memo = {} if memo is None else memo
     groups: dict[str, list[LineLike]] = {}
@@ -97,9 +145,10 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     model = backend.model if backend else settings.openai_model
     new = [v for v in groups if v not in memo]
     if new:
-        seen.record_seen(categories, {v: (groups[v][0].vendor, groups[v][0].description) for v in new})
+        _run(background, seen.record_seen, categories,
+             {v: (groups[v][0].vendor, groups[v][0].description) for v in new})
     known = {v: memo[v] for v in groups if v in memo}
-    known.update(cache.lookup(categories, new, model) if new else {})
+    known.update(cache.lookup(categories, new, model, job_id) if new else {})
     misses = [v for v in groups if v not in known]
     observability.cache_lookups(hits=len(known), misses=len(misses))
     items = [Item(f"v{n}", groups[v][0].vendor, groups[v][0].description) for n, v in enumerate(misses)]
@@ -108,7 +157,7 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     elif backend is None:
         fresh = rules.categorize(items, categories)
     else:
-        fresh = ask_model(backend, items, categories)
+        fresh = ask_model(backend, items, categories, job_id, background)
     by_item = {a.id: a for a in fresh}
     for item, vendor in zip(items, misses, strict=True):
         known[vendor] = by_item[item.id]

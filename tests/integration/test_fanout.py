@@ -8,7 +8,10 @@ import json
 import pytest
 
 from chalicelib import faults, reaper, worker
+from chalicelib.categorize import cache
+from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.jobs import chunks
+from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 from local.simulator import Simulator
@@ -130,3 +133,41 @@ def test_cancel_while_the_job_is_being_split_is_cancelled_at_once(api, fanout, m
     monkeypatch.setattr(chunks, "plan", cancel_first)
     deliver(receive({job_id}), Ctx(), fanout)
     assert api.job(job_id)["status"] == "Cancelled"
+
+
+@pytest.fixture
+def sim():
+    simulator = Simulator(latency=0.0).start()
+    yield simulator
+    simulator.stop()
+
+
+def test_a_vendor_under_the_confidence_bar_is_asked_once_per_job_not_once_per_chunk(api, fanout, sim):
+    unsure = [v for v in vendors(200) if "ACME" in v]  # the simulator answers these at confidence 0.6
+    settings = dataclasses.replace(fanout, openai_api_key="sk-test", openai_base_url=sim.url, model_batch_size=10)
+    lines = expense_lines(240, unsure)  # 4 chunks of 60 lines, each with all 10 vendors
+    first = api.start(lines)
+    drain({first}, settings)
+    result = assert_every_line_once(api, first, lines)
+    assert {(line["source"], line["needsReview"]) for line in result["lines"]} == {("model", False)}
+    assert {line["confidence"] for line in result["lines"]} == {0.6}
+    asked = sim.stats()["requests_by_vendor"]
+    assert sorted(asked[v.lower()] for v in unsure) == [1] * len(unsure)
+    # The answers were kept for that job only: another job asks again, and the cache serves them to no one.
+    second = api.start(expense_lines(240, unsure, "2026-02", prefix="ty"), "2026-02")
+    drain({second}, settings)
+    asked = sim.stats()["requests_by_vendor"]
+    assert sorted(asked[v.lower()] for v in unsure) == [2] * len(unsure)
+    normalized = [normalize_vendor(v) for v in unsure]
+    assert cache.lookup(DEFAULT_CATEGORIES, normalized, settings.openai_model) == {}
+
+
+def test_a_job_s_unsure_answer_never_replaces_an_answer_for_everyone():
+    confident, manual = (normalize_vendor(v) for v in vendors(2))
+    cache.remember(DEFAULT_CATEGORIES, confident, "Airfare", 0.95, "m")
+    cache.learn_manual(DEFAULT_CATEGORIES, manual, "Lodging")
+    for vendor in (confident, manual):
+        assert not cache.remember(DEFAULT_CATEGORIES, vendor, "Other", 0.5, "m", job_id="j-1")
+    found = cache.lookup(DEFAULT_CATEGORIES, [confident, manual], "m", job_id="j-1")
+    assert {v: (a.category, a.source) for v, a in found.items()} == {
+        confident: ("Airfare", "cache"), manual: ("Lodging", "cache")}

@@ -195,3 +195,21 @@ def test_an_expired_job_reads_as_404_before_dynamodb_deletes_it(api):
     Job(job_id).update(actions=[Job.expires_at.set(clock.now() - timedelta(seconds=1))])
     assert api.call("get", f"/jobs/{job_id}")[0] == 404
     assert job_id not in [j["jobId"] for j in api.call("get", "/jobs")[1]["items"]]
+
+
+def test_a_vendor_is_noted_as_seen_once_a_day_however_many_times_jobs_meet_it():
+    from chalicelib.categorize import cache, seen
+    from chalicelib.reports.service import DEFAULT_CATEGORIES
+    from chalicelib.tables import VendorSeen
+
+    vendor, other = (v.lower() for v in vendors(2))
+    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW ONE", "first")})
+    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW TWO", "second"), other: ("RAW OTHER", "")})
+    first = VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, vendor)}", consistent_read=True)
+    assert (first.vendor, first.description, first.seen_day) == ("RAW ONE", "first", clock.now().strftime("%Y-%m-%d"))
+    assert VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, other)}").vendor == "RAW OTHER"
+    # Noted on an earlier day: written again today.
+    first.update(actions=[VendorSeen.seen_day.set("2020-01-01")])
+    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW THREE", "third")})
+    again = VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, vendor)}", consistent_read=True)
+    assert (again.vendor, again.seen_day) == ("RAW THREE", clock.now().strftime("%Y-%m-%d"))
