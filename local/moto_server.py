@@ -15,6 +15,7 @@ its own partition (`query_one_partition`). It also writes read results as plain 
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import json
 import logging
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import moto.dynamodb.models as dynamodb_models
+import moto.dynamodb.models.table as table_models
 from moto.core.model_instances import model_data
 from moto.dynamodb.comparisons import get_comparison_func
 from moto.dynamodb.models import DynamoDBBackend
@@ -114,6 +116,7 @@ def backup_touched_items_only() -> None:
 
 
 def _restore(table: Table, hash_key: DynamoType, range_key: DynamoType | None, item: Item | None) -> None:
+    _forget_sorted_keys(table, hash_key)
     if item is not None:
         if range_key is not None:
             table.items[hash_key][range_key] = item
@@ -132,7 +135,8 @@ def query_one_partition() -> None:
     from its first item, sizing each, to find the page after ExclusiveStartKey: paging through a 20,000-line
     job cost O(table) per page and most of the server's time. For a query on the table itself (no index) with a
     string sort key, the items handed to moto's Query here are only the page's candidates: the partition's
-    items that pass the key condition and come after ExclusiveStartKey, in order, at most Limit + 1 of them.
+    items that pass the key condition and come after ExclusiveStartKey, in order, at most Limit + 1 of them,
+    found by bisecting the partition's sorted keys (kept per partition until a put or delete there).
     moto still applies the key condition, Limit, the size limit, filters and projections to them, so results
     and LastEvaluatedKey are what they were. Index queries get the items unsorted (they sort their own).
     Sound because SerializedDynamoDB runs one DynamoDB request at a time.
@@ -155,15 +159,43 @@ def query_one_partition() -> None:
         elif hash_key is not None and self.range_key_type == "S" and not filter_kwargs and len(args) <= 2:
             self.__dict__["_query_candidates"] = _page_candidates(
                 self, hash_key, range_comparison, range_objs, limit, exclusive_start_key, scan_index_forward)
+            _SHALLOW_RESULTS[0] = True
         try:
             return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
                                   scan_index_forward, projection_expressions, index_name, *args, **kwargs)
         finally:
             self.__dict__.pop("_query_candidates", None)
+            _SHALLOW_RESULTS[0] = False
+
+    def deepcopy_unless_shallow(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return list(value) if _SHALLOW_RESULTS[0] and isinstance(value, list) else copy.deepcopy(value, memo)
+
+    # moto's Query deep-copies its page of results (a 1 MB page is thousands of items) before it filters,
+    # projects (Item.project builds new items) and serializes them, none of which changes an item; an index
+    # query keeps the copy (its projection works on the copy).
+    table_models.copy = SimpleNamespace(deepcopy=deepcopy_unless_shallow, copy=copy.copy)  # type: ignore[attr-defined]
+    original_put, original_delete = Table.put_item, Table.delete_item
+
+    def put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Item:
+        hash_key = DynamoType(item_attrs[self.hash_key_attr]) if self.hash_key_attr in item_attrs else None
+        try:
+            return original_put(self, item_attrs, *args, **kwargs)
+        finally:
+            if hash_key is not None:
+                _forget_sorted_keys(self, hash_key)
+
+    def delete_item(self: Table, hash_key: DynamoType, range_key: DynamoType | None) -> Item | None:
+        _forget_sorted_keys(self, hash_key)
+        return original_delete(self, hash_key, range_key)
 
     query.one_partition = True  # type: ignore[attr-defined]
     Table.query = query  # type: ignore[method-assign]
     Table.all_items = all_items  # type: ignore[method-assign]
+    Table.put_item = put_item  # type: ignore[method-assign]
+    Table.delete_item = delete_item  # type: ignore[method-assign]
+
+
+_SHALLOW_RESULTS = [False]  # set while a table query runs (one at a time: SerializedDynamoDB)
 
 
 def _unsorted_items(table: Table) -> list[Item]:
@@ -172,20 +204,67 @@ def _unsorted_items(table: Table) -> list[Item]:
     return list(table.items.values())  # type: ignore[arg-type]
 
 
+def _sorted_keys(table: Table, hash_key: DynamoType, part: dict) -> tuple[list[str], list[DynamoType]]:
+    """The partition's sort keys in order (values, keys), kept until a put or delete changes its key set."""
+    known = table.__dict__.setdefault("_sorted_keys", {})
+    entry = known.get(hash_key)
+    if entry is None:
+        keys = sorted(part, key=lambda k: k.value)
+        entry = known[hash_key] = ([k.value for k in keys], keys)
+    return entry
+
+
+def _forget_sorted_keys(table: Table, hash_key: DynamoType) -> None:
+    table.__dict__.get("_sorted_keys", {}).pop(hash_key, None)
+
+
+def _bounds(values: list[str], comparison: str | None, against: list[Any]) -> tuple[int, int]:
+    """The slice of `values` a sort key condition can match (the condition is still applied to it)."""
+    lo, hi = 0, len(values)
+    if comparison in (">", "GT"):
+        lo = bisect.bisect_right(values, against[0])
+    elif comparison in (">=", "GE"):
+        lo = bisect.bisect_left(values, against[0])
+    elif comparison in ("<", "LT"):
+        hi = bisect.bisect_left(values, against[0])
+    elif comparison in ("<=", "LE"):
+        hi = bisect.bisect_right(values, against[0])
+    elif comparison in ("=", "EQ"):
+        lo, hi = bisect.bisect_left(values, against[0]), bisect.bisect_right(values, against[0])
+    elif comparison == "BETWEEN":
+        lo, hi = bisect.bisect_left(values, against[0]), bisect.bisect_right(values, against[1])
+    elif comparison == "BEGINS_WITH":
+        lo = bisect.bisect_left(values, against[0])
+    return lo, max(lo, hi)
+
+
 def _page_candidates(table: Table, hash_key: DynamoType, comparison: str | None, objs: list[DynamoType],
                      limit: int | None, start: dict[str, Any] | None, forward: bool) -> list[Item]:
     part = table.items.get(hash_key) or {}
-    rows = [(key.value, item) for key, item in part.items()]  # type: ignore[union-attr]
-    if comparison:
-        test, against = get_comparison_func(comparison), [o.cast_value for o in objs]
-        rows = [row for row in rows if test(row[0], *against)]
+    values, keys = _sorted_keys(table, hash_key, part)
+    against = [o.cast_value for o in objs]
+    lo, hi = _bounds(values, comparison, against) if comparison else (0, len(values))
     if start and table.range_key_attr in start:
         after = next(iter(start[table.range_key_attr].values()))
-        rows = [row for row in rows if (row[0] > after if forward is not False else row[0] < after)]
-    rows.sort(key=lambda row: row[0])
-    if limit:
-        rows = rows[:limit + 1] if forward is not False else rows[-(limit + 1):]
-    return [item for _, item in rows]
+        if forward is not False:
+            lo = max(lo, bisect.bisect_right(values, after))
+        else:
+            hi = min(hi, bisect.bisect_left(values, after))
+    test = get_comparison_func(comparison) if comparison else None
+    picked: list[Item] = []
+    # Walk from the page's end of the slice, keeping what passes, until Limit + 1 are found.
+    order = range(lo, hi) if forward is not False else range(hi - 1, lo - 1, -1)
+    for i in order:
+        if test is not None and not test(values[i], *against):
+            if comparison == "BEGINS_WITH" and forward is not False:
+                break  # sorted: past the prefix, nothing more can match
+            continue
+        item = part.get(keys[i])
+        if item is not None:
+            picked.append(item)
+            if limit and len(picked) > limit:
+                break
+    return picked if forward is not False else picked[::-1]
 
 
 _PLAIN_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan"})

@@ -175,3 +175,21 @@ def test_every_read_returns_what_was_written(ddb, tables, binary):
     expected = {**item, "ss": {"SS": ["x", "y"]}, "ns": {"NS": ["1", "2"]}}
     for read in reads:
         assert {**read, "ss": {"SS": sorted(read["ss"]["SS"])}, "ns": {"NS": sorted(read["ns"]["NS"])}} == expected
+
+
+def test_a_page_read_after_writes_sees_them(ddb, tables):
+    ranged, _ = tables
+    pk = uuid.uuid4().hex
+    for i in range(0, 40, 2):
+        ddb.put_item(TableName=ranged, Item={"pk": {"S": pk}, "sk": {"S": f"k{i:04d}"}, "v": {"S": "x"}})
+    query = {"TableName": ranged, "KeyConditionExpression": "pk = :pk", "Limit": 5,
+             "ExpressionAttributeValues": {":pk": {"S": pk}}}
+    first = ddb.query(**query)
+    assert [i["sk"]["S"] for i in first["Items"]] == ["k0000", "k0002", "k0004", "k0006", "k0008"]
+    ddb.delete_item(TableName=ranged, Key={"pk": {"S": pk}, "sk": {"S": "k0010"}})
+    ddb.query(**query)  # the partition's order is read again after the delete
+    ddb.put_item(TableName=ranged, Item={"pk": {"S": pk}, "sk": {"S": "k0009"}, "v": {"S": "new"}})
+    ddb.put_item(TableName=ranged, Item={"pk": {"S": pk}, "sk": {"S": "k0012"}, "v": {"S": "changed"}})
+    second = ddb.query(**query, ExclusiveStartKey=first["LastEvaluatedKey"])
+    assert [(i["sk"]["S"], i["v"]["S"]) for i in second["Items"]] == [
+        ("k0009", "new"), ("k0012", "changed"), ("k0014", "x"), ("k0016", "x"), ("k0018", "x")]
