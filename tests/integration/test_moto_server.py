@@ -193,3 +193,14 @@ def test_a_page_read_after_writes_sees_them(ddb, tables):
     second = ddb.query(**query, ExclusiveStartKey=first["LastEvaluatedKey"])
     assert [(i["sk"]["S"], i["v"]["S"]) for i in second["Items"]] == [
         ("k0009", "new"), ("k0012", "changed"), ("k0014", "x"), ("k0016", "x"), ("k0018", "x")]
+
+
+def test_an_item_over_400_kb_is_refused_and_one_under_is_kept(ddb, tables):
+    _, plain = tables
+    pk = uuid.uuid4().hex
+    with pytest.raises(ClientError) as caught:
+        ddb.put_item(TableName=plain, Item={"pk": {"S": pk}, "a": {"S": "x" * 250_000}, "b": {"S": "y" * 160_000}})
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert "Item" not in ddb.get_item(TableName=plain, Key={"pk": {"S": pk}}, ConsistentRead=True)
+    ddb.put_item(TableName=plain, Item={"pk": {"S": pk}, "a": {"S": "x" * 250_000}, "b": {"S": "y" * 140_000}})
+    assert len(ddb.get_item(TableName=plain, Key={"pk": {"S": pk}})["Item"]["b"]["S"]) == 140_000
