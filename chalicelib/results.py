@@ -6,7 +6,7 @@ import csv
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import IO, Any
 
@@ -37,10 +37,13 @@ def _csv_row(d: dict[str, Any], description: str) -> list[str]:
             text["category"], f"{d['confidence']:.3f}", d["source"], "true" if d["needsReview"] else "false"]
 
 
-def assemble(job: Job, version: int, tick: Callable[[], None] | None = None) -> tuple[str, int]:
+def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
+             written: Iterable[LineResult] | None = None) -> tuple[str, int]:
     """Write the report for `job` to S3; returns (json key, lines needing review).
 
-    `tick` is called every 2,000 lines, so a long assembly can show it is alive.
+    `tick` is called every 2,000 lines, so a long assembly can show it is alive. `written` is every line
+    result of the job in lineId order when the caller holds them (the worker, for a job it did whole in one
+    invocation); otherwise they are read back from the table, page by page.
     """
     totals: dict[tuple[str, str], list] = defaultdict(lambda: [Decimal(0), 0])
     needs_review = 0
@@ -49,7 +52,9 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None) -> 
         writer = csv.writer(csv_file)
         writer.writerow(CSV_COLUMNS)
         first = True
-        for count, r in enumerate(LineResult.query(job.job_id, consistent_read=True, page_size=500), 1):
+        source = written if written is not None else LineResult.query(job.job_id, consistent_read=True,
+                                                                      page_size=500)
+        for count, r in enumerate(source, 1):
             if tick is not None and count % 2000 == 0:
                 tick()
             d = line_dict(r)

@@ -63,6 +63,9 @@ class Settings:
     openai_tpm: float | None = None
     openai_timeout_seconds: float = 30.0
     line_batch_size: int = 100
+    # A batch may take up to this many times line_batch_size lines when they need no more model requests
+    # than one wave (worker._next_batch); 1 makes every batch exactly line_batch_size lines.
+    line_read_ahead: int = 4
     # Jobs with more lines than this fan out into chunks of `chunk_lines`, each worked in parallel.
     fanout_threshold_lines: int = 2000
     chunk_lines: int = 1000
@@ -114,6 +117,7 @@ class Settings:
             openai_tpm=float(env["OPENAI_TPM"]) if env.get("OPENAI_TPM") else None,
             openai_timeout_seconds=_float("OPENAI_TIMEOUT_SECONDS", 30.0),
             line_batch_size=_int("LINE_BATCH_SIZE", 100),
+            line_read_ahead=max(1, _int("LINE_READ_AHEAD", 4)),
             fanout_threshold_lines=_int("FANOUT_THRESHOLD_LINES", 2000),
             chunk_lines=_int("CHUNK_LINES", 1000),
             lambda_time_reserve_seconds=_float("LAMBDA_TIME_RESERVE_SECONDS", 20.0),

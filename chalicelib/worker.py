@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -17,6 +18,7 @@ from pynamodb.exceptions import UpdateError
 from chalicelib import clock, credentials, deps, faults, observability, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait
+from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import chunks, runner
@@ -83,6 +85,10 @@ class Invocation:
     seen: tuple[int, int, float] = (0, 0, 0.0)  # retry stats already counted in a checkpoint
     memo: dict[str, Answer] = field(default_factory=dict)  # this invocation's answers by normalized vendor
     background: pipeline.Background = field(default_factory=pipeline.Background)
+    ahead: list = field(default_factory=list)  # lines read past the cursor, not yet worked (see _next_batch)
+    ahead_after: str | None = None  # the cursor `ahead` continues from
+    # Every line result this invocation wrote, when it started the job from its first line (see _finish).
+    written: dict[str, LineResult] | None = None
 
 
 def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None:
@@ -131,9 +137,14 @@ class JobScope:
     def holds(self) -> bool:
         return self.run.job.lease_owner == self.run.lease.owner
 
-    def next_lines(self, n: int) -> list:
+    def cursor(self) -> str:
+        return self.run.job.cursor or ""
+
+    def next_lines(self, n: int, after: str | None = None) -> list:
+        """Up to `n` lines after the checkpoint (or after `after`), in one read."""
         job = self.run.job
-        return list(islice(iter_lines(job.owner_id, job.period, after=job.cursor), n))
+        return list(islice(iter_lines(job.owner_id, job.period, after=job.cursor if after is None else after,
+                                      page=n), n))
 
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)
@@ -157,8 +168,11 @@ class ChunkScope(JobScope):
     def holds(self) -> bool:
         return chunks.holds(self.chunk, self.run.lease)
 
-    def next_lines(self, n: int) -> list:
-        return chunks.next_lines(self.run.job, self.chunk, n)
+    def cursor(self) -> str:
+        return self.chunk.cursor or ""
+
+    def next_lines(self, n: int, after: str | None = None) -> list:
+        return chunks.next_lines(self.run.job, self.chunk, n, after)
 
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return chunks.checkpoint(self.run.job, self.chunk, self.run.lease, cursor, done, eta)
@@ -195,6 +209,8 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
                                         and not run.job.cursor):
             _fan_out(run, reason)
         else:
+            if not run.job.cursor and not int(run.job.processed_lines):
+                run.written = {}  # from the first line: this invocation may do the whole job
             _work(run, JobScope(run))
     finally:
         if JobStatus(run.job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
@@ -283,14 +299,14 @@ def _work(run: Invocation, scope: JobScope) -> None:
             faults.point("before_continuation_send")
             scope.requeue(0, "continuation")
             return None
-        lines = scope.next_lines(run.settings.line_batch_size)
+        lines = _next_batch(run, scope)
         if not lines:
             return scope.complete()
         answers = _categorize(run, scope, lines)
         if answers is None:
             return None
         faults.point("after_model_call")
-        _write_results(job, lines, answers)
+        _keep(run, _write_results(job, lines, answers))
         faults.point("after_result_writes")
         done = _progress(run, answers)
         observability.lines_done(done.lines, done.failed)
@@ -299,6 +315,35 @@ def _work(run: Invocation, scope: JobScope) -> None:
         eta = runner.eta(remaining, job.started_at, int(job.processed_lines) + done.lines)
         scope.checkpoint(lines[-1].line_id, done, eta)
         faults.point("after_checkpoint")
+
+
+def _next_batch(run: Invocation, scope: JobScope) -> list:
+    """The next batch: LINE_BATCH_SIZE lines, and more (up to LINE_READ_AHEAD times that) while they bring no vendor
+    beyond one wave of model requests (MODEL_BATCH_SIZE x MODEL_CONCURRENCY) that this invocation has not
+    answered yet. A small job whose vendors fit one wave is one batch: one checkpoint, not one per 100 lines;
+    a batch still costs at most one wave, so progress shows as often as before and a crash redoes no more."""
+    settings, limit = run.settings, run.settings.line_batch_size
+    if run.ahead_after != scope.cursor():
+        run.ahead = []  # the checkpoint did not move where the buffer expected: read again from where it is
+    if len(run.ahead) < limit:
+        run.ahead_after = scope.cursor() if not run.ahead else run.ahead_after
+        after = run.ahead[-1].line_id if run.ahead else None
+        run.ahead += scope.next_lines(limit * settings.line_read_ahead - len(run.ahead), after)
+    wave = settings.model_batch_size * max(1, settings.model_concurrency)
+    new: set[str] = set()
+    take = 0
+    for line in run.ahead:
+        vendor = normalize_vendor(line.vendor)
+        fresh = vendor not in run.memo and vendor not in new
+        if take >= limit and fresh and len(new) >= wave:
+            break
+        if fresh:
+            new.add(vendor)
+        take += 1
+    batch, run.ahead = run.ahead[:take], run.ahead[take:]
+    if batch:
+        run.ahead_after = batch[-1].line_id  # where a successful checkpoint of this batch puts the cursor
+    return batch
 
 
 def _stop(job: Job) -> None:
@@ -341,15 +386,38 @@ def _progress(run: Invocation, answers: dict[str, Answer]) -> Progress:
                     rate_limited_seconds=stats.rate_limited_seconds - before[2])
 
 
-def _write_results(job: Job, lines: list, answers: dict[str, Answer]) -> None:
+WRITTEN_KEPT_MAX = 5000  # line results an invocation keeps to assemble the report from (jobs up to this size)
+
+
+def _keep(run: Invocation, results: list[LineResult]) -> None:
+    if run.written is None:
+        return
+    run.written.update((r.line_id, r) for r in results)
+    if len(run.written) > WRITTEN_KEPT_MAX:
+        run.written = None
+
+
+def _write_results(job: Job, lines: list, answers: dict[str, Answer]) -> list[LineResult]:
     # Puts keyed by (job, line): a redone batch overwrites, never adds.
+    results = [LineResult(job.job_id, line.line_id, date=line.date, vendor=line.vendor, amount=line.amount,
+                          currency=line.currency, description=line.description or "",
+                          category=answers[line.line_id].category, confidence=answers[line.line_id].confidence,
+                          source=answers[line.line_id].source, needs_review=answers[line.line_id].needs_review,
+                          expires_at=job.expires_at) for line in lines]
+    groups = [results[i:i + 25] for i in range(0, len(results), 25)]  # one BatchWriteItem each
+    if len(groups) == 1:
+        _save_all(groups[0])
+        return results
+    # Side by side: a 400-line batch is 16 requests, and the checkpoint waits for all of them.
+    with ThreadPoolExecutor(max_workers=min(4, len(groups)), thread_name_prefix="results") as pool:
+        list(pool.map(_save_all, groups))
+    return results
+
+
+def _save_all(results: list[LineResult]) -> None:
     with LineResult.batch_write() as batch:
-        for line in lines:
-            a = answers[line.line_id]
-            batch.save(LineResult(job.job_id, line.line_id, date=line.date, vendor=line.vendor,
-                                  amount=line.amount, currency=line.currency, description=line.description or "",
-                                  category=a.category, confidence=a.confidence, source=a.source,
-                                  needs_review=a.needs_review, expires_at=job.expires_at))
+        for result in results:
+            batch.save(result)
 
 
 def _recheck_flagged(run: Invocation) -> None:
@@ -381,7 +449,12 @@ def _heartbeat(run: Invocation) -> None:
 def _finish(run: Invocation) -> None:
     job = run.job
     version = int(job.result_version) + 1
-    key, needs_review = results.assemble(job, version, tick=lambda: _heartbeat(run))
+    written = None
+    # This invocation wrote every line of the job (and the checkpoints counted each once): the report is built
+    # from what it holds, not read back. Anything else (a resumed, chunked or retried job) reads the table.
+    if run.written is not None and len(run.written) == int(job.processed_lines) == int(job.total_lines):
+        written = [run.written[k] for k in sorted(run.written)]
+    key, needs_review = results.assemble(job, version, tick=lambda: _heartbeat(run), written=written)
     processed = int(job.processed_lines)
     message = (f"Categorized {processed} lines; {needs_review} need review" if processed
                else f"No expense lines for {job.period}; the report is empty")

@@ -38,6 +38,10 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("APP_PREFIX", "reports-test")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")  # no X-Ray SDK, no daemon
+# Batches of exactly LINE_BATCH_SIZE lines: the tests that watch a job mid-run (a progress line, a race with
+# the last batch, a reap between checkpoints) count on them. The worker's own tests (tests/integration/
+# test_worker.py) run with the default read-ahead.
+os.environ.setdefault("LINE_READ_AHEAD", "1")
 
 # A chalice stage that .chalice/config.json does not declare: `chalice local --stage` and chalice.test.Client
 # then only apply the top-level environment_variables, so they keep APP_PREFIX=reports-test (stage `dev`

@@ -22,22 +22,33 @@ log = logging.getLogger(__name__)
 class Background:
     """Writes no line waits for: the cache write-through and the seen-vendor notes.
 
-    They run beside the model requests and the batches after them, off the path from a job's start to its
-    completion; the worker waits for them before its invocation returns (a Lambda is frozen after that).
-    A failed one costs a cache miss later, never a line: it is logged, not raised.
+    They are held until the worker next waits on the model (`release`, from ask_model) and then run beside
+    those requests, or, at the latest, when the invocation ends (`wait`, before it returns: a Lambda is frozen
+    after that). So they never queue in front of a batch's own reads and writes. A failed one costs a cache
+    miss later, never a line: it is logged, not raised.
     """
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._pending: list[Future] = []
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._held.append((fn, args))
+
+    def release(self) -> None:
+        """Start what is held (the caller is about to wait on something else)."""
+        if not self._held:
+            return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background")
-        self._pending.append(self._pool.submit(fn, *args))
+            # One thread: these writes take turns among themselves.
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background")
+        self._pending += [self._pool.submit(fn, *args) for fn, args in self._held]
+        self._held.clear()
 
     def wait(self) -> int:
-        """Wait for every write submitted; returns how many failed."""
+        """Run whatever is still held and wait for every write; returns how many failed."""
+        self.release()
         failed = 0
         for future in self._pending:
             if future.exception() is not None:
@@ -101,6 +112,8 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
               job_id: str | None = None, background: Background | None = None) -> list[Answer]:
     """The model's answers for `items`, written through to the cache (see cache.remember for `job_id`)."""
     chunks = [items[i:i + backend.batch_size] for i in range(0, len(items), backend.batch_size)]
+    if background is not None:
+        background.release()  # held writes run while these requests are out
     answers: list[Answer] = []
     waits: list[LongWait] = []
     fatal: list[JobFatal] = []

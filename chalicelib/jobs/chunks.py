@@ -107,8 +107,9 @@ def holds(chunk: JobChunk, lease: Lease) -> bool:
     return chunk.status == RUNNING and chunk.lease_owner == lease.owner
 
 
-def next_lines(job: Job, chunk: JobChunk, n: int) -> list:
-    lines = islice(iter_lines(job.owner_id, job.period, after=chunk.cursor), n)
+def next_lines(job: Job, chunk: JobChunk, n: int, after: str | None = None) -> list:
+    """Up to `n` of the chunk's lines after its checkpoint (or after `after`), in one read."""
+    lines = islice(iter_lines(job.owner_id, job.period, after=chunk.cursor if after is None else after, page=n), n)
     return [line for line in lines if not chunk.upto or line.line_id <= chunk.upto]
 
 

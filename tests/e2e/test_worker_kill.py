@@ -25,7 +25,8 @@ def test_killed_worker_process_is_reaped_and_its_job_finished_exactly_once(clien
         deps.client("sqs").change_message_visibility(QueueUrl=deps.work_queue_url(),
                                                      ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
     env = {**os.environ, "COMPONENTS": "worker", "CHALICE_STAGE": "pytest", "AWS_ENDPOINT_URL": aws_endpoint,
-           "PORT": str(free_port()), "LINE_BATCH_SIZE": "50", "WORKER_CRASH_AT": "after_checkpoint"}
+           "PORT": str(free_port()), "LINE_BATCH_SIZE": "50", "LINE_READ_AHEAD": "1",
+           "WORKER_CRASH_AT": "after_checkpoint"}
     worker = subprocess.Popen([sys.executable, "-m", "local.stack"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

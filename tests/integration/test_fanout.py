@@ -171,3 +171,12 @@ def test_a_job_s_unsure_answer_never_replaces_an_answer_for_everyone():
     found = cache.lookup(DEFAULT_CATEGORIES, [confident, manual], "m", job_id="j-1")
     assert {v: (a.category, a.source) for v, a in found.items()} == {
         confident: ("Airfare", "cache"), manual: ("Lodging", "cache")}
+
+
+def test_write_through_in_one_transaction_keeps_a_person_s_answer_and_lands_the_rest():
+    names = [normalize_vendor(v) for v in vendors(5)]
+    cache.learn_manual(DEFAULT_CATEGORIES, names[2], "Lodging")  # arrived while the model was being asked
+    cache.remember_many(DEFAULT_CATEGORIES, [(n, "Airfare", 0.9) for n in names], "m")
+    found = cache.lookup(DEFAULT_CATEGORIES, names, "m")
+    assert {n: a.category for n, a in found.items()} == {
+        names[0]: "Airfare", names[1]: "Airfare", names[2]: "Lodging", names[3]: "Airfare", names[4]: "Airfare"}

@@ -58,7 +58,8 @@ def stuck_processing_job(api: Api, monkeypatch, n: int = 60) -> tuple[str, list[
     monkeypatch.setattr(faults, "point", die)
     messages = receive({job_id})
     with pytest.raises(SystemExit):
-        worker.run_job(job_id, "start", Ctx(), dataclasses.replace(get_settings(), line_batch_size=20))
+        worker.run_job(job_id, "start", Ctx(), dataclasses.replace(get_settings(), line_batch_size=20,
+                                                                    line_read_ahead=1))
     monkeypatch.undo()
     for m in messages:  # the dead invocation's message: SQS would hold it for the visibility timeout
         deps.client("sqs").delete_message(QueueUrl=deps.work_queue_url(), ReceiptHandle=m["ReceiptHandle"])

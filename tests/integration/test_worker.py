@@ -27,7 +27,7 @@ def sim():
 @pytest.fixture
 def model_settings(sim):
     return dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
-                               line_batch_size=40, model_batch_size=10, model_concurrency=3,
+                               line_batch_size=40, line_read_ahead=4, model_batch_size=10, model_concurrency=3,
                                inline_wait_max_seconds=3.0)
 
 
@@ -281,3 +281,37 @@ def test_offline_rules_categorize_every_line(api):
     drain({job_id})
     result = assert_every_line_once(api, job_id, lines)
     assert {line["source"] for line in result["lines"]} == {"rules"}
+
+
+@pytest.mark.parametrize("distinct, checkpoints", [(20, 1), (90, 3)])
+def test_a_batch_grows_while_its_vendors_fit_one_wave_of_model_requests(api, model_settings, monkeypatch, distinct,
+                                                                       checkpoints):
+    # model_settings: 40 lines a batch, a wave of 3 requests x 10 vendors. 120 lines over 20 vendors need one
+    # wave: one batch, one checkpoint. Over 90 vendors every 40 lines bring new ones: three batches.
+    seen = []
+    monkeypatch.setattr(faults, "point", lambda name: seen.append(name))
+    lines = expense_lines(120, vendors(distinct))
+    job_id = api.start(lines)
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+    assert seen.count("after_checkpoint") == checkpoints
+
+
+def test_the_report_built_from_what_the_worker_held_equals_one_read_back_from_the_table(api, model_settings):
+    from chalicelib import results
+    from chalicelib.tables import Job
+
+    lines = expense_lines(150, vendors(12))
+    lines[3]["description"] = '=HYPERLINK("x")'  # a formula cell, as the CSV escapes it
+    job_id = api.start(lines)
+    drain({job_id}, model_settings)  # one invocation did the whole job: the report came from memory
+    held = assert_every_line_once(api, job_id, lines)
+    job = Job.get(job_id)
+    key, needs_review = results.assemble(job, int(job.result_version) + 1)  # read back from the table
+    body, _ = results.fetch(key, csv_format=False)
+    table = json.loads(body)
+    assert {k: v for k, v in table.items() if k != "generatedAt"} == {
+        k: v for k, v in held.items() if k != "generatedAt"}
+    held_csv, _ = results.fetch(job.result_key, csv_format=True)
+    table_csv, _ = results.fetch(key, csv_format=True)
+    assert held_csv == table_csv
