@@ -138,7 +138,7 @@ def quiesce() -> int:
 
 
 @contextlib.contextmanager
-def in_process_worker(settings: Settings | None = None) -> Iterator[None]:
+def in_process_worker(settings: Settings | None = None) -> Iterator[list[Any]]:
     """The app's work-queue poller (local.poller, as `make run` starts it) on a thread of this process.
 
     With `settings`, the poller's handler is worker.handle_batch(settings=settings): the app's `process_work`
@@ -159,8 +159,18 @@ def in_process_worker(settings: Settings | None = None) -> Iterator[None]:
             poller.handler = functools.partial(worker.handle_batch, settings=settings)
         poller.start()
     try:
-        yield
+        yield pollers
     finally:
         stop.set()
         for poller in pollers:
             poller.stop(timeout=30.0)
+
+
+def wait_idle(pollers: list[Any], timeout: float = 30.0) -> None:
+    """Until no poller is running the handler: a job is Completed before its invocation ends (the
+    invocation still writes the vendor cache), so what the cache holds is only known after that."""
+    deadline = time.monotonic() + timeout
+    while any(p.busy for p in pollers):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker was still busy after {timeout:.0f} s")
+        time.sleep(0.02)

@@ -52,7 +52,9 @@ class Timeline:
 def start_doomed_worker(bench: Run) -> ManagedProcess:
     """`python -m local.stack` with only the worker, set to die at CRASH_POINT."""
     env = {**os.environ, "COMPONENTS": "worker", "CHALICE_STAGE": STAGE, "APP_PREFIX": PREFIX,
-           "WORKER_CRASH_AT": CRASH_POINT, "WORKER_WAIT_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
+           "WORKER_CRASH_AT": CRASH_POINT, "WORKER_WAIT_SECONDS": "1", "PYTHONUNBUFFERED": "1",
+           # 100-line batches, so the crash after the first checkpoint leaves half the job to the reaper.
+           "LINE_READ_AHEAD": "1"}
     process = ManagedProcess("doomed worker", [sys.executable, "-m", "local.stack"], env=env, cwd=ROOT,
                              log_path=bench.log_path("doomed-worker"))
     bench.defer(process.stop, 3.0)

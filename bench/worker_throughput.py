@@ -24,7 +24,7 @@ from typing import Any
 import openai
 
 import tests.support as support
-from bench.api import HttpApi, in_process_worker, new_user
+from bench.api import HttpApi, in_process_worker, new_user, wait_idle
 from bench.common import aws_calls, heading, note, ratio, secs, table, target, times
 from bench.env import Run
 from chalicelib import clock
@@ -188,10 +188,11 @@ def ours(bench: Run, sim: Simulator, lines: list[dict[str, str]], vendors: list[
     api.import_lines(headers, lines)  # both periods imported before any clock starts
     api.import_lines(headers, support.expense_lines(len(lines), vendors, period=WARM_PERIOD))
     settings = dataclasses.replace(get_settings(), openai_api_key="sk-bench", openai_base_url=sim.url)
-    with in_process_worker(settings):
+    with in_process_worker(settings) as pollers:
         sim.reset()
         with aws_calls() as calls:
             wall, job = timed_job(api, headers, report_id, PERIOD)
+            wait_idle(pollers)  # the invocation's cache writes finish after Completed
         stats = sim.stats()
         cold = Outcome("ours: POST to Completed, cold cache", wall, stats["requests"], len(lines),
                        stats["rate_limited"])

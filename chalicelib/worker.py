@@ -302,6 +302,9 @@ def _work(run: Invocation, scope: JobScope) -> None:
         lines = _next_batch(run, scope)
         if not lines:
             return scope.complete()
+        # The previous batch's cache writes go out now, beside this batch (other chunks of the job want its
+        # answers soon); the last batch's wait for the invocation's end, after the job is Completed.
+        run.background.release()
         answers = _categorize(run, scope, lines)
         if answers is None:
             return None

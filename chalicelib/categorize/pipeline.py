@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 class Background:
     """Writes no line waits for: the cache write-through and the seen-vendor notes.
 
-    They are held until the worker next waits on the model (`release`, from ask_model) and then run beside
-    those requests, or, at the latest, when the invocation ends (`wait`, before it returns: a Lambda is frozen
-    after that). So they never queue in front of a batch's own reads and writes. A failed one costs a cache
-    miss later, never a line: it is logged, not raised.
+    They are held until the worker starts its next batch or next waits on the model (`release`), and then run
+    beside that work, or, at the latest, when the invocation ends (`wait`, before it returns: a Lambda is
+    frozen after that). So they never queue in front of a batch's own result writes. A failed one costs a
+    cache miss later, never a line: it is logged, not raised.
     """
 
     def __init__(self) -> None:
