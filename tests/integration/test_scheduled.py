@@ -108,8 +108,9 @@ def test_three_reaps_without_progress_fail_the_job_with_a_reason(api, monkeypatc
 
 
 def test_a_job_making_slow_progress_is_not_reaped(api, sim, model_settings):
-    sim.configure(latency=0.4)
-    lines = expense_lines(120, vendors(120))
+    # Ten batches of 20 lines, each waiting 0.5 s on the model: several sweeps see it mid-run, none stale.
+    sim.configure(latency=0.5)
+    lines = expense_lines(200, vendors(200))
     job_id = api.start(lines)
     quick = dataclasses.replace(model_settings, stale_after_seconds=2)
     t = threading.Thread(target=drain, args=({job_id}, quick))
