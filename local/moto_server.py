@@ -11,7 +11,8 @@ Two of moto's costs grow with the table, and a 20,000-line job made them dominat
 TransactWriteItems back up only the items it touches (`backup_touched_items_only`), and a Query read only
 its own partition (`query_one_partition`). It also writes read results as plain JSON (`plain_json_reads`)
 and reads data-plane requests with json.loads (`plain_json_reads`), and sizes a new item once, not once per
-attribute (`size_items_once`).
+attribute (`size_items_once`). These patches reach into moto's internals as of moto 5.2.5 (pinned in
+requirements-dev.txt); on an upgrade, run tests/integration/test_moto_server.py first.
 """
 
 from __future__ import annotations
