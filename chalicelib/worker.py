@@ -402,11 +402,7 @@ def _keep(run: Invocation, results: list[LineResult]) -> None:
 
 def _write_results(job: Job, lines: list, answers: dict[str, Answer]) -> list[LineResult]:
     # Puts keyed by (job, line): a redone batch overwrites, never adds.
-    results = [LineResult(job.job_id, line.line_id, date=line.date, vendor=line.vendor, amount=line.amount,
-                          currency=line.currency, description=line.description or "",
-                          category=answers[line.line_id].category, confidence=answers[line.line_id].confidence,
-                          source=answers[line.line_id].source, needs_review=answers[line.line_id].needs_review,
-                          expires_at=job.expires_at) for line in lines]
+    results = [_result(job, line, answers[line.line_id]) for line in lines]
     groups = [results[i:i + 25] for i in range(0, len(results), 25)]  # one BatchWriteItem each
     if len(groups) == 1:
         _save_all(groups[0])
@@ -415,6 +411,13 @@ def _write_results(job: Job, lines: list, answers: dict[str, Answer]) -> list[Li
     with ThreadPoolExecutor(max_workers=min(4, len(groups)), thread_name_prefix="results") as pool:
         list(pool.map(_save_all, groups))
     return results
+
+
+def _result(job: Job, line: Any, a: Answer) -> LineResult:
+    return LineResult(job.job_id, line.line_id, date=line.date, vendor=line.vendor, amount=line.amount,
+                      currency=line.currency, description=line.description or "", category=a.category,
+                      confidence=a.confidence, source=a.source, needs_review=a.needs_review,
+                      expires_at=job.expires_at)
 
 
 def _save_all(results: list[LineResult]) -> None:
