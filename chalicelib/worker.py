@@ -213,9 +213,9 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
                 run.written = {}  # from the first line: this invocation may do the whole job
             _work(run, JobScope(run))
     finally:
+        run.background.wait()  # first: it never raises, and the next holder of the lease may want its answers
         if JobStatus(run.job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             runner.release(run.job, run.lease)
-        run.background.wait()
 
 
 def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None = None) -> None:
@@ -233,8 +233,8 @@ def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None 
     try:
         _work(run, ChunkScope(run, chunk))
     finally:
-        chunks.release(chunk, run.lease)
         run.background.wait()
+        chunks.release(chunk, run.lease)
 
 
 def _fan_out(run: Invocation, reason: str) -> None:
@@ -324,7 +324,8 @@ def _next_batch(run: Invocation, scope: JobScope) -> list:
     """The next batch: LINE_BATCH_SIZE lines, and more (up to LINE_READ_AHEAD times that) while they bring no vendor
     beyond one wave of model requests (MODEL_BATCH_SIZE x MODEL_CONCURRENCY) that this invocation has not
     answered yet. A small job whose vendors fit one wave is one batch: one checkpoint, not one per 100 lines;
-    a batch still costs at most one wave, so progress shows as often as before and a crash redoes no more."""
+    a batch still costs at most one wave, so progress shows as often as before. A crash redoes that batch, and
+    asks the model again for it: its cache writes, held until the next batch starts, are lost with it."""
     settings, limit = run.settings, run.settings.line_batch_size
     if run.ahead_after != scope.cursor():
         run.ahead = []  # the checkpoint did not move where the buffer expected: read again from where it is

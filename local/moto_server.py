@@ -257,18 +257,25 @@ def _page_candidates(table: Table, hash_key: DynamoType, comparison: str | None,
             hi = min(hi, bisect.bisect_left(values, after))
     test = get_comparison_func(comparison) if comparison else None
     picked: list[Item] = []
-    # Walk from the page's end of the slice, keeping what passes, until Limit + 1 are found.
+    # Walk the slice in the query's order, keeping what passes, until Limit are found. Then, as moto does, the
+    # next item of the partition (in the slice or past its bound, matching or not) is handed over too, so moto
+    # reports a LastEvaluatedKey whenever the partition goes on after a full page.
     order = range(lo, hi) if forward is not False else range(hi - 1, lo - 1, -1)
+    beyond = hi if forward is not False else lo - 1  # the first position past the slice, in that order
     for i in order:
+        if limit and len(picked) == limit:
+            beyond = i
+            break
         if test is not None and not test(values[i], *against):
             if comparison == "BEGINS_WITH" and forward is not False:
+                beyond = i
                 break  # sorted: past the prefix, nothing more can match
             continue
         item = part.get(keys[i])
         if item is not None:
             picked.append(item)
-            if limit and len(picked) > limit:
-                break
+    if limit and len(picked) == limit and 0 <= beyond < len(keys) and part.get(keys[beyond]) is not None:
+        picked.append(part[keys[beyond]])
     return picked if forward is not False else picked[::-1]
 
 

@@ -297,14 +297,25 @@ def test_a_batch_grows_while_its_vendors_fit_one_wave_of_model_requests(api, mod
     assert seen.count("after_checkpoint") == checkpoints
 
 
-def test_the_report_built_from_what_the_worker_held_equals_one_read_back_from_the_table(api, model_settings):
+def test_the_report_built_from_what_the_worker_held_equals_one_read_back_from_the_table(api, model_settings,
+                                                                                         monkeypatch):
     from chalicelib import results
     from chalicelib.tables import Job
 
     lines = expense_lines(150, vendors(12))
     lines[3]["description"] = '=HYPERLINK("x")'  # a formula cell, as the CSV escapes it
     job_id = api.start(lines)
+    used = []
+    assemble = results.assemble
+
+    def spy(*args, **kwargs):
+        used.append(kwargs.get("written") is not None)
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(results, "assemble", spy)
     drain({job_id}, model_settings)  # one invocation did the whole job: the report came from memory
+    monkeypatch.undo()
+    assert used == [True]
     held = assert_every_line_once(api, job_id, lines)
     job = Job.get(job_id)
     key, needs_review = results.assemble(job, int(job.result_version) + 1)  # read back from the table
