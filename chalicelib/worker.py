@@ -329,8 +329,9 @@ def _next_batch(run: Invocation, scope: JobScope) -> list:
     settings, limit = run.settings, run.settings.line_batch_size
     if run.ahead_after != scope.cursor():
         run.ahead = []  # the checkpoint did not move where the buffer expected: read again from where it is
+    if not run.ahead:
+        run.ahead_after = scope.cursor()
     if len(run.ahead) < limit:
-        run.ahead_after = scope.cursor() if not run.ahead else run.ahead_after
         after = run.ahead[-1].line_id if run.ahead else None
         run.ahead += scope.next_lines(limit * settings.line_read_ahead - len(run.ahead), after)
     wave = settings.model_batch_size * max(1, settings.model_concurrency)
@@ -405,11 +406,8 @@ def _write_results(job: Job, lines: list, answers: dict[str, Answer]) -> list[Li
     # Puts keyed by (job, line): a redone batch overwrites, never adds.
     results = [_result(job, line, answers[line.line_id]) for line in lines]
     groups = [results[i:i + 25] for i in range(0, len(results), 25)]  # one BatchWriteItem each
-    if len(groups) == 1:
-        _save_all(groups[0])
-        return results
     # Side by side: a 400-line batch is 16 requests, and the checkpoint waits for all of them.
-    with ThreadPoolExecutor(max_workers=min(4, len(groups)), thread_name_prefix="results") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(groups))), thread_name_prefix="results") as pool:
         list(pool.map(_save_all, groups))
     return results
 

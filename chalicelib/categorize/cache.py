@@ -39,10 +39,9 @@ def lookup(categories: list[str], vendors: list[str], model: str, job_id: str | 
         fresh = entry.expires_at is None or entry.expires_at.timestamp() > now
         if not (fresh and entry.category in categories and (entry.source == "manual" or entry.model == model)):
             continue
-        if entry.job_id is None:
-            found[keys[entry.cache_key]] = Answer("", entry.category, float(entry.confidence), "cache", False)
-        elif entry.job_id == job_id:
-            found[keys[entry.cache_key]] = Answer("", entry.category, float(entry.confidence), "model", False)
+        if entry.job_id is None or entry.job_id == job_id:
+            source = "cache" if entry.job_id is None else "model"
+            found[keys[entry.cache_key]] = Answer("", entry.category, float(entry.confidence), source, False)
     return found
 
 
@@ -56,6 +55,11 @@ def _entry(categories: list[str], vendor: str, category: str, confidence: float,
 _NOT_MANUAL = VendorCacheEntry.cache_key.does_not_exist() | (VendorCacheEntry.source != "manual")
 # no_answer_for_all: a job's hint never replaces an answer every job may use.
 _NO_ANSWER_FOR_ALL = VendorCacheEntry.cache_key.does_not_exist() | VendorCacheEntry.job_id.exists()
+
+
+def _kept(confidence: float, job_id: str | None) -> bool:
+    """Confident answers are kept for everyone; the rest only for the job that asked (see `_prepared`)."""
+    return confidence >= CONFIDENT or bool(job_id)
 
 
 def _prepared(categories: list[str], vendor: str, category: str, confidence: float, model: str,
@@ -74,7 +78,7 @@ def remember(categories: list[str], vendor: str, category: str, confidence: floa
 
     An answer under the bar is only kept with `job_id`, for that job (a day), where no answer for all is held.
     """
-    if confidence < CONFIDENT and not job_id:
+    if not _kept(confidence, job_id):
         return False
     entry, condition = _prepared(categories, vendor, category, confidence, model, job_id)
     try:
@@ -95,7 +99,7 @@ def remember_many(categories: list[str], answers: list[tuple[str, str, float]], 
     arrived meanwhile), the transaction is cancelled whole and that group is written one put at a time, so
     every other answer still lands.
     """
-    kept = list({a[0]: a for a in answers if a[2] >= CONFIDENT or job_id}.values())  # one write per vendor
+    kept = list({a[0]: a for a in answers if _kept(a[2], job_id)}.values())  # one write per vendor
     for start in range(0, len(kept), 100):
         group = kept[start:start + 100]
         try:
