@@ -241,6 +241,20 @@ class VendorCacheEntry(_Model):
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
 
 
+class VendorClaim(_Model):
+    """"One chunk of this job is asking the model about this vendor until `until`" (categorize/claims.py).
+
+    In the vendor-cache table beside the answers, under its own key (`claim#{jobId}#{cacheKey}`), so a claim is
+    never read as an answer and never blocks another job.
+    """
+
+    Meta = _meta("vendor-cache")
+    cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
+    owner = UnicodeAttribute()
+    until = NumberAttribute()  # epoch seconds
+    expires_at = TTLAttribute(attr_name="expiresAt")
+
+
 class Control(_Model):
     """Locks and rate windows: small items written next to the job in one transaction."""
 

@@ -17,7 +17,7 @@ from pynamodb.exceptions import UpdateError
 
 from chalicelib import clock, credentials, deps, faults, observability, results
 from chalicelib.categorize import pipeline, provider
-from chalicelib.categorize.errors import JobFatal, LongWait
+from chalicelib.categorize.errors import JobFatal, LongWait, QuotaBusy
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
@@ -97,9 +97,10 @@ def _backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | Non
         return None
     limiter = None
     if settings.openai_rpm or settings.openai_tpm:
-        from chalicelib.categorize.limiter import SharedLimiter
+        from chalicelib.categorize.limiter import SharedLimiter, key_for
 
-        limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm)
+        limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm, wait_max=settings.limiter_wait_max_seconds,
+                                key=key_for(settings.openai_base_url, key))
     api = provider.client(key, settings.openai_base_url, settings.openai_timeout_seconds)
     return pipeline.ModelBackend(api, settings.openai_model, loop, settings.model_batch_size,
                                  settings.model_concurrency, limiter)
@@ -361,13 +362,18 @@ def _stop(job: Job) -> None:
 def _categorize(run: Invocation, scope: JobScope, lines: list) -> dict[str, Answer] | None:
     """Answers for `lines`, or None when the job was re-enqueued or failed meanwhile."""
     try:
+        # Chunks run at once and share vendors: they claim a vendor before asking about it (claims.py).
+        owner = run.lease.owner if isinstance(scope, ChunkScope) else None
         return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend, run.memo,
-                                   run.job.job_id, run.background)
+                                   run.job.job_id, run.background, claim_owner=owner)
     except LongWait as wait:
         delay = min(900, max(1, math.ceil(wait.seconds)))
         spent = _progress(run, {})
-        event_item(run.job.job_id, "rate_limited", {"waitSeconds": round(wait.seconds, 3),
-                                                    "requeuedWithDelaySeconds": delay}).save()
+        # QuotaBusy: the fleet's own limiter had no turn soon (the provider was not asked); the job is not
+        # throttled by the provider, so this wait does not count against RATE_LIMIT_CEILING_SECONDS.
+        detail = {"waitSeconds": round(wait.seconds, 3), "requeuedWithDelaySeconds": delay,
+                  **({"by": "shared limiter"} if isinstance(wait, QuotaBusy) else {})}
+        event_item(run.job.job_id, "rate_limited", detail).save()
         scope.requeue(delay, "rate_limited", spent)
         return None
     except JobFatal as fatal:

@@ -21,6 +21,11 @@ class LongWait(Exception):
     def __init__(self, seconds: float, cause: Exception | None = None) -> None:
         super().__init__(f"wait {seconds:.1f}s")
         self.seconds, self.cause = seconds, cause
+        self.answered: list = []  # answers got before the wait (pipeline.ask_model)
+
+
+class QuotaBusy(LongWait):
+    """The fleet's shared limiter has no turn for this request soon: the provider was not asked (limiter.py)."""
 
 
 class RateLimitCeiling(JobFatal):

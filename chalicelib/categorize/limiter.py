@@ -6,10 +6,18 @@ enforce a minute's limit over short windows too. The provider's
 x-ratelimit-remaining-* headers can only lower the levels (another client may share
 the key). Each acquire is one consistent read and one write conditioned on the version
 it read.
+
+An acquire reserves: it takes its tokens at once, the level may go below zero, and the
+request waits until the refill has paid for it (GCRA, first come first served). So the
+fleet's requests queue in the order they asked, and a worker knows its wait before it
+waits. A wait longer than `wait_max` is not taken: QuotaBusy tells the worker to hand its
+chunk back to the queue and come back then, so a worker is never parked behind the quota
+while other work (lines the vendor cache answers) waits for a worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -17,9 +25,16 @@ from dataclasses import dataclass
 
 from pynamodb.exceptions import PutError
 
+from chalicelib.categorize.errors import QuotaBusy
 from chalicelib.tables import Control
 
 KEY = "limiter#model-provider"
+
+
+def key_for(base_url: str | None, api_key: str) -> str:
+    """One bucket per provider account: the quota belongs to the key (and the endpoint it is spent at)."""
+    account = hashlib.sha256(f"{base_url or 'openai'}|{api_key}".encode()).hexdigest()[:16]
+    return f"{KEY}#{account}"
 
 
 @dataclass
@@ -29,7 +44,9 @@ class SharedLimiter:
     burst_seconds: float = 1.0
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    wait_max: float | None = None  # longest wait for a turn; beyond it, QuotaBusy (None: always wait)
     waited: float = 0.0
+    key: str = KEY  # the bucket's item: key_for(base URL, API key)
 
     def _capacity(self, per_minute: float, need: float) -> float:
         return max(need, per_minute / 60.0 * self.burst_seconds)
@@ -45,54 +62,56 @@ class SharedLimiter:
         return req, tok
 
     def acquire(self, tokens: int) -> float:
-        """Block until one request of `tokens` tokens fits; returns the seconds waited."""
+        """Reserve one request of `tokens` tokens and wait for its turn; returns the seconds waited.
+
+        QuotaBusy, a LongWait (nothing reserved), when the turn is more than `wait_max` seconds away.
+        """
         if not self.rpm and not self.tpm:
             return 0.0
-        waited = 0.0
         while True:
-            item = _read()
+            item = _read(self.key)
             now = self.clock()
             req, tok = self._levels(item, now, tokens)
-            need_r = 0.0 if not self.rpm else max(0.0, (1 - req) / (self.rpm / 60.0))
-            need_t = 0.0 if not self.tpm else max(0.0, (tokens - tok) / (self.tpm / 60.0))
-            pause = max(need_r, need_t)
-            if pause > 0:
-                pause += random.uniform(0, 0.02)  # spread the fleet's wake-ups
-                self.sleep(pause)
-                waited += pause
-                continue
-            if _write(item, req - (1 if self.rpm else 0), tok - (tokens if self.tpm else 0), now):
-                self.waited += waited
-                return waited
-            self.sleep(random.uniform(0.001, 0.01))  # another worker took tokens first: look again
+            req -= 1 if self.rpm else 0
+            tok -= tokens if self.tpm else 0
+            wait = max(0.0 if not self.rpm else -req / (self.rpm / 60.0),
+                       0.0 if not self.tpm else -tok / (self.tpm / 60.0), 0.0)
+            if self.wait_max is not None and wait > self.wait_max:
+                raise QuotaBusy(wait)
+            if _write(self.key, item, req, tok, now):
+                if wait > 0:
+                    self.sleep(wait)
+                    self.waited += wait
+                return wait
+            self.sleep(random.uniform(0.001, 0.01))  # another worker reserved first: look again
 
     def observe(self, remaining_requests: float | None, remaining_tokens: float | None) -> None:
         """Lower the levels to what the provider says is left (never raises them)."""
         if remaining_requests is None and remaining_tokens is None:
             return
-        item = _read()
+        item = _read(self.key)
         if item is None or item.level_at is None:
             return
         req, tok = self._levels(item, self.clock(), 0)
         new_r = min(req, remaining_requests) if remaining_requests is not None else req
         new_t = min(tok, remaining_tokens) if remaining_tokens is not None else tok
         if (new_r, new_t) != (req, tok):
-            _write(item, new_r, new_t, self.clock())
+            _write(self.key, item, new_r, new_t, self.clock())
 
 
-def _read() -> Control | None:
+def _read(key: str) -> Control | None:
     try:
-        return Control.get(KEY, consistent_read=True)
+        return Control.get(key, consistent_read=True)
     except Control.DoesNotExist:
         return None
 
 
-def _write(item: Control | None, requests: float, tokens: float, now: float) -> bool:
+def _write(key: str, item: Control | None, requests: float, tokens: float, now: float) -> bool:
     version = int(item.version) if item else 0
     # version_unchanged: two workers that read the same levels cannot both spend them.
     unchanged = (Control.version == version) if item else Control.pk.does_not_exist()
     try:
-        Control(KEY, version=version + 1, level_requests=round(requests, 4), level_tokens=round(tokens, 2),
+        Control(key, version=version + 1, level_requests=round(requests, 4), level_tokens=round(tokens, 2),
                 level_at=round(now, 4)).save(condition=unchanged)
         return True
     except PutError as err:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chalicelib import observability
-from chalicelib.categorize import cache, provider, rules, seen
+from chalicelib.categorize import cache, claims, provider, rules, seen
 from chalicelib.categorize.errors import JobFatal, LongWait, ProviderError, RetriesExhausted
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import RetryLoop
@@ -130,7 +130,9 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
     if fatal:
         raise fatal[0]
     if waits:
-        raise max(waits, key=lambda w: w.seconds)
+        longest = max(waits, key=lambda w: w.seconds)
+        longest.answered = answers  # those were written through: a claim on them stands (see _single_flight)
+        raise longest
     return answers
 
 
@@ -143,13 +145,15 @@ def _remember(answers: list[Answer], items: list[Item], categories: list[str], m
 
 def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
                backend: ModelBackend | None, memo: dict[str, Answer] | None = None,
-               job_id: str | None = None, background: Background | None = None) -> dict[str, Answer]:
+               job_id: str | None = None, background: Background | None = None,
+               claim_owner: str | None = None) -> dict[str, Answer]:
     """Answers by line id. `backend` None means the offline rules categorizer.
 
     `memo` holds this invocation's answers by normalized vendor, so a vendor met again in a
     later batch (even one answered with too little confidence to cache) is not asked again; `job_id` does the
     same across the invocations and chunks of one job, through the cache (cache.lookup). With `background`,
-    the writes no answer waits for are left to it.
+    the writes no answer waits for are left to it. With `claim_owner` (a chunk's lease), the job's chunks
+    ask the model about each vendor once between them (claims.py).
     """
     memo = {} if memo is None else memo
     groups: dict[str, list[LineLike]] = {}
@@ -164,15 +168,53 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     known.update(cache.lookup(categories, new, model, job_id) if new else {})
     misses = [v for v in groups if v not in known]
     observability.cache_lookups(hits=len(known), misses=len(misses))
-    items = [Item(f"v{n}", groups[v][0].vendor, groups[v][0].description) for n, v in enumerate(misses)]
-    if not items:
-        fresh = []
-    elif backend is None:
-        fresh = rules.categorize(items, categories)
+
+    def ask(vendors: list[str]) -> dict[str, Answer]:
+        items = [Item(f"v{n}", groups[v][0].vendor, groups[v][0].description) for n, v in enumerate(vendors)]
+        if not items:
+            return {}
+        if backend is None:
+            fresh = rules.categorize(items, categories)
+        else:
+            fresh = ask_model(backend, items, categories, job_id, background)
+        by_item = {a.id: a for a in fresh}
+        return {vendor: by_item[item.id] for item, vendor in zip(items, vendors, strict=True)}
+
+    if backend is None or not claim_owner or not job_id or not misses:
+        known.update(ask(misses))
     else:
-        fresh = ask_model(backend, items, categories, job_id, background)
-    by_item = {a.id: a for a in fresh}
-    for item, vendor in zip(items, misses, strict=True):
-        known[vendor] = by_item[item.id]
+        known.update(_single_flight(ask, misses, categories, settings, backend, job_id, claim_owner, background))
     memo.update({v: a for v, a in known.items() if not a.needs_review})
     return {line.line_id: known[vendor] for vendor, members in groups.items() for line in members}
+
+
+def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[str], categories: list[str],
+                   settings: Settings, backend: ModelBackend, job_id: str, owner: str,
+                   background: Background | None) -> dict[str, Answer]:
+    """Ask about the vendors this chunk claims; wait for the answers other chunks of the job are getting."""
+    hold = settings.limiter_wait_max_seconds + settings.openai_timeout_seconds + 5.0
+
+    def ask_claimed(vendors: list[str]) -> dict[str, Answer]:
+        try:
+            got = ask(vendors)
+        except LongWait as wait:
+            answered = {a.id for a in wait.answered}
+            items = {f"v{n}": v for n, v in enumerate(vendors)}
+            if background is not None:
+                background.release()
+            claims.give_back(job_id, categories, [v for i, v in items.items() if i not in answered])
+            raise
+        except BaseException:
+            claims.give_back(job_id, categories, vendors)
+            raise
+        if background is not None:
+            background.release()  # the answers go to the cache now: other chunks are waiting on them
+        claims.give_back(job_id, categories, [v for v, a in got.items() if a.needs_review])
+        return got
+
+    mine, theirs = claims.take(job_id, categories, misses, owner, hold)
+    known = ask_claimed(mine) if mine else {}
+    if theirs:
+        known.update(claims.wait_for(job_id, categories, theirs, backend.model, owner, hold, ask_claimed,
+                                     backend.loop.deadline))
+    return known

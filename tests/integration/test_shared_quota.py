@@ -1,0 +1,161 @@
+"""One provider quota for the fleet: the DynamoDB limiter's turns, and chunks that ask about a vendor once."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from chalicelib.categorize import cache, claims, pipeline, provider
+from chalicelib.categorize.errors import QuotaBusy
+from chalicelib.categorize.limiter import SharedLimiter, key_for
+from chalicelib.categorize.normalize import normalize_vendor
+from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
+from chalicelib.categorize.types import Answer
+from chalicelib.reports.service import DEFAULT_CATEGORIES
+from chalicelib.settings import get_settings
+from chalicelib.tables import Control, Job
+from local.simulator import Simulator
+from tests.integration.test_worker import Api, assert_every_line_once
+from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
+
+CATS = DEFAULT_CATEGORIES
+
+
+class FrozenClock:
+    """Time stands still unless a sleep moves it: the turns a limiter hands out, without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def limiter(clock: FrozenClock, **kwargs) -> SharedLimiter:
+    return SharedLimiter(clock=clock, sleep=clock.sleep, key=f"limiter#test-{uuid.uuid4().hex}", **kwargs)
+
+
+def test_the_limiter_hands_out_turns_in_order_one_interval_apart():
+    clock = FrozenClock()
+    bucket = limiter(clock, rpm=60, tpm=None)  # one request a second, a burst of one
+    assert [bucket.acquire(100) for _ in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    assert clock.slept == [1.0, 2.0, 3.0]  # each waits for its own turn, none competes again
+    clock.now += 10  # the queue drains; the bucket refills to one second of the limit, no more
+    assert [bucket.acquire(100) for _ in range(2)] == [0.0, 1.0]
+
+
+def test_a_turn_too_far_away_is_refused_and_reserves_nothing():
+    clock = FrozenClock()
+    bucket = limiter(clock, rpm=None, tpm=6000, wait_max=1.5)  # 100 tokens a second
+    assert bucket.acquire(100) == 0.0
+    assert bucket.acquire(100) == pytest.approx(1.0)
+    with pytest.raises(QuotaBusy) as refused:
+        bucket.acquire(100)  # its turn would be 2 s away
+    assert refused.value.seconds == pytest.approx(2.0)
+    clock.now += 1.0
+    assert bucket.acquire(100) == pytest.approx(1.0)  # the refused request took no tokens
+
+
+def test_a_claimed_vendor_is_asked_by_its_holder_and_waited_for_by_the_others():
+    job = f"j-{uuid.uuid4().hex[:8]}"
+    a, b, c, d = (normalize_vendor(v) for v in vendors(4))
+    mine, theirs = claims.take(job, CATS, [a, b, c], "chunk-1", hold_seconds=60)
+    assert (mine, theirs) == ([a, b, c], [])
+    mine, theirs = claims.take(job, CATS, [b, c, d], "chunk-2", hold_seconds=60)
+    assert (mine, theirs) == ([d], [b, c])
+    # Another job's chunks are not held up by this job's claims.
+    assert claims.take(f"{job}-other", CATS, [b], "chunk-9", hold_seconds=60) == ([b], [])
+    # chunk-1 answers b (under the bar: kept for this job only) and gives c back (its request was not made).
+    cache.remember_many(CATS, [(b, "Airfare", 0.6)], "m", job_id=job)
+    claims.give_back(job, CATS, [c])
+    asked: list[list[str]] = []
+
+    def ask(vs: list[str]) -> dict[str, Answer]:
+        asked.append(vs)
+        return {v: Answer("", "Lodging", 0.9, "model", False) for v in vs}
+
+    got = claims.wait_for(job, CATS, [b, c], "m", "chunk-2", 60, ask, deadline=time.monotonic() + 10)
+    assert asked == [[c]]  # b came from chunk-1's answer; only the given-back claim was asked about again
+    assert {v: a.category for v, a in got.items()} == {b: "Airfare", c: "Lodging"}
+
+
+def test_a_lapsed_claim_is_taken_over():
+    job = f"j-{uuid.uuid4().hex[:8]}"
+    vendor = normalize_vendor(vendors(1)[0])
+    # A holder whose time is up (a worker that died holding it): hold_seconds < 0 stands for a clock past it.
+    assert claims.take(job, CATS, [vendor], "dead-worker", hold_seconds=-1.0) == ([vendor], [])
+    assert claims.take(job, CATS, [vendor], "chunk-2", hold_seconds=60) == ([vendor], [])
+    assert claims.take(job, CATS, [vendor], "chunk-3", hold_seconds=60) == ([], [vendor])
+
+
+@pytest.fixture
+def sim():
+    simulator = Simulator(latency=0.3).start()
+    yield simulator
+    simulator.stop()
+
+
+def test_chunks_working_at_once_ask_the_model_about_each_vendor_once(sim):
+    """Three chunks of one job, at the same moment, over lines that share their 60 vendors."""
+    job = f"j-{uuid.uuid4().hex[:8]}"
+    names = vendors(60)
+    settings = get_settings()
+    backend = pipeline.ModelBackend(provider.client("sk-test", sim.url), settings.openai_model,
+                                    RetryLoop(DEFAULT_POLICY, deadline=time.monotonic() + 60, inline_wait_max=10,
+                                              ceiling_seconds=3600),
+                                    batch_size=10, concurrency=2)
+
+    class Line:
+        def __init__(self, n: int, vendor: str) -> None:
+            self.line_id, self.vendor, self.description = f"l{n:03d}", vendor, "expense"
+
+    def chunk(k: int) -> dict[str, Answer]:
+        lines = [Line(i, names[(i + 20 * k) % 60]) for i in range(60)]  # each starts at a different vendor
+        background = pipeline.Background()
+        try:
+            return pipeline.categorize(lines, CATS, settings, backend, {}, job, background, claim_owner=f"c{k}")
+        finally:
+            background.wait()
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(chunk, range(3)))
+    for answers in results:
+        assert len(answers) == 60 and not any(a.needs_review for a in answers.values())
+    asked = sim.stats()["requests_by_vendor"]
+    assert sorted(asked.get(v.lower(), 0) for v in names) == [1] * 60
+
+
+def test_a_chunk_with_no_turn_soon_hands_its_worker_back_and_finishes_later(client, token_for, sim):
+    """The fleet's quota is spoken for (4 s of requests queued): the chunk asks nothing, is re-enqueued with a
+    delay, counts no rate-limited time against the job, and finishes with every line once when it returns."""
+    settings = dataclasses.replace(get_settings(), openai_api_key="sk-busy", openai_base_url=sim.url,
+                                   openai_rpm=60.0, limiter_wait_max_seconds=1.0, fanout_threshold_lines=50,
+                                   chunk_lines=40, line_batch_size=20, model_batch_size=10)
+    api = Api(client, token_for())
+    lines = expense_lines(80, vendors(20))
+    job_id = api.start(lines)
+    deliver(receive({job_id}), Ctx(), settings)  # the start: split into 2 chunks, a message each
+    # Other workers hold the next 4 s of turns (one request a second).
+    Control(key_for(sim.url, "sk-busy"), version=1, level_requests=-4.0, level_tokens=0.0, level_at=time.time()).save()
+    deliver(receive({job_id}), Ctx(), settings)
+    assert sim.stats()["requests"] == 0
+    job = api.job(job_id)
+    assert job["processedLines"] == 0 and job["status"] == "Processing"
+    assert float(Job.get(job_id).rate_limited_seconds) == 0.0
+    yields = [e for e in api.call("get", f"/jobs/{job_id}/events")[1]["items"] if e["type"] == "rate_limited"]
+    assert yields and all(e["detail"]["by"] == "shared limiter" for e in yields), yields
+    assert all(4 <= e["detail"]["requeuedWithDelaySeconds"] <= 6 for e in yields), yields
+    assert receive({job_id}) == []  # delayed: no worker is handed the chunk before its turn
+    messages = wait_for(lambda: receive({job_id}), 15, interval=0.2, what="the delayed chunk messages")
+    deliver(messages, Ctx(), settings)
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    assert sim.stats()["rate_limited"] == 0
