@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from functools import lru_cache
+from typing import Any
 
+from botocore.parsers import JSONParser, ResponseParserFactory
 from pynamodb.attributes import (
     BooleanAttribute,
     JSONAttribute,
@@ -35,8 +38,46 @@ class _Meta:
 @lru_cache(maxsize=1)
 def connection() -> Connection:
     """One connection for transactions: building one per call reloads botocore's models (~0.1 s)."""
-    return Connection(region=_Meta.region, host=_Meta.host, connect_timeout_seconds=_Meta.connect_timeout_seconds,
+    conn = Connection(region=_Meta.region, host=_Meta.host, connect_timeout_seconds=_Meta.connect_timeout_seconds,
                       read_timeout_seconds=_Meta.read_timeout_seconds, max_retry_attempts=_Meta.max_retry_attempts)
+    endpoint = conn.client._endpoint
+    endpoint._response_parser_factory = _PlainReads.replacing(endpoint._response_parser_factory)
+    return conn
+
+
+_PLAIN_OUTPUTS = frozenset({"GetItemOutput", "QueryOutput", "ScanOutput", "BatchGetItemOutput",
+                            "BatchWriteItemOutput", "PutItemOutput", "UpdateItemOutput", "DeleteItemOutput",
+                            "TransactWriteItemsOutput", "TransactGetItemsOutput"})
+
+
+class _PlainJSONParser(JSONParser):
+    """A data-plane answer is already its parsed form: json.loads is all it needs.
+
+    botocore walks every attribute value of every item against the service model after json.loads, to decode
+    blobs and timestamps; a data-plane output has no timestamps, so only a body with a binary value ("B", "BS")
+    needs that walk. Reading 300 lines, the walk took a third of the time from the request to the models.
+    """
+
+    def _do_parse(self, response: dict, shape: Any) -> dict:
+        body = response["body"]
+        if shape is not None and shape.name in _PLAIN_OUTPUTS and b'"B"' not in body and b'"BS"' not in body:
+            parsed = json.loads(body) if body else {}
+            self._inject_response_metadata(parsed, response["headers"])
+            return parsed
+        return super()._do_parse(response, shape)
+
+
+class _PlainReads(ResponseParserFactory):
+    @classmethod
+    def replacing(cls, original: ResponseParserFactory) -> ResponseParserFactory:
+        factory = cls()
+        factory._defaults = dict(getattr(original, "_defaults", {}))
+        return factory
+
+    def create_parser(self, protocol_name: str) -> Any:
+        if protocol_name == "json":
+            return _PlainJSONParser(**self._defaults)
+        return super().create_parser(protocol_name)
 
 
 _client_lock = threading.Lock()

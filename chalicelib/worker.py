@@ -25,9 +25,9 @@ from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Lease, Progress
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
-from chalicelib.lines.store import iter_lines
+from chalicelib.lines.store import count_lines, iter_lines, owner_period
 from chalicelib.settings import Settings, get_settings
-from chalicelib.tables import Job, LineResult
+from chalicelib.tables import ExpenseLine, Job, LineResult
 
 log = logging.getLogger(__name__)
 # A failed record is reported, not raised: the rest of the batch is deleted either way.
@@ -87,6 +87,7 @@ class Invocation:
     background: pipeline.Background = field(default_factory=pipeline.Background)
     ahead: list = field(default_factory=list)  # lines read past the cursor, not yet worked (see _next_batch)
     ahead_after: str | None = None  # the cursor `ahead` continues from
+    ahead_whole: bool = False  # `ahead` holds every line left: no read past it
     # Every line result this invocation wrote, when it started the job from its first line (see _finish).
     written: dict[str, LineResult] | None = None
 
@@ -200,9 +201,24 @@ def _start(job_id: str, context: Any, settings: Settings | None, claim: Any) -> 
 
 
 def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
-    run = _start(job_id, context, settings, lambda lease: runner.claim(job_id, lease, reason))
+    whole: list = []
+    read_ahead = (settings or get_settings()).line_batch_size * (settings or get_settings()).line_read_ahead
+
+    def count(job: Job) -> int:
+        """A starting job that fits one read-ahead is counted by reading it: those lines are its first batch."""
+        page = ExpenseLine.query(owner_period(job.owner_id, job.period), consistent_read=True, limit=read_ahead)
+        lines = list(page)
+        if page.last_evaluated_key is not None:
+            return count_lines(job.owner_id, job.period)
+        whole[:] = lines  # a claim that raced counts again: keep the latest read
+        return len(lines)
+
+    run = _start(job_id, context, settings, lambda lease: runner.claim(job_id, lease, reason, count))
     if run is None:
         return
+    if whole:
+        # Every line the job had when it started: the job is those lines (its total was counted from them).
+        run.ahead, run.ahead_after, run.ahead_whole = whole, "", True
     try:
         if run.job.recheck_flagged:
             _recheck_flagged(run)
@@ -288,8 +304,11 @@ def _assemble_if_mine(run: Invocation) -> None:
 
 def _work(run: Invocation, scope: JobScope) -> None:
     job = run.job
+    first = True
     while True:
-        job.refresh(consistent_read=True)
+        if not first:  # the claim has just read the job
+            job.refresh(consistent_read=True)
+        first = False
         status = JobStatus(job.status)
         if status is JobStatus.CANCELLATION_REQUESTED:
             return _stop(job)
@@ -310,6 +329,8 @@ def _work(run: Invocation, scope: JobScope) -> None:
         if answers is None:
             return None
         faults.point("after_model_call")
+        if _last_of_whole(run, lines) and _complete_with_last_batch(run, lines, answers):
+            return None
         _keep(run, _write_results(job, lines, answers))
         faults.point("after_result_writes")
         done = _progress(run, answers)
@@ -329,10 +350,11 @@ def _next_batch(run: Invocation, scope: JobScope) -> list:
     asks the model again for it: its cache writes, held until the next batch starts, are lost with it."""
     settings, limit = run.settings, run.settings.line_batch_size
     if run.ahead_after != scope.cursor():
-        run.ahead = []  # the checkpoint did not move where the buffer expected: read again from where it is
+        # the checkpoint did not move where the buffer expected: read again from where it is
+        run.ahead, run.ahead_whole = [], False
     if not run.ahead:
         run.ahead_after = scope.cursor()
-    if len(run.ahead) < limit:
+    if len(run.ahead) < limit and not run.ahead_whole:
         after = run.ahead[-1].line_id if run.ahead else None
         run.ahead += scope.next_lines(limit * settings.line_read_ahead - len(run.ahead), after)
     wave = settings.model_batch_size * max(1, settings.model_concurrency)
@@ -409,13 +431,17 @@ def _keep(run: Invocation, results: list[LineResult]) -> None:
 
 
 def _write_results(job: Job, lines: list, answers: dict[str, Answer]) -> list[LineResult]:
-    # Puts keyed by (job, line): a redone batch overwrites, never adds.
     results = [_result(job, line, answers[line.line_id]) for line in lines]
+    _save_rows(results)
+    return results
+
+
+def _save_rows(results: list[LineResult]) -> None:
+    # Puts keyed by (job, line): a redone batch overwrites, never adds.
     groups = [results[i:i + 25] for i in range(0, len(results), 25)]  # one BatchWriteItem each
     # Side by side: a 400-line batch is 16 requests, and the checkpoint waits for all of them.
     with ThreadPoolExecutor(max_workers=max(1, min(4, len(groups))), thread_name_prefix="results") as pool:
         list(pool.map(_save_all, groups))
-    return results
 
 
 def _result(job: Job, line: Any, a: Answer) -> LineResult:
@@ -466,17 +492,68 @@ def _finish(run: Invocation) -> None:
     if run.written is not None and len(run.written) == int(job.processed_lines) == int(job.total_lines):
         written = [run.written[k] for k in sorted(run.written)]
     key, needs_review = results.assemble(job, version, tick=lambda: _heartbeat(run), written=written)
-    processed = int(job.processed_lines)
-    message = (f"Categorized {processed} lines; {needs_review} need review" if processed
-               else f"No expense lines for {job.period}; the report is empty")
     try:
-        transition(job, JobStatus.COMPLETED, "completed", {"lines": processed, "needsReview": needs_review},
-                   actions=[Job.completed_at.set(clock.iso(clock.now())), Job.result_key.set(key),
-                            Job.result_version.set(version), Job.needs_review.set(needs_review),
-                            Job.failed_lines.set(needs_review), Job.total_lines.set(processed),
-                            Job.estimated_completion_at.remove(), Job.status_message.set(message)],
-                   condition=Job.lease_owner == run.lease.owner)
+        _complete(run, version, key, needs_review, int(job.processed_lines))
     except TransitionRaced:
         job.refresh(consistent_read=True)
         if job.status == JobStatus.CANCELLATION_REQUESTED.value:
             runner.cancel(job)
+
+
+def _complete(run: Invocation, version: int, key: str, needs_review: int, processed: int,
+              actions: list | None = None, condition: Any = None) -> None:
+    """The Completed transition (TransitionRaced if the job moved meanwhile or the lease is gone)."""
+    job = run.job
+    message = (f"Categorized {processed} lines; {needs_review} need review" if processed
+               else f"No expense lines for {job.period}; the report is empty")
+    lease_is_ours = Job.lease_owner == run.lease.owner
+    transition(job, JobStatus.COMPLETED, "completed", {"lines": processed, "needsReview": needs_review},
+               actions=[Job.completed_at.set(clock.iso(clock.now())), Job.result_key.set(key),
+                        Job.result_version.set(version), Job.needs_review.set(needs_review),
+                        Job.failed_lines.set(needs_review), Job.total_lines.set(processed),
+                        Job.estimated_completion_at.remove(), Job.status_message.set(message), *(actions or [])],
+               condition=lease_is_ours if condition is None else lease_is_ours & condition)
+
+
+def _last_of_whole(run: Invocation, lines: list) -> bool:
+    """This batch ends a job this invocation has held whole since its first line (see run_job)."""
+    job = run.job
+    return (run.ahead_whole and not run.ahead and run.written is not None
+            and len(run.written) == int(job.processed_lines)
+            and len(run.written) + len(lines) == int(job.total_lines))
+
+
+def _complete_with_last_batch(run: Invocation, lines: list, answers: dict[str, Answer]) -> bool:
+    """Write the last batch's results and the report side by side, then checkpoint and complete in one write.
+
+    The write is conditioned on the cursor as a checkpoint is, so a redone batch still never counts twice. If
+    it races (a cancel came in, the lease was lost), the batch is counted the usual way and False sends the
+    caller on with it: the report put in S3 is simply written again, or never pointed to.
+    """
+    job = run.job
+    rows = [_result(job, line, answers[line.line_id]) for line in lines]
+    held = {**run.written, **{r.line_id: r for r in rows}}
+    version = int(job.result_version) + 1
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report") as beside:
+        report = beside.submit(results.assemble, job, version, written=[held[k] for k in sorted(held)])
+        _save_rows(rows)
+        faults.point("after_result_writes")
+        key, needs_review = report.result()
+    run.written = held
+    before = run.seen
+    done = _progress(run, answers)
+    processed = int(job.processed_lines) + done.lines
+    counted = [Job.cursor.set(lines[-1].line_id), Job.processed_lines.set(processed),
+               Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
+               Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3)),
+               Job.heartbeat_at.set(clock.iso(clock.now()))]
+    try:
+        _complete(run, version, key, needs_review, processed, counted, Job.cursor == job.cursor)
+    except TransitionRaced:
+        job.refresh(consistent_read=True)
+        run.seen = (before[0], run.seen[1], before[2])  # the usual checkpoint counts this batch's retries
+        return False
+    observability.lines_done(done.lines, done.failed)
+    run.done += done.lines
+    faults.point("after_checkpoint")
+    return True

@@ -112,13 +112,13 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
               job_id: str | None = None, background: Background | None = None) -> list[Answer]:
     """The model's answers for `items`, written through to the cache (see cache.remember for `job_id`)."""
     chunks = [items[i:i + backend.batch_size] for i in range(0, len(items), backend.batch_size)]
-    if background is not None:
-        background.release()  # held writes run while these requests are out
     answers: list[Answer] = []
     waits: list[LongWait] = []
     fatal: list[JobFatal] = []
     with ThreadPoolExecutor(max_workers=max(1, backend.concurrency)) as pool:
         futures = [pool.submit(_ask_chunk, backend, chunk, categories) for chunk in chunks]
+        if background is not None:
+            background.release()  # held writes run while these requests are out (they start first)
         for future in futures:
             try:
                 answers += future.result()

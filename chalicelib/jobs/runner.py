@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,8 +41,11 @@ def load(job_id: str) -> Job | None:
         return None
 
 
-def claim(job_id: str, lease: Lease, reason: str) -> Job | None:
-    """The job, leased to us, if there is work to do; None if the message is stale or a duplicate."""
+def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | None = None) -> Job | None:
+    """The job, leased to us, if there is work to do; None if the message is stale or a duplicate.
+
+    `count` gives a starting job its total (default: count_lines).
+    """
     job = load(job_id)
     if job is None:
         return None
@@ -49,7 +53,7 @@ def claim(job_id: str, lease: Lease, reason: str) -> Job | None:
     try:
         if status is S.QUEUED:
             stamp = clock.iso(clock.now())
-            total = count_lines(job.owner_id, job.period)
+            total = count(job) if count else count_lines(job.owner_id, job.period)
             return transition(job, S.PROCESSING, "started", {"totalLines": total}, actions=[
                 Job.started_at.set(job.started_at or stamp), Job.heartbeat_at.set(stamp),
                 Job.total_lines.set(max(total, int(job.processed_lines))),
@@ -60,7 +64,7 @@ def claim(job_id: str, lease: Lease, reason: str) -> Job | None:
                        actions=[Job.status_message.set(_stopped_message(job))])
             return None
     except TransitionRaced:
-        return claim(job_id, lease, reason)
+        return claim(job_id, lease, reason, count)
     if status is not S.PROCESSING:
         return None
     return _take_lease(job, lease, reason)

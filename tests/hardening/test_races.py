@@ -62,13 +62,18 @@ def _at_nth(monkeypatch, point: str, n: int, action) -> list:
 # --- cancel vs the last batch -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", ["after_model_call", "after_result_writes", "after_checkpoint"])
+@pytest.mark.parametrize("point, read_ahead, nth", [
+    ("after_model_call", 1, 3), ("after_result_writes", 1, 3), ("after_checkpoint", 1, 3),
+    # Read whole at the start (30 lines within 10 x 4): one batch, whose checkpoint would be the Completed write.
+    ("after_model_call", 4, 1), ("after_result_writes", 4, 1),
+])
 def test_cancel_racing_the_last_batch_ends_cancelled_with_every_done_line_counted_once(
-        api, small_batches, monkeypatch, point):
+        api, small_batches, monkeypatch, point, read_ahead, nth):
     lines = expense_lines(30, vendors(10))
     job_id = api.start(lines)
     answers = []
-    _at_nth(monkeypatch, point, 3, lambda: answers.append(api.call("delete", f"/jobs/{job_id}")))
+    _at_nth(monkeypatch, point, nth, lambda: answers.append(api.call("delete", f"/jobs/{job_id}")))
+    small_batches = dataclasses.replace(small_batches, line_read_ahead=read_ahead)
     drain({job_id}, small_batches)
     assert [a[0] for a in answers] == [200] and answers[0][1]["status"] == "CancellationRequested"
     job = api.job(job_id)

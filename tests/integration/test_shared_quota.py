@@ -20,7 +20,7 @@ from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job
 from local.simulator import Simulator
 from tests.integration.test_worker import Api, assert_every_line_once
-from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
+from tests.support import Ctx, deliver, expense_lines, receive, vendors, wait_for
 
 CATS = DEFAULT_CATEGORIES
 
@@ -154,8 +154,15 @@ def test_a_chunk_with_no_turn_soon_hands_its_worker_back_and_finishes_later(clie
     assert yields and all(e["detail"]["by"] == "shared limiter" for e in yields), yields
     assert all(4 <= e["detail"]["requeuedWithDelaySeconds"] <= 6 for e in yields), yields
     assert receive({job_id}) == []  # delayed: no worker is handed the chunk before its turn
-    messages = wait_for(lambda: receive({job_id}), 15, interval=0.2, what="the delayed chunk messages")
-    deliver(messages, Ctx(), settings)
-    drain({job_id}, settings)
+    # Back after their delay; from here on a worker may wait for its turn (no second hand-back to wait out).
+    patient = dataclasses.replace(settings, limiter_wait_max_seconds=60.0)
+
+    def finished() -> bool:
+        messages = receive({job_id})
+        if messages:
+            deliver(messages, Ctx(), patient)
+        return api.job(job_id)["status"] == "Completed"
+
+    wait_for(finished, 30, interval=0.2, what="both chunks back and done")
     assert_every_line_once(api, job_id, lines)
     assert sim.stats()["rate_limited"] == 0

@@ -90,8 +90,14 @@ def test_job_completes_with_every_line_once_in_few_model_requests(api, sim, mode
     assert sum(t["lines"] for t in result["totals"]) == 300
 
 
-@pytest.mark.parametrize("point", faults.POINTS)
-def test_crash_at_each_step_loses_nothing_and_counts_nothing_twice(api, model_settings, monkeypatch, point):
+@pytest.mark.parametrize("point, read_ahead", [
+    *((p, 1) for p in faults.POINTS),
+    # Read whole at the start (120 lines within 40 x 4): one batch, whose results and report go out together
+    # and whose checkpoint is the Completed write (worker._complete_with_last_batch). No continuation.
+    *((p, 4) for p in faults.POINTS if p != "before_continuation_send"),
+])
+def test_crash_at_each_step_loses_nothing_and_counts_nothing_twice(api, model_settings, monkeypatch, point,
+                                                                    read_ahead):
     lines = expense_lines(120, vendors(30))
     job_id = api.start(lines)
     crashed = []
@@ -103,7 +109,7 @@ def test_crash_at_each_step_loses_nothing_and_counts_nothing_twice(api, model_se
 
     monkeypatch.setattr(faults, "point", crash_once)
     # A short budget forces a continuation after each batch, so every point is reached.
-    settings = dataclasses.replace(model_settings, lambda_time_reserve_seconds=300)
+    settings = dataclasses.replace(model_settings, lambda_time_reserve_seconds=300, line_read_ahead=read_ahead)
     drain({job_id}, settings)
     assert crashed == [point]
     assert_every_line_once(api, job_id, lines)
