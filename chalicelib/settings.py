@@ -62,7 +62,9 @@ class Settings:
     openai_rpm: float | None = None
     openai_tpm: float | None = None
     # Longest wait for a turn at that limiter; a longer one hands the chunk back to the queue (limiter.py).
-    limiter_wait_max_seconds: float = 3.0
+    # At 20,000 lines, 3 s handed chunks back 70 times (SQS messages per 1,000 lines tripled); 6 s did it
+    # 8 times at the same throughput.
+    limiter_wait_max_seconds: float = 6.0
     openai_timeout_seconds: float = 30.0
     line_batch_size: int = 100
     # A batch may take up to this many times line_batch_size lines when they need no more model requests
@@ -117,7 +119,7 @@ class Settings:
             model_concurrency=_int("MODEL_CONCURRENCY", 4),
             openai_rpm=float(env["OPENAI_RPM"]) if env.get("OPENAI_RPM") else None,
             openai_tpm=float(env["OPENAI_TPM"]) if env.get("OPENAI_TPM") else None,
-            limiter_wait_max_seconds=_float("LIMITER_WAIT_MAX_SECONDS", 3.0),
+            limiter_wait_max_seconds=_float("LIMITER_WAIT_MAX_SECONDS", 6.0),
             openai_timeout_seconds=_float("OPENAI_TIMEOUT_SECONDS", 30.0),
             line_batch_size=_int("LINE_BATCH_SIZE", 100),
             line_read_ahead=max(1, _int("LINE_READ_AHEAD", 4)),
