@@ -74,15 +74,16 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
                            for (c, cur), v in sorted(totals.items())],
                 "needsReview": needs_review}
         base = f"results/{job.job_id}/v{version}"
+        s3 = deps.client("s3")  # made here, not first in two threads at once (boto3's session is not thread-safe)
         with tempfile.TemporaryFile("w+b") as doc, ThreadPoolExecutor(max_workers=1) as beside:
             # The CSV goes up while the JSON is put together and sent: the job waits for the slower of the two.
-            csv_sent = beside.submit(_upload_text, csv_file, f"{base}.csv", "text/csv")
+            csv_sent = beside.submit(_upload_text, s3, csv_file, f"{base}.csv", "text/csv")
             doc.write(json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"lines":[')
             lines_part.seek(0)
             for chunk in iter(lambda: lines_part.read(1 << 16), ""):
                 doc.write(chunk.encode())
             doc.write(b"]}")
-            _upload(doc, f"{base}.json", "application/json")
+            _upload(s3, doc, f"{base}.json", "application/json")
             csv_sent.result()
     return f"{base}.json", needs_review
 
@@ -90,24 +91,24 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
 SINGLE_PUT_MAX_BYTES = 8 * 1024 * 1024  # s3transfer's own multipart threshold
 
 
-def _upload(fileobj: IO[bytes], key: str, content_type: str) -> None:
+def _upload(s3: Any, fileobj: IO[bytes], key: str, content_type: str) -> None:
     size = fileobj.seek(0, 2)
     fileobj.seek(0)
     bucket = get_settings().results_bucket
     if size <= SINGLE_PUT_MAX_BYTES:
         # One PutObject: upload_fileobj would start a transfer manager and its threads for a single part.
-        deps.client("s3").put_object(Bucket=bucket, Key=key, Body=fileobj.read(), ContentType=content_type)
+        s3.put_object(Bucket=bucket, Key=key, Body=fileobj.read(), ContentType=content_type)
         return
     # upload_fileobj sends a large report in parts (multipart), never whole in memory.
-    deps.client("s3").upload_fileobj(fileobj, bucket, key, ExtraArgs={"ContentType": content_type})
+    s3.upload_fileobj(fileobj, bucket, key, ExtraArgs={"ContentType": content_type})
 
 
-def _upload_text(text_file: IO[str], key: str, content_type: str) -> None:
+def _upload_text(s3: Any, text_file: IO[str], key: str, content_type: str) -> None:
     text_file.seek(0)
     with tempfile.TemporaryFile("w+b") as raw:
         for chunk in iter(lambda: text_file.read(1 << 16), ""):
             raw.write(chunk.encode())
-        _upload(raw, key, content_type)
+        _upload(s3, raw, key, content_type)
 
 
 def fetch(key: str, csv_format: bool) -> tuple[bytes | None, str]:

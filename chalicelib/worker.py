@@ -208,15 +208,16 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
         """A starting job that fits one read-ahead is counted by reading it: those lines are its first batch."""
         page = ExpenseLine.query(owner_period(job.owner_id, job.period), consistent_read=True, limit=read_ahead)
         lines = list(page)
+        whole.clear()  # a claim that raced counts again: only the latest read may stand
         if page.last_evaluated_key is not None:
             return count_lines(job.owner_id, job.period)
-        whole[:] = lines  # a claim that raced counts again: keep the latest read
+        whole.extend(lines)
         return len(lines)
 
     run = _start(job_id, context, settings, lambda lease: runner.claim(job_id, lease, reason, count))
     if run is None:
         return
-    if whole:
+    if whole and len(whole) == int(run.job.total_lines) and not run.job.cursor and not int(run.job.processed_lines):
         # Every line the job had when it started: the job is those lines (its total was counted from them).
         run.ahead, run.ahead_after, run.ahead_whole = whole, "", True
     try:
@@ -347,7 +348,8 @@ def _next_batch(run: Invocation, scope: JobScope) -> list:
     beyond one wave of model requests (MODEL_BATCH_SIZE x MODEL_CONCURRENCY) that this invocation has not
     answered yet. A small job whose vendors fit one wave is one batch: one checkpoint, not one per 100 lines;
     a batch still costs at most one wave, so progress shows as often as before. A crash redoes that batch, and
-    asks the model again for it: its cache writes, held until the next batch starts, are lost with it."""
+    asks the model again for it: its cache writes, held until the next batch starts, are lost with it (a
+    chunk's are not held: the job's other chunks wait on them, see pipeline._single_flight)."""
     settings, limit = run.settings, run.settings.line_batch_size
     if run.ahead_after != scope.cursor():
         # the checkpoint did not move where the buffer expected: read again from where it is

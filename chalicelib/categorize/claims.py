@@ -32,31 +32,39 @@ def take(job_id: str, categories: list[str], vendors: list[str], owner: str,
          hold_seconds: float) -> tuple[list[str], list[str]]:
     """(the vendors now claimed by `owner`, the vendors another live claim holds)."""
     now = time.time()
-    # free: nobody holds it, its holder's time is up, or it is ours already (a redone batch).
+    # free: nobody holds it, its holder's time is up, or this invocation holds it already (it asks again).
     free = VendorClaim.cache_key.does_not_exist() | (VendorClaim.until < now) | (VendorClaim.owner == owner)
     mine: list[str] = []
     free_now = set(_free(job_id, categories, vendors, owner))  # a read first: a refused put still costs a write
     theirs = [v for v in vendors if v not in free_now]
     wanted = [v for v in vendors if v in free_now]
-    for start in range(0, len(wanted), TRANSACTION_ITEMS):
-        todo = wanted[start:start + TRANSACTION_ITEMS]
-        while todo:
-            try:
-                with TransactWrite(connection=connection()) as tx:
-                    for vendor in todo:
-                        tx.save(VendorClaim(_key(job_id, categories, vendor), owner=owner, until=now + hold_seconds,
-                                            expires_at=timedelta(hours=1)), condition=free)
-            except TransactWriteError as err:
-                reasons = err.cancellation_reasons or []
-                held = [v for v, r in zip(todo, reasons, strict=False)
-                        if r is not None and r.code == "ConditionalCheckFailed"]
-                if not held:
-                    raise  # not a claim conflict (throttled, or a transaction conflict): the batch is redone
-                theirs += held
-                todo = [v for v in todo if v not in set(held)]
-                continue
-            mine += todo
-            break
+    try:
+        for start in range(0, len(wanted), TRANSACTION_ITEMS):
+            todo = wanted[start:start + TRANSACTION_ITEMS]
+            while todo:
+                try:
+                    with TransactWrite(connection=connection()) as tx:
+                        for vendor in todo:
+                            tx.save(VendorClaim(_key(job_id, categories, vendor), owner=owner,
+                                                until=now + hold_seconds, expires_at=timedelta(hours=1)),
+                                    condition=free)
+                except TransactWriteError as err:
+                    # ConditionalCheckFailed: another chunk holds it. TransactionConflict: another chunk's claim
+                    # on it was being written at that moment; waited for like a held one, wait_for takes it
+                    # over if it turns out free.
+                    reasons = err.cancellation_reasons or []
+                    held = [v for v, r in zip(todo, reasons, strict=False)
+                            if r is not None and r.code in ("ConditionalCheckFailed", "TransactionConflict")]
+                    if not held:
+                        raise  # throttled or failed: the batch is redone
+                    theirs += held
+                    todo = [v for v in todo if v not in set(held)]
+                    continue
+                mine += todo
+                break
+    except BaseException:
+        give_back(job_id, categories, mine)  # what the earlier transactions won, or the others wait it out
+        raise
     return mine, theirs
 
 
@@ -96,9 +104,9 @@ def wait_for(job_id: str, categories: list[str], vendors: list[str], model: str,
         if time.monotonic() > deadline:
             found.update(ask(waiting))
             break
-        if _free(job_id, categories, waiting, owner):
-            mine, _ = take(job_id, categories, waiting, owner, hold_seconds)
-            found.update(ask(mine) if mine else {})
+        mine, _ = take(job_id, categories, waiting, owner, hold_seconds)  # writes only if a claim came free
+        if mine:
+            found.update(ask(mine))
             waiting = [v for v in waiting if v not in found]
         if waiting:
             time.sleep(POLL_SECONDS)

@@ -11,8 +11,8 @@ An acquire reserves: it takes its tokens at once, the level may go below zero, a
 request waits until the refill has paid for it (GCRA, first come first served). So the
 fleet's requests queue in the order they asked, and a worker knows its wait before it
 waits. A wait longer than `wait_max` is not taken: QuotaBusy tells the worker to hand its
-chunk back to the queue and come back then, so a worker is never parked behind the quota
-while other work (lines the vendor cache answers) waits for a worker.
+job or chunk back to the queue and come back then, so a worker is never parked behind the
+quota while other work (lines the vendor cache answers) waits for a worker.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ class SharedLimiter:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     wait_max: float | None = None  # longest wait for a turn; beyond it, QuotaBusy (None: always wait)
-    waited: float = 0.0
     key: str = KEY  # the bucket's item: key_for(base URL, API key)
 
     def _capacity(self, per_minute: float, need: float) -> float:
@@ -81,7 +80,6 @@ class SharedLimiter:
             if _write(self.key, item, req, tok, now):
                 if wait > 0:
                     self.sleep(wait)
-                    self.waited += wait
                 return wait
             self.sleep(random.uniform(0.001, 0.01))  # another worker reserved first: look again
 

@@ -104,6 +104,9 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
             if err.fatal:
                 raise JobFatal(err.message) from err
             break  # a request the provider refuses (400): flag its lines, the job goes on
+        except LongWait as wait:
+            wait.answered = list(answers.values())  # a first attempt's answers are kept (written through)
+            raise
         answers.update({a.id: a for a in got})
     return [answers.get(i.id) or _flagged(i) for i in chunk]
 
@@ -124,6 +127,7 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
                 answers += future.result()
             except LongWait as err:
                 waits.append(err)
+                answers += err.answered
             except JobFatal as err:
                 fatal.append(err)
     _run(background, _remember, answers, items, categories, backend.model, job_id)
@@ -188,6 +192,14 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     return {line.line_id: known[vendor] for vendor, members in groups.items() for line in members}
 
 
+def _give_back(job_id: str, categories: list[str], vendors: list[str]) -> None:
+    """On the way out with an error: release claims, but never hide that error behind a failed release."""
+    try:
+        claims.give_back(job_id, categories, vendors)
+    except Exception:
+        log.warning("could not give vendor claims back; they lapse on their own", exc_info=True)
+
+
 def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[str], categories: list[str],
                    settings: Settings, backend: ModelBackend, job_id: str, owner: str,
                    background: Background | None) -> dict[str, Answer]:
@@ -198,14 +210,14 @@ def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[s
         try:
             got = ask(vendors)
         except LongWait as wait:
-            answered = {a.id for a in wait.answered}
-            items = {f"v{n}": v for n, v in enumerate(vendors)}
+            # The answers got before the wait were written through (kept claims: others find them cached).
+            cached = {a.id for a in wait.answered if not a.needs_review}
             if background is not None:
                 background.release()
-            claims.give_back(job_id, categories, [v for i, v in items.items() if i not in answered])
+            _give_back(job_id, categories, [v for n, v in enumerate(vendors) if f"v{n}" not in cached])
             raise
         except BaseException:
-            claims.give_back(job_id, categories, vendors)
+            _give_back(job_id, categories, vendors)
             raise
         if background is not None:
             background.release()  # the answers go to the cache now: other chunks are waiting on them

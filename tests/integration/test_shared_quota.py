@@ -87,6 +87,45 @@ def test_a_claimed_vendor_is_asked_by_its_holder_and_waited_for_by_the_others():
     assert {v: a.category for v, a in got.items()} == {b: "Airfare", c: "Lodging"}
 
 
+def test_a_claim_caught_in_a_transaction_conflict_is_waited_for_and_a_failed_take_keeps_nothing(monkeypatch):
+    """Real DynamoDB cancels one of two transactions writing the same claims at once (TransactionConflict);
+    moto serializes them, so the conflict is injected. A take that fails gives back what it had won."""
+    from pynamodb.exceptions import CancellationReason, TransactWriteError, VerboseClientError
+
+    job = f"j-{uuid.uuid4().hex[:8]}"
+    names = [normalize_vendor(v) for v in vendors(101)]  # two transactions: 100 and 1
+    real = claims.TransactWrite
+    attempts: list[int] = []
+
+    def refused(code: str, n: int) -> TransactWriteError:
+        reasons = [CancellationReason(code) if i == 0 else None for i in range(n)]
+        cause = VerboseClientError({"Error": {"Code": "TransactionCanceledException", "Message": code}},
+                                   "TransactWriteItems", cancellation_reasons=reasons)
+        return TransactWriteError("refused", cause=cause)
+
+    class Flaky(real):
+        def __exit__(self, *exc):
+            attempts.append(len(self._put_items))
+            if len(attempts) == 1:
+                raise refused("TransactionConflict", len(self._put_items))  # the first vendor's claim raced
+            if len(attempts) == 3:
+                raise refused("ThrottlingError", len(self._put_items))  # the second transaction fails outright
+            return super().__exit__(*exc)
+
+    monkeypatch.setattr(claims, "TransactWrite", Flaky)
+    with pytest.raises(TransactWriteError):
+        claims.take(job, CATS, names, "chunk-1", hold_seconds=60)
+    assert attempts == [100, 99, 1]
+    monkeypatch.undo()
+    # Nothing stays claimed by the failed take: another chunk gets every vendor.
+    assert claims.take(job, CATS, names, "chunk-2", hold_seconds=60) == (names, [])
+    # And a conflict alone leaves the vendor to wait for, not an error.
+    monkeypatch.setattr(claims, "TransactWrite", Flaky)
+    attempts.clear()
+    other = [normalize_vendor(v) for v in vendors(3)]
+    assert claims.take(job, CATS, other, "chunk-3", hold_seconds=60) == (other[1:], other[:1])
+
+
 def test_a_lapsed_claim_is_taken_over():
     job = f"j-{uuid.uuid4().hex[:8]}"
     vendor = normalize_vendor(vendors(1)[0])
