@@ -202,7 +202,8 @@ def _start(job_id: str, context: Any, settings: Settings | None, claim: Any) -> 
 
 def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
     whole: list = []
-    read_ahead = (settings or get_settings()).line_batch_size * (settings or get_settings()).line_read_ahead
+    known = settings or get_settings()
+    read_ahead = known.line_batch_size * known.line_read_ahead
 
     def count(job: Job) -> int:
         """A starting job that fits one read-ahead is counted by reading it: those lines are its first batch."""
@@ -529,8 +530,8 @@ def _complete_with_last_batch(run: Invocation, lines: list, answers: dict[str, A
     """Write the last batch's results and the report side by side, then checkpoint and complete in one write.
 
     The write is conditioned on the cursor as a checkpoint is, so a redone batch still never counts twice. If
-    it races (a cancel came in, the lease was lost), the batch is counted the usual way and False sends the
-    caller on with it: the report put in S3 is simply written again, or never pointed to.
+    it races (a cancel came in, the lease was lost), False sends the caller on with the batch the usual way
+    (its rows are put again, idempotently); the report put in S3 is written again, or never pointed to.
     """
     job = run.job
     rows = [_result(job, line, answers[line.line_id]) for line in lines]
