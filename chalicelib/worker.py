@@ -8,7 +8,6 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -25,9 +24,9 @@ from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Lease, Progress
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
-from chalicelib.lines.store import count_lines, iter_lines, owner_period
+from chalicelib.lines.store import count_lines, read_lines, whole_period
 from chalicelib.settings import Settings, get_settings
-from chalicelib.tables import ExpenseLine, Job, LineResult
+from chalicelib.tables import Job, LineResult
 
 log = logging.getLogger(__name__)
 # A failed record is reported, not raised: the rest of the batch is deleted either way.
@@ -145,8 +144,7 @@ class JobScope:
     def next_lines(self, n: int, after: str | None = None) -> list:
         """Up to `n` lines after the checkpoint (or after `after`), in one read."""
         job = self.run.job
-        return list(islice(iter_lines(job.owner_id, job.period, after=job.cursor if after is None else after,
-                                      page=n), n))
+        return read_lines(job.owner_id, job.period, job.cursor if after is None else after, n)
 
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)
@@ -207,10 +205,9 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
 
     def count(job: Job) -> int:
         """A starting job that fits one read-ahead is counted by reading it: those lines are its first batch."""
-        page = ExpenseLine.query(owner_period(job.owner_id, job.period), consistent_read=True, limit=read_ahead)
-        lines = list(page)
+        lines = whole_period(job.owner_id, job.period, read_ahead)
         whole.clear()  # a claim that raced counts again: only the latest read may stand
-        if page.last_evaluated_key is not None:
+        if lines is None:
             return count_lines(job.owner_id, job.period)
         whole.extend(lines)
         return len(lines)
@@ -305,12 +302,8 @@ def _assemble_if_mine(run: Invocation) -> None:
 
 
 def _work(run: Invocation, scope: JobScope) -> None:
-    job = run.job
-    first = True
+    job = run.job  # as the claim has just read it; later rounds read it again at the end of each batch
     while True:
-        if not first:  # the claim has just read the job
-            job.refresh(consistent_read=True)
-        first = False
         status = JobStatus(job.status)
         if status is JobStatus.CANCELLATION_REQUESTED:
             return _stop(job)
@@ -342,6 +335,7 @@ def _work(run: Invocation, scope: JobScope) -> None:
         eta = runner.eta(remaining, job.started_at, int(job.processed_lines) + done.lines)
         scope.checkpoint(lines[-1].line_id, done, eta)
         faults.point("after_checkpoint")
+        job.refresh(consistent_read=True)
 
 
 def _next_batch(run: Invocation, scope: JobScope) -> list:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from itertools import islice
 
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
@@ -18,7 +17,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import clock, deps
 from chalicelib.jobs.runner import Lease, Progress
 from chalicelib.jobs.states import JobStatus
-from chalicelib.lines.store import iter_lines, owner_period
+from chalicelib.lines.store import owner_period, read_lines
 from chalicelib.tables import ExpenseLine, Job, JobChunk, connection
 
 PENDING, RUNNING, DONE = "Pending", "Running", "Done"
@@ -109,7 +108,7 @@ def holds(chunk: JobChunk, lease: Lease) -> bool:
 
 def next_lines(job: Job, chunk: JobChunk, n: int, after: str | None = None) -> list:
     """Up to `n` of the chunk's lines after its checkpoint (or after `after`), in one read."""
-    lines = islice(iter_lines(job.owner_id, job.period, after=chunk.cursor if after is None else after, page=n), n)
+    lines = read_lines(job.owner_id, job.period, chunk.cursor if after is None else after, n)
     return [line for line in lines if not chunk.upto or line.line_id <= chunk.upto]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from chalicelib import clock, paging
@@ -53,6 +54,18 @@ def iter_lines(owner_id: str, period: str, after: str = "", page: int = 100) -> 
     key = owner_period(owner_id, period)
     condition = ExpenseLine.line_id > after if after else None
     yield from ExpenseLine.query(key, range_key_condition=condition, consistent_read=True, page_size=page)
+
+
+def read_lines(owner_id: str, period: str, after: str, n: int) -> list[ExpenseLine]:
+    """Up to `n` lines strictly after `after`, in one read."""
+    return list(islice(iter_lines(owner_id, period, after=after, page=n), n))
+
+
+def whole_period(owner_id: str, period: str, n: int) -> list[ExpenseLine] | None:
+    """Every line of the month when there are at most `n` (one read), else None."""
+    page = ExpenseLine.query(owner_period(owner_id, period), consistent_read=True, limit=n)
+    lines = list(page)
+    return lines if page.last_evaluated_key is None else None
 
 
 def count_lines(owner_id: str, period: str) -> int:
