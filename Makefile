@@ -26,7 +26,7 @@ soak: $(STAMP)
 		$(PY) -m pytest tests/hardening/test_chaos.py -q -s -p no:xdist
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(PARTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

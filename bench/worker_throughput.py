@@ -180,10 +180,10 @@ class Ours:
 COLD_RUNS = 3
 
 
-def cached(vendors: list[str], model: str) -> list[str]:
-    """The vendors (as spelled on the lines) whose answer the vendor cache holds for this model."""
+def cached(vendors: list[str], model: str, tenant: str) -> list[str]:
+    """The vendors (as spelled on the lines) whose answer `tenant`'s vendor cache holds for this model."""
     normalized = {v: normalize_vendor(v) for v in vendors}
-    known = cache.lookup(DEFAULT_CATEGORIES, sorted(set(normalized.values())), model)
+    known = cache.lookup(DEFAULT_CATEGORIES, sorted(set(normalized.values())), model, tenant=tenant)
     return [v for v, n in normalized.items() if n in known]
 
 
@@ -200,7 +200,7 @@ def ours(bench: Run, sim: Simulator, lines: list[dict[str, str]], vendors: list[
     first of them is `lines`), then `lines`' vendors again in another month, from a warm cache."""
     api = HttpApi(bench.api_url())
     bench.defer(api.close)
-    _, headers = new_user("worker")
+    sub, headers = new_user("worker")  # a token without a tenant: its sub is its tenant key
     report_id = api.create_report(headers)
     periods = ["2025-09", *(f"2025-{10 + i}" for i in range(COLD_RUNS))]
     batches = [support.expense_lines(LINES, support.vendors(VENDORS), period=periods[0]), lines,
@@ -218,7 +218,7 @@ def ours(bench: Run, sim: Simulator, lines: list[dict[str, str]], vendors: list[
                 wall, job = timed_job(api, headers, report_id, period)
                 wait_idle(pollers)  # the invocation's cache writes finish after Completed
             runs.append(ColdRun(wall, job, sim.stats(), calls.summary(skip=("ReceiveMessage",))))
-        held = cached(vendors, settings.openai_model)
+        held = cached(vendors, settings.openai_model, sub)
         sim.reset()
         wall, _ = timed_job(api, headers, report_id, WARM_PERIOD)
         warm_stats = sim.stats()

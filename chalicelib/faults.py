@@ -1,16 +1,29 @@
-"""Named points in the worker loop where tests inject a crash (a no-op in normal runs).
+"""Named points in the worker loop where tests inject a crash: a no-op unless armed.
 
-`WORKER_CRASH_AT=<point>` makes a worker process exit abruptly there (the kill -9 a
-Lambda timeout or OOM amounts to); in-process tests monkeypatch `point` to raise instead.
+Deployed code never arms it and never reads the environment for it. The local stack's worker arms it when
+`WORKER_CRASH_AT=<point>` is set (local/poller.py), so a worker process exits abruptly there (the kill -9 a
+Lambda timeout or OOM amounts to: no `finally` runs); in-process tests monkeypatch `point` instead.
 """
 
 from __future__ import annotations
 
 import os
 
+# In the batch loop of every job or chunk.
 POINTS = ("after_model_call", "after_result_writes", "after_checkpoint", "before_continuation_send")
+# While a large job is split: the plan is recorded, no chunk of it is made or sent yet.
+FANOUT_POINTS = ("after_plan",)
+_armed: str | None = None
+
+
+def arm(name: str | None) -> None:
+    """Exit the process with 137 the first time the worker passes `name` (None disarms)."""
+    global _armed
+    if name is not None and name not in POINTS + FANOUT_POINTS:
+        raise ValueError(f"unknown fault point {name!r}; one of {', '.join(POINTS + FANOUT_POINTS)}")
+    _armed = name
 
 
 def point(name: str) -> None:
-    if os.environ.get("WORKER_CRASH_AT") == name:
+    if _armed is not None and _armed == name:
         os._exit(137)

@@ -103,8 +103,11 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
                         {"chunk": int(chunk.chunk), "reaps": int(chunk.reap_count)})
             return ["failed"]
         outcomes.append("requeued" if _reap_chunk(job, chunk) else "skipped")
-    if parts and all(c.status == chunks.DONE for c in parts) and (job.heartbeat_at or "") < cutoff:
-        # Every chunk is done but no report came: the assembler died. Hand the job over again.
+    all_done = bool(parts) and all(c.status == chunks.DONE for c in parts)
+    # Every chunk is done but no report came (the assembler died), or the planner died after recording the plan
+    # and before making every chunk of it: hand the job over again; its next invocation goes on from the plan.
+    unmade = len(parts) < int(job.chunk_count)
+    if (all_done or unmade) and (job.heartbeat_at or "") < cutoff:
         if _mark_reaped(job, JobStatus.PROCESSING):
             enqueue(job.job_id, reason="reaped")
             outcomes.append("requeued")

@@ -40,7 +40,14 @@ def _csv_row(d: dict[str, Any], description: str) -> list[str]:
 
 def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
              written: Iterable[LineResult] | None = None) -> tuple[str, int]:
-    """Write the report for `job` to S3; returns (json key, lines needing review).
+    """Write the report for `job` to S3; returns (json key, lines needing review)."""
+    key, needs_review, _ = assemble_counted(job, version, tick, written)
+    return key, needs_review
+
+
+def assemble_counted(job: Job, version: int, tick: Callable[[], None] | None = None,
+                     written: Iterable[LineResult] | None = None) -> tuple[str, int, int]:
+    """Write the report for `job` to S3; returns (json key, lines needing review, lines in the report).
 
     `tick` is called every 2,000 lines, so a long assembly can show it is alive. `written` is every line
     result of the job in lineId order when the caller holds them (the worker, for a job it did whole in one
@@ -55,6 +62,7 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
         first = True
         source = written if written is not None else LineResult.query(job.job_id, consistent_read=True,
                                                                       page_size=500)
+        count = 0
         for count, r in enumerate(source, 1):
             if tick is not None and count % 2000 == 0:
                 tick()
@@ -85,7 +93,7 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
             doc.write(b"]}")
             _upload(s3, doc, f"{base}.json", "application/json")
             csv_sent.result()
-    return f"{base}.json", needs_review
+    return f"{base}.json", needs_review, count
 
 
 SINGLE_PUT_MAX_BYTES = 8 * 1024 * 1024  # s3transfer's own multipart threshold

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pynamodb.exceptions import DeleteError, PutError
 
 from chalicelib import clock
+from chalicelib.auth import tenant_scope
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
 from chalicelib.jobs.create import create_job
 from chalicelib.tables import Control, ReportConfig
@@ -28,7 +29,9 @@ def run_due(today: datetime | None = None) -> dict[str, int]:
         if {"type": "api", "mode": "async"} not in (report.delivery_targets or []):
             counts["skipped"] += 1
             continue
-        marker = Control(f"sched#{report.report_id}#{period}", job_id=None, expires_at=clock.expiry(days=40))
+        # Per tenant: report ids are unique within a tenant only, and two tenants' report-123 each get their job.
+        marker = Control(f"sched#{tenant_scope(report.tenant)}#{report.report_id}#{period}", job_id=None,
+                         expires_at=clock.expiry(days=40))
         try:
             # once_per_period: however often this runs (retries, two schedulers), one job per report and month.
             marker.save(condition=Control.pk.does_not_exist())

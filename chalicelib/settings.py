@@ -49,6 +49,8 @@ class Settings:
     log_level: str = "INFO"
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # JWKS mode only: the Cognito token kind accepted (`token_use`), "access" or "id" (chalicelib.auth).
+    jwt_token_use: str = "access"
     jobs_per_hour: int = 20
     retention_days: int = 30
     poll_interval_seconds: int = 2
@@ -110,6 +112,7 @@ class Settings:
             log_level=(env.get("POWERTOOLS_LOG_LEVEL") or env.get("LOG_LEVEL") or "INFO").upper(),
             jwt_issuer=env.get("JWT_ISSUER") or None,
             jwt_audience=env.get("JWT_AUDIENCE") or None,
+            jwt_token_use=(env.get("JWT_TOKEN_USE") or "access").strip().lower(),
             jobs_per_hour=_int("JOBS_PER_HOUR", 20),
             poll_interval_seconds=_int("POLL_INTERVAL_SECONDS", 2),
             openai_api_key=env.get("OPENAI_API_KEY") or None,

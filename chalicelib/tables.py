@@ -114,8 +114,11 @@ class ScheduleIndex(GlobalSecondaryIndex):
 
 
 class ReportConfig(_Model):
+    """A report id is unique within its tenant (the tenant key of chalicelib.auth), not across tenants."""
+
     Meta = _meta("reports")
-    report_id = UnicodeAttribute(hash_key=True, attr_name="reportId")
+    tenant = UnicodeAttribute(hash_key=True)
+    report_id = UnicodeAttribute(range_key=True, attr_name="reportId")
     owner_id = UnicodeAttribute(attr_name="ownerId")
     name = UnicodeAttribute()
     delivery_targets = JSONAttribute(attr_name="deliveryTargets")
@@ -161,6 +164,9 @@ class Job(_Model):
     Meta = _meta("jobs")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     owner_id = UnicodeAttribute(attr_name="ownerId")
+    # The tenant key (chalicelib.auth) the vendor cache is scoped by; None on a job from before tenants, whose
+    # owner key is a bare sub and so is its tenant key too.
+    tenant = UnicodeAttribute(null=True)
     report_id = UnicodeAttribute(attr_name="reportId")
     period = UnicodeAttribute()
     type = UnicodeAttribute(default="expense_report")
@@ -195,6 +201,12 @@ class Job(_Model):
     # Fan-out: how many chunks the job was split into (0: worked whole) and how many are done.
     chunk_count = NumberAttribute(default=0, attr_name="chunkCount")
     chunks_done = NumberAttribute(default=0, attr_name="chunksDone")
+    # The plan, recorded once before any chunk exists: chunk n is (bounds[n-1], bounds[n]] ("" for open ends).
+    chunk_bounds = ListAttribute(of=UnicodeAttribute, null=True, attr_name="chunkBounds")
+    # Wall-clock rate-limit accounting (runner.note_wait): the end of the latest wait counted, epoch seconds.
+    limited_until = NumberAttribute(null=True, attr_name="limitedUntil")
+    # Recheck after a retry (worker._recheck_flagged): the last flagged lineId asked again.
+    recheck_after = UnicodeAttribute(null=True, attr_name="recheckAfter")
     # Set by retry: flagged lines before the cursor are tried again once on resume.
     recheck_flagged = BooleanAttribute(default=False, attr_name="recheckFlagged")
     expires_at = TTLAttribute(attr_name="expiresAt")
@@ -256,10 +268,12 @@ class SeenDayIndex(GlobalSecondaryIndex):
 
 
 class VendorSeen(_Model):
-    """`seen#<taxonomy>#<vendor>`: a vendor met by a job, for the nightly cache warmer."""
+    """`seen#<cache key>`: a vendor met by one tenant's job, for the nightly cache warmer."""
 
     Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
+    # The tenant key whose cache the warmer fills; None on a note from before tenants (the warmer skips it).
+    tenant = UnicodeAttribute(null=True)
     seen_day = UnicodeAttribute(attr_name="seenDay")
     vendor = UnicodeAttribute()
     description = UnicodeAttribute(default="")
@@ -269,6 +283,8 @@ class VendorSeen(_Model):
 
 
 class VendorCacheEntry(_Model):
+    """One tenant's answer for a vendor under a taxonomy: `<tenant scope>#<taxonomy>#<vendor>` (categorize/cache.py)."""
+
     Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     vendor = UnicodeAttribute()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -22,20 +24,27 @@ from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
-from chalicelib.jobs.runner import Lease, Progress
-from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
+from chalicelib.jobs.runner import MAX_DELAY_SECONDS, Lease, Progress
+from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, event_item, transition
 from chalicelib.lines.store import count_lines, read_lines, whole_period
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job, LineResult
 
 log = logging.getLogger(__name__)
-# A failed record is reported, not raised: the rest of the batch is deleted either way.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+# While a batch waits on the model, the job is looked at this often for a cancel (see _CancelWatch).
+WATCH_SECONDS = 1.0
+
+
+def _processor() -> BatchProcessor:
+    """One per call: a processor collects its batch's failures, so a shared one (the local poller runs handlers
+    on several threads) would report one thread's failures in another's response."""
+    # A failed record is reported, not raised: the rest of the batch is deleted either way.
+    return BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def handle_batch(event: dict[str, Any], context: Any, settings: Settings | None = None) -> dict[str, Any]:
     """Lambda entry: one failed record goes back to the queue, never the whole batch."""
-    return process_partial_response(event=event, processor=processor, context=context,
+    return process_partial_response(event=event, processor=_processor(), context=context,
                                     record_handler=lambda record: handle_record(record, context, settings))
 
 
@@ -46,7 +55,7 @@ def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
     def one(record: SQSRecord) -> None:
         dead_letter(record.body, record.attributes.approximate_receive_count)
 
-    return process_partial_response(event=event, record_handler=one, processor=processor, context=context)
+    return process_partial_response(event=event, record_handler=one, processor=_processor(), context=context)
 
 
 def handle_record(record: SQSRecord, context: Any, settings: Settings | None = None) -> None:
@@ -149,10 +158,25 @@ class JobScope:
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)
 
-    def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
-        if delay:
-            runner.note_retries(self.run.job, self.run.lease, done or Progress(), resume_in=delay)
+    def hand_back(self, delay: int, retries: int) -> bool:
+        return runner.hand_back(self.run.job, self.run.lease, retries, resume_in=delay)
+
+    def send(self, delay: int, reason: str) -> None:
         enqueue(self.run.job.job_id, delay_seconds=delay, reason=reason)
+
+    def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
+        """Continue later: give the job (or chunk) up first, then send the message that takes it up again."""
+        if not self.hand_back(delay, (done or Progress()).retries):
+            return
+        # cancel_vs_hand_back: a cancel requested while we still held the lease was left to us (the API saw it
+        # live); complete it rather than send a message that may wait up to 15 minutes. One requested after the
+        # hand-back the API completes itself: it looks for a live lease again after it writes.
+        job = runner.load(self.run.job.job_id)
+        if job is not None and job.status == JobStatus.CANCELLATION_REQUESTED.value:
+            self.run.job = job
+            return _stop(job)
+        faults.point("before_continuation_send")
+        self.send(delay, reason)
 
     def complete(self) -> None:
         _finish(self.run)
@@ -177,14 +201,19 @@ class ChunkScope(JobScope):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return chunks.checkpoint(self.run.job, self.chunk, self.run.lease, cursor, done, eta)
 
-    def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
-        if delay:
-            chunks.hold(self.chunk, self.run.lease, delay)
+    def hand_back(self, delay: int, retries: int) -> bool:
+        if retries:
+            runner.count_retries(self.run.job.job_id, retries)
+        return chunks.hand_back(self.chunk, self.run.lease, delay)
+
+    def send(self, delay: int, reason: str) -> None:
         chunks.send(self.run.job.job_id, [int(self.chunk.chunk)], reason, delay)
 
     def complete(self) -> None:
-        if chunks.finish(self.run.job, self.chunk, self.run.lease):
-            _assemble_if_mine(self.run)
+        chunks.finish(self.run.job, self.chunk, self.run.lease)
+        # Whether or not this was the last chunk: a job whose chunks are all done is assembled (or, if a cancel
+        # came meanwhile, cancelled) now, never left for the reaper.
+        _assemble_if_due(self.run)
 
 
 def _start(job_id: str, context: Any, settings: Settings | None, claim: Any) -> Invocation | None:
@@ -218,20 +247,25 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
     if whole and len(whole) == int(run.job.total_lines) and not run.job.cursor and not int(run.job.processed_lines):
         # Every line the job had when it started: the job is those lines (its total was counted from them).
         run.ahead, run.ahead_after, run.ahead_whole = whole, "", True
+    # A retry that rechecks flagged lines first may take several invocations: the recheck's flag stands for
+    # the retry until then, so the chunks the retry must re-send are still re-sent (see _fan_out).
+    retried = reason == "retried" or bool(run.job.recheck_flagged)
     try:
-        if run.job.recheck_flagged:
-            _recheck_flagged(run)
+        if run.job.recheck_flagged and not _recheck_flagged(run):
+            return
         if int(run.job.chunk_count) or (int(run.job.total_lines) > run.settings.fanout_threshold_lines
                                         and not run.job.cursor):
-            _fan_out(run, reason)
+            _fan_out(run, "retried" if retried else reason)
         else:
             if not run.job.cursor and not int(run.job.processed_lines):
                 run.written = {}  # from the first line: this invocation may do the whole job
             _work(run, JobScope(run))
     finally:
         run.background.wait()  # first: it never raises, and the next holder of the lease may want its answers
-        if JobStatus(run.job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+        if JobStatus(run.job.status) not in TERMINAL:
             runner.release(run.job, run.lease)
+            if int(run.job.chunk_count):
+                _assemble_if_due(run)  # the last chunk may have finished while we held the lease
 
 
 def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None = None) -> None:
@@ -254,50 +288,52 @@ def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None 
 
 
 def _fan_out(run: Invocation, reason: str) -> None:
-    """Split the job into chunks (once), and send a message for each chunk that has work left."""
+    """Split the job into chunks by its one recorded plan, and send a message for each chunk that needs one.
+
+    The plan is recorded on the job before any chunk exists (chunks.record_plan), and chunks are only ever made
+    from it, so a second planner (a reaped or duplicate start, a retry) can never make overlapping chunks. The
+    job's lease is given up before the chunk messages go out: the last chunk's worker must be able to take it
+    to assemble the report.
+    """
     job = run.job
-    if not int(job.chunk_count):
-        ranges = chunks.plan(job.owner_id, job.period, run.settings.chunk_lines)
-        chunks.create(job, ranges)
-        todo = list(range(len(ranges))) if _record_plan(job, len(ranges)) else []
-    elif reason == "retried":
-        todo = chunks.reset_unfinished(job)
-    else:
-        todo = []
+    bounds = list(job.chunk_bounds or [])
+    planned_before = bool(int(job.chunk_count))
+    if not planned_before:
+        bounds = chunks.record_plan(job, chunks.plan(job.owner_id, job.period, run.settings.chunk_lines))
+        faults.point("after_plan")
+    todo = chunks.create(job, bounds) if bounds else []  # only what a planner that died before it left undone
+    if reason == "retried":
+        todo = sorted(set(todo) | set(chunks.reset_unfinished(job)))
+    elif planned_before:
+        # A planner whose send failed after it made the chunks: its message comes back, and the chunks that
+        # never started are sent again (a second message for a chunk is dropped by its lease).
+        todo = sorted(set(todo) | set(chunks.never_started(job.job_id)))
+    runner.release(job, run.lease)
     chunks.send(job.job_id, todo, reason="fan-out")
     job.refresh(consistent_read=True)
     if job.status == JobStatus.CANCELLATION_REQUESTED.value:
         return _stop(job)  # cancelled while being split: no chunk may be left to notice it
-    if not todo and int(job.chunks_done) >= int(job.chunk_count):
-        _finish(run)  # every chunk was done already: the assembler before us died (reaped) or we retry it
+    if not todo:
+        _assemble_if_due(run)  # every chunk was done already: the assembler before us died, or we retry it
 
 
-def _record_plan(job: Job, count: int) -> bool:
-    """Record the chunk count once; False if another planner got there first (it sends the messages)."""
-    # not_planned_yet: two planners (a slow one and the one the reaper sent) agree on one plan.
-    not_planned_yet = Job.chunk_count.does_not_exist() | (Job.chunk_count == 0)
-    try:
-        job.update(actions=[Job.chunk_count.set(count), Job.chunks_done.set(0),
-                            Job.heartbeat_at.set(clock.iso(clock.now())),
-                            Job.status_message.set(f"Categorizing {int(job.total_lines)} lines in "
-                                                   f"{count} parallel chunks")],
-                   condition=not_planned_yet & (Job.status == JobStatus.PROCESSING.value))
-        return True
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
+def _assemble_if_due(run: Invocation) -> None:
+    """A fanned-out job whose chunks are all done: whoever takes the job's lease assembles the report, once.
 
-
-def _assemble_if_mine(run: Invocation) -> None:
-    """The last chunk done: whoever takes the job's lease assembles the report, exactly once."""
+    Called by the chunk that finished last and by every job invocation after it gives the lease up, so the
+    report is made whichever of them held the lease when the last chunk finished.
+    """
     job = runner.load(run.job.job_id)
-    if job is not None and runner.take_lease(job, run.lease):
+    if job is None or not int(job.chunk_count) or int(job.chunks_done) < int(job.chunk_count):
+        return
+    if job.status == JobStatus.CANCELLATION_REQUESTED.value:
+        return _stop(job)
+    if job.status == JobStatus.PROCESSING.value and runner.take_lease(job, run.lease):
         run.job = job
         try:
             _finish(run)
         finally:
-            if JobStatus(job.status) not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+            if JobStatus(job.status) not in TERMINAL:
                 runner.release(job, run.lease)
 
 
@@ -311,8 +347,7 @@ def _work(run: Invocation, scope: JobScope) -> None:
             return None
         # At least one batch per invocation, so a short budget still makes progress.
         if run.done and time.monotonic() > run.deadline:
-            faults.point("before_continuation_send")
-            scope.requeue(0, "continuation")
+            scope.requeue(0, "continuation", _progress(run, {}))
             return None
         lines = _next_batch(run, scope)
         if not lines:
@@ -320,7 +355,8 @@ def _work(run: Invocation, scope: JobScope) -> None:
         # The previous batch's cache writes go out now, beside this batch (other chunks of the job want its
         # answers soon); the last batch's wait for the invocation's end, after the job is Completed.
         run.background.release()
-        answers = _categorize(run, scope, lines)
+        with _CancelWatch(job.job_id):
+            answers = _categorize(run, scope, lines)
         if answers is None:
             return None
         faults.point("after_model_call")
@@ -384,13 +420,18 @@ def _categorize(run: Invocation, scope: JobScope, lines: list) -> dict[str, Answ
         # Chunks run at once and share vendors: they claim a vendor before asking about it (claims.py).
         owner = run.lease.owner if isinstance(scope, ChunkScope) else None
         return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend, run.memo,
-                                   run.job.job_id, run.background, claim_owner=owner)
+                                   run.job.job_id, run.background, claim_owner=owner,
+                                   # A job from before tenants: its owner key, a bare sub, is its tenant key.
+                                   tenant=run.job.tenant or run.job.owner_id)
     except LongWait as wait:
-        delay = min(900, max(1, math.ceil(wait.seconds)))
-        spent = _progress(run, {})
+        delay = min(MAX_DELAY_SECONDS, max(1, math.ceil(wait.seconds)))
+        limited = run.loop.stats.rate_limited - run.seen[1]
+        spent = _progress(run, {}, waits_until=time.time() + wait.seconds)
         # QuotaBusy: the fleet's own limiter had no turn soon (the provider was not asked); the job is not
         # throttled by the provider, so this wait does not count against RATE_LIMIT_CEILING_SECONDS.
+        # One long wait is one event, with the 429s that led to it.
         detail = {"waitSeconds": round(wait.seconds, 3), "requeuedWithDelaySeconds": delay,
+                  **({"count": limited} if limited else {}),
                   **({"by": "shared limiter"} if isinstance(wait, QuotaBusy) else {})}
         event_item(run.job.job_id, "rate_limited", detail).save()
         scope.requeue(delay, "rate_limited", spent)
@@ -400,16 +441,23 @@ def _categorize(run: Invocation, scope: JobScope, lines: list) -> dict[str, Answ
         return None
 
 
-def _progress(run: Invocation, answers: dict[str, Answer]) -> Progress:
-    """Counts for this batch, with the retries spent since the previous batch."""
+def _progress(run: Invocation, answers: dict[str, Answer], waits_until: float | None = None) -> Progress:
+    """Counts for this batch, with the retries spent since the previous batch.
+
+    Rate-limited time goes to the job at once, in wall-clock (runner.note_wait): waits that ended now, or with
+    `waits_until`, one that the job is about to sit out in the queue. Inline waits get one event here; a long
+    wait gets its own (see _categorize).
+    """
     stats = run.loop.stats
     before = run.seen
     run.seen = (stats.retries, stats.rate_limited, stats.rate_limited_seconds)
     limited = stats.rate_limited - before[1]
-    if limited:
+    waited = stats.rate_limited_seconds - before[2]
+    if waited > 0:
+        runner.note_wait(run.job.job_id, waited, waits_until if waits_until is not None else time.time())
+    if limited and waits_until is None:
         event_item(run.job.job_id, "rate_limited", {"count": limited, "inline": True,
-                                                    "waitSeconds": round(stats.rate_limited_seconds - before[2], 3)
-                                                    }).save()
+                                                    "waitSeconds": round(waited, 3)}).save()
     values = answers.values()
     return Progress(lines=len(answers), failed=sum(a.needs_review for a in values),
                     cached=sum(a.source == "cache" for a in values), retries=stats.retries - before[0],
@@ -454,21 +502,93 @@ def _save_all(results: list[LineResult]) -> None:
             batch.save(result)
 
 
-def _recheck_flagged(run: Invocation) -> None:
-    """After a retry: lines flagged for review are asked again once; the rest stay done."""
+def _recheck_flagged(run: Invocation) -> bool:
+    """After a retry: lines flagged for review are asked again once; the rest stay done.
+
+    Bounded like the main loop: a batch at a time, each checkpointed (`recheckAfter`, the fixed lines off
+    `failedLines`) under the lease, a look for a cancel before each, and a continuation past the deadline.
+    True when the recheck is over and the job goes on; False when this invocation stopped (the job was handed
+    back, cancelled or failed).
+    """
     job = run.job
-    flagged = list(LineResult.query(job.job_id, filter_condition=LineResult.needs_review == True,  # noqa: E712
-                                    consistent_read=True))
-    fixed = 0
-    for start in range(0, len(flagged), run.settings.line_batch_size):
-        chunk = flagged[start:start + run.settings.line_batch_size]
-        answers = _categorize(run, JobScope(run), chunk)
+    while True:
+        if job.status == JobStatus.CANCELLATION_REQUESTED.value:
+            _stop(job)
+            return False
+        if job.status != JobStatus.PROCESSING.value or job.lease_owner != run.lease.owner:
+            return False
+        if run.done and time.monotonic() > run.deadline:
+            JobScope(run).requeue(0, "continuation", _progress(run, {}))
+            return False
+        after = job.recheck_after or ""
+        flagged = read_flagged(job.job_id, after, run.settings.line_batch_size)
+        # recheck_unchanged + lease_is_ours: a stale or duplicate worker never takes the same fixes off twice.
+        recheck_unchanged = (Job.recheck_after == after) if after else Job.recheck_after.does_not_exist()
+        lease_is_ours = Job.lease_owner == run.lease.owner
+        if not flagged:
+            job.update(actions=[Job.recheck_flagged.set(False), Job.recheck_after.remove()],
+                       condition=lease_is_ours & recheck_unchanged)
+            return True
+        with _CancelWatch(job.job_id):
+            answers = _categorize(run, JobScope(run), flagged)
         if answers is None:
-            return
-        _write_results(job, chunk, answers)
-        fixed += sum(not a.needs_review for a in answers.values())
-    job.update(actions=[Job.failed_lines.add(-fixed), Job.recheck_flagged.set(False)],
-               condition=Job.lease_owner == run.lease.owner)
+            return False
+        _write_results(job, flagged, answers)
+        fixed = sum(not a.needs_review for a in answers.values())
+        done = _progress(run, {})
+        run.done += len(flagged)
+        try:
+            job.update(actions=[Job.failed_lines.add(-fixed), Job.recheck_after.set(flagged[-1].line_id),
+                                Job.retry_count.add(done.retries), Job.heartbeat_at.set(clock.iso(clock.now())),
+                                Job.reap_count.set(0)],
+                       condition=lease_is_ours & recheck_unchanged & (Job.status == JobStatus.PROCESSING.value))
+        except UpdateError as err:
+            if err.cause_response_code != "ConditionalCheckFailedException":
+                raise
+        job.refresh(consistent_read=True)
+
+
+def read_flagged(job_id: str, after: str, n: int) -> list[LineResult]:
+    """Up to `n` of the job's lines flagged for review, after `after` in lineId order."""
+    condition = LineResult.line_id > after if after else None
+    query = LineResult.query(job_id, range_key_condition=condition,
+                             filter_condition=LineResult.needs_review == True,  # noqa: E712
+                             consistent_read=True, page_size=max(n, 100))
+    return list(islice(query, n))
+
+
+class _CancelWatch:
+    """While a batch waits on the model (its requests, an inline 429 wait, another chunk's vendor claim), look at
+    the job every WATCH_SECONDS and complete a requested cancel at once.
+
+    The batch's checkpoint is then refused (the job is no longer live), so its lines count nowhere, and the
+    cancel is final within seconds however long the batch still takes to come back.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"cancel-watch-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> _CancelWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=15)
+
+    def _watch(self) -> None:
+        while not self._done.wait(WATCH_SECONDS):
+            try:
+                job = runner.load(self.job_id)
+                if job is None or JobStatus(job.status) in TERMINAL:
+                    return
+                if job.status == JobStatus.CANCELLATION_REQUESTED.value:
+                    _stop(job)
+                    return
+            except Exception:  # a missed look is retried at the next tick; the batch must not fail for it
+                log.warning("could not look at the job for a cancel", exc_info=True, extra={"jobId": self.job_id})
 
 
 def _heartbeat(run: Invocation) -> None:
@@ -488,13 +608,23 @@ def _finish(run: Invocation) -> None:
     # from what it holds, not read back. Anything else (a resumed, chunked or retried job) reads the table.
     if run.written is not None and len(run.written) == int(job.processed_lines) == int(job.total_lines):
         written = [run.written[k] for k in sorted(run.written)]
-    key, needs_review = results.assemble(job, version, tick=lambda: _heartbeat(run), written=written)
+    with _CancelWatch(job.job_id):  # a large report takes a while: a cancel meanwhile is final at once
+        key, needs_review, reported = results.assemble_counted(job, version, tick=lambda: _heartbeat(run),
+                                                               written=written)
+    if reported != int(job.processed_lines):
+        # The report is the truth a user reads: counts that disagree with it would hide a lost or doubled line.
+        log.error("report and counts disagree", extra={"jobId": job.job_id, "reported": reported,
+                                                       "processed": int(job.processed_lines)})
+        runner.fail(job, f"The job counted {int(job.processed_lines)} lines but its report holds {reported}, so "
+                         "it was stopped rather than report wrong totals. Contact support with the job id.",
+                    {"reportedLines": reported, "processedLines": int(job.processed_lines)})
+        return
     try:
-        _complete(run, version, key, needs_review, int(job.processed_lines))
+        _complete(run, version, key, needs_review, reported)
     except TransitionRaced:
         job.refresh(consistent_read=True)
         if job.status == JobStatus.CANCELLATION_REQUESTED.value:
-            runner.cancel(job)
+            _stop(job)
 
 
 def _complete(run: Invocation, version: int, key: str, needs_review: int, processed: int,
@@ -542,13 +672,12 @@ def _complete_with_last_batch(run: Invocation, lines: list, answers: dict[str, A
     processed = int(job.processed_lines) + done.lines
     counted = [Job.cursor.set(lines[-1].line_id), Job.processed_lines.set(processed),
                Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
-               Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3)),
                Job.heartbeat_at.set(clock.iso(clock.now()))]
     try:
         _complete(run, version, key, needs_review, processed, counted, Job.cursor == job.cursor)
     except TransitionRaced:
         job.refresh(consistent_read=True)
-        run.seen = (before[0], run.seen[1], before[2])  # the usual checkpoint counts this batch's retries
+        run.seen = (before[0], *run.seen[1:])  # the usual checkpoint counts this batch's retries (the wait is noted)
         return False
     observability.lines_done(done.lines, done.failed)
     run.done += done.lines

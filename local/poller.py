@@ -14,7 +14,8 @@ deletes the whole batch on success. A deployment must add it; this poller assume
 
 Knobs (environment): WORKER_TIMEOUT_SECONDS (remaining time each invocation starts with; default 300, the
 template's WorkerTimeoutSeconds), WORKER_WAIT_SECONDS (long-poll wait, 0-5; default 5: it bounds how long a
-stop takes), WORKER_CONCURRENCY (pollers per SQS event source; default 1).
+stop takes), WORKER_CONCURRENCY (pollers per SQS event source; default 1), WORKER_CRASH_AT (a
+chalicelib.faults point where the process exits with 137, as a SIGKILL would: for the kill tests).
 """
 
 from __future__ import annotations
@@ -348,6 +349,16 @@ def queue_name(config: Any) -> str:
     return config.queue or str(config.queue_arn).rsplit(":", 1)[-1]
 
 
+def _arm_crash_point() -> None:
+    """WORKER_CRASH_AT=<point>: this worker process dies there (chalicelib.faults; a test-only seam, so the
+    deployed worker never reads the variable)."""
+    point = os.environ.get("WORKER_CRASH_AT", "").strip()
+    if point:
+        from chalicelib import faults
+
+        faults.arm(point)
+
+
 def build_pollers(app: Any, *, stop_event: threading.Event | None = None, queues: Iterable[str] | None = None,
                   concurrency: int | None = None, wait_time_seconds: int | None = None,
                   endpoint_url: str | None = None, region: str | None = None) -> list[SQSPoller]:
@@ -356,6 +367,7 @@ def build_pollers(app: Any, *, stop_event: threading.Event | None = None, queues
     `queues` limits them to those queue names. All share `stop_event`.
     """
     stop_event = stop_event or threading.Event()
+    _arm_crash_point()
     region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     wanted = set(queues) if queues is not None else None

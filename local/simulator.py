@@ -109,11 +109,16 @@ class SimConfig:
     pmalformed: float = _knob(0.0, float, "probability that the content is not valid JSON")
     pmissing: float = _knob(0.0, float, "probability that one item is left out of the answer")
     pbadcategory: float = _knob(0.0, float, "probability that one item gets a category outside the enum")
+    pbadrow: float = _knob(0.0, float, "probability that one item's row has an id or category that is not a string "
+                           "(a list, an object, a number or null)")
+    badrow_vendors: list[str] | None = _knob(None, _names, "vendors (comma list, any case) whose rows always come "
+                                             "back with an id or category that is not a string")
+    prefusal: float = _knob(0.0, float, "probability that the model refuses (message.refusal set, content null)")
     quota_exhausted: bool = _knob(False, _flag, "answer 429 insufficient_quota (no retry-after)")
     auth_error: bool = _knob(False, _flag, "answer 401 invalid_api_key")
 
     def __post_init__(self) -> None:
-        for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory"):
+        for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory", "pbadrow", "prefusal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability between 0 and 1")
         for name in ("rpm", "tpm"):
@@ -290,9 +295,20 @@ class AnswerFaults:
     malformed: bool = False
     missing: int | None = None  # index of the item left out
     badcategory: int | None = None  # index of the item given a category outside the enum
+    badrows: dict[int, int] = field(default_factory=dict)  # index of an item -> which BAD_ROWS spoils its row
+    refusal: bool = False
 
     def names(self) -> list[str]:
-        return [name for name, value in asdict(self).items() if value not in (False, None)]
+        return [name for name, value in asdict(self).items() if value not in (False, None, {})]
+
+
+# Rows a model's structured output should never hold, but a provider without strict decoding (or a proxy in front
+# of one) can return: an id or category that is not a string. A client must take each as a bad answer.
+BAD_ROWS: tuple[tuple[str, Any], ...] = (
+    ("id", ["list"]), ("category", ["list"]), ("id", {"object": 1}), ("category", {"object": 1}),
+    ("id", 7), ("category", 7), ("id", None), ("category", None),
+)
+REFUSAL = "I'm sorry, I can't help with that request."
 
 
 class Stats:
@@ -507,7 +523,7 @@ class Simulator:
             now, cfg = time.monotonic(), self._config
             early = self._is_early(now)
             reply = self._decide(cfg, req, now)
-            faults = self._draw_answer_faults(cfg, len(req.items)) if reply is None else AnswerFaults()
+            faults = self._draw_answer_faults(cfg, req.items) if reply is None else AnswerFaults()
             headers = {h: v for limiter in self._limiters for h, v in limiter.headers(now).items()}
             self._sequence += 1
             sequence = self._sequence
@@ -596,13 +612,22 @@ class Simulator:
         return error_reply(429, message, "requests", "rate_limit_exceeded", headers=retry_headers(wait),
                            fault=fault, rate_limited=True)
 
-    def _draw_answer_faults(self, cfg: SimConfig, count: int) -> AnswerFaults:
+    def _draw_answer_faults(self, cfg: SimConfig, items: list[dict[str, str]]) -> AnswerFaults:
+        count = len(items)
         faults = AnswerFaults(timeout=self._happens("ptimeout", cfg.ptimeout, cfg),
                               malformed=self._happens("pmalformed", cfg.pmalformed, cfg))
         if count and self._happens("pmissing", cfg.pmissing, cfg):
             faults.missing = self._rng("pmissing", cfg).randrange(count)
         if count and self._happens("pbadcategory", cfg.pbadcategory, cfg):
             faults.badcategory = self._rng("pbadcategory", cfg).randrange(count)
+        if count and self._happens("pbadrow", cfg.pbadrow, cfg):
+            rng = self._rng("pbadrow", cfg)
+            faults.badrows[rng.randrange(count)] = rng.randrange(len(BAD_ROWS))
+        marked = {v.lower() for v in cfg.badrow_vendors or []}
+        for index, item in enumerate(items):
+            if item["vendor"].lower() in marked:  # which shape: stable per vendor, so runs can be compared
+                faults.badrows[index] = hashlib.sha256(item["vendor"].lower().encode()).digest()[0] % len(BAD_ROWS)
+        faults.refusal = self._happens("prefusal", cfg.prefusal, cfg)
         return faults
 
     def _rng(self, fault: str, cfg: SimConfig) -> random.Random:
@@ -637,17 +662,23 @@ class Simulator:
             rows.append({"id": item["id"], "category": category, "confidence": confidence})
         if faults.badcategory is not None:
             rows[faults.badcategory]["category"] = _outside(req.taxonomy)
+        for index, shape in faults.badrows.items():
+            name, value = BAD_ROWS[shape]
+            rows[index][name] = value
         if faults.missing is not None:
             del rows[faults.missing]
-        content = json.dumps({"items": rows})
+        content: str | None = json.dumps({"items": rows})
         if faults.malformed:  # a cut-off JSON object is never valid JSON
             content = content[: len(content) // 2]
-        prompt, completion = len(json.dumps(req.messages)) // 4, max(1, len(content) // 4)
+        if faults.refusal:  # as the openai API answers a refusal: no content, the reason in `refusal`
+            content = None
+        prompt, completion = len(json.dumps(req.messages)) // 4, max(1, len(content or REFUSAL) // 4)
         return {
             "id": f"chatcmpl-sim{sequence:08d}", "object": "chat.completion", "created": int(time.time()),
             "model": req.model, "system_fingerprint": "fp_simulator", "service_tier": "default",
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+                         "message": {"role": "assistant", "content": content,
+                                     "refusal": REFUSAL if faults.refusal else None}}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                       "total_tokens": prompt + completion},
         }

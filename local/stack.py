@@ -17,6 +17,8 @@ WORKER_CONCURRENCY, <HANDLER>_INTERVAL_SECONDS...).
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import os
 import signal
@@ -234,12 +236,75 @@ class MotoServer(ManagedProcess):
 
 def chalice_local_argv(port: int, stage: str, host: str = "127.0.0.1") -> list[str]:
     """`chalice local` for this interpreter (no console script needed; chalice has no __main__)."""
-    # chalice local's HTTPServer keeps the stdlib's listen backlog of 5: a burst of concurrent clients
-    # (20 creates at once) would see connection resets, which API Gateway never gives. Raise it.
-    boot = ("import sys; from chalice import local; local.ThreadedHTTPServer.request_queue_size = 128; "
-            "from chalice.cli import main; sys.exit(main())")
+    # harden_chalice_local() runs in the child before chalice's CLI builds the server.
+    boot = "import sys; from local.stack import harden_chalice_local; harden_chalice_local(); " \
+           "from chalice.cli import main; sys.exit(main())"
     return [sys.executable, "-c", boot,
             "local", "--host", host, "--port", str(port), "--stage", stage, "--no-autoreload"]
+
+
+def harden_chalice_local() -> None:
+    """Make `chalice local`'s HTTP server answer as the deployed API does, for every request line.
+
+    - Its listen backlog stays at the stdlib's 5: a burst of concurrent clients (20 creates at once) would see
+      connection resets, which API Gateway never gives. Raised to 128.
+    - Its handler (http.server) has a method of its own for GET, PUT, POST, HEAD, DELETE, PATCH and OPTIONS only,
+      and answers any other (TRACE, CONNECT, QUERY, PROPFIND...) with a 501 HTML page before the app sees it.
+      Every method now goes to the app, whose router answers a method the route does not declare with 405 and
+      `Allow` (made problem+json by the app's middleware, after authentication).
+    - A path no route matches was a 403 whose body echoed the Authorization header; it is a 404 problem+json.
+    - A HEAD answer carried a body, which a keep-alive client reads as the start of its next answer.
+    """
+    from chalice import local as chalice_local
+
+    chalice_local.ThreadedHTTPServer.request_queue_size = 128
+    handler = chalice_local.ChaliceRequestHandler
+    if getattr(handler, "hardened", False):
+        return
+    generic = handler._generic_handle
+    send_with_body = handler._send_http_response_with_body
+
+    def handle(self: Any) -> None:
+        if not _route_exists(self.local_gateway, self.path):
+            self._parse_payload()  # read the body off the connection: it is kept alive for the next request
+            self._send_http_response(404, {"Content-Type": "application/problem+json"}, _NOT_FOUND)
+            return
+        generic(self)
+
+    def send_http_response_with_body(self: Any, code: int, headers: dict[str, Any], body: str | bytes) -> None:
+        if self.command != "HEAD":
+            send_with_body(self, code, headers, body)
+            return
+        raw = body if isinstance(body, bytes) else body.encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(raw)))
+        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+        self._send_headers(headers)  # and no body
+
+    def any_method(self: Any, name: str) -> Any:
+        # http.server looks up do_<METHOD> and answers 501 when there is none: every method is the app's.
+        if name.startswith("do_"):
+            return functools.partial(handle, self)
+        raise AttributeError(name)
+
+    for method in ("GET", "PUT", "POST", "HEAD", "DELETE", "PATCH", "OPTIONS"):
+        setattr(handler, f"do_{method}", handle)
+    handler.__getattr__ = any_method
+    handler._send_http_response_with_body = send_http_response_with_body
+    handler.hardened = True
+
+
+_NOT_FOUND = json.dumps({"type": "urn:reports:problem:404", "title": "Not found", "status": 404,
+                         "detail": "No resource of this API has this path."})
+
+
+def _route_exists(gateway: Any, path: str) -> bool:
+    """True if a route of the app matches `path` (the lookup chalice local's event converter makes)."""
+    try:
+        gateway.event_converter._route_matcher.match_route(path)
+    except Exception:  # ValueError for no match; a request target that is no path at all (CONNECT host:443)
+        return False
+    return True
 
 
 class ChaliceLocal(ManagedProcess):

@@ -7,7 +7,7 @@ process on a free port, points AWS_ENDPOINT_URL at it and deploys infra/template
 pytest-xdist every worker process gets its own server; the controller starts none. Tests isolate their state
 with fresh random user ids and report ids, never by resetting moto.
 
-Fixtures: aws_endpoint, settings, token_for, client, api_stack, worker.
+Fixtures: aws_endpoint, settings, token_for, client, api_stack, worker, sim, api.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class Token(str):
 
     sub: str
     roles: tuple[str, ...]
+    tenant: str | None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -116,13 +117,14 @@ def settings() -> Any:
 
 @pytest.fixture(scope="session")
 def token_for(settings: Any) -> Any:
-    """`token_for(sub=None, roles=())`: a valid bearer token; a fresh random user when `sub` is None."""
+    """`token_for(sub=None, roles=(), tenant=None)`: a valid bearer token; a fresh random user when `sub` is None,
+    a member of `tenant` (its `tenant` claim) when given, else a tenant of its own."""
     from chalicelib.auth import mint_token
 
-    def make(sub: str | None = None, roles: tuple[str, ...] | list[str] = ()) -> Token:
+    def make(sub: str | None = None, roles: tuple[str, ...] | list[str] = (), tenant: str | None = None) -> Token:
         user = sub or f"user-{uuid.uuid4()}"
-        token = Token(mint_token(settings, user, list(roles)))
-        token.sub, token.roles = user, tuple(roles)
+        token = Token(mint_token(settings, user, list(roles), tenant=tenant))
+        token.sub, token.roles, token.tenant = user, tuple(roles), tenant
         return token
 
     return make
@@ -199,3 +201,21 @@ def worker(settings: Any) -> Iterator[Any]:
         for poller in pollers:
             if not poller.stop(timeout=30.0):
                 pytest.fail(f"worker {poller.name} did not stop within 30 s")
+
+
+@pytest.fixture
+def sim() -> Iterator[Any]:
+    """The provider simulator (local/simulator.py) on a free port, answering at once; `sim.configure(...)`."""
+    from local.simulator import Simulator
+
+    simulator = Simulator(latency=0.0).start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def api(client: Any, token_for: Any) -> Any:
+    """A fresh user's side of the API through the in-process client (tests.integration.test_worker.Api)."""
+    from tests.integration.test_worker import Api
+
+    return Api(client, token_for())

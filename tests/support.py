@@ -128,3 +128,80 @@ def vendors(n: int, salt: str | None = None) -> list[str]:
         branch = "" if i < len(VENDOR_STEMS) else f" {chr(65 + i // len(VENDOR_STEMS))}{'x' * (i // 26)}"
         out.append(f"{stem.upper()}{branch}{' ' + salt if salt else ''} *{1000 + i}")
     return out
+
+
+class HandOff:
+    """While active, a message a handler sends without a delay is handed to the real handler on another thread
+    at once, before the send returns to its sender (which waits, up to `wait` seconds, for that delivery to end).
+
+    This is the interleaving a busy queue produces: a receiver that starts while the sender is still in its
+    invocation (holding whatever it has not given up yet). A message whose delivery fails is then really sent,
+    so the queue keeps it as SQS would; delayed messages are always really sent.
+    """
+
+    def __init__(self, settings: Settings | None = None, ctx_factory: Callable[[], Ctx] = Ctx,
+                 wait: float = 30.0) -> None:
+        self.settings, self.ctx_factory, self.wait = settings, ctx_factory, wait
+        self.handed = 0
+        self._sqs: Any = None
+        self._real: dict[str, Any] = {}
+
+    def __enter__(self) -> HandOff:
+        self._sqs = deps.client("sqs")
+        self._real = {"send_message": self._sqs.send_message, "send_message_batch": self._sqs.send_message_batch}
+        self._sqs.send_message = self._send_message
+        self._sqs.send_message_batch = self._send_message_batch
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sqs.send_message = self._real["send_message"]
+        self._sqs.send_message_batch = self._real["send_message_batch"]
+
+    def _deliver_now(self, bodies: list[str], url: str) -> None:
+        import threading
+
+        from chalicelib import worker
+
+        def run(body: str) -> None:
+            message = {"MessageId": str(uuid.uuid4()), "ReceiptHandle": "handed-over", "Body": body}
+            try:
+                out = worker.handle_batch(lambda_event([message]), self.ctx_factory(), self.settings)
+                failed = bool(out["batchItemFailures"])
+            except Exception:  # noqa: BLE001 - a crashed delivery leaves the message on the queue
+                failed = True
+            if failed:
+                self._real["send_message"](QueueUrl=url, MessageBody=body)
+
+        threads = [threading.Thread(target=run, args=(body,), name="handed-over") for body in bodies]
+        self.handed += len(threads)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.wait)
+
+    def _send_message(self, **kwargs: Any) -> dict[str, Any]:
+        if int(kwargs.get("DelaySeconds", 0) or 0) > 0:
+            return self._real["send_message"](**kwargs)
+        self._deliver_now([kwargs["MessageBody"]], kwargs["QueueUrl"])
+        return {"MessageId": str(uuid.uuid4())}
+
+    def _send_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        now = [e for e in kwargs["Entries"] if not int(e.get("DelaySeconds", 0) or 0)]
+        later = [e for e in kwargs["Entries"] if int(e.get("DelaySeconds", 0) or 0)]
+        if later:
+            self._real["send_message_batch"](QueueUrl=kwargs["QueueUrl"], Entries=later)
+        self._deliver_now([e["MessageBody"] for e in now], kwargs["QueueUrl"])
+        return {"Successful": [{"Id": e["Id"], "MessageId": str(uuid.uuid4())} for e in kwargs["Entries"]],
+                "Failed": []}
+
+
+def deliver_until(job_ids: set[str], done: Callable[[], bool], settings: Settings | None = None,
+                  timeout: float = 60.0) -> None:
+    """Deliver the jobs' messages as they become visible (delayed ones included) until `done()`."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s delivering messages of {sorted(job_ids)}")
+        messages = receive(job_ids, wait=1)
+        if messages:
+            deliver(messages, Ctx(), settings)

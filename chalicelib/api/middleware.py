@@ -12,6 +12,7 @@ from chalicelib import observability
 from chalicelib.api import http, problems
 from chalicelib.auth import principal_from_header
 from chalicelib.errors import AppError, Unauthorized
+from chalicelib.lines.validation import check_line_id_key
 from chalicelib.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,22 @@ def _guard(request: Request, get_response: Callable[[Request], Response]) -> Res
         except AppError as err:  # e.g. the signing secret could not be read (503)
             return _with_cors(problems.from_error(err))
         observability.bind(userId=request.principal.user_id)
+        try:
+            _check_path_keys(request)
+        except AppError as err:
+            return _with_cors(problems.from_error(err))
     return _with_cors(problems.normalize(get_response(request)))
+
+
+def _check_path_keys(request: Request) -> None:
+    """Path parameters that become DynamoDB keys fit DynamoDB's key limits, or the request is a 400.
+
+    jobId and reportId are matched against their own formats by their services (an id of another shape is
+    simply not found); a lineId may be any stored line's id, so only its size as a sort key is checked here.
+    """
+    params = getattr(request, "uri_params", None) or {}
+    if "lineId" in params:
+        check_line_id_key(params["lineId"], field="lineId")
 
 
 def _with_cors(response: Response) -> Response:

@@ -50,6 +50,9 @@ def normalize(response: Response) -> Response:
     status = response.status_code
     if status >= 500:
         detail = "The service hit an unexpected error; the request was not completed. Try again."
+    elif status == 405:
+        # Chalice's message names the method, which is the client's text: say it in our own words.
+        detail = "This path does not take this method; the Allow header lists the methods it takes."
     else:
         detail = str(body.get("Message") or _TITLES.get(status, "The request was not accepted."))
     return problem(status, detail, headers=headers)

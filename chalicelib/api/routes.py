@@ -12,7 +12,7 @@ from botocore.exceptions import ConnectionError as EndpointUnreachable
 from chalice import Response
 
 from chalicelib.api import problems
-from chalicelib.errors import AppError, ServiceUnavailable
+from chalicelib.errors import AppError, ServiceUnavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
 # What a data store answers when it is overloaded or down, as opposed to a request it refuses.
@@ -31,6 +31,13 @@ def handled(view: Callable[..., Any]) -> Callable[..., Any]:
         except AppError as err:
             return problems.from_error(err)
         except Exception as err:
+            if store_refused(err):
+                # A value the edge let through that DynamoDB will not take (a key past its size limit, an item
+                # over 400 KB): the request is at fault, so a 400, and nothing was written by the refused call.
+                log.warning("a data store refused a request value", extra={"error": _code(err)})
+                return problems.from_error(ValidationFailed(
+                    "A value in this request is one the data store does not accept (empty, or too long); "
+                    "the request was not carried out."))
             if not store_unavailable(err):
                 raise
             # A timeout or an outage of DynamoDB/SQS/S3 is a 503 the client may retry, not a 500 bug report.
@@ -39,6 +46,30 @@ def handled(view: Callable[..., Any]) -> Callable[..., Any]:
                                                           "try again shortly."))
 
     return run
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and what caused it: PynamoDB wraps the botocore error (as its cause, and in `.cause`)."""
+    out: list[BaseException] = []
+    seen: BaseException | None = err
+    while seen is not None and len(out) < 8 and seen not in out:
+        out.append(seen)
+        wrapped = getattr(seen, "cause", None)
+        seen = seen.__cause__ or (wrapped if isinstance(wrapped, BaseException) else None) or seen.__context__
+    return out
+
+
+def _code(err: BaseException) -> str:
+    for seen in _chain(err):
+        if isinstance(seen, ClientError):
+            return str(seen.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def store_refused(err: BaseException) -> bool:
+    """True if a data store refused a value of the request (DynamoDB's ValidationException)."""
+    return any(isinstance(seen, ClientError) and seen.response.get("Error", {}).get("Code") == "ValidationException"
+               for seen in _chain(err))
 
 
 def store_unavailable(err: BaseException) -> bool:

@@ -25,7 +25,8 @@ POLL_SECONDS = 0.25
 
 
 def _key(job_id: str, categories: list[str], vendor: str) -> str:
-    return f"claim#{job_id}#{cache.key(categories, vendor)}"
+    # A claim is one job's (jobs are never shared between tenants), so it needs no tenant in its key.
+    return f"claim#{job_id}#{cache.taxonomy_id(categories)}#{vendor}"
 
 
 def take(job_id: str, categories: list[str], vendors: list[str], owner: str,
@@ -90,14 +91,14 @@ def _free(job_id: str, categories: list[str], vendors: list[str], owner: str) ->
 
 
 def wait_for(job_id: str, categories: list[str], vendors: list[str], model: str, owner: str, hold_seconds: float,
-             ask: Callable[[list[str]], dict], deadline: float) -> dict:
+             ask: Callable[[list[str]], dict], deadline: float, *, tenant: str) -> dict:
     """Answers for `vendors` that other chunks claimed: read from the cache as they land; a claim given back
     or lapsed is taken over and asked about with `ask`. Past `deadline` (this invocation's budget), whatever
     is still missing is asked about directly. Each poll is reads only, unless a claim came free."""
     found: dict = {}
     waiting = list(vendors)
     while waiting:
-        found.update(cache.lookup(categories, waiting, model, job_id))
+        found.update(cache.lookup(categories, waiting, model, job_id, tenant=tenant))
         waiting = [v for v in waiting if v not in found]
         if not waiting:
             break

@@ -4,7 +4,9 @@ Two buckets in one item (requests and tokens per minute) refill continuously. Th
 capacity is one second of the limit, so requests leave evenly paced, as providers
 enforce a minute's limit over short windows too. The provider's
 x-ratelimit-remaining-* headers can only lower the levels (another client may share
-the key). Each acquire is one consistent read and one write conditioned on the version
+the key), and so can a 429 that any worker meets (`hold`): the fleet waits out the
+provider's window together instead of each worker finding it with a 429 of its own.
+Each acquire is one consistent read and one write conditioned on the version
 it read.
 
 An acquire reserves: it takes its tokens at once, the level may go below zero, and the
@@ -18,6 +20,7 @@ quota while other work (lines the vendor cache answers) waits for a worker.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -29,6 +32,14 @@ from chalicelib.categorize.errors import QuotaBusy
 from chalicelib.tables import Control
 
 KEY = "limiter#model-provider"
+# A hold is advice to the fleet, written from a request's error path: a few tries against other workers' writes,
+# then the 429 goes on without it (each worker still waits out the 429s it meets itself).
+HOLD_ATTEMPTS = 10
+# The longest hold: the longest delay a worker re-enqueues its work with (SQS's 900 s). A bogus hint (a day, a
+# year) must not freeze every worker of every tenant; a window really that long is found again by the next 429.
+HOLD_MAX_SECONDS = 900.0
+
+log = logging.getLogger(__name__)
 
 
 def key_for(base_url: str | None, api_key: str) -> str:
@@ -83,6 +94,32 @@ class SharedLimiter:
                 return wait
             self.sleep(random.uniform(0.001, 0.01))  # another worker reserved first: look again
 
+    def hold(self, seconds: float, tokens: int = 0) -> None:
+        """A 429 said the provider takes nothing for `seconds`: make the whole fleet wait it out.
+
+        The levels are lowered (never raised) so that the refused request (one request of `tokens` tokens) would
+        get its turn `seconds` from now: every worker's next acquire waits until then at the earliest, and the
+        turns after it follow at the limit's pace from there, not as a burst when the window reopens. Turns
+        already handed out stay handed out (their holders are asleep); they can only meet the 429 themselves.
+        """
+        if (not self.rpm and not self.tpm) or not seconds > 0:  # "not >": a NaN holds nobody
+            return
+        seconds = min(seconds, HOLD_MAX_SECONDS)
+        for _ in range(HOLD_ATTEMPTS):
+            item = _read(self.key)
+            now = self.clock()
+            req, tok = self._levels(item, now, tokens)
+            new_r = min(req, 1 - seconds * self.rpm / 60.0) if self.rpm else req
+            new_t = min(tok, tokens - seconds * self.tpm / 60.0) if self.tpm else tok
+            if (new_r, new_t) == (req, tok):
+                return  # the bucket already holds every worker at least that long
+            # The write is conditioned on the version read (_write): a hold computed from levels that another
+            # worker has since lowered by reserving a turn would raise them back and give that turn away twice.
+            if _write(self.key, item, new_r, new_t, now):
+                return
+            self.sleep(random.uniform(0.001, 0.01))  # another worker wrote first: read again
+        log.warning("could not record a %.1f s hold on %s after %d attempts", seconds, self.key, HOLD_ATTEMPTS)
+
     def observe(self, remaining_requests: float | None, remaining_tokens: float | None) -> None:
         """Lower the levels to what the provider says is left (never raises them)."""
         if remaining_requests is None and remaining_tokens is None:
@@ -106,7 +143,8 @@ def _read(key: str) -> Control | None:
 
 def _write(key: str, item: Control | None, requests: float, tokens: float, now: float) -> bool:
     version = int(item.version) if item else 0
-    # version_unchanged: two workers that read the same levels cannot both spend them.
+    # version_unchanged: two workers that read the same levels cannot both spend them, and a hold or an observe
+    # computed from levels read before another worker's reservation cannot write over that reservation.
     unchanged = (Control.version == version) if item else Control.pk.does_not_exist()
     try:
         Control(key, version=version + 1, level_requests=round(requests, 4), level_tokens=round(tokens, 2),

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from chalicelib import observability
@@ -112,8 +113,11 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
 
 
 def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
-              job_id: str | None = None, background: Background | None = None) -> list[Answer]:
-    """The model's answers for `items`, written through to the cache (see cache.remember for `job_id`)."""
+              job_id: str | None = None, background: Background | None = None, *, tenant: str) -> list[Answer]:
+    """The model's answers for `items`, written through to `tenant`'s cache (see cache.remember for `job_id`).
+
+    `items` are one tenant's: the caller never mixes two tenants' vendors in one request.
+    """
     chunks = [items[i:i + backend.batch_size] for i in range(0, len(items), backend.batch_size)]
     answers: list[Answer] = []
     waits: list[LongWait] = []
@@ -130,7 +134,7 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
                 answers += err.answered
             except JobFatal as err:
                 fatal.append(err)
-    _run(background, _remember, answers, items, categories, backend.model, job_id)
+    _run(background, _remember, answers, items, categories, backend.model, job_id, tenant)
     if fatal:
         raise fatal[0]
     if waits:
@@ -141,17 +145,21 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
 
 
 def _remember(answers: list[Answer], items: list[Item], categories: list[str], model: str,
-              job_id: str | None) -> None:
+              job_id: str | None, tenant: str) -> None:
     by_id = {i.id: i for i in items}
     cache.remember_many(categories, [(normalize_vendor(by_id[a.id].vendor), a.category, a.confidence)
-                                     for a in answers if a.category and not a.needs_review], model, job_id)
+                                     for a in answers if a.category and not a.needs_review], model, job_id,
+                        tenant=tenant)
 
 
 def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
                backend: ModelBackend | None, memo: dict[str, Answer] | None = None,
                job_id: str | None = None, background: Background | None = None,
-               claim_owner: str | None = None) -> dict[str, Answer]:
+               claim_owner: str | None = None, *, tenant: str) -> dict[str, Answer]:
     """Answers by line id. `backend` None means the offline rules categorizer.
+
+    `tenant` (the job's tenant key) scopes every cache read and write and the seen-vendor notes: an answer
+    with `source: "cache"` is always one this tenant's own jobs or people gave.
 
     `memo` holds this invocation's answers by normalized vendor, so a vendor met again in a
     later batch (even one answered with too little confidence to cache) is not asked again; `job_id` does the
@@ -166,10 +174,10 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     model = backend.model if backend else settings.openai_model
     new = [v for v in groups if v not in memo]
     if new:
-        _run(background, seen.record_seen, categories,
+        _run(background, partial(seen.record_seen, tenant=tenant), categories,
              {v: (groups[v][0].vendor, groups[v][0].description) for v in new})
     known = {v: memo[v] for v in groups if v in memo}
-    known.update(cache.lookup(categories, new, model, job_id) if new else {})
+    known.update(cache.lookup(categories, new, model, job_id, tenant=tenant) if new else {})
     misses = [v for v in groups if v not in known]
     observability.cache_lookups(hits=len(known), misses=len(misses))
 
@@ -180,14 +188,15 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
         if backend is None:
             fresh = rules.categorize(items, categories)
         else:
-            fresh = ask_model(backend, items, categories, job_id, background)
+            fresh = ask_model(backend, items, categories, job_id, background, tenant=tenant)
         by_item = {a.id: a for a in fresh}
         return {vendor: by_item[item.id] for item, vendor in zip(items, vendors, strict=True)}
 
     if backend is None or not claim_owner or not job_id or not misses:
         known.update(ask(misses))
     else:
-        known.update(_single_flight(ask, misses, categories, settings, backend, job_id, claim_owner, background))
+        known.update(_single_flight(ask, misses, categories, settings, backend, job_id, claim_owner, background,
+                                    tenant))
     memo.update({v: a for v, a in known.items() if not a.needs_review})
     return {line.line_id: known[vendor] for vendor, members in groups.items() for line in members}
 
@@ -202,7 +211,7 @@ def _give_back(job_id: str, categories: list[str], vendors: list[str]) -> None:
 
 def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[str], categories: list[str],
                    settings: Settings, backend: ModelBackend, job_id: str, owner: str,
-                   background: Background | None) -> dict[str, Answer]:
+                   background: Background | None, tenant: str) -> dict[str, Answer]:
     """Ask about the vendors this chunk claims; wait for the answers other chunks of the job are getting."""
     hold = settings.limiter_wait_max_seconds + settings.openai_timeout_seconds + 5.0
 
@@ -228,5 +237,5 @@ def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[s
     known = ask_claimed(mine) if mine else {}
     if theirs:
         known.update(claims.wait_for(job_id, categories, theirs, backend.model, owner, hold, ask_claimed,
-                                     backend.loop.deadline))
+                                     backend.loop.deadline, tenant=tenant))
     return known

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -10,7 +12,10 @@ import openai
 
 from chalicelib import observability
 from chalicelib.categorize.errors import ProviderError
+from chalicelib.categorize.retry import RATE_LIMIT_FLOOR_SECONDS, RATE_LIMITED
 from chalicelib.categorize.types import Answer, Item
+
+log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You categorize business expense lines. For every item in the user's JSON array, answer one object "
@@ -48,11 +53,15 @@ def _wait_hint(headers: Any) -> float | None:
     return max(known) if known else None
 
 
-def _number(text: str, scale: float) -> float | None:
+def _number(text: str | None, scale: float) -> float | None:
+    """A non-negative number of seconds; None for text that is none (nan and inf are no wait to act on)."""
+    if text is None:
+        return None
     try:
-        return max(0.0, float(text) * scale)
+        value = float(text) * scale
     except (TypeError, ValueError):
         return None
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 def _duration(text: str | None) -> float | None:
@@ -70,11 +79,18 @@ def _duration(text: str | None) -> float | None:
             scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}.get(unit)
             if scale is None or not number:
                 return None
-            total += float(number) * scale
+            try:
+                total += float(number) * scale
+            except ValueError:  # "1.2.3s"
+                return None
             number = ""
             i += len(unit) - 1
         i += 1
-    return total if not number else total + float(number)
+    try:
+        total += float(number) if number else 0.0
+    except ValueError:
+        return None
+    return total if math.isfinite(total) else None
 
 
 def classify(err: Exception) -> ProviderError:
@@ -122,6 +138,20 @@ def _remaining(headers: Any, name: str) -> float | None:
     return _number(headers.get(f"x-ratelimit-remaining-{name}"), 1.0) if headers is not None else None
 
 
+def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
+    """Tell the fleet's limiter about a 429, so every worker's next request waits out the provider's window.
+
+    No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS). The hold is advice to the others: a failure to
+    record it is logged, never raised in place of the 429 it is about.
+    """
+    seconds = max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS)
+    try:
+        limiter.hold(seconds, tokens)
+    except Exception:
+        log.warning("could not record a 429 at the shared limiter; other workers find out on their own",
+                    exc_info=True)
+
+
 def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None) -> list[Answer]:
     """One request; returns the answers that are valid (missing or invalid ones are left out)."""
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
@@ -129,8 +159,9 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
                 {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
                 {"role": "user", "content": json.dumps(payload)}]
     budget = completion_budget(items, categories)
+    tokens = estimate_tokens(messages, budget)
     if limiter is not None:
-        limiter.acquire(estimate_tokens(messages, budget))
+        limiter.acquire(tokens)
     try:
         raw = api.chat.completions.with_raw_response.create(
             model=model, temperature=0, messages=messages, max_completion_tokens=budget,
@@ -140,28 +171,73 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
         completion = raw.parse()
     except openai.OpenAIError as err:
         observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
-        raise classify(err) from err
+        error = classify(err)
+        if limiter is not None and error.name == RATE_LIMITED:
+            _hold_fleet(limiter, error.retry_after, tokens)
+        raise error from err
+    except (ValueError, TypeError):
+        # A 200 whose body is not JSON (a gateway's page): the SDK raises JSONDecodeError, not an OpenAIError.
+        # It answers nothing: a bad answer for every item, asked again once and then flagged.
+        observability.model_request()
+        return []
     observability.model_request()
     if limiter is not None:
         limiter.observe(_remaining(raw.headers, "requests"), _remaining(raw.headers, "tokens"))
-    return parse_answer(completion.choices[0].message.content if completion.choices else None, items, categories)
+    return parse_answer(message_content(completion), items, categories)
 
 
-def parse_answer(content: str | None, items: list[Item], categories: list[str]) -> list[Answer]:
+def message_content(completion: Any) -> str | None:
+    """The answer's text, or None when there is no usable one: no choice, no message, or a refusal.
+
+    `raw.parse()` builds the completion without validating it, so any field may be missing or of another type.
+    A refusal (the openai SDK's `message.refusal`) means the model declined the request: whatever content came
+    with it is not an answer, so every item of the request is a bad answer (asked again once, then flagged).
+    """
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    message = getattr(choices[0], "message", None)
+    if message is None or getattr(message, "refusal", None):
+        return None
+    content = getattr(message, "content", None)
+    return content if isinstance(content, str) else None
+
+
+def parse_answer(content: Any, items: list[Item], categories: list[str]) -> list[Answer]:
+    """The valid answers in `content`; never raises.
+
+    The answer is data from outside: anything that is not the schema is a bad answer for the items it touches,
+    which are left out (pipeline._ask_chunk asks again once for them, then flags them). A row is valid when it is
+    an object whose `id` is a string this request asked about, whose `category` is a string of the taxonomy and
+    whose `confidence` is a finite number (kept within 0..1). An id answered more than once is a bad answer even
+    when the rows agree: the prompt asks for each id once, so a repeat is not an answer to trust.
+    """
+    if not isinstance(content, str):
+        return []
     try:
-        data = json.loads(content or "")
-        rows = data["items"] if isinstance(data, dict) else None
-    except (ValueError, KeyError, TypeError):
-        rows = None
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes
+        return []
+    rows = data.get("items") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         return []
-    wanted, allowed, out = {i.id for i in items}, set(categories), {}
+    wanted, allowed = {i.id for i in items}, set(categories)
+    out: dict[str, Answer] = {}
+    spoiled: set[str] = set()  # ids with a bad row or more than one row: no answer for them
     for row in rows:
-        if not isinstance(row, dict) or row.get("id") not in wanted or row.get("category") not in allowed:
+        if not isinstance(row, dict):
             continue
-        confidence = row.get("confidence")
-        if not isinstance(confidence, (int, float)) or isinstance(confidence, bool):
+        item_id = row.get("id")
+        if not isinstance(item_id, str) or item_id not in wanted:
+            continue  # a row that names no item of this request answers none
+        if item_id in out or item_id in spoiled:
+            spoiled.add(item_id)
             continue
-        out[row["id"]] = Answer(row["id"], row["category"], round(min(1.0, max(0.0, float(confidence))), 3),
-                                "model", False)
-    return list(out.values())
+        category, confidence = row.get("category"), row.get("confidence")
+        if (not isinstance(category, str) or category not in allowed
+                or not isinstance(confidence, (int, float)) or isinstance(confidence, bool)
+                or not math.isfinite(confidence)):
+            spoiled.add(item_id)  # its row is bad: a later row for it is a repeat, not an answer
+            continue
+        out[item_id] = Answer(item_id, category, round(min(1.0, max(0.0, float(confidence))), 3), "model", False)
+    return [answer for item_id, answer in out.items() if item_id not in spoiled]

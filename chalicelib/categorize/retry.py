@@ -1,9 +1,14 @@
 """Retry policy as data, with the fields of an Amazon States Language retrier, and its one loop.
 
 The openai client is built with max_retries=0: this loop owns every retry. A 429 waits
-what the provider says (never less) and never uses up the attempts kept for real
-failures; a wait too long to sit through inside a Lambda becomes a `LongWait`, which the
-worker turns into a checkpoint plus an SQS message delayed by that wait.
+what the provider says (never less), but never less than the backoff for that attempt nor
+RATE_LIMIT_FLOOR_SECONDS either (a `Retry-After: 0` must not spin), and never uses up the
+attempts kept for real failures; a wait too long to sit through inside a Lambda, or one
+that would end past the invocation's deadline, becomes a `LongWait`, which the worker
+turns into a checkpoint plus an SQS message delayed by that wait.
+
+Time spent rate-limited is counted as wall-clock time: the union of the waits of every
+request of the invocation, so four requests waiting out one 30 s window count 30 s.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from chalicelib.categorize.errors import LongWait, ProviderError, RateLimitCeili
 
 T = TypeVar("T")
 RATE_LIMITED = "Provider.RateLimited"
+# The shortest wait after any 429, whatever the provider hints (0, negative, "0s" or none): a retry at once
+# would spin (a 429 answered in microseconds, then asked again) and count no time toward the ceiling.
+RATE_LIMIT_FLOOR_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -79,12 +87,22 @@ class Gate:
         with self._lock:
             self._not_before = max(self._not_before, moment)
 
-    def wait(self) -> float:
+    def wait(self, deadline: float | None = None, longest: float | None = None) -> float:
+        """Sleep until the shared 'not before' time; returns the seconds slept.
+
+        A wait that would end past `deadline` (the invocation's, on this clock) or last longer than `longest` is
+        not slept: LongWait, which the worker turns into a checkpoint and a delayed message. A sibling's wait is
+        sat through only when it fits, or Lambda kills the invocation mid-batch.
+        """
         with self._lock:
-            pause = self._not_before - self.clock()
-        if pause > 0:
-            self.sleep(pause)
-        return max(0.0, pause)
+            now = self.clock()
+            pause = self._not_before - now
+        if pause <= 0:
+            return 0.0
+        if (deadline is not None and now + pause > deadline) or (longest is not None and pause > longest):
+            raise LongWait(pause)
+        self.sleep(pause)
+        return pause
 
 
 @dataclass
@@ -107,12 +125,13 @@ class RetryLoop:
         self.rng = rng or random.Random()
         self.stats = RetryStats()
         self._lock = threading.Lock()
+        self._counted_until: float | None = None  # end of the rate-limited time counted so far (gate clock)
 
     def run(self, call: Callable[[], T]) -> T:
         attempts: dict[int, int] = {}
         limited = 0
         while True:
-            self.gate.wait()
+            self.gate.wait(self.deadline, self.inline_wait_max)
             try:
                 return call()
             except ProviderError as err:
@@ -122,8 +141,7 @@ class RetryLoop:
                     raise
                 if err.name == RATE_LIMITED:
                     limited += 1
-                    wait = err.retry_after if err.retry_after is not None else retrier.delay(limited, self.rng)
-                    self._rate_limited(wait)
+                    self._rate_limited(rate_limit_wait(err.retry_after, retrier.delay(limited, self.rng)))
                     continue
                 attempts[index] = attempts.get(index, 0) + 1
                 if attempts[index] > retrier.max_attempts:
@@ -137,14 +155,27 @@ class RetryLoop:
 
     def _rate_limited(self, wait: float) -> None:
         with self._lock:
+            now = self.gate.clock()
+            resume_at = now + wait
+            # Wall-clock time: only the part of this wait past what is already counted adds time. Every wait
+            # starts now, at or after the start of each counted one, so the union of the waits is one interval
+            # per gap and "past the furthest counted end" is exactly the new part of the union.
+            counted = self._counted_until if self._counted_until is not None else now
+            self.stats.rate_limited_seconds += max(0.0, resume_at - max(now, counted))
+            self._counted_until = max(counted, resume_at)
             self.stats.rate_limited += 1
             self.stats.retries += 1
-            self.stats.rate_limited_seconds += wait
             total = self.already_limited + self.stats.rate_limited_seconds
         if total > self.ceiling_seconds:
             raise RateLimitCeiling(total)
-        resume_at = self.gate.clock() + wait
         # Everybody in this process waits: the provider's window is shared.
         self.gate.hold_until(resume_at)
         if wait > self.inline_wait_max or resume_at > self.deadline:
             raise LongWait(wait)
+
+
+def rate_limit_wait(hint: float | None, backoff: float) -> float:
+    """How long a 429 waits: the provider's hint when it gives one (its headers win over computed backoff: it
+    knows when its window reopens), else the attempt's backoff; never less than RATE_LIMIT_FLOOR_SECONDS, so a
+    hint of 0 (or a reset already past) cannot make the loop spin."""
+    return max(hint if hint is not None else backoff, RATE_LIMIT_FLOOR_SECONDS)

@@ -1,4 +1,8 @@
-"""Nightly cache warming: vendors seen in the last 30 days that the cache lacks or is about to lose."""
+"""Nightly cache warming: vendors seen in the last 30 days that the cache lacks or is about to lose.
+
+Each tenant's vendors are warmed into that tenant's cache only, and one model request never carries two
+tenants' vendors or descriptions (a description is one tenant's data, and steers the answer its request gets).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +26,16 @@ LOCK_KEY = "lock#cache-warmer"
 
 
 def candidates(model: str) -> list[VendorSeen]:
-    """Seen vendors with no usable cache entry, or one that expires within 7 days (never manual ones)."""
+    """Seen vendors with no usable cache entry, or one that expires within 7 days (never manual ones).
+
+    A note without a tenant (written before tenants existed) is skipped: there is no tenant to warm it for.
+    """
     today = clock.now()
     seen: dict[str, VendorSeen] = {}
     for back in range(LOOKBACK_DAYS):
         for record in VendorSeen.by_seen_day.query((today - timedelta(days=back)).strftime("%Y-%m-%d")):
-            seen.setdefault(record.cache_key.removeprefix("seen#"), record)
+            if record.tenant:
+                seen.setdefault(record.cache_key.removeprefix("seen#"), record)
     soon = time.time() + REFRESH_WITHIN_DAYS * 86400
     entries = {e.cache_key: e for e in VendorCacheEntry.batch_get(list(seen))} if seen else {}
     due = []
@@ -69,13 +77,14 @@ def warm(backend: pipeline.ModelBackend | None, budget_seconds: float, after: st
             if time.monotonic() > deadline:
                 return {"warmed": warmed, "asked": asked, "skipped": False, "after": due[start - 1].cache_key}
             group = due[start:start + step]
-            by_taxonomy: dict[tuple[str, ...], list[VendorSeen]] = {}
+            # One request per tenant and taxonomy: never two tenants' vendors or descriptions side by side.
+            by_tenant: dict[tuple[str, tuple[str, ...]], list[VendorSeen]] = {}
             for record in group:
-                by_taxonomy.setdefault(tuple(record.categories), []).append(record)
-            for categories, records in by_taxonomy.items():
+                by_tenant.setdefault((record.tenant, tuple(record.categories)), []).append(record)
+            for (tenant, categories), records in by_tenant.items():
                 items = [Item(f"w{n}", r.vendor, r.description) for n, r in enumerate(records)]
                 try:
-                    answers = pipeline.ask_model(backend, items, list(categories))
+                    answers = pipeline.ask_model(backend, items, list(categories), tenant=tenant)
                 except (LongWait, JobFatal) as err:
                     log.warning("cache warming stopped early", extra={"reason": str(err)})
                     resume = due[start - 1].cache_key if start and isinstance(err, LongWait) else None

@@ -27,7 +27,8 @@ def retry_job(owner_id: str, job_id: str) -> Job:
     try:
         job = transition(job, JobStatus.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
             Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),
-            Job.rate_limited_seconds.set(0), Job.recheck_flagged.set(int(job.failed_lines) > 0),
+            Job.rate_limited_seconds.set(0), Job.limited_until.remove(), Job.recheck_after.remove(),
+            Job.recheck_flagged.set(int(job.failed_lines) > 0),
             # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
             Job.heartbeat_at.set(clock.iso(clock.now())),
             Job.status_message.set("Queued again; resuming from checkpoint")])
@@ -58,23 +59,50 @@ def settle_line(owner_id: str, job_id: str, line_id: str, body: Any) -> dict[str
         line = LineResult.get(job_id, line_id, consistent_read=True)
     except LineResult.DoesNotExist:
         raise NotFound(f"Line '{line_id}' is not part of this job.") from None
-    was_flagged = bool(line.needs_review)
-    line.update(actions=[LineResult.category.set(category), LineResult.confidence.set(1.0),
-                         LineResult.source.set("manual"), LineResult.needs_review.set(False)])
-    cache.learn_manual(list(job.categories), normalize_vendor(line.vendor), category)
-    _rebuild(job, fixed=1 if was_flagged else 0)
+    fixed = _settle(line, category)
+    # The job's tenant's cache only: a person in one tenant never decides another tenant's answers.
+    cache.learn_manual(list(job.categories), normalize_vendor(line.vendor), category,
+                       tenant=job.tenant or job.owner_id)  # a job from before tenants: its owner is its tenant
+    _rebuild(job, fixed)
     return results.line_dict(line)
 
 
-def _rebuild(job: Job, fixed: int) -> None:
-    left = max(0, int(job.needs_review) - fixed)
-    job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed),
-                        Job.status_message.set(f"Categorized {int(job.processed_lines)} lines; {left} need review")])
-    version = int(job.result_version)
-    key, _ = results.assemble(job, version)
+def _settle(line: LineResult, category: str) -> int:
+    """Write the person's answer on the line; 1 if this write is the one that cleared its flag, else 0."""
+    settled = [LineResult.category.set(category), LineResult.confidence.set(1.0),
+               LineResult.source.set("manual"), LineResult.needs_review.set(False)]
+    if line.needs_review:
+        try:
+            # still_flagged: N PATCHes settling one flagged line at once all read it flagged; only the write
+            # that finds it still flagged takes it off the job's counts, so they drop once, never below zero.
+            line.update(actions=settled, condition=LineResult.needs_review == True)  # noqa: E712 (a DynamoDB condition)
+            return 1
+        except UpdateError as err:
+            if err.cause_response_code != "ConditionalCheckFailedException":
+                raise
     try:
-        # newest_wins: two settlements racing; the later version's report stays current.
-        job.update(actions=[Job.result_key.set(key)], condition=Job.result_version == version)
+        # line_exists: already settled (just now, or before): a change of category that decrements nothing;
+        # the condition keeps the update from re-creating a line whose TTL removed it meanwhile.
+        line.update(actions=settled, condition=LineResult.line_id.exists())
+    except UpdateError as err:
+        if err.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        raise NotFound(f"Line '{line.line_id}' is not part of this job.") from None
+    return 0
+
+
+def _rebuild(job: Job, fixed: int) -> None:
+    # The update returns the counts as they are now, after every other settle that landed first.
+    job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed)])
+    version = int(job.result_version)
+    key, left = results.assemble(job, version)
+    try:
+        # newest_wins: two settlements racing; the later version's report (and its count of lines that still
+        # need review, read from the lines themselves) stays current.
+        job.update(actions=[Job.result_key.set(key),
+                            Job.status_message.set(f"Categorized {int(job.processed_lines)} lines; "
+                                                   f"{left} need review")],
+                   condition=Job.result_version == version)
     except UpdateError as err:
         if err.cause_response_code != "ConditionalCheckFailedException":
             raise

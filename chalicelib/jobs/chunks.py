@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock, deps
-from chalicelib.jobs.runner import Lease, Progress
+from chalicelib.jobs.runner import MAX_DELAY_SECONDS, Lease, Progress
 from chalicelib.jobs.states import JobStatus
 from chalicelib.lines.store import owner_period, read_lines
 from chalicelib.tables import ExpenseLine, Job, JobChunk, connection
@@ -24,8 +25,8 @@ PENDING, RUNNING, DONE = "Pending", "Running", "Done"
 _LIVE = (JobStatus.PROCESSING.value, JobStatus.CANCELLATION_REQUESTED.value)
 
 
-def plan(owner_id: str, period: str, chunk_lines: int) -> list[tuple[str, str]]:
-    """(after, upto] lineId ranges of `chunk_lines` lines, from the keys alone; the last is open-ended."""
+def plan(owner_id: str, period: str, chunk_lines: int) -> list[str]:
+    """Upper bounds of chunks of `chunk_lines` lines, from the keys alone; the last is "" (open-ended)."""
     bounds = []
     count = 0
     for line in ExpenseLine.query(owner_period(owner_id, period), attributes_to_get=["lineId"], page_size=1000,
@@ -37,20 +38,50 @@ def plan(owner_id: str, period: str, chunk_lines: int) -> list[tuple[str, str]]:
         bounds.append("")
     else:
         bounds[-1] = ""  # the last chunk takes whatever sorts after its start
+    return bounds
+
+
+def ranges(bounds: list[str]) -> list[tuple[str, str]]:
+    """(after, upto] of each chunk of a recorded plan."""
     return [("" if i == 0 else bounds[i - 1], upto) for i, upto in enumerate(bounds)]
 
 
-def create(job: Job, ranges: list[tuple[str, str]]) -> None:
+def record_plan(job: Job, bounds: list[str]) -> list[str]:
+    """Record the job's one plan before any chunk exists; returns the plan that stands (ours or an earlier one).
+
+    not_planned_yet: two planners (a slow one and the one the reaper sent, or a retry after a cancel during
+    fan-out with lines imported meanwhile) would otherwise split the month differently, and chunks of two
+    plans overlap: lines counted twice. Every chunk is derived from the recorded bounds, never re-planned.
+    """
+    not_planned_yet = Job.chunk_bounds.does_not_exist() & (Job.chunk_count.does_not_exist() | (Job.chunk_count == 0))
+    try:
+        job.update(actions=[Job.chunk_bounds.set(bounds), Job.chunk_count.set(len(bounds)), Job.chunks_done.set(0),
+                            Job.heartbeat_at.set(clock.iso(clock.now())),
+                            Job.status_message.set(f"Categorizing {int(job.total_lines)} lines in "
+                                                   f"{len(bounds)} parallel chunks")],
+                   condition=not_planned_yet & (Job.status == JobStatus.PROCESSING.value))
+    except UpdateError as err:
+        if err.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        job.refresh(consistent_read=True)
+    return list(job.chunk_bounds or [])
+
+
+def create(job: Job, bounds: list[str]) -> list[int]:
+    """The recorded plan's chunks that did not exist yet, created now (their numbers)."""
     stamp = clock.iso(clock.now())
-    for number, (after, upto) in enumerate(ranges):
+    made = []
+    for number, (after, upto) in enumerate(ranges(bounds)):
         try:
             # chunk_is_new: a second planner (a redelivered or reaped start) must never reset a
             # chunk that already started, or its lines would be counted again.
             JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=PENDING, heartbeat_at=stamp,
                      expires_at=job.expires_at).save(condition=JobChunk.job_id.does_not_exist())
+            made.append(number)
         except PutError as err:
             if err.cause_response_code != "ConditionalCheckFailedException":
                 raise
+    return made
 
 
 def of(job_id: str) -> list[JobChunk]:
@@ -59,23 +90,40 @@ def of(job_id: str) -> list[JobChunk]:
 
 def reset_unfinished(job: Job) -> list[int]:
     """After a retry: chunks not done start again from their own checkpoints."""
-    todo, done = [], 0
+    todo = []
     for chunk in of(job.job_id):
         if chunk.status == DONE:
-            done += 1
             continue
         chunk.update(actions=[JobChunk.status.set(PENDING), JobChunk.lease_owner.remove(),
                               JobChunk.lease_until.remove(), JobChunk.reap_count.set(0),
                               JobChunk.heartbeat_at.set(clock.iso(clock.now()))])
         todo.append(int(chunk.chunk))
-    job.update(actions=[Job.chunks_done.set(done)])
+    for _ in range(5):
+        job.refresh(consistent_read=True)
+        seen = int(job.chunks_done)
+        done = sum(c.status == DONE for c in of(job.job_id))
+        try:
+            # done_count_unchanged: a chunk of the run before the retry finishing between our count and this
+            # write would have its increment overwritten, and the job would never be assembled.
+            job.update(actions=[Job.chunks_done.set(done)], condition=Job.chunks_done == seen)
+            break
+        except UpdateError as err:
+            if err.cause_response_code != "ConditionalCheckFailedException":
+                raise
     return todo
+
+
+def never_started(job_id: str) -> list[int]:
+    """Chunks that are Pending, held by no one, not waiting out a delay, and at their first line."""
+    now = clock.iso(clock.now())
+    return [int(c.chunk) for c in of(job_id)
+            if c.status == PENDING and not c.lease_owner and c.cursor == c.after and c.heartbeat_at <= now]
 
 
 def send(job_id: str, numbers: list[int], reason: str, delay_seconds: int = 0) -> None:
     sqs, url = deps.client("sqs"), deps.work_queue_url()
     for start in range(0, len(numbers), 10):
-        entries = [{"Id": str(n), "DelaySeconds": max(0, min(900, delay_seconds)),
+        entries = [{"Id": str(n), "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, delay_seconds)),
                     "MessageBody": json.dumps({"jobId": job_id, "chunk": n, "reason": reason})}
                    for n in numbers[start:start + 10]]
         failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
@@ -127,8 +175,7 @@ def checkpoint(job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: P
                       condition=(JobChunk.cursor == chunk.cursor) & _mine(lease))
             tx.update(job, actions=[
                 Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
-                Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
-                Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3)), Job.heartbeat_at.set(stamp),
+                Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.heartbeat_at.set(stamp),
                 Job.updated_at.set(stamp), Job.reap_count.set(0),
                 Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
             ], condition=Job.status.is_in(*_LIVE))
@@ -138,12 +185,28 @@ def checkpoint(job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: P
     return True
 
 
-def hold(chunk: JobChunk, lease: Lease, due_in: int) -> None:
-    """Before a delayed re-enqueue: the chunk is due back later, not dead."""
-    from datetime import timedelta
+def hand_back(chunk: JobChunk, lease: Lease, due_in: int) -> bool:
+    """Before the message that continues the chunk is sent: Pending, due back in `due_in` s (the reaper must not
+    mistake a planned wait for a dead worker), lease given up. False if it was no longer ours: send nothing.
 
-    chunk.update(actions=[JobChunk.heartbeat_at.set(clock.iso(clock.now() + timedelta(seconds=due_in)))],
-                 condition=_mine(lease))
+    Hand-over before send: the receiver of a message sent while we held the chunk would drop it as a duplicate.
+    """
+    try:
+        chunk.update(actions=[JobChunk.status.set(PENDING), JobChunk.lease_owner.remove(),
+                              JobChunk.lease_until.remove(),
+                              JobChunk.heartbeat_at.set(clock.iso(clock.now() + timedelta(seconds=due_in)))],
+                     condition=_mine(lease))
+        return True
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def live_lease(job_id: str, now: float) -> bool:
+    """Some invocation holds a chunk of this job now."""
+    return any(c.status == RUNNING and c.lease_owner and c.lease_until is not None and float(c.lease_until) >= now
+               for c in of(job_id))
 
 
 def finish(job: Job, chunk: JobChunk, lease: Lease) -> bool:

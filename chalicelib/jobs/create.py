@@ -44,7 +44,9 @@ def _live_stamps(window: Control | None, now: float) -> dict[str, float]:
 def _new_job(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Job:
     stamp = clock.iso(clock.now())
     return Job(
-        str(uuid.uuid4()), owner_id=owner_id, report_id=report.report_id, period=period,
+        # The report's tenant is the caller's: a report is only found within the caller's tenant
+        # (reports.service._get), and a scheduled job is its owner's. The worker scopes the vendor cache by it.
+        str(uuid.uuid4()), owner_id=owner_id, tenant=report.tenant, report_id=report.report_id, period=period,
         status=JobStatus.QUEUED.value, active_status=JobStatus.QUEUED.value, trigger=trigger,
         categories=list(report.categories), created_at=stamp, updated_at=stamp, heartbeat_at=stamp,
         status_message="Waiting for a worker", lock_key=lock_key(owner_id, report.report_id, period),

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
@@ -17,6 +18,7 @@ from chalicelib.tables import Job
 
 log = logging.getLogger(__name__)
 S = JobStatus
+MAX_DELAY_SECONDS = 900  # SQS's cap on DelaySeconds: a longer wait is sat out in more than one message
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,7 @@ def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | 
                 Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until), Job.reap_count.set(0),
                 Job.status_message.set(f"Categorizing {total} lines")])
         if status is S.CANCELLATION_REQUESTED:
-            transition(job, S.CANCELLED, "cancelled", {"processedLines": int(job.processed_lines)},
-                       actions=[Job.status_message.set(_stopped_message(job))])
+            cancel(job)
             return None
     except TransitionRaced:
         return claim(job_id, lease, reason, count)
@@ -107,7 +108,6 @@ def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: P
         job.update(actions=[
             Job.cursor.set(new_cursor), Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
             Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
-            Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3)),
             Job.total_lines.set(total), Job.heartbeat_at.set(clock.iso(clock.now())), Job.reap_count.set(0),
             Job.updated_at.set(clock.iso(clock.now())),
             Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
@@ -121,13 +121,61 @@ def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: P
         raise
 
 
-def note_retries(job: Job, lease: Lease, done: Progress, resume_in: int) -> None:
-    """Before a delayed re-enqueue: count the retries spent, and push the heartbeat to when
-    the job is due back, so the reaper does not mistake a planned wait for a dead worker."""
+def hand_back(job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
+    """Before the message that continues the job is sent: count the retries spent, push the heartbeat to when
+    the job is due back (the reaper must not mistake a planned wait for a dead worker) and give up the lease,
+    in one write. False if the lease was no longer ours: then no message may be sent (its holder goes on).
+
+    Hand-over before send: a continuation sent while we still held the lease could reach a worker at once,
+    find the lease held, be dropped as a duplicate, and leave the job without a message until the reaper.
+    """
     due = clock.iso(clock.now() + timedelta(seconds=resume_in))
-    job.update(actions=[Job.retry_count.add(done.retries), Job.heartbeat_at.set(due),
-                        Job.rate_limited_seconds.add(round(done.rate_limited_seconds, 3))],
-               condition=Job.lease_owner == lease.owner)
+    try:
+        job.update(actions=[Job.retry_count.add(retries), Job.heartbeat_at.set(due), Job.lease_owner.remove(),
+                            Job.lease_until.remove()],
+                   condition=Job.lease_owner == lease.owner)
+        return True
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def note_wait(job_id: str, seconds: float, ends_at: float) -> float:
+    """Add a rate-limited wait that ended (or ends) at `ends_at` (epoch seconds) to the job's wall-clock total.
+
+    Only the part of the wait past the job's `limitedUntil` adds time: chunks of one job, or the invocations
+    that follow each other, waiting out the same provider window count it once. Returns the seconds added.
+    """
+    ends_at = round(ends_at, 3)  # as stored
+    starts_at = ends_at - max(0.0, seconds)
+    for _ in range(8):
+        job = load(job_id)
+        if job is None:
+            return 0.0
+        seen = float(job.limited_until) if job.limited_until is not None else None
+        added = max(0.0, ends_at - max(starts_at, seen or starts_at))
+        if added <= 0:
+            return 0.0
+        # limited_until_unchanged: two chunks noting overlapping waits at once; the second recomputes its share.
+        unchanged = Job.limited_until.does_not_exist() if seen is None else (Job.limited_until == seen)
+        try:
+            job.update(actions=[Job.rate_limited_seconds.add(round(added, 3)),
+                                Job.limited_until.set(round(ends_at, 3))], condition=unchanged)
+            return added
+        except UpdateError as err:
+            if err.cause_response_code != "ConditionalCheckFailedException":
+                raise
+    return 0.0
+
+
+def count_retries(job_id: str, retries: int) -> None:
+    """Retries a chunk spent before it handed itself back (its checkpoint counts the rest)."""
+    Job(job_id).update(actions=[Job.retry_count.add(retries)], condition=Job.job_id.exists())
+
+
+def lease_is_live(owner: str | None, until: float | None, now: float | None = None) -> bool:
+    return bool(owner) and until is not None and float(until) >= (time.time() if now is None else now)
 
 
 def release(job: Job, lease: Lease) -> None:
@@ -151,9 +199,26 @@ def _stopped_message(job: Job) -> str:
     return f"Cancelled after {int(job.processed_lines)} of {int(job.total_lines)} lines"
 
 
-def cancel(job: Job) -> None:
-    transition(job, S.CANCELLED, "cancelled", {"processedLines": int(job.processed_lines)},
-               actions=[Job.status_message.set(_stopped_message(job))])
+def cancel(job: Job, condition: Any = None, by: str | None = None) -> Job:
+    """Cancelled, with the counts the job holds at that moment.
+
+    counts_as_read: a chunk's checkpoint landing between our read and this write would make the message's
+    "after N lines" stale; the write is refused and made again from a fresh read (TransitionRaced only when
+    the status itself moved).
+    """
+    for _ in range(5):
+        counts_as_read = Job.processed_lines == int(job.processed_lines)
+        guard = counts_as_read if condition is None else counts_as_read & condition
+        try:
+            return transition(job, S.CANCELLED, "cancelled",
+                              {"processedLines": int(job.processed_lines), **({"by": by} if by else {})},
+                              actions=[Job.status_message.set(_stopped_message(job))], condition=guard)
+        except TransitionRaced:
+            status, processed = job.status, int(job.processed_lines)
+            job.refresh(consistent_read=True)
+            if job.status != status or int(job.processed_lines) == processed:
+                raise  # the status moved, or the caller's own condition refused
+    raise TransitionRaced("The job kept moving while it was being cancelled.")
 
 
 def fail(job: Job, message: str, detail: dict | None = None) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from chalicelib import paging
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
+from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, transition
 from chalicelib.tables import Job, JobEvent
 
@@ -87,23 +88,54 @@ def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, to
 
 
 def cancel_job(owner_id: str, job_id: str) -> Job:
-    """Queued jobs are cancelled at once; Processing ones are asked to stop."""
+    """Cancel: final at once where no one works the job, else asked of the worker that does (it stops within
+    a second or two: it looks at the job while it waits on the model, see worker._CancelWatch)."""
     for _ in range(3):
         job = get_job(owner_id, job_id)
         status = JobStatus(job.status)
         if status in TERMINAL:
             raise Conflict(f"The job is already {status.value}.", jobStatus=status.value)
-        if status is JobStatus.CANCELLATION_REQUESTED:
-            return job
         try:
             if status is JobStatus.QUEUED:
                 return transition(job, JobStatus.CANCELLED, "cancelled", {"by": "user"},
                                   actions=[Job.status_message.set("Cancelled before it started")])
-            return transition(job, JobStatus.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
-                              actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
+            if not _worked_now(job):
+                # no_live_lease: the job waits in the queue (a delayed re-enqueue, a hand-over between
+                # invocations) or its worker is gone; a worker taking the lease meanwhile refuses this write,
+                # and we look again. A chunk that starts after it finds the job Cancelled; a checkpoint racing
+                # it is refused (the job is no longer live), so the counts stay those of the cancel.
+                no_live_lease = Job.lease_owner.does_not_exist() | (Job.lease_until < time.time())
+                return runner.cancel(job, condition=no_live_lease, by="user")
+            if status is JobStatus.CANCELLATION_REQUESTED:
+                return job
+            job = transition(job, JobStatus.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
+                             actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
+            return _complete_if_let_go(job)
         except TransitionRaced:
             continue  # the worker moved it meanwhile: look again
     raise Conflict("The job kept changing while it was being cancelled; try again.")
+
+
+def _complete_if_let_go(job: Job) -> Job:
+    """cancel_vs_hand_back: the worker we saw may have given the job up (a continuation, a 429's delayed
+    re-enqueue) between our read and our write, without seeing the cancel; then no one else would complete it
+    soon. The worker looks at the job after its hand-back too, so one of the two always does."""
+    if _worked_now(job):
+        return job
+    try:
+        no_live_lease = Job.lease_owner.does_not_exist() | (Job.lease_until < time.time())
+        return runner.cancel(job, condition=no_live_lease, by="user")
+    except TransitionRaced:
+        job.refresh(consistent_read=True)  # a worker took it meanwhile, or completed the cancel itself
+        return job
+
+
+def _worked_now(job: Job) -> bool:
+    """A live invocation holds the job, or one of its chunks."""
+    now = time.time()
+    if runner.lease_is_live(job.lease_owner, job.lease_until, now):
+        return True
+    return bool(int(job.chunk_count)) and chunks.live_lease(job.job_id, now)
 
 
 def events(owner_id: str, job_id: str) -> list[dict[str, Any]]:

@@ -32,7 +32,9 @@ TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
 ACTIVE = frozenset(set(S) - TERMINAL)
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED, S.FAILED}),
-    S.PROCESSING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLATION_REQUESTED}),
+    # Processing -> Cancelled: a cancel the API completes itself when no live lease holds the job (a delayed
+    # re-enqueue, a hand-over between invocations, chunks waiting for a worker); see jobs/service.cancel_job.
+    S.PROCESSING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLATION_REQUESTED, S.CANCELLED}),
     S.CANCELLATION_REQUESTED: frozenset({S.CANCELLED, S.FAILED}),
     S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),

@@ -9,6 +9,7 @@ from typing import Any
 from chalicelib import clock, paging
 from chalicelib.auth import Principal
 from chalicelib.errors import ValidationFailed
+from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits
 from chalicelib.tables import ExpenseLine
 
 
@@ -39,10 +40,11 @@ def to_dict(line: ExpenseLine) -> dict[str, str]:
 
 def list_lines(principal: Principal, period: str, size: int, token: str | None) -> dict[str, Any]:
     start = paging.decode(token)
-    if start is not None and set(start) != {"lineId"}:
+    if start is not None and (set(start) != {"lineId"} or not key_fits(start["lineId"], MAX_RANGE_KEY_BYTES)):
+        # A token names the last line of its page; a lineId DynamoDB cannot take as a key is a forged token.
         raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
     key = owner_period(principal.user_id, period)
-    last = {"ownerPeriod": {"S": key}, "lineId": {"S": str(start["lineId"])}} if start else None
+    last = {"ownerPeriod": {"S": key}, "lineId": {"S": start["lineId"]}} if start else None
     result = ExpenseLine.query(key, limit=size, last_evaluated_key=last, consistent_read=True)
     items = [to_dict(line) for line in result]
     more = result.last_evaluated_key is not None and len(items) == size

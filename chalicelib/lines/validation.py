@@ -12,7 +12,14 @@ from typing import Any
 
 from chalicelib.errors import ValidationFailed
 
-LINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# DynamoDB's key limits, in UTF-8 bytes: a partition (hash) key holds at most 2048, a sort (range) key at most
+# 1024, and neither may be empty. A value past them is refused with a ValidationException (moto accepts it).
+MAX_HASH_KEY_BYTES = 2048
+MAX_RANGE_KEY_BYTES = 1024
+# A lineId is the sort key of expense lines and of a job's line results: 128 ASCII characters fit that key.
+MAX_LINE_ID_CHARS = 128
+assert MAX_LINE_ID_CHARS <= MAX_RANGE_KEY_BYTES
+LINE_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_LINE_ID_CHARS - 1}}}$")
 # [0-9], not \d: \d also matches other scripts' digits ("١٢", "１２"), which Decimal() would quietly accept.
 AMOUNT = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,4})?$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -20,6 +27,27 @@ DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 CSV_COLUMNS = ["lineId", "date", "vendor", "amount", "currency", "description"]
 _FIELDS = set(CSV_COLUMNS)
+
+
+def key_fits(value: Any, max_bytes: int = MAX_RANGE_KEY_BYTES) -> bool:
+    """True if `value` is a string DynamoDB takes as a key: 1 to `max_bytes` bytes of UTF-8."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        return len(value.encode("utf-8")) <= max_bytes
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 at all
+        return False
+
+
+def check_line_id_key(value: Any, field: str = "lineId") -> str:
+    """A lineId about to be used as a DynamoDB sort key (from a path or a page token), or 400 naming `field`.
+
+    Only its size is checked: a lineId the import would refuse is simply not found, but one DynamoDB cannot
+    hold as a key never reaches it.
+    """
+    if not key_fits(value, MAX_RANGE_KEY_BYTES):
+        raise ValidationFailed(f"{field}: a lineId must be 1 to {MAX_RANGE_KEY_BYTES} bytes of UTF-8.", field=field)
+    return value
 
 
 def _text(value: Any, limit: int, required: bool) -> str | None:
@@ -45,7 +73,8 @@ def validate_line(raw: Any, where: str) -> dict[str, str]:
     if line_id in (None, ""):
         line_id = str(uuid.uuid4())
     elif not isinstance(line_id, str) or not LINE_ID.fullmatch(line_id):
-        raise fail("lineId", "must be 1-128 characters of letters, digits and . _ : - (starting alphanumeric).")
+        raise fail("lineId", f"must be 1-{MAX_LINE_ID_CHARS} characters of letters, digits and . _ : - "
+                             "(starting alphanumeric).")
     day = raw.get("date")
     try:
         if not isinstance(day, str) or not DATE.fullmatch(day):

@@ -10,7 +10,7 @@ from typing import Any
 from pynamodb.exceptions import PutError
 
 from chalicelib import clock
-from chalicelib.auth import Principal
+from chalicelib.auth import Principal, sub_of
 from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from chalicelib.tables import ReportConfig
 
@@ -95,6 +95,7 @@ def parse_config(body: Any) -> dict[str, Any]:
 def create_report(principal: Principal, body: Any) -> ReportConfig:
     fields = parse_config(body)
     report = ReportConfig(
+        principal.tenant,
         fields["reportId"],
         owner_id=principal.user_id,
         name=fields["name"],
@@ -106,7 +107,8 @@ def create_report(principal: Principal, body: Any) -> ReportConfig:
         created_at=clock.iso(clock.now()),
     )
     try:
-        # id_is_free: two creates with one reportId; the second gets 409, never overwrites.
+        # id_is_free: two creates with one reportId in one tenant; the second gets 409, never overwrites. The
+        # key is (tenant, reportId): another tenant's report-123 is another item, and does not refuse this one.
         report.save(condition=ReportConfig.report_id.does_not_exist())
     except PutError as err:
         if err.cause_response_code == "ConditionalCheckFailedException":
@@ -116,6 +118,9 @@ def create_report(principal: Principal, body: Any) -> ReportConfig:
 
 
 def may_generate(principal: Principal, report: ReportConfig) -> bool:
+    """The owner, or a holder of one of its roles in the report's own tenant: a role grants nothing elsewhere."""
+    if report.tenant != principal.tenant:
+        return False  # unreachable through _get (it reads the caller's tenant only); kept as the rule itself
     return report.owner_id == principal.user_id or bool(principal.roles & set(report.allowed_roles or []))
 
 
@@ -123,14 +128,16 @@ def get_visible(principal: Principal, report_id: str) -> ReportConfig:
     """The report if the caller owns it or holds one of its roles; 404 otherwise."""
     # Always read through: a kept hit would answer someone else's report faster than a missing one, and the
     # contract makes the two the same 404 (tests/hardening/test_authz_matrix.py times them).
-    report = _get(report_id, keep=False)
+    report = _get(principal.tenant, report_id, keep=False)
     if report is None or not may_generate(principal, report):
         raise NotFound(f"Report '{report_id}' was not found.")
     return report
 
 
 def get_for_generation(principal: Principal, report_id: str) -> ReportConfig:
-    report = _get(report_id)
+    """404 for an id the caller's tenant does not have (another tenant's is not even looked at); 403 for one
+    of the tenant's reports the caller may not generate."""
+    report = _get(principal.tenant, report_id)
     if report is None:
         raise NotFound(f"Report '{report_id}' was not found.")
     if not may_generate(principal, report):
@@ -140,29 +147,30 @@ def get_for_generation(principal: Principal, report_id: str) -> ReportConfig:
 
 # Configurations are never changed or deleted through the API, so a found one is kept a
 # minute per process: it takes a read off every generate. Misses are never kept.
-_FOUND: dict[str, tuple[float, ReportConfig]] = {}
+# Kept by (tenant, reportId), as stored: one tenant's kept report never answers for another's id.
+_FOUND: dict[tuple[str, str], tuple[float, ReportConfig]] = {}
 _KEEP_SECONDS = 60.0
 
 
-def _get(report_id: str, keep: bool = True) -> ReportConfig | None:
-    if not REPORT_ID.fullmatch(report_id or ""):
+def _get(tenant: str, report_id: str, keep: bool = True) -> ReportConfig | None:
+    if not REPORT_ID.fullmatch(report_id or "") or not tenant:
         return None
-    kept = _FOUND.get(report_id) if keep else None
+    kept = _FOUND.get((tenant, report_id)) if keep else None
     if kept and kept[0] > time.monotonic():
         return kept[1]
     try:
-        report = ReportConfig.get(report_id, consistent_read=True)
+        report = ReportConfig.get(tenant, report_id, consistent_read=True)
     except ReportConfig.DoesNotExist:
         return None
     if len(_FOUND) > 1000:
         _FOUND.clear()
-    _FOUND[report_id] = (time.monotonic() + _KEEP_SECONDS, report)
+    _FOUND[(tenant, report_id)] = (time.monotonic() + _KEEP_SECONDS, report)
     return report
 
 
 def to_dict(report: ReportConfig) -> dict[str, Any]:
     out = {
-        "reportId": report.report_id, "name": report.name, "ownerId": report.owner_id,
+        "reportId": report.report_id, "name": report.name, "ownerId": sub_of(report.owner_id, report.tenant),
         "deliveryTargets": report.delivery_targets, "allowedRoles": list(report.allowed_roles or []),
         "categories": list(report.categories), "createdAt": report.created_at,
     }

@@ -39,7 +39,10 @@ def _call(client, method: str, path: str, headers: dict[str, str], body: object 
 def world(client, token_for) -> World:
     salt = uuid.uuid4().hex[:10]
     role = f"auditors-{salt}"
-    owner = token_for(sub=f"owner-{salt}")
+    # Everyone in the owner's tenant: a role grants access within its tenant only (tests/hardening/test_tenants.py
+    # covers the callers of other tenants).
+    tenant = f"tenant-{salt}"
+    owner = token_for(sub=f"owner-{salt}", tenant=tenant)
     report_id = f"r-{salt}"
     vendor, line_id = f"SECRET VENDOR {salt.upper()}", f"tx-{salt}"
     report = {"reportId": report_id, "name": f"Board pay {salt}", "allowedRoles": [role],
@@ -53,9 +56,9 @@ def world(client, token_for) -> World:
     job_id = created.json_body["jobId"]
     drain({job_id})
     assert _call(client, "GET", f"/api/v1/jobs/{job_id}", owner.headers).json_body["status"] == "Completed"
-    callers = {"no token": {}, "another user": token_for().headers,
-               "user without the role": token_for(roles=("finance",)).headers,
-               "role holder": token_for(roles=(role,)).headers, "owner": owner.headers}
+    callers = {"no token": {}, "another user": token_for(tenant=tenant).headers,
+               "user without the role": token_for(roles=("finance",), tenant=tenant).headers,
+               "role holder": token_for(roles=(role,), tenant=tenant).headers, "owner": owner.headers}
     return World(report_id, job_id, line_id, [owner.sub, vendor, "98765.43", f"bonus {salt}", f"Board pay {salt}"],
                  callers)
 

@@ -7,7 +7,7 @@ killed worker's message only comes back through the reaper, which runs here in-p
 
 `make test` runs a short soak (10 jobs x 50 lines, 2 workers, 2 kills); `make soak` a long one. Knobs:
 CHAOS_JOBS, CHAOS_LINES, CHAOS_WORKERS, CHAOS_KILLS, CHAOS_SEED (printed, to replay a run), CHAOS_DEADLINE,
-CHAOS_STALE_AFTER.
+CHAOS_STALE_AFTER, CHAOS_JOB_BOUND.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from pynamodb.exceptions import PynamoDBException
 
-from chalicelib import deps, reaper
+from chalicelib import clock, deps, reaper
 from chalicelib.api.routes import store_unavailable
 from chalicelib.jobs.states import TERMINAL, JobStatus
 from chalicelib.settings import get_settings
@@ -44,9 +44,14 @@ WORKERS = int(os.environ.get("CHAOS_WORKERS", "2"))
 KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
 SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
 DEADLINE = float(os.environ.get("CHAOS_DEADLINE", "150"))
-# The reaper's threshold. Small, so a killed worker's job comes back soon; but every sweep also re-sends each
-# job still waiting in the queue, so a long run with a backlog uses a larger one (see `make soak`).
-STALE_AFTER = int(os.environ.get("CHAOS_STALE_AFTER", "3"))
+# The reaper's threshold. Small enough that a killed worker's job comes back soon, large enough that a live but
+# slow batch (2 cores, faults, timeouts) is never mistaken for a stall: the soak asserts that only jobs a kill
+# touched needed the reaper, so a sweep that "rescued" live work would hide the stalls this test looks for.
+STALE_AFTER = int(os.environ.get("CHAOS_STALE_AFTER", "10"))
+# Every job must end this long after it was created, unless the reaper had to bring it back from a kill.
+JOB_BOUND = float(os.environ.get("CHAOS_JOB_BOUND", "120"))
+# Worker processes run this many pollers each: a kill can take down that many jobs at once.
+POLLERS_PER_WORKER = 2
 FAST_RETRIES = [
     {"ErrorEquals": ["Provider.RateLimited"], "IntervalSeconds": 0.1, "BackoffRate": 2.0, "MaxAttempts": 1000,
      "MaxDelaySeconds": 1, "JitterStrategy": "FULL"},
@@ -65,7 +70,7 @@ class Workers:
                     "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": sim_url, "OPENAI_TIMEOUT_SECONDS": "0.5",
                     "MODEL_RETRY_POLICY": json.dumps(FAST_RETRIES), "WORKER_WAIT_SECONDS": "1",
                     "LINE_BATCH_SIZE": "10", "MODEL_BATCH_SIZE": "5", "MODEL_CONCURRENCY": "4",
-                    "INLINE_WAIT_MAX_SECONDS": "5", "WORKER_CONCURRENCY": "2"}
+                    "INLINE_WAIT_MAX_SECONDS": "5", "WORKER_CONCURRENCY": str(POLLERS_PER_WORKER)}
         self.log_dir = log_dir
         self.live: list[subprocess.Popen] = []
         self.killed: list[int] = []
@@ -211,6 +216,19 @@ def test_chaos_soak_every_job_ends_terminal_with_every_line_once(client, token_f
         assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202
         drain({job_id}, calm)
         assert_every_line_once(api, job_id, lines)
+
+    # No stall went unnoticed behind the reaper: only jobs a killed worker held needed it (a Processing job whose
+    # worker handed it over and lost the message, or a chunk never sent, would show up here as a reap too).
+    reaped = {}
+    for job_id, (api, _) in started.items():
+        events = api.call("get", f"/jobs/{job_id}/events")[1]["items"]
+        if any(e["type"] == "reaped" and e["detail"].get("status", "Processing") == "Processing" for e in events):
+            reaped[job_id] = [e["detail"] for e in events if e["type"] == "reaped"]
+    assert len(reaped) <= KILLS * POLLERS_PER_WORKER, (SEED, workers.killed, reaped)
+    for job_id, job in jobs.items():
+        if job_id not in reaped and job_id not in failed:
+            took_job = (clock.parse(job.completed_at) - clock.parse(job.created_at)).total_seconds()
+            assert took_job <= JOB_BOUND, (SEED, job_id, took_job)
 
     # Nothing in the dead-letter queue is unexplained: any message of ours names a job Failed for it.
     for body in _dead_letters(set(job_ids)):

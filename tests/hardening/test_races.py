@@ -95,14 +95,14 @@ def test_cancel_racing_report_assembly_ends_cancelled_and_never_completed(api, s
 
     lines = expense_lines(30, vendors(10))
     job_id = api.start(lines)
-    assemble, answers = results.assemble, []
+    assemble, answers = results.assemble_counted, []
 
     def cancel_then_assemble(*args, **kwargs):
         if not answers:
             answers.append(api.call("delete", f"/jobs/{job_id}"))
         return assemble(*args, **kwargs)
 
-    monkeypatch.setattr(results, "assemble", cancel_then_assemble)
+    monkeypatch.setattr(results, "assemble_counted", cancel_then_assemble)
     drain({job_id}, small_batches)
     assert answers[0][0] == 200
     job = api.job(job_id)
@@ -311,3 +311,42 @@ def test_concurrent_creates_with_one_idempotency_key_and_different_bodies_create
     codes = sorted(r.status_code for r in answers)
     assert codes.count(202) == 1 and set(codes) <= {202, 409, 422}, codes
     assert len(_jobs(api_stack, headers)) == 1
+
+
+# --- concurrent settles of one flagged line -----------------------------------------------------------------
+
+
+def test_concurrent_settles_of_one_flagged_line_take_it_off_the_counts_once(api_stack, token_for):
+    token = token_for()
+    headers = {**token.headers, "Content-Type": "application/json"}
+    base = f"{api_stack}/api/v1"
+    report_id = f"r-{uuid.uuid4().hex[:12]}"
+    # No `Other` in the taxonomy: the offline rules flag every line they cannot place.
+    body = {"reportId": report_id, "name": "Settle race", "categories": ["Airfare", "Lodging"],
+            "deliveryTargets": [{"type": "api", "mode": "async"}]}
+    assert requests.post(f"{base}/reports", json=body, headers=headers, timeout=10).status_code == 201
+    lines = [{"lineId": f"tx-{n}", "date": "2026-01-05", "vendor": f"Zorblat Quux {chr(65 + n)}", "amount": "9.99",
+              "currency": "USD", "description": "misc"} for n in range(3)]
+    lines.append({"lineId": "tx-air", "date": "2026-01-06", "vendor": "Delta Air", "amount": "400.00",
+                  "currency": "USD", "description": "flight"})
+    assert requests.post(f"{base}/expenses", json={"lines": lines}, headers=headers, timeout=10).status_code == 201
+    created = requests.post(f"{base}/reports/{report_id}/generate", json={"period": "2026-01"}, headers=headers,
+                            timeout=10)
+    job_id = created.json()["jobId"]
+    drain({job_id})
+    job = requests.get(f"{base}/jobs/{job_id}", headers=headers, timeout=10).json()
+    assert job["status"] == "Completed" and job["failedLines"] == 3, job
+
+    answers = _at_once(8, lambda i: requests.patch(f"{base}/jobs/{job_id}/lines/tx-0", json={"category": "Lodging"},
+                                                   headers=headers, timeout=30))
+    assert [r.status_code for r in answers] == [200] * 8, [(r.status_code, r.text[:200]) for r in answers]
+
+    job = requests.get(f"{base}/jobs/{job_id}", headers=headers, timeout=10).json()
+    result = requests.get(f"{base}/jobs/{job_id}/result", headers=headers, timeout=10).json()
+    flagged = sum(1 for line in result["lines"] if line["needsReview"])
+    # Against the report's own lines, not the counter against itself: two lines are still flagged.
+    assert flagged == 2
+    assert job["failedLines"] == result["needsReview"] == flagged, (job, result["needsReview"])
+    stored = Job.get(job_id, consistent_read=True)
+    assert int(stored.needs_review) == int(stored.failed_lines) == flagged
+    assert "2 need review" in job["statusMessage"]

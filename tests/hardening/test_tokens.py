@@ -232,7 +232,9 @@ class _Jwks:
 @pytest.fixture
 def jwks(monkeypatch):
     server = _Jwks()
-    configured = dataclasses.replace(get_settings(), jwt_jwks_url=server.url)
+    # Issuer and audience are required in JWKS mode (see the token_use tests below).
+    configured = dataclasses.replace(get_settings(), jwt_jwks_url=server.url, jwt_issuer=ISSUER,
+                                     jwt_audience=AUDIENCE)
     monkeypatch.setattr(middleware, "get_settings", lambda: configured)
     yield server
     server.stop()
@@ -273,7 +275,8 @@ HOSTILE_JWKS = {
 
 
 def test_rs256_from_the_jwks_key_is_accepted(client, jwks):
-    token = jwt.encode(claims(), jwks.key, algorithm="RS256", headers={"kid": KID})
+    token = jwt.encode(claims(iss=ISSUER, client_id=AUDIENCE, token_use="access"), jwks.key, algorithm="RS256",
+                       headers={"kid": KID})
     response = client.http.get("/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.body
 
@@ -295,3 +298,91 @@ def test_hostile_token_is_401_through_chalice_local(api_stack, attack):
                                     headers={"Authorization": header, "Content-Type": "application/json"})
         assert_problem(response.status_code, dict(response.headers), response.content, 401)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+# --- JWKS mode: issuer and audience required, token_use checked ---------------------------------------------
+
+
+def _cognito(j: _Jwks, kind: str = "access", **changes: object) -> str:
+    """A Cognito-shaped token signed by the JWKS key: access tokens name the app client in `client_id`, ID
+    tokens in `aud`."""
+    shape = {"iss": ISSUER, "token_use": kind, **({"client_id": AUDIENCE} if kind == "access" else {"aud": AUDIENCE})}
+    return "Bearer " + jwt.encode(claims(**{**shape, **changes}), j.key, algorithm="RS256", headers={"kid": KID})
+
+
+def _configure(monkeypatch, j: _Jwks, **changes: object) -> None:
+    configured = dataclasses.replace(get_settings(), **{"jwt_jwks_url": j.url, "jwt_issuer": ISSUER,
+                                                        "jwt_audience": AUDIENCE, **changes})
+    monkeypatch.setattr(middleware, "get_settings", lambda: configured)
+
+
+def test_a_cognito_access_token_for_our_client_is_accepted_by_default(client, jwks):
+    assert get_settings().jwt_token_use == "access"
+    response = client.http.get("/api/v1/jobs", headers={"Authorization": _cognito(jwks)})
+    assert response.status_code == 200, response.body
+
+
+def test_an_id_token_is_accepted_when_configured_for_id_tokens(client, jwks, monkeypatch):
+    _configure(monkeypatch, jwks, jwt_token_use="id")
+    response = client.http.get("/api/v1/jobs", headers={"Authorization": _cognito(jwks, "id")})
+    assert response.status_code == 200, response.body
+
+
+# Most carry our `aud` too: a check of iss/aud alone would let them in.
+HOSTILE_COGNITO_ACCESS = {
+    "an ID token": lambda j: _cognito(j, "id"),
+    "no token_use": lambda j: _cognito(j, token_use=None, aud=AUDIENCE),
+    "token_use of another kind": lambda j: _cognito(j, token_use="refresh", aud=AUDIENCE),
+    "another app client": lambda j: _cognito(j, client_id="another-client", aud=AUDIENCE),
+    "no client_id": lambda j: _cognito(j, client_id=None, aud=AUDIENCE),
+    "another issuer (same pool keys)": lambda j: _cognito(j, iss="https://cognito-idp.test/another-pool",
+                                                          aud=AUDIENCE),
+    "no issuer": lambda j: _cognito(j, iss=None, aud=AUDIENCE),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE_COGNITO_ACCESS))
+def test_only_access_tokens_for_our_client_and_issuer_pass_in_access_mode(client, jwks, attack):
+    _assert_rejected_everywhere(client, HOSTILE_COGNITO_ACCESS[attack](jwks))
+
+
+HOSTILE_COGNITO_ID = {
+    "an access token": lambda j: _cognito(j, "access"),
+    "no token_use": lambda j: _cognito(j, "id", token_use=None),
+    "another audience": lambda j: _cognito(j, "id", aud="another-client"),
+    "no audience": lambda j: _cognito(j, "id", aud=None),
+    "another issuer": lambda j: _cognito(j, "id", iss="https://cognito-idp.test/another-pool"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE_COGNITO_ID))
+def test_only_id_tokens_for_our_audience_pass_in_id_mode(client, jwks, monkeypatch, attack):
+    _configure(monkeypatch, jwks, jwt_token_use="id")
+    _assert_rejected_everywhere(client, HOSTILE_COGNITO_ID[attack](jwks))
+
+
+@pytest.mark.parametrize("missing", [{"jwt_issuer": None}, {"jwt_audience": None},
+                                     {"jwt_issuer": None, "jwt_audience": None}, {"jwt_token_use": "both"}])
+def test_jwks_mode_without_issuer_or_audience_refuses_every_token_and_says_why_once(client, jwks, monkeypatch,
+                                                                                     caplog, missing):
+    from chalicelib import auth
+
+    _configure(monkeypatch, jwks, **missing)
+    auth._log_misconfiguration_once.cache_clear()
+    good_access, good_id = _cognito(jwks), _cognito(jwks, "id")
+    with caplog.at_level("ERROR", logger="chalicelib.auth"):
+        _assert_rejected_everywhere(client, good_access)
+        _assert_rejected_everywhere(client, good_id)
+    reasons = [r.getMessage() for r in caplog.records if r.name == "chalicelib.auth"]
+    assert len(reasons) == 1, reasons
+    names = [n for n in ("JWT_ISSUER", "JWT_AUDIENCE", "JWT_TOKEN_USE") if n in reasons[0]]
+    assert names and all(n in reasons[0] for n in names), reasons
+
+
+def test_jwt_token_use_is_read_from_the_environment(monkeypatch):
+    from chalicelib.settings import Settings
+
+    monkeypatch.delenv("JWT_TOKEN_USE", raising=False)
+    assert Settings.from_env().jwt_token_use == "access"
+    monkeypatch.setenv("JWT_TOKEN_USE", "ID")
+    assert Settings.from_env().jwt_token_use == "id"

@@ -6,6 +6,7 @@ The suite's own moto server runs that code, so these talk to it over the wire li
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Iterator
 
@@ -93,15 +94,25 @@ def test_a_transaction_that_passes_applies_every_write(ddb, tables):
 # --- Query reads one partition ---------------------------------------------------------------------------------
 
 
+PARTITION_SEED = 20240917  # the order the partition's items are written in; fixed, so a failure replays
+
+
 @pytest.fixture(scope="module")
 def partition(ddb, tables) -> tuple[str, str, list[str]]:
-    """One partition of 120 items (sort keys in a shuffled order), beside two neighbours of 30."""
+    """One partition of 120 items (written in a shuffled order), beside two neighbours of 30.
+
+    The neighbours' keys differ from the partition's whatever uuid4 gives (a neighbour named `pk[:-1] + "0"`
+    was the partition itself whenever pk ended in 0, one run in 16, and overwrote a quarter of its items).
+    """
     ranged, _ = tables
-    pk = uuid.uuid4().hex
+    pk = "p" + uuid.uuid4().hex
     keys = [f"k{i:04d}" for i in range(120)]
-    for n, sk in enumerate(sorted(keys, key=lambda k: hash((k, pk)))):
+    order = keys[:]
+    random.Random(PARTITION_SEED).shuffle(order)
+    for n, sk in enumerate(order):
         ddb.put_item(TableName=ranged, Item={"pk": {"S": pk}, "sk": {"S": sk}, "v": {"S": str(n % 3)}})
-    for neighbour in (pk[:-1] + "0", pk + "z"):
+    for neighbour in ("o" + pk[1:], pk + "z"):
+        assert neighbour != pk
         for i in range(30):
             ddb.put_item(TableName=ranged, Item={"pk": {"S": neighbour}, "sk": {"S": f"k{i:04d}"}, "v": {"S": "x"}})
     return ranged, pk, keys
@@ -154,7 +165,80 @@ def test_limit_applies_before_the_filter_as_in_dynamodb(ddb, partition):
     assert first["ScannedCount"] == 10 and first["LastEvaluatedKey"]["sk"]["S"] == keys[9]
     everything, _ = _pages(ddb, TableName=ranged, KeyConditionExpression="pk = :pk", FilterExpression="v = :v",
                            Limit=10, ExpressionAttributeValues={":pk": {"S": pk}, ":v": {"S": "0"}})
-    assert len(everything) == 40 and everything == sorted(everything)
+    assert everything == sorted(keys[n] for n in range(120) if _written_value(keys[n]) == "0")
+
+
+def _written_value(sk: str) -> str:
+    """The `v` the partition fixture gave `sk` (its position in the seeded write order, mod 3)."""
+    order = [f"k{i:04d}" for i in range(120)]
+    random.Random(PARTITION_SEED).shuffle(order)
+    return str(order.index(sk) % 3)
+
+
+KEY_CONDITIONS = [
+    ("", lambda k, a, b: True),
+    (" AND sk > :a", lambda k, a, b: k > a),
+    (" AND sk <= :a", lambda k, a, b: k <= a),
+    (" AND sk BETWEEN :a AND :b", lambda k, a, b: a <= k <= b),
+    (" AND begins_with(sk, :a)", lambda k, a, b: k.startswith(a)),
+]
+
+
+def _check_paging(ddb, table: str, seed: int) -> None:
+    """One random partition, key condition, filter, Limit and direction; every page as DynamoDB answers it.
+
+    DynamoDB reads up to Limit items that match the key condition, in the query's order, then filters them:
+    ScannedCount is the items read, Items those of them that pass the filter, LastEvaluatedKey the last one read.
+    Across the pages, every matching item comes back exactly once, in order.
+    """
+    rng = random.Random(seed)
+    pk = f"seed-{seed}-{uuid.uuid4().hex}"
+    keys = sorted({f"k{rng.randrange(200):04d}" for _ in range(rng.randrange(1, 90))})
+    values = {k: rng.choice("0012") for k in keys}
+    written = keys[:]
+    rng.shuffle(written)
+    for start in range(0, len(written), 25):
+        ddb.batch_write_item(RequestItems={table: [
+            {"PutRequest": {"Item": {"pk": {"S": pk}, "sk": {"S": k}, "v": {"S": values[k]}}}}
+            for k in written[start:start + 25]]})
+    condition, matches = rng.choice(KEY_CONDITIONS)
+    a, b = sorted([f"k{rng.randrange(200):04d}", f"k{rng.randrange(200):04d}"])
+    if "begins_with" in condition:
+        a = a[:rng.randrange(2, 5)]
+    forward, limit, wanted = rng.random() < 0.5, rng.randrange(1, 13), rng.choice("012")
+    names = {":pk": {"S": pk}, ":v": {"S": wanted}}
+    if ":a" in condition:
+        names[":a"] = {"S": a}
+    if ":b" in condition:
+        names[":b"] = {"S": b}
+    read = [k for k in (keys if forward else keys[::-1]) if matches(k, a, b)]
+    what = f"seed {seed}: {len(keys)} items, key condition {condition!r} a={a} b={b}, v = {wanted}, " \
+           f"Limit {limit}, forward {forward}"
+    start, position, pages = None, 0, 0
+    while True:
+        answer = ddb.query(TableName=table, KeyConditionExpression="pk = :pk" + condition, FilterExpression="v = :v",
+                           Limit=limit, ScanIndexForward=forward, ExpressionAttributeValues=names,
+                           **({"ExclusiveStartKey": start} if start else {}))
+        window = read[position:position + limit]
+        assert answer["ScannedCount"] == len(window), f"{what}: page {pages} read {answer['ScannedCount']}, " \
+                                                      f"expected {len(window)}"
+        assert [i["sk"]["S"] for i in answer["Items"]] == [k for k in window if values[k] == wanted], \
+            f"{what}: page {pages}"
+        position += len(window)
+        pages += 1
+        start = answer.get("LastEvaluatedKey")
+        if start is None:
+            assert position == len(read), f"{what}: paging stopped after {position} of {len(read)} items"
+            return
+        assert len(window) == limit and start == {"pk": {"S": pk}, "sk": {"S": window[-1]}}, \
+            f"{what}: page {pages} LastEvaluatedKey {start}"
+        assert pages <= len(read) + 1, f"{what}: paging does not end"
+
+
+def test_paging_with_limit_and_a_filter_returns_every_match_once_over_50_seeds(ddb, tables):
+    ranged, _ = tables
+    for seed in range(50):
+        _check_paging(ddb, ranged, seed)
 
 
 # --- reads answered as plain JSON ------------------------------------------------------------------------------

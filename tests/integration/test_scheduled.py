@@ -205,13 +205,14 @@ def test_a_vendor_is_noted_as_seen_once_a_day_however_many_times_jobs_meet_it():
     from chalicelib.tables import VendorSeen
 
     vendor, other = (v.lower() for v in vendors(2))
-    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW ONE", "first")})
-    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW TWO", "second"), other: ("RAW OTHER", "")})
-    first = VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, vendor)}", consistent_read=True)
+    tenant = "tenant-seen-once"  # notes are a tenant's (tests/hardening/test_tenants.py)
+    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW ONE", "first")}, tenant=tenant)
+    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW TWO", "second"), other: ("RAW OTHER", "")}, tenant=tenant)
+    first = VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, vendor, tenant=tenant)}", consistent_read=True)
     assert (first.vendor, first.description, first.seen_day) == ("RAW ONE", "first", clock.now().strftime("%Y-%m-%d"))
-    assert VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, other)}").vendor == "RAW OTHER"
+    assert VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, other, tenant=tenant)}").vendor == "RAW OTHER"
     # Noted on an earlier day: written again today.
     first.update(actions=[VendorSeen.seen_day.set("2020-01-01")])
-    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW THREE", "third")})
-    again = VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, vendor)}", consistent_read=True)
+    seen.record_seen(DEFAULT_CATEGORIES, {vendor: ("RAW THREE", "third")}, tenant=tenant)
+    again = VendorSeen.get(f"seen#{cache.key(DEFAULT_CATEGORIES, vendor, tenant=tenant)}", consistent_read=True)
     assert (again.vendor, again.seen_day) == ("RAW THREE", clock.now().strftime("%Y-%m-%d"))

@@ -6,15 +6,19 @@ import dataclasses
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
+import httpx2 as httpx
+import openai
 import pytest
 
 from chalicelib.categorize import cache, claims, pipeline, provider
-from chalicelib.categorize.errors import QuotaBusy
+from chalicelib.categorize import limiter as limiter_module
+from chalicelib.categorize.errors import ProviderError, QuotaBusy
 from chalicelib.categorize.limiter import SharedLimiter, key_for
 from chalicelib.categorize.normalize import normalize_vendor
-from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
-from chalicelib.categorize.types import Answer
+from chalicelib.categorize.retry import DEFAULT_POLICY, RATE_LIMIT_FLOOR_SECONDS, RetryLoop
+from chalicelib.categorize.types import Answer, Item
 from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job
@@ -23,6 +27,7 @@ from tests.integration.test_worker import Api, assert_every_line_once
 from tests.support import Ctx, deliver, expense_lines, receive, vendors, wait_for
 
 CATS = DEFAULT_CATEGORIES
+TENANT = "tenant-shared-quota"  # the cache is a tenant's: these tests read and write one tenant's answers
 
 
 class FrozenClock:
@@ -64,6 +69,110 @@ def test_a_turn_too_far_away_is_refused_and_reserves_nothing():
     assert bucket.acquire(100) == pytest.approx(1.0)  # the refused request took no tokens
 
 
+def test_a_429_seen_by_one_worker_makes_the_next_request_of_every_worker_wait_out_its_window(sim):
+    """Worker A's request gets a 429 saying 2 s (through the real client); worker B, another limiter on the same
+    bucket, asks right after: its turn is 2 s away, though the bucket had room (10 requests a second)."""
+    clock = FrozenClock()
+    key = f"limiter#test-{uuid.uuid4().hex}"
+    worker_a = SharedLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, key=key)
+    worker_b = SharedLimiter(rpm=600, tpm=None, clock=clock, sleep=clock.sleep, key=key)
+    sim.configure(rate_limit_burst=1, burst_retry_after=2.0)
+    items = [Item("v0", "UBER *TRIP", "")]
+    with pytest.raises(ProviderError) as limited:
+        provider.ask(provider.client("sk-test", sim.url), "gpt-4o-mini", items, CATS, worker_a)
+    assert limited.value.name == "Provider.RateLimited" and limited.value.retry_after == 2.0
+    assert worker_b.acquire(100) == pytest.approx(2.0)
+    assert worker_b.acquire(100) == pytest.approx(2.1)  # the requests after it are paced from there, no burst
+    assert worker_a.acquire(100) == pytest.approx(2.2)
+
+
+class Refusing:
+    """The slice of the openai client provider.ask uses, answering every request with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        def create(**kwargs):
+            raise error
+
+        self.chat = SimpleNamespace(completions=SimpleNamespace(with_raw_response=SimpleNamespace(create=create)))
+
+
+def _rate_limit_error(headers: dict, code: str = "rate_limit_exceeded") -> openai.RateLimitError:
+    request = httpx.Request("POST", "http://sim/v1/chat/completions")
+    response = httpx.Response(429, headers=headers, request=request)
+    return openai.RateLimitError("limited", response=response, body={"code": code, "message": "limited"})
+
+
+@pytest.mark.parametrize("headers, wait", [
+    ({}, RATE_LIMIT_FLOOR_SECONDS), ({"retry-after": "0"}, RATE_LIMIT_FLOOR_SECONDS),
+    ({"retry-after-ms": "3500"}, 3.5),
+], ids=["no hint", "zero", "3.5 s"])
+def test_a_429_holds_the_fleet_for_its_hint_and_at_least_the_floor(headers, wait):
+    clock = FrozenClock()
+    worker_a = limiter(clock, rpm=600, tpm=None)
+    worker_b = dataclasses.replace(worker_a)  # another worker's limiter on the same bucket
+    with pytest.raises(ProviderError):
+        provider.ask(Refusing(_rate_limit_error(headers)), "m", [Item("v0", "x", "")], CATS, worker_a)
+    assert worker_b.acquire(100) == pytest.approx(wait)
+
+
+def test_a_quota_error_is_not_a_window_and_holds_nobody():
+    clock = FrozenClock()
+    worker_a = limiter(clock, rpm=600, tpm=None)
+    with pytest.raises(ProviderError) as failed:
+        provider.ask(Refusing(_rate_limit_error({}, code="insufficient_quota")), "m", [Item("v0", "x", "")], CATS,
+                     worker_a)
+    assert failed.value.fatal
+    assert dataclasses.replace(worker_a).acquire(100) == 0.0
+
+
+def test_a_hold_on_the_token_bucket_gives_the_refused_request_its_turn_at_the_end_of_the_window():
+    clock = FrozenClock()
+    bucket = limiter(clock, rpm=None, tpm=60_000)  # 1000 tokens a second
+    bucket.hold(3.0, tokens=500)
+    assert bucket.acquire(500) == pytest.approx(3.0)
+    assert bucket.acquire(500) == pytest.approx(3.5)
+
+
+def test_a_hold_only_ever_lengthens_the_wait():
+    clock = FrozenClock()
+    bucket = limiter(clock, rpm=60, tpm=None)
+    bucket.hold(5.0)
+    bucket.hold(1.0)  # a shorter window seen later by another worker does not let anyone out early
+    assert bucket.acquire(100) == pytest.approx(5.0)
+    assert bucket.acquire(100) == pytest.approx(6.0)
+
+
+def test_a_hold_is_at_most_the_longest_re_enqueue_delay():
+    clock = FrozenClock()
+    bucket = limiter(clock, rpm=60, tpm=None)
+    bucket.hold(1e9)  # a bogus hint must not freeze the fleet for 31 years
+    assert bucket.acquire(100) == pytest.approx(limiter_module.HOLD_MAX_SECONDS)
+
+
+def test_a_hold_that_loses_a_race_with_an_acquire_reads_again_and_keeps_both(monkeypatch):
+    """Another worker reserves a turn between the hold's read and its write: the hold's conditional write fails
+    and it reads again, so neither the reservation nor the hold is lost."""
+    clock = FrozenClock()
+    holder = limiter(clock, rpm=60, tpm=None)
+    other = dataclasses.replace(holder)
+    other.acquire(100)  # level 0: the next turn is 1 s away
+    real_read, raced = limiter_module._read, []
+
+    def read_then_race(key):
+        item = real_read(key)
+        if not raced:
+            raced.append(None)  # once: the racing acquire reads through this too
+            raced[0] = other.acquire(100)  # reserved at level 0 -> -1, a turn 1 s away
+        return item
+
+    monkeypatch.setattr(limiter_module, "_read", read_then_race)
+    holder.hold(4.0)
+    monkeypatch.undo()
+    assert raced == [pytest.approx(1.0)]
+    assert other.acquire(100) == pytest.approx(4.0)  # the hold stands: nothing before 4 s
+    assert float(Control.get(holder.key, consistent_read=True).version) == 4  # acquire, acquire, hold, acquire
+
+
 def test_a_claimed_vendor_is_asked_by_its_holder_and_waited_for_by_the_others():
     job = f"j-{uuid.uuid4().hex[:8]}"
     a, b, c, d = (normalize_vendor(v) for v in vendors(4))
@@ -74,7 +183,7 @@ def test_a_claimed_vendor_is_asked_by_its_holder_and_waited_for_by_the_others():
     # Another job's chunks are not held up by this job's claims.
     assert claims.take(f"{job}-other", CATS, [b], "chunk-9", hold_seconds=60) == ([b], [])
     # chunk-1 answers b (under the bar: kept for this job only) and gives c back (its request was not made).
-    cache.remember_many(CATS, [(b, "Airfare", 0.6)], "m", job_id=job)
+    cache.remember_many(CATS, [(b, "Airfare", 0.6)], "m", job_id=job, tenant=TENANT)
     claims.give_back(job, CATS, [c])
     asked: list[list[str]] = []
 
@@ -82,7 +191,8 @@ def test_a_claimed_vendor_is_asked_by_its_holder_and_waited_for_by_the_others():
         asked.append(vs)
         return {v: Answer("", "Lodging", 0.9, "model", False) for v in vs}
 
-    got = claims.wait_for(job, CATS, [b, c], "m", "chunk-2", 60, ask, deadline=time.monotonic() + 10)
+    got = claims.wait_for(job, CATS, [b, c], "m", "chunk-2", 60, ask, deadline=time.monotonic() + 10,
+                          tenant=TENANT)
     assert asked == [[c]]  # b came from chunk-1's answer; only the given-back claim was asked about again
     assert {v: a.category for v, a in got.items()} == {b: "Airfare", c: "Lodging"}
 
@@ -160,7 +270,8 @@ def test_chunks_working_at_once_ask_the_model_about_each_vendor_once(sim):
         lines = [Line(i, names[(i + 20 * k) % 60]) for i in range(60)]  # each starts at a different vendor
         background = pipeline.Background()
         try:
-            return pipeline.categorize(lines, CATS, settings, backend, {}, job, background, claim_owner=f"c{k}")
+            return pipeline.categorize(lines, CATS, settings, backend, {}, job, background, claim_owner=f"c{k}",
+                                       tenant=TENANT)
         finally:
             background.wait()
 

@@ -188,6 +188,31 @@ def test_missing_and_bad_category_faults_damage_one_item_each() -> None:
     assert sum(row["category"] not in DEFAULT_TAXONOMY for row in rows.values()) == 1
 
 
+def test_bad_row_faults_give_one_row_an_id_or_category_that_is_not_a_string() -> None:
+    def spoiled(rows: list[Any]) -> list[Any]:
+        return [r for r in rows if not (isinstance(r["id"], str) and isinstance(r["category"], str))]
+
+    with Simulator(pbadrow=1.0) as sim:
+        api = client(sim)
+        for _ in range(4):
+            rows = json.loads(ask(api).choices[0].message.content)["items"]
+            assert len(rows) == 3 and len(spoiled(rows)) == 1
+        assert sim.stats()["faults"] == {"badrows": 4}
+    with Simulator(badrow_vendors="marriott downtown") as sim:
+        first = json.loads(ask(client(sim)).choices[0].message.content)["items"]
+        again = json.loads(ask(client(sim)).choices[0].message.content)["items"]
+    assert spoiled(first) == spoiled(again) and len(spoiled(first)) == 1  # the same vendor, the same shape
+    assert [r["id"] for r in first if r not in spoiled(first)] == ["v1", "v3"]  # only MARRIOTT DOWNTOWN's row
+
+
+def test_refusal_fault_answers_a_refusal_with_no_content() -> None:
+    with Simulator(prefusal=1.0) as sim:
+        completion = ask(client(sim))
+        assert sim.stats()["faults"] == {"refusal": 1}
+    message = completion.choices[0].message
+    assert message.content is None and message.refusal
+
+
 def test_faults_repeat_for_the_same_seed() -> None:
     def statuses(sim: Simulator) -> list[int]:
         out = []

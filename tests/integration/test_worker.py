@@ -7,21 +7,14 @@ import json
 import threading
 import time
 import uuid
+from decimal import Decimal
 
 import pytest
 
 from chalicelib import faults
 from chalicelib.settings import get_settings
 from chalicelib.tables import LineResult
-from local.simulator import Simulator
 from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
-
-
-@pytest.fixture
-def sim():
-    simulator = Simulator(latency=0.0).start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture
@@ -61,20 +54,34 @@ class Api:
         return body
 
 
-@pytest.fixture
-def api(client, token_for):
-    return Api(client, token_for())
-
-
 def assert_every_line_once(api: Api, job_id: str, lines: list[dict]) -> dict:
+    """Completed, and the report is the imported lines exactly: each once, as imported, in its totals once.
+
+    Every figure is checked against the input and the report's own lines, never a counter against itself.
+    """
     job = api.job(job_id)
     assert job["status"] == "Completed", job
     result = api.result(job_id)
-    ids = [line["lineId"] for line in result["lines"]]
-    assert sorted(ids) == sorted(line["lineId"] for line in lines)
+    imported = {line["lineId"]: line for line in lines}
+    reported = [line["lineId"] for line in result["lines"]]
+    assert len(reported) == len(set(reported)) and set(reported) == set(imported)
+    for line in result["lines"]:
+        given = imported[line["lineId"]]
+        assert (line["vendor"], line["amount"], line["currency"], line["date"]) == \
+            (given["vendor"], given["amount"], given["currency"], given["date"])
     assert job["processedLines"] == job["totalLines"] == len(lines)
-    flagged = sum(line["needsReview"] for line in result["lines"])
-    assert job["failedLines"] == result["needsReview"] == flagged
+    flagged = [line for line in result["lines"] if line["needsReview"]]
+    assert job["failedLines"] == result["needsReview"] == len(flagged)
+    # Totals: every categorized line once, in its own category and currency, at its imported amount.
+    expected: dict[tuple[str, str], list] = {}
+    for line in result["lines"]:
+        if not line["needsReview"]:
+            bucket = expected.setdefault((line["category"], line["currency"]), [Decimal(0), 0])
+            bucket[0] += Decimal(imported[line["lineId"]]["amount"])
+            bucket[1] += 1
+    assert {(t["category"], t["currency"]): [Decimal(t["amount"]), t["lines"]] for t in result["totals"]} == expected
+    assert sum(t["lines"] for t in result["totals"]) + len(flagged) == len(lines)
+    assert job["cachedLines"] == sum(line["source"] == "cache" for line in result["lines"])
     return result
 
 

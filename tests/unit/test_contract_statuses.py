@@ -38,9 +38,14 @@ def api():
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
+# Roles grant access within a tenant only, and a token without a tenant claim is a tenant of one: the users
+# here share one tenant, so one user's role can reach another's report (tests/hardening/test_tenants.py).
+TENANT = "contract-tests"
+
+
 def claims_token(**claims: Any) -> str:
     settings = get_settings()
-    base = {"sub": str(uuid4()), "exp": int(time.time()) + 600}
+    base = {"sub": str(uuid4()), "exp": int(time.time()) + 600, "tenant": TENANT}
     if settings.jwt_issuer:
         base["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
@@ -49,7 +54,8 @@ def claims_token(**claims: Any) -> str:
 
 
 def user(roles: list[str] | None = None) -> dict[str, str]:
-    return {"Authorization": "Bearer " + mint_token(get_settings(), sub=str(uuid4()), roles=roles or [])}
+    return {"Authorization": "Bearer " + mint_token(get_settings(), sub=str(uuid4()), roles=roles or [],
+                                                    tenant=TENANT)}
 
 
 def send(api, method: str, path: str, headers: dict[str, str], body: Any = None, content_type: str | None = None):
@@ -108,7 +114,10 @@ def move(job_id: str, *statuses: str) -> None:
 
     events = {"Processing": "started", "Failed": "failed", "Cancelled": "cancelled", "Completed": "completed"}
     for status in statuses:
-        transition(Job.get(job_id, consistent_read=True), JobStatus(status), events[status])
+        # A worker starts a job holding its lease (a cancel then asks the worker; with none, the API completes it).
+        lease = [Job.lease_owner.set("test-worker"), Job.lease_until.set(time.time() + 300)] \
+            if status == "Processing" else []
+        transition(Job.get(job_id, consistent_read=True), JobStatus(status), events[status], actions=lease)
 
 
 def run_worker(job_id: str) -> None:
@@ -118,7 +127,8 @@ def run_worker(job_id: str) -> None:
     try:
         deps.client("s3").head_bucket(Bucket=settings.results_bucket)
     except Exception:  # noqa: BLE001
-        pytest.skip(f"results bucket {settings.results_bucket!r} is missing (RESULTS_BUCKET not set to the stack's)")
+        pytest.fail(f"results bucket {settings.results_bucket!r} is missing: tests/conftest.py deploys it, "
+                    "so a Completed job could not store its result")
     context = SimpleNamespace(get_remaining_time_in_millis=lambda: 300_000, aws_request_id=f"test-{uuid4()}")
     worker.run_job(job_id, "start", context, settings=dataclasses.replace(settings, openai_api_key=None))
 

@@ -95,7 +95,8 @@ def run_worker(job_id: str) -> None:
     try:
         deps.client("s3").head_bucket(Bucket=settings.results_bucket)
     except Exception:  # noqa: BLE001 - any answer but success means there is nowhere to put results
-        pytest.skip(f"results bucket {settings.results_bucket!r} is missing (RESULTS_BUCKET not set to the stack's)")
+        pytest.fail(f"results bucket {settings.results_bucket!r} is missing: tests/conftest.py deploys it, "
+                    "so a Completed job could not store its result")
     context = SimpleNamespace(get_remaining_time_in_millis=lambda: 300_000, aws_request_id=f"test-{uuid4()}")
     worker.run_job(job_id, "start", context, settings=dataclasses.replace(settings, openai_api_key=None))
 
