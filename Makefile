@@ -18,7 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -rs -n 2
 
 # The long chaos soak (tests/hardening/test_chaos.py); `make test` runs a short one. CHAOS_SEED=N replays a run.
 soak: $(STAMP)
@@ -31,7 +31,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# Deploy to AWS (README, "Deploy to AWS"): package into build/package/$(STAGE), then deploy it (needs credentials).
+# Deploy to AWS (docs/deploy.md): package into build/package/$(STAGE), then deploy it (needs credentials).
 STAGE ?= dev
 
 package: $(STAMP)

@@ -1,15 +1,29 @@
-"""One error tree for the application; api/problems.py maps it to problem+json."""
+"""One error tree for the application; api/problems.py maps it to problem+json.
+
+Every class names its problem type (`slug`, or inherits its parent's) in the registry,
+chalicelib/api/problem_types.py, and takes its status and title from there: an unregistered slug fails at import.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.api import problem_types
+
 
 class AppError(Exception):
     """Base of every error the service raises on purpose."""
 
+    slug = "internal-error"
     status = 500
     title = "Internal error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        entry = problem_types.BY_SLUG.get(cls.slug)  # its own slug, or the one of the class it refines
+        if entry is None:
+            raise TypeError(f"{cls.__name__}.slug {cls.slug!r} is not in chalicelib/api/problem_types.py")
+        cls.status, cls.title = entry.status, entry.title
 
     def __init__(self, detail: str, **extensions: Any) -> None:
         super().__init__(detail)
@@ -19,60 +33,51 @@ class AppError(Exception):
 
 
 class ValidationFailed(AppError):
-    status = 400
-    title = "Invalid request"
+    slug = "validation-failed"
 
 
 class Unauthorized(AppError):
-    status = 401
-    title = "Unauthorized"
+    slug = "unauthorized"
 
 
 class Forbidden(AppError):
-    status = 403
-    title = "Forbidden"
+    slug = "forbidden"
 
 
 class NotFound(AppError):
-    status = 404
-    title = "Not found"
+    slug = "not-found"
 
 
 class Conflict(AppError):
-    status = 409
-    title = "Conflict"
+    slug = "conflict"
 
 
 class NotAsyncReport(Conflict):
-    pass
+    slug = "not-async-report"
 
 
 class ActiveJobExists(Conflict):
-    pass
+    slug = "active-job-exists"
 
 
 class InvalidTransition(Conflict):
-    pass
+    slug = "invalid-transition"
 
 
 class PayloadTooLarge(AppError):
-    status = 413
-    title = "Payload too large"
+    slug = "payload-too-large"
 
 
 class UnsupportedMediaType(AppError):
-    status = 415
-    title = "Unsupported media type"
+    slug = "unsupported-media-type"
 
 
 class IdempotencyMismatch(AppError):
-    status = 422
-    title = "Idempotency-Key reused with another request"
+    slug = "idempotency-key-reused"
 
 
 class RateLimited(AppError):
-    status = 429
-    title = "Too many requests"
+    slug = "rate-limited"
 
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail)
@@ -80,9 +85,8 @@ class RateLimited(AppError):
 
 
 class ServiceUnavailable(AppError):
-    status = 503
-    title = "Service unavailable"
+    slug = "service-unavailable"
 
-    def __init__(self, detail: str, retry_after: int = 5) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str, retry_after: int = 5, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
         self.headers["Retry-After"] = str(retry_after)

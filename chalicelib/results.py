@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import tempfile
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +23,10 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def line_dict(r: LineResult) -> dict[str, Any]:
+    """A line of the JSON report (and of a PATCH answer): the imported line, then its categorization."""
     return {"lineId": r.line_id, "date": r.date, "vendor": r.vendor, "amount": r.amount, "currency": r.currency,
-            "category": r.category, "confidence": float(r.confidence), "source": r.source,
-            "needsReview": bool(r.needs_review)}
+            "description": r.description or "", "category": r.category, "confidence": float(r.confidence),
+            "source": r.source, "needsReview": bool(r.needs_review)}
 
 
 def safe_cell(value: Any) -> str:
@@ -32,9 +35,9 @@ def safe_cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def _csv_row(d: dict[str, Any], description: str) -> list[str]:
-    text = {k: safe_cell(d[k]) for k in ("lineId", "vendor", "category")}
-    return [text["lineId"], d["date"], text["vendor"], d["amount"], d["currency"], safe_cell(description),
+def _csv_row(d: dict[str, Any]) -> list[str]:
+    text = {k: safe_cell(d[k]) for k in ("lineId", "vendor", "description", "category")}
+    return [text["lineId"], d["date"], text["vendor"], d["amount"], d["currency"], text["description"],
             text["category"], f"{d['confidence']:.3f}", d["source"], "true" if d["needsReview"] else "false"]
 
 
@@ -45,31 +48,52 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
     return key, needs_review
 
 
+def order_key(r: LineResult) -> str:
+    """Where a line goes in the report: import order (its importSeq). A line stored before lines had one sorts
+    first ("" before any sequence): it was imported before any line that has one. Ties go by lineId."""
+    return r.import_seq or ""
+
+
 def assemble_counted(job: Job, version: int, tick: Callable[[], None] | None = None,
                      written: Iterable[LineResult] | None = None) -> tuple[str, int, int]:
     """Write the report for `job` to S3; returns (json key, lines needing review, lines in the report).
 
-    `tick` is called every 2,000 lines, so a long assembly can show it is alive. `written` is every line
-    result of the job in lineId order when the caller holds them (the worker, for a job it did whole in one
-    invocation); otherwise they are read back from the table, page by page.
+    Lines are listed in import order (order_key), in the JSON and the CSV alike. `tick` is called every 2,000
+    lines, so a long assembly can show it is alive. `written` is every line result of the job in lineId order
+    when the caller holds them (the worker, for a job it did whole in one invocation); otherwise they are read
+    back from the table, page by page (in lineId order, the table's).
+
+    Memory stays flat whatever the job's size: each line's JSON and CSV text go to a temporary file as they
+    come, and only (order key, place) pairs and offsets stay in memory; they are sorted, and the lines are then
+    copied into the two documents in that order, each read back from where it was written.
     """
     totals: dict[tuple[str, str], list] = defaultdict(lambda: [Decimal(0), 0])
     needs_review = 0
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as lines_part, \
-            tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as csv_file:
-        writer = csv.writer(csv_file)
-        writer.writerow(CSV_COLUMNS)
-        first = True
+    keys: list[tuple[str, int]] = []  # (order key, place in lineId order)
+    offsets, json_sizes, csv_sizes = array("Q"), array("L"), array("L")
+    row_text = io.StringIO()
+    row_writer = csv.writer(row_text)
+    with tempfile.TemporaryFile("w+b") as records, tempfile.TemporaryFile("w+b") as csv_file, \
+            tempfile.TemporaryFile("w+b") as doc:
         source = written if written is not None else LineResult.query(job.job_id, consistent_read=True,
                                                                       page_size=500)
-        count = 0
+        count = offset = 0
         for count, r in enumerate(source, 1):
             if tick is not None and count % 2000 == 0:
                 tick()
             d = line_dict(r)
-            lines_part.write(("" if first else ",") + json.dumps(d, separators=(",", ":")))
-            first = False
-            writer.writerow(_csv_row(d, r.description or ""))
+            as_json = json.dumps(d, separators=(",", ":")).encode()
+            row_text.seek(0)
+            row_text.truncate()
+            row_writer.writerow(_csv_row(d))
+            as_csv = row_text.getvalue().encode()
+            records.write(as_json)
+            records.write(as_csv)
+            keys.append((order_key(r), count - 1))
+            offsets.append(offset)
+            json_sizes.append(len(as_json))
+            csv_sizes.append(len(as_csv))
+            offset += len(as_json) + len(as_csv)
             if r.needs_review or not r.category:
                 needs_review += 1
             else:
@@ -81,16 +105,27 @@ def assemble_counted(job: Job, version: int, tick: Callable[[], None] | None = N
                 "totals": [{"category": c, "currency": cur, "amount": str(v[0]), "lines": v[1]}
                            for (c, cur), v in sorted(totals.items())],
                 "needsReview": needs_review}
+        keys.sort()
+        row_text.seek(0)
+        row_text.truncate()
+        row_writer.writerow(CSV_COLUMNS)
+        csv_file.write(row_text.getvalue().encode())
+        doc.write(json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"lines":[')
+        for n, (_, place) in enumerate(keys):
+            records.seek(offsets[place])  # in lineId order already (the usual case), a read straight on
+            json_size = json_sizes[place]
+            data = records.read(json_size + csv_sizes[place])
+            if n:
+                doc.write(b",")
+            doc.write(data[:json_size])
+            csv_file.write(data[json_size:])
+        doc.write(b"]}")
+        del keys, offsets, json_sizes, csv_sizes
         base = f"results/{job.job_id}/v{version}"
         s3 = deps.client("s3")  # made here, not first in two threads at once (boto3's session is not thread-safe)
-        with tempfile.TemporaryFile("w+b") as doc, ThreadPoolExecutor(max_workers=1) as beside:
-            # The CSV goes up while the JSON is put together and sent: the job waits for the slower of the two.
-            csv_sent = beside.submit(_upload_text, s3, csv_file, f"{base}.csv", "text/csv")
-            doc.write(json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"lines":[')
-            lines_part.seek(0)
-            for chunk in iter(lambda: lines_part.read(1 << 16), ""):
-                doc.write(chunk.encode())
-            doc.write(b"]}")
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            # The CSV goes up beside the JSON: the job waits for the slower of the two.
+            csv_sent = beside.submit(_upload, s3, csv_file, f"{base}.csv", "text/csv")
             _upload(s3, doc, f"{base}.json", "application/json")
             csv_sent.result()
     return f"{base}.json", needs_review, count
@@ -109,14 +144,6 @@ def _upload(s3: Any, fileobj: IO[bytes], key: str, content_type: str) -> None:
         return
     # upload_fileobj sends a large report in parts (multipart), never whole in memory.
     s3.upload_fileobj(fileobj, bucket, key, ExtraArgs={"ContentType": content_type})
-
-
-def _upload_text(s3: Any, text_file: IO[str], key: str, content_type: str) -> None:
-    text_file.seek(0)
-    with tempfile.TemporaryFile("w+b") as raw:
-        for chunk in iter(lambda: text_file.read(1 << 16), ""):
-            raw.write(chunk.encode())
-        _upload(s3, raw, key, content_type)
 
 
 def fetch(key: str, csv_format: bool) -> tuple[bytes | None, str]:

@@ -140,6 +140,8 @@ class ExpenseLine(_Model):
     currency = UnicodeAttribute()
     description = UnicodeAttribute(default="")
     imported_at = UnicodeAttribute(attr_name="importedAt")
+    # Import order (lines/store.import_seq): reports list lines by it. None on a line stored before it existed.
+    import_seq = UnicodeAttribute(null=True, attr_name="importSeq")
 
 
 class OwnerIndex(GlobalSecondaryIndex):
@@ -255,6 +257,8 @@ class LineResult(_Model):
     confidence = NumberAttribute(default=0)
     source = UnicodeAttribute()
     needs_review = BooleanAttribute(default=False, attr_name="needsReview")
+    # The expense line's import order, copied by the worker (worker._result); the report lists lines by it.
+    import_seq = UnicodeAttribute(null=True, attr_name="importSeq")
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
@@ -324,4 +328,11 @@ class Control(_Model):
     level_requests = NumberAttribute(null=True, attr_name="levelRequests")
     level_tokens = NumberAttribute(null=True, attr_name="levelTokens")
     level_at = NumberAttribute(null=True, attr_name="levelAt")
+    # Job counts of one user and creation day, by status (jobs/counts.py): top-level, so a transition can ADD.
+    n_queued = NumberAttribute(null=True, attr_name="nQueued")
+    n_processing = NumberAttribute(null=True, attr_name="nProcessing")
+    n_cancellation_requested = NumberAttribute(null=True, attr_name="nCancellationRequested")
+    n_completed = NumberAttribute(null=True, attr_name="nCompleted")
+    n_failed = NumberAttribute(null=True, attr_name="nFailed")
+    n_cancelled = NumberAttribute(null=True, attr_name="nCancelled")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

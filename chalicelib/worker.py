@@ -490,10 +490,11 @@ def _save_rows(results: list[LineResult]) -> None:
 
 
 def _result(job: Job, line: Any, a: Answer) -> LineResult:
+    # `line` is an ExpenseLine, or a LineResult asked again (_recheck_flagged): either carries its import order.
     return LineResult(job.job_id, line.line_id, date=line.date, vendor=line.vendor, amount=line.amount,
                       currency=line.currency, description=line.description or "", category=a.category,
                       confidence=a.confidence, source=a.source, needs_review=a.needs_review,
-                      expires_at=job.expires_at)
+                      import_seq=getattr(line, "import_seq", None), expires_at=job.expires_at)
 
 
 def _save_all(results: list[LineResult]) -> None:

@@ -3,8 +3,10 @@
     python -m infra.package [--stage dev] [--out build/package/<stage>] [--template-only] [--bundle-sdk]
 
 1. Merges infra/deploy.yaml (deployment-only additions) over infra/template.yaml (the resources the local
-   stack also deploys) into build/package/<stage>/merge-template.json, and pins the template's `Prefix`
-   parameter to the stage's APP_PREFIX: Chalice writes queue names into the event sources and policies.
+   stack also deploys) into build/package/<stage>/merge-template.json, pins the template's `Prefix`
+   parameter to the stage's APP_PREFIX (Chalice writes queue names into the event sources and policies), and
+   adds API Gateway's gateway responses: its own errors (unknown path or method, throttling, 5xx) as
+   problem+json of the registry in chalicelib/api/problem_types.py, never echoing a header.
 2. Runs `chalice package --stage <stage> --merge-template <that file> <out>`, in process. With
    `automatic_layer` the dependencies go into layer-deployment.zip, cached by Chalice per requirements.txt
    (.chalice/deployments), so after the first run only a requirements change needs PyPI.
@@ -51,6 +53,64 @@ def stage_prefix(stage: str) -> str:
     return prefix
 
 
+def stage_cors_origin(stage: str) -> str | None:
+    config = json.loads(CHALICE_CONFIG.read_text())
+    stage_env = ((config.get("stages") or {}).get(stage) or {}).get("environment_variables", {})
+    return stage_env.get("CORS_ALLOW_ORIGIN") or (config.get("environment_variables") or {}).get("CORS_ALLOW_ORIGIN")
+
+
+# API Gateway's own answers (a request that never reaches the function) as problem+json of the registry
+# (chalicelib/api/problem_types.py): response type -> (status, problem slug, detail). Every 4xx type is listed
+# with its own status, so DEFAULT_4XX only catches types AWS adds later. The details are fixed text: API
+# Gateway's own message for MISSING_AUTHENTICATION_TOKEN echoes the Authorization header (the bearer token),
+# so no template uses $context.error.message or any request value.
+_REFUSED = "API Gateway refused the request before it reached the service."
+GATEWAY_RESPONSES: dict[str, tuple[int, str, str]] = {
+    "MISSING_AUTHENTICATION_TOKEN": (404, "not-found", "No resource of this API has this path and method."),
+    "RESOURCE_NOT_FOUND": (404, "not-found", "No resource of this API has this path and method."),
+    "BAD_REQUEST_BODY": (400, "validation-failed", _REFUSED + " The body is not valid."),
+    "BAD_REQUEST_PARAMETERS": (400, "validation-failed", _REFUSED + " A parameter is not valid."),
+    "UNAUTHORIZED": (401, "unauthorized", "The request is not authenticated."),
+    "ACCESS_DENIED": (403, "forbidden", _REFUSED),
+    "EXPIRED_TOKEN": (403, "forbidden", _REFUSED),
+    "INVALID_API_KEY": (403, "forbidden", _REFUSED),
+    "INVALID_SIGNATURE": (403, "forbidden", _REFUSED),
+    "WAF_FILTERED": (403, "forbidden", _REFUSED),
+    "REQUEST_TOO_LARGE": (413, "payload-too-large", "The request is over API Gateway's size limit (10 MB)."),
+    "UNSUPPORTED_MEDIA_TYPE": (415, "unsupported-media-type", "This Content-Type is not accepted."),
+    "THROTTLED": (429, "rate-limited", "Too many requests to the API; try again shortly."),
+    "QUOTA_EXCEEDED": (429, "rate-limited", "The API's request quota is used up; try again later."),
+    "DEFAULT_4XX": (400, "validation-failed", _REFUSED),
+    "INTEGRATION_FAILURE": (503, "service-unavailable", "The service did not answer; try again shortly."),
+    "INTEGRATION_TIMEOUT": (503, "service-unavailable", "The service did not answer in time; try again shortly."),
+    "DEFAULT_5XX": (500, "internal-error",
+                    "The service hit an unexpected error; the request was not completed. Try again."),
+}
+
+
+def gateway_responses(cors_origin: str | None) -> dict[str, Any]:
+    """The x-amazon-apigateway-gateway-responses of the REST API: fixed problem+json bodies, no echo."""
+    from chalicelib.api import problem_types
+
+    out: dict[str, Any] = {}
+    for response_type, (status, slug, detail) in GATEWAY_RESPONSES.items():
+        kind = problem_types.get(slug)
+        body = json.dumps({"type": kind.uri, "title": kind.title, "status": status, "detail": detail})
+        headers = {"Content-Type": "'application/problem+json'"}
+        if cors_origin:  # as the app's own answers (chalicelib/api/middleware.py): a browser may read the error
+            headers["Access-Control-Allow-Origin"] = f"'{cors_origin}'"
+            headers["Access-Control-Expose-Headers"] = "'Location,Retry-After,ETag'"
+        if status in (429, 503):
+            headers["Retry-After"] = "'5'"
+        out[response_type] = {
+            "statusCode": str(status),
+            "responseParameters": {f"gatewayresponse.header.{k}": v for k, v in headers.items()},
+            # Templates are chosen by the request's Accept; without a match API Gateway uses application/json.
+            "responseTemplates": {"application/json": body, "application/problem+json": body},
+        }
+    return out
+
+
 def merge_template(stage: str) -> dict[str, Any]:
     """infra/deploy.yaml over infra/template.yaml, with Chalice's merge rules (dicts merge, the rest replaces)."""
     from chalice.package import TemplateDeepMerger
@@ -63,6 +123,12 @@ def merge_template(stage: str) -> dict[str, Any]:
         Default=prefix, AllowedValues=[prefix],
         Description=f"Fixed by the chalice stage {stage!r} (APP_PREFIX): queue names are built into the functions.")
     merged["Description"] = f"Async report generation, stage {stage} ({prefix}): packaged by `make package`."
+    # In the REST API's own definition, not as AWS::ApiGateway::GatewayResponse resources: a change there is a
+    # change of the definition, so SAM deploys the stage again (a separate resource is only live after the next
+    # deployment, which SAM would not make for it).
+    api = merged["Resources"].setdefault("RestAPI", {}).setdefault("Properties", {})
+    api.setdefault("DefinitionBody", {})["x-amazon-apigateway-gateway-responses"] = gateway_responses(
+        stage_cors_origin(stage))
     return merged
 
 

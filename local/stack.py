@@ -254,10 +254,33 @@ def harden_chalice_local() -> None:
       `Allow` (made problem+json by the app's middleware, after authentication).
     - A path no route matches was a 403 whose body echoed the Authorization header; it is a 404 problem+json.
     - A HEAD answer carried a body, which a keep-alive client reads as the start of its next answer.
+
+    And it keeps its output to what a user needs (`make run` shares the terminal with it):
+
+    - A client that hangs up early (a reset, a closed socket before the answer is written) made socketserver print
+      a whole `ConnectionResetError`/`BrokenPipeError` traceback. It is one debug line (not shown at chalice
+      local's INFO level); any other error keeps its traceback.
+    - PynamoDB logs "Override settings for pynamo not available ..." at INFO when it is imported and finds no
+      settings file (/etc/pynamodb/global_default_settings.py or $PYNAMODB_CONFIG); chalice local logs INFO to
+      stdout. The app needs no such file, so `pynamodb.settings` logs warnings only.
     """
     from chalice import local as chalice_local
 
+    logging.getLogger("pynamodb.settings").setLevel(logging.WARNING)
     chalice_local.ThreadedHTTPServer.request_queue_size = 128
+    server_cls = chalice_local.ThreadedHTTPServer
+    if not getattr(server_cls, "quiet_on_hangup", False):
+        report_error = server_cls.handle_error
+
+        def handle_error(self: Any, request: Any, client_address: Any) -> None:
+            error = sys.exc_info()[1]
+            if isinstance(error, ConnectionError):  # reset, broken pipe, aborted: the client went away
+                log.debug("client %s hung up early: %s", client_address, error.__class__.__name__)
+                return
+            report_error(self, request, client_address)
+
+        server_cls.handle_error = handle_error
+        server_cls.quiet_on_hangup = True
     handler = chalice_local.ChaliceRequestHandler
     if getattr(handler, "hardened", False):
         return
@@ -267,7 +290,7 @@ def harden_chalice_local() -> None:
     def handle(self: Any) -> None:
         if not _route_exists(self.local_gateway, self.path):
             self._parse_payload()  # read the body off the connection: it is kept alive for the next request
-            self._send_http_response(404, {"Content-Type": "application/problem+json"}, _NOT_FOUND)
+            self._send_http_response(404, {"Content-Type": "application/problem+json"}, _not_found_body())
             return
         generic(self)
 
@@ -294,8 +317,10 @@ def harden_chalice_local() -> None:
     handler.hardened = True
 
 
-_NOT_FOUND = json.dumps({"type": "urn:reports:problem:404", "title": "Not found", "status": 404,
-                         "detail": "No resource of this API has this path."})
+def _not_found_body() -> str:
+    from chalicelib.api import problem_types  # the one registry of problem types (imported in the child only)
+
+    return json.dumps(problem_types.get("not-found").body("No resource of this API has this path."))
 
 
 def _route_exists(gateway: Any, path: str) -> bool:
@@ -428,7 +453,8 @@ class LocalStack:
             "    Try:",
             f"      export TOKEN={self.token}",
             f"      curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/v1/jobs",
-            f"      AWS_ENDPOINT_URL={self.endpoint_url} python -m local.scheduler list",
+            f"      REPORTS_API_URL={base} REPORTS_TOKEN=$TOKEN .venv/bin/reports list",
+            f"      AWS_ENDPOINT_URL={self.endpoint_url} .venv/bin/python -m local.scheduler list",
             "    Ctrl-C stops everything.",
         ])
 

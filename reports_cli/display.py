@@ -50,10 +50,11 @@ def describe(job: dict[str, Any]) -> str:
         ("Job", job.get("jobId")),
         ("Report", f"{job.get('reportId')} ({job.get('period')})"),
         ("Status", label(job.get("status")) + (f" - {job['statusMessage']}" if job.get("statusMessage") else "")),
-        ("Progress", counts(job) + f", {int(job.get('cachedLines') or 0)} from cache"),
+        ("Progress", counts(job) + f", {int(job.get('cachedLines') or 0)} from the vendor cache"),
         ("ETA", f"{job['estimatedCompletionAt']} ({eta_text(job)})" if eta_text(job) != "-" else None),
         ("Error", job.get("errorMessage")),
-        ("Retries", job.get("retryCount") or None),
+        # retryCount counts model requests sent again (rate limits, transient errors), not retries of the job.
+        ("Retries", f"{int(job['retryCount'])} model request retries" if job.get("retryCount") else None),
         ("Created", job.get("createdAt")),
         ("Completed", job.get("completedAt")),
         ("Result", job.get("resultUrl")),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib import deps
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, get_settings
 
 
 @dataclass
@@ -205,3 +205,42 @@ def deliver_until(job_ids: set[str], done: Callable[[], bool], settings: Setting
         messages = receive(job_ids, wait=1)
         if messages:
             deliver(messages, Ctx(), settings)
+
+
+def seed_jobs(owner_id: str, n: int, every: int = 4, start: Any = None) -> list[str]:
+    """`n` jobs of `owner_id` written straight to the table, one a second from `start` (default: `n` s ago),
+    every `every`th Processing and the rest Completed, with the per-day counts a create and its transitions
+    would have left (chalicelib.jobs.counts). Returns their ids, oldest first.
+
+    They are listed, never worked: none is in the live-jobs index, so no reaper of any test sweeps them.
+    """
+    from collections import Counter
+    from datetime import timedelta
+
+    from chalicelib import clock
+    from chalicelib.jobs import counts
+    from chalicelib.jobs.states import JobStatus, lock_key
+    from chalicelib.tables import Control, Job
+
+    start = start or clock.now() - timedelta(seconds=n)
+    expires = start + timedelta(days=get_settings().retention_days)
+    per_day: Counter = Counter()
+    ids = []
+    with Job.batch_write() as batch:
+        for i in range(n):
+            status = JobStatus.PROCESSING if i % every == 0 else JobStatus.COMPLETED
+            stamp = clock.iso(start + timedelta(seconds=i))
+            job_id = str(uuid.uuid4())
+            ids.append(job_id)
+            per_day[(stamp[:10], status)] += 1
+            batch.save(Job(job_id, owner_id=owner_id, report_id="seeded", period="2026-01", status=status.value,
+                           created_at=stamp, updated_at=stamp, heartbeat_at=stamp, trigger="api",
+                           lock_key=lock_key(owner_id, "seeded", f"x{i}"), total_lines=10, processed_lines=10,
+                           status_message="seeded", expires_at=expires + timedelta(seconds=i)))
+    with Control.batch_write() as batch:
+        for day in {day for day, _ in per_day}:
+            item = Control(counts.key(owner_id, day), expires_at=clock.expiry(get_settings().retention_days + 2))
+            for status in JobStatus:
+                setattr(item, counts.attribute_name(status), per_day[(day, status)])
+            batch.save(item)
+    return ids

@@ -65,6 +65,14 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+class _NotANumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotANumber(name)  # NaN, Infinity, -Infinity: Python's json takes them, JSON does not
+
+
 def json_body(request: Request, required: bool = True) -> Any:
     text = raw_text(request)
     if not text.strip():
@@ -74,7 +82,11 @@ def json_body(request: Request, required: bool = True) -> Any:
     if media_type(request) not in ("application/json",):
         raise UnsupportedMediaType("The body must be application/json.")
     try:
-        value = json.loads(text, parse_float=Decimal, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        # Numbers with a point or an exponent become Decimal, exactly as written (never a float); integers int.
+        value = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+    except _NotANumber as err:
+        raise ValidationFailed(f"The body is not valid JSON: {err.args[0]} is not a JSON number (JSON has no NaN "
+                               "or infinities); send a finite number or a decimal string.") from None
     except (ValueError, RecursionError):
         raise ValidationFailed("The body is not valid JSON.") from None
     if _depth(value) > MAX_JSON_DEPTH:

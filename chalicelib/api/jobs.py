@@ -20,6 +20,7 @@ from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 
 bp = Blueprint(__name__)
+EVENTS_PAGE_MAX = 1000
 
 
 def _poll_headers(job: Job) -> dict[str, str]:
@@ -92,4 +93,6 @@ def cancel_job(jobId: str) -> dict:  # noqa: N803
 @handled
 def job_events(jobId: str) -> dict:  # noqa: N803
     req = http.current()
-    return {"items": service.events(http.principal(req).user_id, jobId)}
+    # Paged like every list: pageSize 1-1000 (default 1000, a whole trail in one page for almost every job).
+    size = paging.page_size(http.query(req, "pageSize"), default=EVENTS_PAGE_MAX, maximum=EVENTS_PAGE_MAX)
+    return service.events(http.principal(req).user_id, jobId, size, http.query(req, "nextToken"))

@@ -16,7 +16,7 @@ from chalicelib.lines.validation import check_line_id_key
 from chalicelib.settings import get_settings
 
 log = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/health/ready", "/openapi.json"})
 
 
 def guard(request: Request, get_response: Callable[[Request], Response]) -> Response:

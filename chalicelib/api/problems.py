@@ -1,30 +1,27 @@
-"""The one place where errors become application/problem+json responses."""
+"""The one place where errors become application/problem+json responses.
+
+Every `type` comes from the registry (chalicelib/api/problem_types.py): an AppError by its class's slug,
+an answer of Chalice's own (404, 405, 415, 500 ...) by its status.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from chalice import Response
 
+from chalicelib.api import problem_types
 from chalicelib.errors import AppError
 
 PROBLEM = "application/problem+json"
-_TITLES = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-           405: "Method not allowed", 409: "Conflict", 413: "Payload too large",
-           415: "Unsupported media type", 422: "Unprocessable request", 429: "Too many requests",
-           500: "Internal error", 503: "Service unavailable"}
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
-
-
-def problem(status: int, detail: str, title: str | None = None, kind: str | None = None,
-            headers: dict[str, str] | None = None, **extensions: Any) -> Response:
-    body = {"type": f"urn:reports:problem:{kind or status}", "title": title or _TITLES.get(status, "Error"),
-            "status": status, "detail": detail, **extensions}
+def problem(status: int, detail: str, slug: str | None = None, headers: dict[str, str] | None = None,
+            **extensions: Any) -> Response:
+    """A problem+json answer of the registered type `slug` (by default the type registered for `status`)."""
+    kind = problem_types.get(slug) if slug else problem_types.for_status(status)
+    body = {"type": kind.uri, "title": kind.title, "status": status, "detail": detail, **extensions}
     return Response(body=json.dumps(body), status_code=status, headers={"Content-Type": PROBLEM, **(headers or {})})
 
 
@@ -33,9 +30,9 @@ def from_error(err: AppError) -> Response:
     if err.status == 401:
         presented = err.extensions.get("tokenPresented", True)
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if presented else "Bearer"
-    reserved = {"type", "title", "status", "detail", "kind", "headers", "tokenPresented"}
+    reserved = {"type", "title", "status", "detail", "kind", "slug", "headers", "tokenPresented"}
     extensions = {k: v for k, v in err.extensions.items() if v is not None and k not in reserved}
-    return problem(err.status, err.detail, err.title, _slug(type(err).__name__), headers, **extensions)
+    return problem(err.status, err.detail, err.slug, headers, **extensions)
 
 
 def normalize(response: Response) -> Response:
@@ -54,5 +51,5 @@ def normalize(response: Response) -> Response:
         # Chalice's message names the method, which is the client's text: say it in our own words.
         detail = "This path does not take this method; the Allow header lists the methods it takes."
     else:
-        detail = str(body.get("Message") or _TITLES.get(status, "The request was not accepted."))
+        detail = str(body.get("Message") or problem_types.for_status(status).title)
     return problem(status, detail, headers=headers)

@@ -41,7 +41,8 @@ def import_expenses() -> Response:
     elif kind == "application/json":
         body = http.json_body(request)
         if not isinstance(body, dict) or set(body) != {"lines"}:
-            raise ValidationFailed('The body must be {"lines": [...]}.', field="lines")
+            raise ValidationFailed("The body must be a JSON object with one member, lines: an array of expense "
+                                   "lines.", field="lines")
         lines = validation.validate_lines(body["lines"], limit)
     else:
         raise UnsupportedMediaType("Send application/json or text/csv.")

@@ -14,6 +14,7 @@ from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, Validation
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.service import get_job
 from chalicelib.jobs.states import JobStatus, TransitionRaced, transition
+from chalicelib.lines.validation import shown_id
 from chalicelib.tables import Job, LineResult
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def settle_line(owner_id: str, job_id: str, line_id: str, body: Any) -> dict[str
     try:
         line = LineResult.get(job_id, line_id, consistent_read=True)
     except LineResult.DoesNotExist:
-        raise NotFound(f"Line '{line_id}' is not part of this job.") from None
+        raise NotFound(f"Line '{shown_id(line_id)}' is not part of this job.") from None
     fixed = _settle(line, category)
     # The job's tenant's cache only: a person in one tenant never decides another tenant's answers.
     cache.learn_manual(list(job.categories), normalize_vendor(line.vendor), category,
@@ -87,7 +88,7 @@ def _settle(line: LineResult, category: str) -> int:
     except UpdateError as err:
         if err.cause_response_code != "ConditionalCheckFailedException":
             raise
-        raise NotFound(f"Line '{line.line_id}' is not part of this job.") from None
+        raise NotFound(f"Line '{shown_id(line.line_id)}' is not part of this job.") from None
     return 0
 
 

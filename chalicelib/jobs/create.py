@@ -15,6 +15,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 
 from chalicelib import clock, deps, observability
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
+from chalicelib.jobs import counts
 from chalicelib.jobs.states import JobStatus, event_item, lock_holder, lock_key
 from chalicelib.reports.service import ReportConfig
 from chalicelib.settings import get_settings
@@ -64,6 +65,7 @@ def _commit(job: Job, add_to_window: Callable[[TransactWrite], None]) -> None:
                     condition=Control.pk.does_not_exist())
             add_to_window(tx)
             tx.save(event_item(job.job_id, "created", {"trigger": job.trigger, "period": job.period}))
+            counts.created(tx, job)
     except TransactWriteError as err:
         codes = {r.code for r in (err.cancellation_reasons or []) if r}
         if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
@@ -130,6 +132,7 @@ def _undo(job: Job) -> None:
         tx.delete(job)
         tx.delete(Control(job.lock_key), condition=Control.pk.does_not_exist() | (Control.job_id == job.job_id))
         tx.update(Control(f"rate#{job.owner_id}"), actions=[Control.stamps[job.job_id].remove()])
+        counts.undone(tx, job)
     with JobEvent.batch_write() as batch:
         for event in JobEvent.query(job.job_id):
             batch.delete(event)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from itertools import islice
 from typing import Any
 
-from chalicelib import paging
+from chalicelib import clock, paging
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
-from chalicelib.jobs import chunks, runner
+from chalicelib.jobs import chunks, counts, runner
 from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, transition
+from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits, shown_id
 from chalicelib.tables import Job, JobEvent
 
 
@@ -20,7 +22,7 @@ def get_job(owner_id: str, job_id: str) -> Job:
         job = None
     # DynamoDB deletes expired items days late; an expired job must already read as gone.
     if job is None or job.owner_id != owner_id or job.expires_at.timestamp() < time.time():
-        raise NotFound(f"Job '{job_id}' was not found.")
+        raise NotFound(f"Job '{shown_id(job_id)}' was not found.")
     return job
 
 
@@ -49,42 +51,60 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
 
 
 def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, token: str | None) -> dict[str, Any]:
+    """The caller's jobs, newest first: one index query for the page, counters for `totalCount` (jobs/counts.py).
+
+    A page by number skips the jobs before it reading their keys only; `nextToken` resumes after the last job
+    of the page before, whatever the page number.
+    """
     if status is not None and status not in {s.value for s in JobStatus}:
         raise ValidationFailed(f"status: must be one of {', '.join(s.value for s in JobStatus)}.", field="status")
     start = paging.decode(token)
     if start is not None:
-        if set(start) != {"jobId", "createdAt", "page"} or not isinstance(start["page"], int):
+        if set(start) != {"jobId", "createdAt", "page"} or not isinstance(start["page"], int) or not all(
+                isinstance(start[k], str) and 0 < len(start[k]) <= 64 for k in ("jobId", "createdAt")):
             raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
         page = start["page"]
     page = page or 1
-    condition = (Job.status == status) if status else None
-    now = time.time()
-    items: list[Job] = []
-    total = 0
+    now = clock.now()
+    # DynamoDB deletes expired items days late: an expired job must already be gone from the list.
+    condition = Job.expires_at > now
+    if status:
+        condition = condition & (Job.status == status)
+    after = _index_key(owner_id, start["createdAt"], start["jobId"]) if start else None
     skip = 0 if start else (page - 1) * size
-    after = (str(start["createdAt"]), str(start["jobId"])) if start else None
-    passed = after is None
-    # Newest first; totalCount is exact, so the whole (TTL-bounded) list is walked once.
-    for job in Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False):
-        if job.expires_at.timestamp() < now:
-            continue
-        total += 1
-        if not passed:
-            # Resume just past the cursor's job (newest first: skip what is newer or equal).
-            if job.job_id == after[1] or job.created_at > after[0]:
-                passed = job.job_id == after[1]
-                continue
-            passed = True
-        if skip:
-            skip -= 1
-            continue
-        if len(items) <= size:
-            items.append(job)
+    items: list[Job] = []
+    if skip > SKIP_IN_ONE_READ:
+        after, skip = _skip(owner_id, condition, skip), 0
+    if after is not False:
+        # A near page by number is one read from the top (the jobs before it are dropped here); a far one
+        # resumes after the keys `_skip` read, so no far page turns thousands of items into models.
+        items = list(Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False,
+                                        last_evaluated_key=after, limit=skip + size + 1,
+                                        page_size=max(100, skip + size + 1)))[skip:]
     more = len(items) > size
     items = items[:size]
     token_out = paging.encode({"jobId": items[-1].job_id, "createdAt": items[-1].created_at, "page": page + 1}) \
         if more else None
+    total = counts.total(owner_id, JobStatus(status) if status else None, now)
     return {"items": items, "page": page, "pageSize": size, "totalCount": total, "nextToken": token_out}
+
+
+SKIP_IN_ONE_READ = 500  # jobs before a page by number that are read whole, not by keys first (`_skip`)
+
+
+def _index_key(owner_id: str, created_at: str, job_id: str) -> dict[str, dict[str, str]]:
+    """Where a query of the owner index resumes: just past this job."""
+    return {"ownerId": {"S": owner_id}, "createdAt": {"S": created_at}, "jobId": {"S": job_id}}
+
+
+def _skip(owner_id: str, condition: Any, n: int) -> dict[str, dict[str, str]] | bool:
+    """The index key of the `n`th job (newest first), read by keys only; False when there are fewer."""
+    keys = Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False, page_size=500,
+                              attributes_to_get=["jobId", "createdAt", "ownerId"])
+    skipped = list(islice(keys, n))
+    if len(skipped) < n:
+        return False
+    return _index_key(owner_id, skipped[-1].created_at, skipped[-1].job_id)
 
 
 def cancel_job(owner_id: str, job_id: str) -> Job:
@@ -138,7 +158,15 @@ def _worked_now(job: Job) -> bool:
     return bool(int(job.chunk_count)) and chunks.live_lease(job.job_id, now)
 
 
-def events(owner_id: str, job_id: str) -> list[dict[str, Any]]:
+def events(owner_id: str, job_id: str, size: int, token: str | None) -> dict[str, Any]:
+    """One page of the job's audit trail, oldest first; `nextToken` names the last event of the page."""
+    start = paging.decode(token)
+    if start is not None and (set(start) != {"eventKey"} or not key_fits(start["eventKey"], MAX_RANGE_KEY_BYTES)):
+        raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
     get_job(owner_id, job_id)
-    return [{"at": e.at, "type": e.type, "detail": e.detail or {}}
-            for e in JobEvent.query(job_id, consistent_read=True)]
+    last = {"jobId": {"S": job_id}, "eventKey": {"S": start["eventKey"]}} if start else None
+    page = JobEvent.query(job_id, consistent_read=True, limit=size, last_evaluated_key=last)
+    found = list(page)
+    items = [{"at": e.at, "type": e.type, "detail": e.detail or {}} for e in found]
+    more = page.last_evaluated_key is not None and len(found) == size
+    return {"items": items, "nextToken": paging.encode({"eventKey": found[-1].event_key}) if more else None}

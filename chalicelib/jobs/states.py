@@ -75,6 +75,8 @@ def transition(
     Raises InvalidTransition when the move is not allowed from the job's status,
     and TransitionRaced when another writer changed the status first.
     """
+    from chalicelib.jobs import counts  # counts reads JobStatus from here
+
     current = JobStatus(job.status)
     if to not in TRANSITIONS[current]:
         raise InvalidTransition(f"A {current.value} job cannot become {to.value}.")
@@ -92,6 +94,7 @@ def transition(
             guard = status_unchanged if condition is None else status_unchanged & condition
             tx.update(job, actions=updates, condition=guard)
             tx.save(event_item(job.job_id, event, detail))
+            counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
             if to in TERMINAL:
                 # lock_is_ours: never release a lock another job now holds.
                 lock_is_ours = Control.pk.does_not_exist() | (Control.job_id == job.job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -17,18 +18,36 @@ def owner_period(owner_id: str, period: str) -> str:
     return f"{owner_id}#{period}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def import_seq(moment: datetime, index: int) -> str:
+    """The import order of the `index`-th line (0-based) of a request received at `moment`.
+
+    Microseconds since the epoch (16 digits), then the line's place in the request or file (6 digits): it sorts
+    as text, later imports after earlier ones and a request's lines in its order. Two imports in the same
+    microsecond would interleave by place; a lineId breaks any tie.
+    """
+    return f"{(moment - _EPOCH) // timedelta(microseconds=1):016d}.{index:06d}"
+
+
 def import_lines(principal: Principal, lines: list[dict[str, str]]) -> dict[str, Any]:
-    """Store validated lines; a re-imported lineId replaces the stored line of its month."""
-    stamp = clock.iso(clock.now())
+    """Store validated lines, in the order given, each with its import sequence.
+
+    A re-imported lineId replaces the stored line of its month, sequence included: it moves to the place of
+    its latest import (a report lists it there), as any replaced line would.
+    """
+    moment = clock.now()
+    stamp = clock.iso(moment)
     periods = set()
     with ExpenseLine.batch_write() as batch:
-        for line in lines:
+        for index, line in enumerate(lines):
             period = line["date"][:7]
             periods.add(period)
             batch.save(ExpenseLine(
                 owner_period(principal.user_id, period), line["lineId"], date=line["date"],
                 vendor=line["vendor"], amount=line["amount"], currency=line["currency"],
-                description=line["description"], imported_at=stamp,
+                description=line["description"], imported_at=stamp, import_seq=import_seq(moment, index),
             ))
     return {"imported": len(lines), "periods": sorted(periods)}
 

@@ -6,9 +6,11 @@ import csv
 import io
 import re
 import uuid
+from collections import Counter
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote
 
 from chalicelib.errors import ValidationFailed
 
@@ -25,8 +27,53 @@ AMOUNT = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,4})?$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+# What an amount may hold, as a string or a JSON number alike: the digits the service keeps.
+AMOUNT_INT_DIGITS, AMOUNT_FRACTION_DIGITS = 12, 4
+AMOUNT_RULE = (f"a decimal string such as \"23.50\" or a JSON number such as 23.5, with at most "
+               f"{AMOUNT_INT_DIGITS} digits before the point and {AMOUNT_FRACTION_DIGITS} after")
 CSV_COLUMNS = ["lineId", "date", "vendor", "amount", "currency", "description"]
+REQUIRED_COLUMNS = [c for c in CSV_COLUMNS if c not in ("lineId", "description")]
 _FIELDS = set(CSV_COLUMNS)
+SHOWN_MAX_CHARS = 80
+
+
+def shown(value: Any, limit: int = SHOWN_MAX_CHARS) -> str:
+    """`value` as a message shows it: unprintable characters as escapes (`\\u202e`), cut to `limit` characters
+    with an ellipsis."""
+    text = value if isinstance(value, str) else str(value)
+    out = []
+    for ch in text[:limit + 1]:
+        out.append(ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"))
+    joined = "".join(out)
+    return joined[:limit] + "\u2026" if len(text) > limit or len(joined) > limit else joined
+
+
+def shown_id(raw: Any) -> str:
+    """An id from a URL path, as a 404 shows it: percent-decoded (API Gateway and `chalice local` pass path
+    parameters as sent), then `shown`: never the raw percent-encoding, never a 5 KB id."""
+    return shown(unquote(raw, errors="replace") if isinstance(raw, str) else raw)
+
+
+def kind_of(value: Any) -> str:
+    """The JSON kind of `value`, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "empty text" if not value.strip() else "text"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a value of another kind"
+
+
+def in_words(names: list[str], conjunction: str = "and") -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 def key_fits(value: Any, max_bytes: int = MAX_RANGE_KEY_BYTES) -> bool:
@@ -58,89 +105,204 @@ def _text(value: Any, limit: int, required: bool) -> str | None:
     return value.strip()
 
 
-def validate_line(raw: Any, where: str) -> dict[str, str]:
-    """Return the canonical line or raise ValidationFailed naming `where` and the field."""
+def _but(value: Any) -> str:
+    """The end of a "must be ..." sentence: what was sent instead, when it was not text at all."""
+    return "." if isinstance(value, str) else f", not {kind_of(value)}."
+
+
+def json_line(index: int) -> tuple[str, str, str]:
+    """(where, line, short) of item `index` (0-based) of a JSON import: words for the detail, `lines[i]` for
+    the problem's `line` member, and a short name for another message to point at."""
+    return f"Line {index + 1} of lines (counting from 1)", f"lines[{index}]", f"line {index + 1}"
+
+
+def csv_row(row: int, physical: int | None = None, at: str = "this row ends on") -> tuple[str, str, str]:
+    """(where, line, short) of record `row` of a CSV import, counted as a spreadsheet counts rows: the header
+    is row 1. `physical`, the file's line, is named too where a quoted cell over several lines sets it apart."""
+    also = f"; {at} line {physical} of the file" if physical is not None and physical != row else ""
+    return f"Row {row} of the CSV (the header is row 1{also})", f"row {row}", f"row {row}"
+
+
+def _amount(value: Any, fail: Any) -> str:
+    """The canonical decimal string of an amount given as a string or a JSON number, never through float.
+
+    A string must be written plainly (optional minus, digits, optional point and digits). A number (json_body
+    parses it with parse_float=Decimal; an integer arrives as int) is taken at its exact decimal value, in any
+    JSON form (`23.5`, `2350e-2`). Either is stored as its fixed-point digits, as written: "23.50" stays
+    "23.50", 23.5 becomes "23.5", 1E+2 becomes "100".
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise fail("amount", f"is required: {AMOUNT_RULE}.")
+    if isinstance(value, str):
+        text = value.strip()
+        if not AMOUNT.fullmatch(text):
+            raise fail("amount", f"must be {AMOUNT_RULE}. Write it plainly: no exponent, thousands separator, "
+                                 "currency sign or leading plus.")
+        return str(Decimal(text))
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        # A float never gets here from a request (json_body parses numbers as Decimal); one from code would
+        # already have lost digits, so it is refused like any other kind.
+        raise fail("amount", f"must be {AMOUNT_RULE}, not {kind_of(value)}.")
+    number = Decimal(value)
+    if not number.is_finite():
+        raise fail("amount", f"must be {AMOUNT_RULE}, not {'NaN' if number.is_nan() else 'an infinity'}.")
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if number.is_zero():
+        number = number.quantize(Decimal(1)) if exponent > 0 else number
+    elif exponent < -AMOUNT_FRACTION_DIGITS:
+        raise fail("amount", f"must be {AMOUNT_RULE}: this number has {-exponent} digits after the point, "
+                             "more than the service keeps.")
+    elif number.adjusted() >= AMOUNT_INT_DIGITS:
+        raise fail("amount", f"must be {AMOUNT_RULE}: this number has {number.adjusted() + 1} digits before "
+                             "the point.")
+    text = format(number, "f")
+    if not AMOUNT.fullmatch(text):  # the checks above make this unreachable; kept as the rule itself
+        raise fail("amount", f"must be {AMOUNT_RULE}.")
+    return text
+
+
+def validate_line(raw: Any, where: str, line: str | None = None) -> dict[str, str]:
+    """Return the canonical line or raise ValidationFailed naming `where` (in words), the field and what was
+    expected; `line` is the machine-readable position for the problem's `line` member (`lines[i]`, `row N`)."""
+    line = line or where
 
     def fail(field: str, message: str) -> ValidationFailed:
-        return ValidationFailed(f"{where}: {field} {message}", line=where, field=field)
+        return ValidationFailed(f"{where}: {field} {message}", line=line, field=field)
 
     if not isinstance(raw, dict):
-        raise ValidationFailed(f"{where}: must be an object.", line=where)
-    unknown = sorted(set(raw) - _FIELDS)
+        raise ValidationFailed(f"{where} must be an object with the fields date, vendor, amount and currency "
+                               f"(lineId and description are optional), not {kind_of(raw)}.", line=line)
+    unknown = sorted(str(k) for k in set(raw) - _FIELDS)
     if unknown:
-        raise fail(unknown[0], "is not a known field.")
+        raise ValidationFailed(f"{where}: {shown(unknown[0])} is not a known field; a line has the fields "
+                               f"{in_words(CSV_COLUMNS)}.", line=line, field=shown(unknown[0]))
     line_id = raw.get("lineId")
     if line_id in (None, ""):
         line_id = str(uuid.uuid4())
     elif not isinstance(line_id, str) or not LINE_ID.fullmatch(line_id):
-        raise fail("lineId", f"must be 1-{MAX_LINE_ID_CHARS} characters of letters, digits and . _ : - "
-                             "(starting alphanumeric).")
+        raise fail("lineId", f"must be 1 to {MAX_LINE_ID_CHARS} characters of letters, digits and . _ : - "
+                             f"(starting with a letter or digit), or left out{_but(line_id)}")
     day = raw.get("date")
     try:
         if not isinstance(day, str) or not DATE.fullmatch(day):
             raise ValueError
         date.fromisoformat(day)
     except ValueError:
-        raise fail("date", "must be a calendar date YYYY-MM-DD.") from None
-    vendor = _text(raw.get("vendor"), 200, True)
-    if not vendor:
+        if day is None or day == "":
+            raise fail("date", "is required: a calendar date written YYYY-MM-DD, such as 2026-01-15.") from None
+        raise fail("date", f"must be a calendar date written YYYY-MM-DD, such as 2026-01-15{_but(day)}") from None
+    raw_vendor = raw.get("vendor")
+    if raw_vendor is not None and not isinstance(raw_vendor, str):
+        raise fail("vendor", f"must be text (printable, up to 200 characters), not {kind_of(raw_vendor)}.")
+    if raw_vendor is None or not raw_vendor.strip():
         raise fail("vendor", "is required: printable text of up to 200 characters.")
-    amount = raw.get("amount")
-    if not isinstance(amount, str) or not AMOUNT.fullmatch(amount.strip()):
-        raise fail("amount", 'must be a decimal string such as "23.50" (up to 12 digits before the point, 4 after).')
-    try:
-        amount = str(Decimal(amount.strip()))
-    except InvalidOperation:
-        raise fail("amount", "must be a decimal string.") from None
+    vendor = _text(raw_vendor, 200, True)
+    if not vendor:
+        raise fail("vendor", "must be printable text of up to 200 characters (no control characters or line "
+                             "breaks).")
+    amount = _amount(raw.get("amount"), fail)
     currency = raw.get("currency")
     if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
-        raise fail("currency", "must be a three-letter ISO 4217 code in capitals, such as USD.")
-    description = _text(raw.get("description"), 500, False)
-    if raw.get("description") not in (None, "") and description is None:
-        raise fail("description", "must be printable text of up to 500 characters.")
+        rule = "a three-letter ISO 4217 code in capitals, such as USD"
+        if currency is None or currency == "":
+            raise fail("currency", f"is required: {rule}.")
+        raise fail("currency", f"must be {rule}{_but(currency)}")
+    raw_description = raw.get("description")
+    description = _text(raw_description, 500, False)
+    if raw_description not in (None, "") and description is None:
+        raise fail("description", "must be printable text of up to 500 characters (no control characters or "
+                                  f"line breaks){_but(raw_description)}")
     return {"lineId": line_id, "date": day, "vendor": vendor, "amount": amount,
             "currency": currency, "description": description or ""}
 
 
-def validate_lines(raws: Any, max_lines: int, label: str = "lines") -> list[dict[str, str]]:
-    if not isinstance(raws, list) or not raws:
-        raise ValidationFailed(f"{label}: must be a non-empty list of lines.", field="lines")
-    if len(raws) > max_lines:
-        raise ValidationFailed(f"{label}: at most {max_lines} lines per request (got {len(raws)}).", field="lines")
-    lines, seen = [], set()
-    for i, raw in enumerate(raws):
-        where = f"lines[{i}]" if label == "lines" else f"row {i + 2}"
-        line = validate_line(raw, where)
-        if line["lineId"] in seen:
-            raise ValidationFailed(f"{where}: lineId '{line['lineId']}' appears twice in this request.",
-                                   line=where, field="lineId")
-        seen.add(line["lineId"])
-        lines.append(line)
+def _validate_all(items: list[tuple[Any, str, str, str]]) -> list[dict[str, str]]:
+    """Each (raw line, where, line, short) validated; a lineId given twice is refused naming both places."""
+    lines: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    for raw, where, line, short in items:
+        valid = validate_line(raw, where, line)
+        first = seen.get(valid["lineId"])
+        if first is not None:
+            raise ValidationFailed(f"{where}: lineId {valid['lineId']} appears twice in this request (also at "
+                                   f"{first}); a lineId identifies one line.", line=line, field="lineId")
+        seen[valid["lineId"]] = short
+        lines.append(valid)
     return lines
 
 
+def validate_lines(raws: Any, max_lines: int) -> list[dict[str, str]]:
+    """The lines of a JSON import (`{"lines": [...]}`)."""
+    if not isinstance(raws, list) or not raws:
+        got = "an empty array" if isinstance(raws, list) else kind_of(raws)
+        raise ValidationFailed(f"lines must be a non-empty array of expense lines, not {got}.", field="lines")
+    if len(raws) > max_lines:
+        raise ValidationFailed(f"lines holds {len(raws)} lines; at most {max_lines} are taken per request: "
+                               "split the import.", field="lines")
+    return _validate_all([(raw, *json_line(i)) for i, raw in enumerate(raws)])
+
+
+_CSV_ERRORS = [  # csv.Error texts, in words
+    ("field larger than field limit", "has a cell longer than the CSV reader takes (131072 characters)"),
+    ("line contains nul", "contains a NUL character (a zero byte): the file must be text"),
+    ("unexpected end of data", "ends inside a quoted cell: a closing quote is missing"),
+    ("expected after", "has text after the closing quote of a cell: a quote inside a quoted cell is written "
+                       "twice (\"\")"),
+    ("new-line character", "has a line break inside an unquoted cell"),
+]
+
+
 def parse_csv(text: str, max_lines: int) -> list[dict[str, str]]:
+    """The lines of a CSV import. Rows are numbered as a spreadsheet numbers them: the header is row 1, a blank
+    line is a row too (and skipped), and a quoted cell over several lines is still one row."""
+    header_rule = (f"the header, naming the columns {in_words(REQUIRED_COLUMNS)} (lineId and description are "
+                   "optional)")
     # Excel's "CSV UTF-8" starts with a byte-order mark.
-    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
+    row = 0
     try:
-        header = reader.fieldnames or []
-        missing = [c for c in CSV_COLUMNS if c not in header and c not in ("lineId", "description")]
-        extra = [c for c in header if c not in CSV_COLUMNS]
-        if missing or extra:
-            raise ValidationFailed(
-                f"CSV header must be {','.join(CSV_COLUMNS)} (lineId and description optional);"
-                f" missing {missing or 'nothing'}, unknown {extra or 'nothing'}.", field="header")
-        rows = []
-        for row in reader:
-            if None in row or len(rows) > max_lines:
-                if None in row:
-                    raise ValidationFailed(f"row {reader.line_num}: has more cells than the header.",
-                                           line=f"row {reader.line_num}")
-                break
-            rows.append(row)
+        header = [cell.strip() for cell in next(reader, [])]
+        row = 1
+        if not any(header):
+            raise ValidationFailed(f"The CSV {'is empty' if not text.strip() else 'starts with a blank row'}: "
+                                   f"its first row must be {header_rule}.", field="header")
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        extra = [shown(c, 40) if c else "(a column without a name)" for c in header if c not in CSV_COLUMNS]
+        if len(extra) > 5:
+            extra = [*extra[:5], f"{len(extra) - 5} more"]
+        counts = Counter(header)
+        twice = [c for c in CSV_COLUMNS if counts[c] > 1]
+        if missing or extra or twice:
+            faults = ([f"it lacks {in_words(missing)}"] if missing else []) + \
+                     ([f"it has the unknown column{'s' if len(extra) > 1 else ''} {in_words(extra)}"]
+                      if extra else []) + \
+                     ([f"it names {in_words(twice)} more than once"] if twice else [])
+            raise ValidationFailed(f"The CSV header (row 1) must name the columns {in_words(REQUIRED_COLUMNS)}, and "
+                                   f"may add lineId and description; {'; '.join(faults)}.", field="header")
+        items: list[tuple[Any, str, str, str]] = []
+        for cells in reader:
+            row += 1
+            if not cells:
+                continue  # a blank line: a row of the file, but no expense line
+            if len(items) >= max_lines:
+                raise ValidationFailed(f"The CSV holds more than {max_lines} rows after the header; at most "
+                                       f"{max_lines} are taken per request: split the file.", field="lines")
+            where, line, short = csv_row(row, reader.line_num)
+            if len(cells) != len(header):
+                raise ValidationFailed(
+                    f"{where} has {len(cells)} cell{'s' if len(cells) != 1 else ''}, but the header has "
+                    f"{len(header)} columns: every row needs one cell per column (an empty one where there is "
+                    "no value).", line=line)
+            items.append((dict(zip(header, cells, strict=True)), where, line, short))
     except csv.Error as err:
-        raise ValidationFailed(f"row {reader.line_num}: not valid CSV ({err}).") from None
-    return validate_lines(rows, max_lines, label="csv")
+        reason = next((words for key, words in _CSV_ERRORS if key in str(err).lower()), "is not valid CSV")
+        where, line, _ = csv_row(row + 1, reader.line_num, at="the error is on")
+        raise ValidationFailed(f"{where} {reason}.", line=line) from None
+    if not items:
+        raise ValidationFailed("The CSV has a header row but no expense rows: put one line per row below the "
+                               "header.", field="lines")
+    return _validate_all(items)
 
 
 def check_period(value: Any) -> str:

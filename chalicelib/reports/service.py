@@ -12,6 +12,8 @@ from pynamodb.exceptions import PutError
 from chalicelib import clock
 from chalicelib.auth import Principal, sub_of
 from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from chalicelib.lines.validation import in_words, shown, shown_id
+from chalicelib.lines.validation import kind_of as _kind
 from chalicelib.tables import ReportConfig
 
 DEFAULT_CATEGORIES = [
@@ -20,28 +22,32 @@ DEFAULT_CATEGORIES = [
 ]
 REPORT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
-_FIELDS = {"reportId", "name", "deliveryTargets", "allowedRoles", "categories", "schedule"}
+_FIELD_ORDER = ["reportId", "name", "deliveryTargets", "allowedRoles", "categories", "schedule"]
+_FIELDS = set(_FIELD_ORDER)
+_TARGET_RULE = ("an API target (type api, mode async or sync) or an email target (type email, to an email "
+                "address), with no other members")
 
 
-def _fail(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {message}", field=field)
+def _fail(field: str, message: str, where: str | None = None) -> ValidationFailed:
+    """A 400 naming the field in words (`where`, else the field's name) and what was expected."""
+    return ValidationFailed(f"{where or field} {message}", field=field)
 
 
 def _targets(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value or len(value) > 10:
-        raise _fail("deliveryTargets", "must be a list of 1 to 10 targets.")
+        raise _fail("deliveryTargets", f"must be an array of 1 to 10 delivery targets, not {_kind(value)}.")
     out = []
     for i, t in enumerate(value):
-        where = f"deliveryTargets[{i}]"
+        field, where = f"deliveryTargets[{i}]", f"deliveryTargets, target {i + 1} (counting from 1),"
         if not isinstance(t, dict):
-            raise _fail(where, "must be an object.")
+            raise _fail(field, f"must be an object: {_TARGET_RULE}, not {_kind(t)}.", where)
         if t.get("type") == "api" and set(t) == {"type", "mode"} and t.get("mode") in ("async", "sync"):
             out.append({"type": "api", "mode": t["mode"]})
         elif t.get("type") == "email" and set(t) == {"type", "to"} and isinstance(t.get("to"), str) \
                 and EMAIL.fullmatch(t["to"]):
             out.append({"type": "email", "to": t["to"]})
         else:
-            raise _fail(where, "must be {type: api, mode: async|sync} or {type: email, to: <address>}.")
+            raise _fail(field, f"must be {_TARGET_RULE}.", where)
     return out
 
 
@@ -51,10 +57,12 @@ def _strings(field: str, value: Any, default: list[str], max_items: int) -> list
     if not isinstance(value, list) or len(value) > max_items or not all(
         isinstance(v, str) and 0 < len(v.strip()) <= 64 and v.isprintable() for v in value
     ):
-        raise _fail(field, f"must be a list of at most {max_items} non-empty printable strings of up to 64 characters.")
+        raise _fail(field, f"must be an array of at most {max_items} texts, each printable and 1 to 64 "
+                           "characters long.")
     trimmed = [v.strip() for v in value]
     if len(set(trimmed)) != len(trimmed):
-        raise _fail(field, "must not repeat a value.")
+        repeated = next(v for v in trimmed if trimmed.count(v) > 1)
+        raise _fail(field, f"names {shown(repeated)} more than once; each value may appear once.")
     return trimmed
 
 
@@ -63,7 +71,8 @@ def _schedule(value: Any) -> dict[str, Any] | None:
         return None
     if (not isinstance(value, dict) or set(value) != {"type", "day"} or value["type"] != "monthly"
             or type(value["day"]) is not int or not 1 <= value["day"] <= 28):
-        raise _fail("schedule", 'must be {"type": "monthly", "day": 1..28}.')
+        raise _fail("schedule", "must be an object with type monthly and day, a whole number from 1 to 28 (or "
+                                "null, or left out, for no schedule).")
     return {"type": "monthly", "day": value["day"]}
 
 
@@ -72,13 +81,17 @@ def parse_config(body: Any) -> dict[str, Any]:
         raise ValidationFailed("The body must be a JSON object.")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise _fail(unknown[0], "is not a known field.")
+        raise ValidationFailed(f"{shown(unknown[0])} is not a known field; a report configuration has "
+                               f"{in_words(sorted(_FIELDS, key=_FIELD_ORDER.index))}.", field=shown(unknown[0]))
     report_id = body.get("reportId")
     if report_id is not None and (not isinstance(report_id, str) or not REPORT_ID.fullmatch(report_id)):
-        raise _fail("reportId", "must match ^[a-z0-9][a-z0-9-]{2,63}$.")
+        raise _fail("reportId", "must be 3 to 64 characters of lowercase letters, digits and hyphens, starting "
+                                "with a letter or digit, or left out" + ("." if isinstance(report_id, str)
+                                                                         else f", not {_kind(report_id)}."))
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200 or not name.isprintable():
-        raise _fail("name", "is required: a printable string of 1 to 200 characters.")
+        raise _fail("name", "is required: printable text of 1 to 200 characters (no control characters or line "
+                            "breaks).")
     categories = _strings("categories", body.get("categories"), DEFAULT_CATEGORIES, 50)
     if not categories:
         raise _fail("categories", "must name at least one category.")
@@ -130,7 +143,7 @@ def get_visible(principal: Principal, report_id: str) -> ReportConfig:
     # contract makes the two the same 404 (tests/hardening/test_authz_matrix.py times them).
     report = _get(principal.tenant, report_id, keep=False)
     if report is None or not may_generate(principal, report):
-        raise NotFound(f"Report '{report_id}' was not found.")
+        raise NotFound(f"Report '{shown_id(report_id)}' was not found.")
     return report
 
 
@@ -139,7 +152,7 @@ def get_for_generation(principal: Principal, report_id: str) -> ReportConfig:
     of the tenant's reports the caller may not generate."""
     report = _get(principal.tenant, report_id)
     if report is None:
-        raise NotFound(f"Report '{report_id}' was not found.")
+        raise NotFound(f"Report '{shown_id(report_id)}' was not found.")
     if not may_generate(principal, report):
         raise Forbidden("You may not generate this report: you neither own it nor hold one of its allowedRoles.")
     return report

@@ -318,3 +318,35 @@ def test_layout_is_labelled_keyboard_usable_and_fits_a_phone(api_stack: str, wor
         shot(tab, "phone")
     finally:
         phone.close()
+
+
+def test_a_banner_shows_while_the_api_is_not_ready(api_stack: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    banner = page.locator("#readiness")
+    page.goto(f"{api_stack}/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")  # the real /health/ready: ready
+    expect(banner).to_be_hidden()
+
+    problem = {"type": "urn:reports:problem:service-unavailable", "title": "Service unavailable", "status": 503,
+               "detail": "Not ready: the queue (timeout) did not answer as expected.",
+               "checks": {"table": "ok", "queue": "timeout", "bucket": "ok"}}
+    page.route("**/health/ready", lambda route: route.fulfill(
+        status=503, headers={"Retry-After": "5", "Content-Type": "application/problem+json"},
+        body=json.dumps(problem)))
+    page.reload()
+    expect(banner).to_be_visible()
+    expect(banner).to_have_attribute("role", "alert")
+    expect(banner).to_contain_text("The API is not ready: its work queue (timeout) does not answer.")
+    expect(banner).to_contain_text("Checking again in 5 s.")
+    shot(page, "not-ready")
+
+    page.unroute("**/health/ready")
+    banner.get_by_role("button", name="Check again").click()
+    expect(banner).to_be_hidden()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+
+    page.route("**/health/ready", lambda route: route.abort("connectionrefused"))
+    banner_text = "Cannot reach the API at " + api_stack
+    page.evaluate("document.getElementById('readiness-check').click()")  # the button is hidden while ready
+    expect(banner).to_contain_text(banner_text)

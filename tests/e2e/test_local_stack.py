@@ -6,6 +6,8 @@ import os
 import queue
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -20,12 +22,16 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from local.stack import MotoServer, free_port, port_is_open
+from local.stack import ChaliceLocal, LocalStack, MotoServer, free_port, port_is_open
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = "Local stack ready"
 START_DEADLINE = 45.0
 STOP_DEADLINE = 15.0
+# What `make run` must never print: PynamoDB's notice that it has no settings file, and a traceback for a client
+# that hung up early.
+NOISE = ("Override settings", "Using Default settings value", "Traceback", "ConnectionResetError", "BrokenPipeError",
+         "Exception occurred during processing of request")
 
 
 @dataclass
@@ -60,9 +66,12 @@ class StackProcess:
         return self.info
 
     def text(self) -> str:
+        return self.full_text()[-6000:]
+
+    def full_text(self) -> str:
         while not self.lines.empty():
             self.output.append(self.lines.get_nowait())
-        return "".join(self.output)[-6000:]
+        return "".join(self.output)
 
     def terminate_and_wait(self, deadline: float = STOP_DEADLINE) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -106,6 +115,33 @@ def port_of(url: str) -> int:
     port = urlparse(url).port
     assert port is not None, url
     return port
+
+
+def hang_up_early(port: int) -> None:
+    """Clients that go away before their answer: a reset mid-headers, a close mid-headers (the server answers into
+    a closed socket), a reset before reading a whole answer, a reset mid-body."""
+    for payload, reset in ((b"GET /health HTTP/1.1\r\nHost: x\r\n", True),
+                           (b"GET /health HTTP/1.1\r\nHost: x\r\n", False),
+                           (b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n", True),
+                           (b"POST /api/v1/expenses HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nlineId", True)):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(payload)
+            if reset:  # close with RST instead of FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.5)  # the server's threads see the hang-ups and finish
+
+
+def assert_hints_use_the_virtualenv(banner: str) -> None:
+    """Every command the banner's "Try:" hint shows runs as printed from the project directory: the project's
+    interpreter and CLI (.venv/bin/...), never a bare `python` that may not have the project's packages."""
+    hints = banner.split("    Try:\n", 1)[1].split("    Ctrl-C", 1)[0].splitlines()
+    programs = []
+    for line in hints:
+        words = [w for w in line.split() if not re.fullmatch(r"[A-Z_]+=\S*", w)]  # leading VAR=value
+        programs.append(words[0])
+    assert ".venv/bin/python" in programs and ".venv/bin/reports" in programs, hints
+    assert set(programs) <= {"export", "curl", ".venv/bin/python", ".venv/bin/reports"}, hints
+    assert re.search(r"^      AWS_ENDPOINT_URL=\S+ \.venv/bin/python -m local\.scheduler list$", banner, re.M), banner
 
 
 def wait_closed(port: int, deadline: float = 5.0) -> bool:
@@ -155,12 +191,45 @@ def test_local_stack_serves_the_api_and_stops_cleanly_on_sigterm() -> None:
         assert response.status_code == 200, response.text
         assert job_id in [item["jobId"] for item in response.json()["items"]]
 
+        hang_up_early(api_port)
+        assert session.get(f"{base}/health", timeout=10).status_code == 200  # it serves on after the hang-ups
+
         moto_port = port_of(info["aws"])
         assert port_is_open(moto_port)
         code = stack.terminate_and_wait()
         assert code == 0, stack.text()
+        output = stack.full_text()
+        assert "Serving on" in output, output[-3000:]  # chalice local's output is part of the stack's
+        assert not [noise for noise in NOISE if noise in output], output[-6000:]
+        assert_hints_use_the_virtualenv(output)
         assert wait_closed(api_port), "chalice local outlived the stack"
         assert wait_closed(moto_port), "the moto server outlived the stack"
+
+
+def test_chalice_local_is_quiet_about_pynamodb_settings_and_clients_that_hang_up(tmp_path: Path) -> None:
+    """`make run`'s API prints no PynamoDB settings notice, and a client that hangs up early costs no traceback."""
+    log_path = tmp_path / "chalice-local.log"
+    # Stage `pytest` (tests/conftest.py): not declared in .chalice/config.json, so APP_PREFIX stays the tests'.
+    api = ChaliceLocal(free_port(), dict(os.environ), stage="pytest", log_path=log_path)
+    try:
+        api.start_and_wait(deadline_seconds=30.0)
+        hang_up_early(api.port)
+        assert requests.get(f"{api.url}/health", timeout=10).status_code == 200
+    finally:
+        api.stop(timeout=5.0)
+    output = log_path.read_text(errors="replace")
+    assert "Serving on" in output and '"GET /health HTTP/1.1" 200' in output, output
+    assert not [noise for noise in NOISE if noise in output], output
+
+
+def test_the_banner_hints_use_the_project_virtualenv() -> None:
+    stack = LocalStack(components=["api", "worker", "scheduler"], port=8000, stage="dev",
+                       endpoint_url="http://127.0.0.1:4566", stop=threading.Event())
+    stack.token = "eyJ.token.sig"
+    banner = stack.banner()
+    assert "      export TOKEN=eyJ.token.sig" in banner
+    assert "REPORTS_API_URL=http://127.0.0.1:8000 REPORTS_TOKEN=$TOKEN .venv/bin/reports list" in banner
+    assert_hints_use_the_virtualenv(banner)
 
 
 def test_attach_mode_api_and_worker_in_separate_processes_share_one_endpoint() -> None:

@@ -14,7 +14,7 @@ import botocore.client
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = json.loads((ROOT / "chalicelib" / "api" / "openapi.json").read_text())
-PUBLIC = {("GET", "/"), ("GET", "/health"), ("GET", "/openapi.json")}
+PUBLIC = {("GET", "/"), ("GET", "/health"), ("GET", "/health/ready"), ("GET", "/openapi.json")}
 PROBLEM = "application/problem+json"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 

@@ -35,7 +35,7 @@ schema = schemathesis.openapi.from_path(DOC_PATH)
 # Without a token every answer is the middleware's 401, whatever the input: a few random examples suffice.
 anonymous = schemathesis.openapi.from_path(DOC_PATH, config=schemathesis.Config.from_dict(
     {"phases": {"coverage": {"enabled": False}, "examples": {"enabled": False}}}))
-PUBLIC = {("GET", "/"), ("GET", "/health"), ("GET", "/openapi.json")}
+PUBLIC = {("GET", "/"), ("GET", "/health"), ("GET", "/health/ready"), ("GET", "/openapi.json")}
 PROBLEM = "application/problem+json"
 # Bounded and derandomized for CI (the same examples every run), and no example database left in the tree.
 FUZZ = settings(max_examples=15, deadline=None, derandomize=True, database=None,

@@ -212,7 +212,8 @@ def test_hostile_ids_in_paths_are_4xx_problem_json_through_chalice_local(api_sta
 
 BAD_AMOUNTS = ["1234567890123456789012345678901234567890", "1" + "0" * 39 + ".00", "0." + "1" * 40, "1e400", "1E5",
                "NaN", "Infinity", "-Infinity", "0x10", "1_000", "1,00", "--1", "+1", ".5", "5.", "", " ",
-               "\u0661\u0662", "\uff11\uff12.\uff13\uff14", "12.34\x00", 23.5, 10 ** 40, None, True, ["1"], {"v": "1"}]
+               "\u0661\u0662", "\uff11\uff12.\uff13\uff14", "12.34\x00", 23.12345, 10 ** 40, 1e300, -1e-5, None, True,
+               False, ["1"], {"v": "1"}]
 
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS, ids=repr)

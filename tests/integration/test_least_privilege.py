@@ -66,7 +66,7 @@ def check(function: str, needed: set[tuple[str, str]]) -> None:
 
 @pytest.fixture(scope="module")
 def secret_params():
-    """The stage's SSM parameters, as the README's `aws ssm put-parameter` creates them."""
+    """The stage's SSM parameters, as `aws ssm put-parameter` in docs/deploy.md creates them."""
     prefix, ssm = get_settings().prefix, deps.client("ssm")
     names = {"jwt": f"/{prefix}/jwt-secret", "openai": f"/{prefix}/openai-api-key"}
     ssm.put_parameter(Name=names["jwt"], Value=get_settings().jwt_secret, Type="SecureString", Overwrite=True)
@@ -101,6 +101,7 @@ def test_api_handler_policy_allows_what_the_routes_do_and_no_more(api, secret_pa
     worker.run_job(done_id, "start", Ctx(), dataclasses.replace(get_settings(), openai_api_key=None))
     with iam.recording() as needed:
         credentials.jwt_secret(settings)  # the HS256 secret, as a deployed stage reads it
+        assert api.client.http.get("/health/ready").status_code == 200  # table, queue and bucket answer
         report = f"r-{uuid.uuid4().hex[:12]}"
         assert api.call("post", "/reports", {"reportId": report, "name": "T",
                                              "deliveryTargets": [{"type": "api", "mode": "async"}]})[0] == 201

@@ -222,7 +222,7 @@ def test_operation_ids_are_present_and_unique():
 
 def test_exactly_the_public_routes_need_no_token():
     public = {path for _, path, op in _operations() if op.get("security") == []}
-    assert public == set(middleware.PUBLIC_PATHS) == {"/", "/health", "/openapi.json"}
+    assert public == set(middleware.PUBLIC_PATHS) == {"/", "/health", "/health/ready", "/openapi.json"}
     assert DOC["security"] == [{"bearerAuth": []}]
     scheme = DOC["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
@@ -294,8 +294,15 @@ def test_examples_in_the_document_match_their_schemas():
 # --- real responses against the document ------------------------------------------------------------------
 
 
-def test_public_routes_match_the_document(api):
+def test_public_routes_match_the_document(api, monkeypatch):
     assert check(api.get("/health"), "GET", "/health") == {"status": "ok"}
+    ready = check(api.get("/health/ready"), "GET", "/health/ready")
+    assert ready == {"status": "ready", "checks": {"table": "ok", "queue": "ok", "bucket": "ok"}}
+    from chalicelib.api import meta
+
+    missing = dataclasses.replace(get_settings(), results_bucket=f"no-such-bucket-{uuid4().hex[:8]}")
+    monkeypatch.setattr(meta, "get_settings", lambda: missing)
+    assert check(api.get("/health/ready"), "GET", "/health/ready")["checks"]["bucket"] == "missing"  # 503
     assert "<" in check(api.get("/"), "GET", "/")
 
 
@@ -329,7 +336,7 @@ def test_expense_routes_match_the_document(api):
     assert len(page["items"]) == 1 and page["nextToken"]
     check(api.get(f"/api/v1/expenses?period=2026-02&nextToken={page['nextToken']}", headers=owner),
           "GET", "/api/v1/expenses")
-    bad = check(send(api, "POST", "/api/v1/expenses", owner, {"lines": [{**lines["lines"][0], "amount": 1}]}),
+    bad = check(send(api, "POST", "/api/v1/expenses", owner, {"lines": [{**lines["lines"][0], "amount": "12,50"}]}),
                 "POST", "/api/v1/expenses")
     assert (bad["line"], bad["field"]) == ("lines[0]", "amount")
     check(send(api, "POST", "/api/v1/expenses", owner, "a", "text/plain"), "POST", "/api/v1/expenses")  # 415

@@ -274,3 +274,54 @@ def test_the_api_function_does_not_import_what_only_workers_need():
                                "AWS_LAMBDA_FUNCTION_NAME": "reports-dev-api", "POWERTOOLS_TRACE_DISABLED": "true"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+# --- API Gateway's own answers ------------------------------------------------------------------------------
+
+GATEWAY_STATUSES = {"MISSING_AUTHENTICATION_TOKEN": 404, "RESOURCE_NOT_FOUND": 404, "DEFAULT_4XX": 400,
+                    "DEFAULT_5XX": 500, "THROTTLED": 429, "REQUEST_TOO_LARGE": 413, "UNSUPPORTED_MEDIA_TYPE": 415,
+                    "ACCESS_DENIED": 403, "BAD_REQUEST_BODY": 400}
+
+
+def _gateway_responses(resources: dict[str, Any]) -> dict[str, Any]:
+    # In the REST API's definition, so that a change to them is a change of the definition and SAM deploys the
+    # stage again; an AWS::ApiGateway::GatewayResponse resource is not live until some later deployment.
+    assert not [k for k, v in resources.items() if v["Type"] == "AWS::ApiGateway::GatewayResponse"]
+    return props(resources, "RestAPI")["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
+
+
+@pytest.mark.parametrize("response_type, status", sorted(GATEWAY_STATUSES.items()))
+def test_api_gateways_own_errors_are_registered_problems_that_echo_nothing(resources, response_type, status):
+    from chalicelib.api import problem_types
+
+    response = _gateway_responses(resources)[response_type]
+    assert response["statusCode"] == str(status)
+    headers = {k.removeprefix("gatewayresponse.header."): v for k, v in response["responseParameters"].items()}
+    assert headers["Content-Type"] == "'application/problem+json'"
+    cors = iam.CONFIG["stages"][STAGE]["environment_variables"]["CORS_ALLOW_ORIGIN"]
+    assert headers["Access-Control-Allow-Origin"] == f"'{cors}'"  # as the app's own answers: a browser reads them
+    for value in headers.values():  # static values only, never a request's header (method.request.*)
+        assert value.startswith("'") and value.endswith("'"), value
+    assert set(response["responseTemplates"]) == {"application/json", "application/problem+json"}
+    for template in response["responseTemplates"].values():
+        assert "$" not in template and "#" not in template, "no $context.error.message, $input or other variable"
+        body = json.loads(template)
+        assert set(body) == {"type", "title", "status", "detail"} and body["status"] == status
+        assert body["type"] in problem_types.URIS
+        kind = problem_types.get(body["type"].removeprefix(problem_types.PREFIX))
+        assert (kind.status, kind.title) == (status, body["title"])
+        assert body["detail"] and "token" not in body["detail"].lower()
+
+
+def test_unknown_paths_are_404_and_every_gateway_response_is_a_registered_problem(resources):
+    from infra.package import GATEWAY_RESPONSES
+
+    responses = _gateway_responses(resources)
+    assert set(responses) == set(GATEWAY_RESPONSES) >= set(GATEWAY_STATUSES)
+    body = json.loads(responses["MISSING_AUTHENTICATION_TOKEN"]["responseTemplates"]["application/json"])
+    assert body["type"] == "urn:reports:problem:not-found"
+    for response in responses.values():
+        status = int(response["statusCode"])
+        assert json.loads(response["responseTemplates"]["application/json"])["status"] == status
+        if status in (429, 503):
+            assert response["responseParameters"]["gatewayresponse.header.Retry-After"] == "'5'"
