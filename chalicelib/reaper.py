@@ -21,8 +21,24 @@ MAX_REAPS = 3
 
 
 def stale_jobs(status: JobStatus, cutoff: str) -> list[Job]:
-    """Live jobs in `status` whose heartbeat is older than `cutoff` (an index query, not a scan)."""
-    return list(Job.by_active.query(status.value, range_key_condition=Job.heartbeat_at < cutoff))
+    """Live jobs in `status` whose heartbeat is older than `cutoff` (an index query, not a scan).
+
+    The index carries only the keys and chunkCount, so each job it names is read by key; one that no longer
+    matches (it moved on since the index saw it: the index lags the table) is left out.
+    """
+    found = []
+    for entry in Job.by_active.query(status.value, range_key_condition=Job.heartbeat_at < cutoff):
+        job = _read(entry.job_id)
+        if job and job.active_status == status.value and job.heartbeat_at is not None and job.heartbeat_at < cutoff:
+            found.append(job)
+    return found
+
+
+def _read(job_id: str) -> Job | None:
+    try:
+        return Job.get(job_id, consistent_read=True)
+    except Job.DoesNotExist:
+        return None
 
 
 def reap(settings: Settings | None = None) -> dict[str, int]:
@@ -35,7 +51,10 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
                 continue  # fanned out: judged chunk by chunk below
             counts[_reap_one(job, status)] += 1
     # A fanned-out job moves while any chunk moves, so each of its chunks is judged on its own.
-    for job in Job.by_active.query(JobStatus.PROCESSING.value, filter_condition=Job.chunk_count > 0):
+    for entry in Job.by_active.query(JobStatus.PROCESSING.value, filter_condition=Job.chunk_count > 0):
+        job = _read(entry.job_id)  # the index holds keys and chunkCount only
+        if job is None or job.status != JobStatus.PROCESSING.value:
+            continue  # finished or moved since the index saw it
         for outcome in _reap_chunks(job, cutoff):
             counts[outcome] += 1
     if any(counts[k] for k in ("requeued", "failed", "cancelled")):

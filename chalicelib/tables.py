@@ -18,7 +18,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection, TableConnection
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
 from chalicelib.settings import get_settings
@@ -142,6 +142,8 @@ class ExpenseLine(_Model):
     imported_at = UnicodeAttribute(attr_name="importedAt")
     # Import order (lines/store.import_seq): reports list lines by it. None on a line stored before it existed.
     import_seq = UnicodeAttribute(null=True, attr_name="importSeq")
+    # Set at import (lines/store.line_expiry); None on a line stored before it existed: kept until deleted.
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
 
 
 class OwnerIndex(GlobalSecondaryIndex):
@@ -156,7 +158,9 @@ class OwnerIndex(GlobalSecondaryIndex):
 class ActiveIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "byActive"
-        projection = AllProjection()
+        # Keys and chunkCount only (infra/template.yaml): heartbeatAt moves at every checkpoint, and each move
+        # rewrites the index entry. The reaper reads a job it acts on by key (reaper.stale_jobs).
+        projection = IncludeProjection(["chunkCount"])
 
     active_status = UnicodeAttribute(hash_key=True, attr_name="activeStatus")
     heartbeat_at = UnicodeAttribute(range_key=True, attr_name="heartbeatAt")

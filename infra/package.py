@@ -88,8 +88,10 @@ GATEWAY_RESPONSES: dict[str, tuple[int, str, str]] = {
 }
 
 
-def gateway_responses(cors_origin: str | None) -> dict[str, Any]:
-    """The x-amazon-apigateway-gateway-responses of the REST API: fixed problem+json bodies, no echo."""
+def gateway_responses(cors_origin: str | dict[str, Any] | None) -> dict[str, Any]:
+    """The x-amazon-apigateway-gateway-responses of the REST API: fixed problem+json bodies, no echo.
+
+    `cors_origin` is the origin itself or a CloudFormation value for it ({"Ref": "CorsAllowOrigin"})."""
     from chalicelib.api import problem_types
 
     out: dict[str, Any] = {}
@@ -98,7 +100,8 @@ def gateway_responses(cors_origin: str | None) -> dict[str, Any]:
         body = json.dumps({"type": kind.uri, "title": kind.title, "status": status, "detail": detail})
         headers = {"Content-Type": "'application/problem+json'"}
         if cors_origin:  # as the app's own answers (chalicelib/api/middleware.py): a browser may read the error
-            headers["Access-Control-Allow-Origin"] = f"'{cors_origin}'"
+            headers["Access-Control-Allow-Origin"] = (
+                {"Fn::Sub": f"'${{{cors_origin['Ref']}}}'"} if isinstance(cors_origin, dict) else f"'{cors_origin}'")
             headers["Access-Control-Expose-Headers"] = "'Location,Retry-After,ETag'"
         if status in (429, 503):
             headers["Retry-After"] = "'5'"
@@ -128,8 +131,34 @@ def merge_template(stage: str) -> dict[str, Any]:
     # deployment, which SAM would not make for it).
     api = merged["Resources"].setdefault("RestAPI", {}).setdefault("Properties", {})
     api.setdefault("DefinitionBody", {})["x-amazon-apigateway-gateway-responses"] = gateway_responses(
-        stage_cors_origin(stage))
+        {"Ref": "CorsAllowOrigin"})
+    wire_parameters(merged, stage)
     return merged
+
+
+# Template parameters a function reads from its environment that Chalice also sets per function (from
+# .chalice/config.json): set on each function, since a function's own variable would hide a Globals one.
+FUNCTION_PARAMETERS = {"CORS_ALLOW_ORIGIN": "CorsAllowOrigin"}
+
+
+def function_logical_ids() -> list[str]:
+    """The logical ids `chalice package` gives the functions of .chalice/config.json."""
+    from chalice.utils import to_cfn_resource_name
+
+    config = json.loads(CHALICE_CONFIG.read_text())
+    return ["APIHandler" if name == "api_handler" else to_cfn_resource_name(name)
+            for name in config.get("lambda_functions") or {}]
+
+
+def wire_parameters(merged: dict[str, Any], stage: str) -> None:
+    """The stage's config.json value becomes the parameter's default; the parameter wins in every function."""
+    cors = stage_cors_origin(stage)
+    if cors:
+        merged["Parameters"]["CorsAllowOrigin"]["Default"] = cors
+    for logical_id in function_logical_ids():
+        function = merged["Resources"].setdefault(logical_id, {}).setdefault("Properties", {})
+        variables = function.setdefault("Environment", {}).setdefault("Variables", {})
+        variables.update({name: {"Ref": parameter} for name, parameter in FUNCTION_PARAMETERS.items()})
 
 
 def _placeholder_zip(path: Path, member: str) -> str:
@@ -155,6 +184,60 @@ def chalice_package(stage: str, out: Path, merge_path: Path, template_only: bool
                                                     lambda *a, **k: app))
         cli.main(args=["--project-dir", str(ROOT), "package", "--stage", stage, "--merge-template", str(merge_path),
                        str(out)], obj={}, standalone_mode=False)
+
+
+# --- safe deploys: versions behind an alias, shifted by CodeDeploy, rolled back on these alarms ---------------
+
+ALIAS = "live"
+# Each function's rollback alarms (infra/deploy.yaml): in ALARM during the traffic shift, CodeDeploy points the
+# alias back at the previous version (docs/operations.md, "Deploys, canaries and rollback").
+ROLLBACK_ALARMS = {
+    "APIHandler": ["ApiErrorsAlarm", "Api5xxAlarm"],
+    "ProcessWork": ["WorkerErrorsAlarm"],
+    "HandleDeadLetters": ["DeadLetterHandlerErrorsAlarm"],
+    "ReapStaleJobs": ["ReaperErrorsAlarm"],
+    "RunScheduledReports": ["ScheduledReportsErrorsAlarm"],
+    "WarmVendorCache": ["CacheWarmerErrorsAlarm"],
+}
+
+
+def deployment_type(stage: str) -> str:
+    """prod: 10% of invocations on the new version for 5 minutes, then all; other stages at once."""
+    return "Canary10Percent5Minutes" if stage == "prod" else "AllAtOnce"
+
+
+def publish_behind_alias(template: dict[str, Any], stage: str) -> None:
+    """AutoPublishAlias and a DeploymentPreference on every function; the API invokes the alias.
+
+    SAM points each function's own event sources (the SQS mappings, the schedules) at the alias; the REST API
+    is Chalice's OpenAPI definition, so its integrations and invoke permission are pointed here.
+    """
+    resources = template["Resources"]
+    for logical_id, alarms in ROLLBACK_ALARMS.items():
+        function = resources[logical_id]["Properties"]
+        function["AutoPublishAlias"] = ALIAS
+        function["DeploymentPreference"] = {"Type": deployment_type(stage),
+                                            "Alarms": [{"Ref": alarm} for alarm in alarms]}
+    alias = {"Ref": "APIHandler.Alias"}  # SAM resolves it to the alias (its ARN), after the alias exists
+    arn = "${APIHandler.Arn}"
+    for methods in resources["RestAPI"]["Properties"]["DefinitionBody"].get("paths", {}).values():
+        for method in methods.values():
+            integration = method.get("x-amazon-apigateway-integration") or {}
+            uri = integration.get("uri")
+            if isinstance(uri, dict) and arn in str(uri.get("Fn::Sub", "")):
+                integration["uri"] = {"Fn::Sub": [uri["Fn::Sub"].replace(arn, "${FunctionAlias}"),
+                                                  {"FunctionAlias": alias}]}
+    resources["APIHandlerInvokePermission"]["Properties"]["FunctionName"] = alias
+
+
+def post_process(stage: str, sam_json: Path) -> None:
+    """What only exists in `chalice package` output: the functions' deploy settings, the API's integrations."""
+    template = json.loads(sam_json.read_text())
+    publish_behind_alias(template, stage)
+    # API Gateway's metrics are named by the API's name (the alarms' ApiName): the stage's prefix, as `Name`.
+    template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"].setdefault("info", {})["title"] = \
+        stage_prefix(stage)
+    sam_json.write_text(json.dumps(template, indent=2))
 
 
 def slim_layer(path: Path) -> int:
@@ -283,6 +366,7 @@ def package(stage: str, out: Path, template_only: bool = False, bundle_sdk: bool
     merge_path = out.parent / f"{out.name}-merge-template.json"
     merge_path.write_text(json.dumps(merge_template(stage), indent=1))
     chalice_package(stage, out, merge_path, template_only)
+    post_process(stage, out / "sam.json")
     report: dict[str, Any] = {"template": str(out / "sam.json"), "templateBytes": (out / "sam.json").stat().st_size}
     if not template_only:
         if not bundle_sdk and (out / "layer-deployment.zip").exists():
@@ -307,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle-sdk", action="store_true", help="keep boto3/botocore in the layer (~+16 MB)")
     args = parser.parse_args(argv)
     out = (args.out or ROOT / "build" / "package" / args.stage).resolve()
+    from infra.deploy import check_params_file  # here: infra.deploy imports this module
+
+    problems = check_params_file(args.stage, merge_template(args.stage)["Parameters"])
+    if problems:  # infra/params/<stage>.json lacks what the stage needs (a prod stage: JWKS, an alarm e-mail)
+        print(f"error: stage {args.stage}:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        return 1
     report = package(args.stage, out, args.template_only, args.bundle_sdk)
     print(f"template  {report['template']}  ({report['templateBytes'] / 1024:.0f} KiB)")
     over = False

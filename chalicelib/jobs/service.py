@@ -99,8 +99,9 @@ def _index_key(owner_id: str, created_at: str, job_id: str) -> dict[str, dict[st
 
 def _skip(owner_id: str, condition: Any, n: int) -> dict[str, dict[str, str]] | bool:
     """The index key of the `n`th job (newest first), read by keys only; False when there are fewer."""
-    keys = Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False, page_size=500,
-                              attributes_to_get=["jobId", "createdAt", "ownerId"])
+    # As few requests as DynamoDB allows (it stops a page at 1 MB read anyway): each is a round trip.
+    keys = Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False,
+                              page_size=min(max(n, 500), 10_000), attributes_to_get=["jobId", "createdAt", "ownerId"])
     skipped = list(islice(keys, n))
     if len(skipped) < n:
         return False

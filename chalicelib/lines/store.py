@@ -19,6 +19,17 @@ def owner_period(owner_id: str, period: str) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Lines expire this long after the later of their month's end and their import (docs/deploy.md, "Data safety
+# and retention"): a month can be reported on again for over a year, and a month imported late is not swept
+# away days after its import. Report configurations never expire (kept until deleted).
+LINE_RETENTION_DAYS = 400
+
+
+def line_expiry(period: str, imported: datetime) -> datetime:
+    """When a line of `period` (YYYY-MM) imported at `imported` expires (DynamoDB TTL on expiresAt)."""
+    year, month = int(period[:4]), int(period[5:7])
+    month_end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return max(month_end, imported) + timedelta(days=LINE_RETENTION_DAYS)
 
 
 def import_seq(moment: datetime, index: int) -> str:
@@ -48,6 +59,7 @@ def import_lines(principal: Principal, lines: list[dict[str, str]]) -> dict[str,
                 owner_period(principal.user_id, period), line["lineId"], date=line["date"],
                 vendor=line["vendor"], amount=line["amount"], currency=line["currency"],
                 description=line["description"], imported_at=stamp, import_seq=import_seq(moment, index),
+                expires_at=line_expiry(period, moment),
             ))
     return {"imported": len(lines), "periods": sorted(periods)}
 

@@ -1,4 +1,5 @@
-"""infra/deploy.py's offline parts against the moto server: artifacts and preflight (the deploy itself needs AWS)."""
+"""infra/deploy.py's offline parts against the moto server: artifacts and preflight. The deploy flow itself
+(parameters, the change-set guard) runs against a stub CloudFormation client in tests/unit/test_deploy_params.py."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def test_preflight_refuses_a_stage_without_its_jwt_secret_and_says_how_to_create
         deploy.preflight(deps.client("ssm"), prefix, {})
     notes = deploy.preflight(deps.client("ssm"), prefix, {"JwtJwksUrl": "https://issuer.example/jwks.json"})
     assert notes and "rules categorizer" in notes[0]
+
+
+def test_preflight_for_prod_with_jwks_settings_needs_no_jwt_secret():
+    prefix = f"prodlike-{uuid.uuid4().hex[:8]}"  # no /<prefix>/jwt-secret: prod signs in with the identity provider
+    values = {"JwtJwksUrl": "https://issuer.example/.well-known/jwks.json", "JwtIssuer": "https://issuer.example",
+              "JwtAudience": "client", "AlarmEmail": "oncall@team.example"}
+    assert "rules categorizer" in deploy.preflight(deps.client("ssm"), prefix, values, "prod")[0]
 
 
 def test_preflight_passes_when_the_secret_exists():
