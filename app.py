@@ -10,7 +10,7 @@ settings = get_settings()
 app = Chalice(app_name="async-reports")
 app.api.cors = CORSConfig(
     allow_origin=settings.cors_allow_origin,
-    allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match"],
+    allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match", "If-Match"],
     expose_headers=["Location", "Retry-After", "ETag"],
     max_age=600,
 )

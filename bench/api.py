@@ -19,11 +19,11 @@ from chalice.test import Client
 
 from bench.env import ROOT, STAGE
 from chalicelib.auth import mint_token
-from chalicelib.jobs.states import JobStatus
+from chalicelib.jobs.states import ACTIVE, TERMINAL, in_order
 from chalicelib.settings import Settings, get_settings
 
 ASYNC_TARGETS = [{"type": "api", "mode": "async"}]
-TERMINAL_STATES = {s.value for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)}
+TERMINAL_STATES = {s.value for s in TERMINAL}
 
 
 class ApiError(RuntimeError):
@@ -130,7 +130,7 @@ def quiesce() -> int:
     deps.client("sqs").purge_queue(QueueUrl=deps.work_queue_url())
     removed = 0
     with Job.batch_write() as batch:
-        for status in (JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.CANCELLATION_REQUESTED):
+        for status in in_order(ACTIVE):
             for job in Job.by_active.query(status.value):
                 batch.delete(job)
                 removed += 1

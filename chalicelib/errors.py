@@ -64,6 +64,14 @@ class InvalidTransition(Conflict):
     slug = "invalid-transition"
 
 
+class PreconditionFailed(AppError):
+    slug = "precondition-failed"
+
+
+class PreconditionRequired(AppError):
+    slug = "precondition-required"
+
+
 class PayloadTooLarge(AppError):
     slug = "payload-too-large"
 

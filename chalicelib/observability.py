@@ -39,7 +39,7 @@ MODEL_REQUESTS = "ModelRequests"
 MODEL_RATE_LIMITED = "ModelRateLimited"
 METRICS = frozenset({JOBS_CREATED, JOBS_COMPLETED, JOBS_FAILED, JOBS_CANCELLED, JOB_DURATION, LINES_PROCESSED,
                      LINES_NEEDING_REVIEW, CACHE_HITS, CACHE_MISSES, MODEL_REQUESTS, MODEL_RATE_LIMITED})
-_FINISHED = {"Completed": JOBS_COMPLETED, "Failed": JOBS_FAILED, "Cancelled": JOBS_CANCELLED}
+_FINISHED = {"Completed": JOBS_COMPLETED, "Failed": JOBS_FAILED, "Cancelled": JOBS_CANCELLED}  # by terminal status
 
 _settings = get_settings()
 logger = Logger(service=_settings.service_name, level=_settings.log_level, use_rfc3339=True)
@@ -91,12 +91,14 @@ def job_created() -> None:
 
 def job_finished(status: str, created_at: str | None) -> None:
     """A job reached `status`; a completed job also reports how long it took from creation."""
-    name = _FINISHED.get(status)
-    if name is None:
+    from chalicelib.jobs.states import TERMINAL, JobStatus  # here: jobs.states imports this module
+
+    if status not in TERMINAL:
         return
+    name = _FINISHED[JobStatus(status)]
     count(name)
     started = clock.parse(created_at)
-    if status == "Completed" and started:
+    if status == JobStatus.COMPLETED and started:
         count(JOB_DURATION, max(0.0, (clock.now() - started).total_seconds()), MetricUnit.Seconds)
 
 

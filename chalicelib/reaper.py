@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import clock
+from chalicelib import clock, messages
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
-from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
+from chalicelib.jobs.states import (
+    ACTIVE,
+    TERMINAL,
+    ChunkStatus,
+    JobStatus,
+    TransitionRaced,
+    event_item,
+    in_order,
+    transition,
+)
+from chalicelib.messages import NotAWorkMessage, WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job, JobChunk
 
@@ -45,7 +54,7 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
     settings = settings or get_settings()
     cutoff = clock.iso(clock.now() - timedelta(seconds=settings.stale_after_seconds))
     counts = {"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 0}
-    for status in (JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.CANCELLATION_REQUESTED):
+    for status in in_order(ACTIVE):
         for job in stale_jobs(status, cutoff):
             if status is JobStatus.PROCESSING and int(job.chunk_count):
                 continue  # fanned out: judged chunk by chunk below
@@ -112,17 +121,17 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
     parts = chunks.of(job.job_id)
     outcomes = []
     for chunk in parts:
-        if chunk.status == chunks.DONE or chunk.heartbeat_at >= cutoff:
+        if chunk.status == ChunkStatus.DONE or chunk.heartbeat_at >= cutoff:
             continue
         # A Pending chunk may only be waiting for a free worker: it is sent again, but only a
         # Running chunk that stopped moving counts towards giving up.
-        if chunk.status == chunks.RUNNING and int(chunk.reap_count) >= MAX_REAPS:
+        if chunk.status == ChunkStatus.RUNNING and int(chunk.reap_count) >= MAX_REAPS:
             runner.fail(job, f"Part {int(chunk.chunk) + 1} of this job stopped making progress {MAX_REAPS} times "
                              "in a row and the job was stopped. Retry it; if it stops again, contact support.",
                         {"chunk": int(chunk.chunk), "reaps": int(chunk.reap_count)})
             return ["failed"]
         outcomes.append("requeued" if _reap_chunk(job, chunk) else "skipped")
-    all_done = bool(parts) and all(c.status == chunks.DONE for c in parts)
+    all_done = bool(parts) and all(c.status == ChunkStatus.DONE for c in parts)
     # Every chunk is done but no report came (the assembler died), or the planner died after recording the plan
     # and before making every chunk of it: hand the job over again; its next invocation goes on from the plan.
     unmade = len(parts) < int(job.chunk_count)
@@ -135,13 +144,13 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
 
 def _reap_chunk(job: Job, chunk: JobChunk) -> bool:
     seen = chunk.heartbeat_at
-    stalled = 1 if chunk.status == chunks.RUNNING else 0
+    stalled = 1 if chunk.status == ChunkStatus.RUNNING else 0
     # no_progress_since_seen: a checkpoint or another reaper changes the heartbeat first.
     try:
         chunk.update(actions=[JobChunk.reap_count.add(stalled), JobChunk.heartbeat_at.set(clock.iso(clock.now())),
-                              JobChunk.status.set(chunks.PENDING), JobChunk.lease_owner.remove(),
+                              JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
                               JobChunk.lease_until.remove()],
-                     condition=(JobChunk.heartbeat_at == seen) & (JobChunk.status != chunks.DONE))
+                     condition=(JobChunk.heartbeat_at == seen) & (JobChunk.status != ChunkStatus.DONE.value))
     except UpdateError as err:
         if err.cause_response_code == "ConditionalCheckFailedException":
             return False
@@ -155,12 +164,15 @@ def _reap_chunk(job: Job, chunk: JobChunk) -> bool:
 def dead_letter(body: str, receive_count: str | None) -> dict[str, Any]:
     """A message that exhausted its receives: its job becomes Failed with the reason."""
     try:
-        job_id = str(json.loads(body)["jobId"])
+        message = messages.parse(body)
+        if isinstance(message, WarmCache):
+            raise NotAWorkMessage("a cache warm run names no job")
+        job_id = message.job_id
         job = Job.get(job_id, consistent_read=True)
-    except (ValueError, KeyError, TypeError, Job.DoesNotExist):
+    except (ValueError, TypeError, Job.DoesNotExist):  # NotAWorkMessage is a ValueError
         log.error("dead letter names no known job; dropped")
         return {"outcome": "unknown"}
-    if JobStatus(job.status) in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+    if JobStatus(job.status) in TERMINAL:
         return {"outcome": "already-terminal", "jobId": job_id}
     runner.fail(job, "Processing this job failed repeatedly and its work message was moved to the dead-letter "
                      "queue. Retry the job; if it fails again, contact support with the job id.",

@@ -9,7 +9,7 @@ from pynamodb.exceptions import DeleteError, PutError
 
 from chalicelib import clock
 from chalicelib.auth import tenant_scope
-from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
+from chalicelib.errors import ActiveJobExists, Conflict, NotFound, RateLimited, ServiceUnavailable
 from chalicelib.jobs.create import create_job
 from chalicelib.tables import Control, ReportConfig
 
@@ -45,6 +45,9 @@ def run_due(today: datetime | None = None) -> dict[str, int]:
             marker.update(actions=[Control.job_id.set(job.job_id)])
             counts["created"] += 1
         except ActiveJobExists:
+            counts["skipped"] += 1
+        except (NotFound, Conflict):  # the report was deleted (or is being deleted) since it was listed
+            _forget(marker)
             counts["skipped"] += 1
         except (RateLimited, ServiceUnavailable) as err:
             # Not created: forget the marker so the next run (within the hour) tries again.

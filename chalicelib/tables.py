@@ -127,6 +127,12 @@ class ReportConfig(_Model):
     schedule = JSONAttribute(null=True)
     schedule_day = NumberAttribute(null=True, attr_name="scheduleDay")
     created_at = UnicodeAttribute(attr_name="createdAt")
+    # Bumped by every write (create: 1, each PATCH: +1); the ETag names it and a PATCH is conditional on it.
+    # None on a report stored before it existed: version 0.
+    version = NumberAttribute(null=True)
+    # Set (epoch seconds) while a DELETE checks for active jobs: creating a job condition-checks it is absent or
+    # past (jobs/create._commit), so no job starts between that check and the delete. Past, it is ignored.
+    deleting_until = NumberAttribute(null=True, attr_name="deletingUntil")
     by_schedule = ScheduleIndex()
 
 

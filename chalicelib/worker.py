@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -16,7 +15,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import clock, credentials, deps, faults, observability, results
+from chalicelib import clock, credentials, faults, messages, observability, results
 from chalicelib.categorize import pipeline, provider
 from chalicelib.categorize.errors import JobFatal, LongWait, QuotaBusy
 from chalicelib.categorize.normalize import normalize_vendor
@@ -24,9 +23,10 @@ from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
-from chalicelib.jobs.runner import MAX_DELAY_SECONDS, Lease, Progress
-from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, event_item, transition
+from chalicelib.jobs.runner import Lease, Progress
+from chalicelib.jobs.states import TERMINAL, WORKED, JobStatus, TransitionRaced, event_item, transition
 from chalicelib.lines.store import count_lines, read_lines, whole_period
+from chalicelib.messages import MAX_DELAY_SECONDS, NotAWorkMessage, RunChunk, WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job, LineResult
 
@@ -60,23 +60,26 @@ def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def handle_record(record: SQSRecord, context: Any, settings: Settings | None = None) -> None:
     try:
-        message = json.loads(record.body)
-        if message.get("kind") == "warm":
-            warm_cache(context, settings, after=str(message.get("after") or ""))
-            return
-        job_id, reason = str(message["jobId"]), str(message.get("reason", "start"))
-        number = int(message["chunk"]) if "chunk" in message else None
-    except (ValueError, KeyError, TypeError, AttributeError):
+        message = messages.parse(record.body)
+    except NotAWorkMessage:
         log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
         return
+    if isinstance(message, WarmCache):
+        try:
+            warm_cache(context, settings, after=message.after)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Kept as it was before typed messages (the body was parsed in the same `try`): a warm run failing
+            # with one of these drops its message instead of having it redelivered.
+            log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
+        return
     try:
-        if number is None:
-            run_job(job_id, reason, context, settings)
+        if isinstance(message, RunChunk):
+            run_chunk(message.job_id, message.chunk, context, settings)
         else:
-            run_chunk(job_id, number, context, settings)
+            run_job(message.job_id, message.reason, context, settings)
     except Exception:
         # The record goes back to the queue and is redone from the checkpoint.
-        log.exception("job invocation failed; the message will be redelivered", extra={"jobId": job_id})
+        log.exception("job invocation failed; the message will be redelivered", extra={"jobId": message.job_id})
         raise
 
 
@@ -132,8 +135,7 @@ def warm_cache(context: Any, settings: Settings | None = None, after: str = "") 
     outcome = warmer.warm(_backend(settings, loop), max(1.0, remaining - settings.lambda_time_reserve_seconds),
                           after)
     if outcome.get("after"):
-        deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(),
-                                        MessageBody=json.dumps({"kind": "warm", "after": outcome["after"]}))
+        messages.send(WarmCache(after=outcome["after"]))
     log.info("cache warm run", extra={k: v for k, v in outcome.items() if k != "after"})
     return outcome
 
@@ -272,7 +274,7 @@ def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None 
     """One chunk of a fanned-out job, while the job is live."""
     def claim(lease: Lease) -> Job | None:
         job = runner.load(job_id)
-        if job is None or job.status not in (JobStatus.PROCESSING.value, JobStatus.CANCELLATION_REQUESTED.value):
+        if job is None or JobStatus(job.status) not in WORKED:
             return None
         return job
 

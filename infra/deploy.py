@@ -363,8 +363,11 @@ def _existing_stack(cfn: Any, stack: str) -> dict[str, Any] | None:
     """The stack's description, or None when there is none (or only a never-executed change set's)."""
     try:
         found = cfn.describe_stacks(StackName=stack)["Stacks"][0]
-    except ClientError:
-        return None
+    except ClientError as err:
+        # Only "does not exist" means no stack: a throttle or a denied call must not turn an update into a create.
+        if "does not exist" in str(err.response.get("Error", {}).get("Message", "")):
+            return None
+        raise
     return None if found["StackStatus"] == "REVIEW_IN_PROGRESS" else found
 
 
@@ -428,8 +431,13 @@ def delete(stage: str, stack: str | None = None, session: Any = None, confirm: s
     cfn = session.client("cloudformation")
     if stage in PRODUCTION_STAGES:
         cfn.update_termination_protection(StackName=stack, EnableTerminationProtection=False)
-    cfn.delete_stack(StackName=stack)
-    cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 180})
+    try:
+        cfn.delete_stack(StackName=stack)
+        cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 180})
+    except Exception:
+        if stage in PRODUCTION_STAGES:  # a prod stack that is still there must not stay unprotected
+            cfn.update_termination_protection(StackName=stack, EnableTerminationProtection=True)
+        raise
     print(f"deleted {stack}; kept: {', '.join(kept)}, the artifacts bucket and SSM parameters "
           "(docs/deploy.md says how to remove them)")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reports_cli import __version__
-from reports_cli.client import TERMINAL, ApiError, Client, dumps
-from reports_cli.display import Watch, describe, label, outcome, table
+from reports_cli.client import ApiError, Client, dumps, finished
+from reports_cli.display import Watch, describe, label, outcome, report_table, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -110,6 +110,74 @@ def cmd_create_report(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_list_reports(client: Client, args: argparse.Namespace) -> int:
+    items: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = client.list_reports(args.page_size, token)
+        items.extend(page.get("items", []))
+        token = page.get("nextToken")
+        if not token or not args.all:
+            break
+    if args.json:
+        print(dumps({"items": items, "nextToken": token}))
+    elif not items:
+        print("No reports.")
+    else:
+        print(report_table(items))
+        if token:
+            note(args, f"({len(items)} shown; --all lists every page)")
+    return EXIT_OK
+
+
+def target(value: str) -> dict[str, str]:
+    """`api:async`, `api:sync` or `email:ADDRESS` as a delivery target."""
+    kind, _, rest = value.partition(":")
+    if kind == "api" and rest in ("async", "sync"):
+        return {"type": "api", "mode": rest}
+    if kind == "email" and rest:
+        return {"type": "email", "to": rest}
+    raise argparse.ArgumentTypeError(f"must be api:async, api:sync or email:ADDRESS, not {value!r}")
+
+
+def schedule_day(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 28:
+        raise argparse.ArgumentTypeError("must be a day of the month from 1 to 28")
+    return int(value)
+
+
+def cmd_update_report(client: Client, args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.target:
+        changes["deliveryTargets"] = args.target
+    if args.category:
+        changes["categories"] = args.category
+    if args.role or args.no_roles:
+        changes["allowedRoles"] = [] if args.no_roles else args.role
+    if args.schedule_day is not None or args.no_schedule:
+        changes["schedule"] = None if args.no_schedule else {"type": "monthly", "day": args.schedule_day}
+    if not changes:
+        raise Usage("nothing to change: give --name, --target, --category, --role/--no-roles or "
+                    "--schedule-day/--no-schedule")
+    report = client.update_report(args.report, changes, args.if_match)
+    if args.json:
+        print(dumps(report))
+    else:
+        print(f"Updated report {report['reportId']}: {', '.join(sorted(changes))}")
+    return EXIT_OK
+
+
+def cmd_delete_report(client: Client, args: argparse.Namespace) -> int:
+    client.delete_report(args.report, args.if_match)
+    if args.json:
+        print(dumps({"reportId": args.report, "deleted": True}))
+    else:
+        print(f"Deleted report {args.report} (its jobs and results stay until they expire)")
+    return EXIT_OK
+
+
 def follow(client: Client, args: argparse.Namespace, job: dict[str, Any]) -> int:
     """Wait for a job with live progress; print its outcome; the exit code of its final status."""
     job_id = job["jobId"]
@@ -141,7 +209,7 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
-    if args.wait and job.get("status") not in TERMINAL:
+    if args.wait and not finished(job):
         return follow(client, args, job)
     print(dumps(job) if args.json else describe(job))
     return status_code(job)
@@ -169,7 +237,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel(args.job)
-    if args.wait and job.get("status") not in TERMINAL:
+    if args.wait and not finished(job):
         code = follow(client, args, job)
         return EXIT_OK if code == EXIT_CANCELLED else (code if code != EXIT_OK else EXIT_FAILED)
     print(dumps(job) if args.json else f"{job['jobId']}: {label(job.get('status'))}")
@@ -266,6 +334,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--category", action="append", metavar="NAME",
                      help="a category of the taxonomy (repeat; default: the standard taxonomy)")
     sub.add_argument("--role", action="append", metavar="ROLE", help="a role that may generate it (repeat)")
+
+    sub = add("list-reports", cmd_list_reports, "list the report configurations you own or may generate")
+    sub.add_argument("--page-size", type=page_size, default=20, metavar="N", help="reports per request (1-100)")
+    sub.add_argument("--all", action="store_true", help="follow nextToken through every page")
+
+    sub = add("update-report", cmd_update_report,
+              "change a report configuration you own (sends If-Match: the ETag it reads first, or --if-match)")
+    sub.add_argument("report", metavar="REPORT_ID")
+    sub.add_argument("--name", help="new display name")
+    sub.add_argument("--target", action="append", type=target, metavar="TARGET",
+                     help="a delivery target: api:async, api:sync or email:ADDRESS (repeat; replaces them all)")
+    sub.add_argument("--category", action="append", metavar="NAME", help="a category (repeat; replaces the taxonomy)")
+    roles = sub.add_mutually_exclusive_group()
+    roles.add_argument("--role", action="append", metavar="ROLE", help="a role that may generate it (repeat; replaces)")
+    roles.add_argument("--no-roles", action="store_true", help="no role may generate it (the owner only)")
+    days = sub.add_mutually_exclusive_group()
+    days.add_argument("--schedule-day", type=schedule_day, metavar="DAY", help="generate monthly on this day (1-28)")
+    days.add_argument("--no-schedule", action="store_true", help="remove the schedule")
+    sub.add_argument("--if-match", metavar="ETAG", help="only if the report is still at this ETag (else 412)")
+
+    sub = add("delete-report", cmd_delete_report,
+              "delete a report configuration you own (refused while one of its jobs is active)")
+    sub.add_argument("report", metavar="REPORT_ID")
+    sub.add_argument("--if-match", metavar="ETAG", help="only if the report is still at this ETag (else 412)")
 
     sub = add("submit", cmd_submit, "start a report job; prints the job id", [wait])
     sub.add_argument("report", metavar="REPORT_ID")

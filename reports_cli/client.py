@@ -10,10 +10,16 @@ from typing import Any
 
 import requests
 
-TERMINAL = frozenset({"Completed", "Failed", "Cancelled"})
 DEFAULT_POLL_SECONDS = 2.0
 MAX_POLL_SECONDS = 60.0
 NETWORK_RETRIES = 5  # consecutive transport failures (or 5xx) tolerated while polling
+# A job's `allowedActions` (the API's, from its state machine) that only a stopped job allows.
+STOPPED_ACTIONS = frozenset({"retry", "result"})
+
+
+def finished(job: dict[str, Any]) -> bool:
+    """The job has stopped (nothing moves it but a retry): the API allows retrying it or reading its result."""
+    return not STOPPED_ACTIONS.isdisjoint(job.get("allowedActions") or ())
 
 
 class ApiError(Exception):
@@ -121,6 +127,23 @@ class Client:
     def get_report(self, report_id: str) -> dict[str, Any]:
         return self.json("GET", f"/reports/{_segment(report_id)}")
 
+    def list_reports(self, page_size: int = 20, next_token: str | None = None) -> dict[str, Any]:
+        params = {"pageSize": page_size, "nextToken": next_token}
+        return self.json("GET", "/reports", params={k: v for k, v in params.items() if v is not None})
+
+    def report_etag(self, report_id: str) -> str:
+        """The report's current ETag (what PATCH and DELETE send as If-Match)."""
+        return self.send("GET", f"/reports/{_segment(report_id)}").headers.get("ETag", "")
+
+    def update_report(self, report_id: str, changes: dict[str, Any], etag: str | None = None) -> dict[str, Any]:
+        """PATCH the report with If-Match: `etag`, or the ETag read just before (so a change made by someone
+        else in between is refused with 412, not overwritten)."""
+        etag = etag or self.report_etag(report_id)
+        return self.json("PATCH", f"/reports/{_segment(report_id)}", json=changes, headers={"If-Match": etag})
+
+    def delete_report(self, report_id: str, etag: str | None = None) -> None:
+        self.send("DELETE", f"/reports/{_segment(report_id)}", headers={"If-Match": etag} if etag else {})
+
     def generate(self, report_id: str, period: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.json("POST", f"/reports/{_segment(report_id)}/generate",
@@ -166,7 +189,7 @@ class Client:
         failures = 0
         while True:
             delay = DEFAULT_POLL_SECONDS
-            if job is not None and job.get("status") in TERMINAL:
+            if job is not None and finished(job):
                 return job
             headers = {"If-None-Match": etag} if etag else {}
             try:
@@ -188,7 +211,7 @@ class Client:
                 if failures > NETWORK_RETRIES:
                     raise
                 delay = err.retry_after if err.retry_after is not None else min(MAX_POLL_SECONDS, 2.0 ** failures)
-            if job is not None and job.get("status") in TERMINAL:
+            if job is not None and finished(job):
                 return job
             delay = min(MAX_POLL_SECONDS, delay)
             if deadline is not None:

@@ -74,6 +74,22 @@ def table(jobs: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def report_table(reports: list[dict[str, Any]]) -> str:
+    """Report configurations as aligned columns."""
+    head = ("REPORT", "NAME", "OWNER", "TARGETS", "ROLES", "CATEGORIES", "SCHEDULE")
+
+    def targets(r: dict[str, Any]) -> str:
+        return ",".join(f"{t.get('type')}:{t.get('mode') or t.get('to')}" for t in r.get("deliveryTargets") or [])
+
+    rows = [head] + [(
+        str(r.get("reportId")), str(r.get("name")), str(r.get("ownerId")), targets(r),
+        ",".join(r.get("allowedRoles") or []) or "-", str(len(r.get("categories") or [])),
+        f"monthly day {r['schedule']['day']}" if r.get("schedule") else "-",
+    ) for r in reports]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
 def outcome(job: dict[str, Any]) -> str:
     """The one line printed when a wait ends."""
     status = job.get("status")

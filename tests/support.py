@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib import deps
+from chalicelib import messages as work_messages
 from chalicelib.settings import Settings, get_settings
 
 
@@ -60,12 +60,21 @@ def receive(job_ids: set[str] | None = None, wait: int = 0) -> list[dict[str, An
                                   AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
         mine = []
         for m in got:
-            if job_ids is None or json.loads(m["Body"]).get("jobId") in job_ids:
+            if job_ids is None or job_of(m["Body"]) in job_ids:
                 mine.append(m)
             else:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
         if mine or not got:
             return mine
+
+
+def job_of(body: str) -> str | None:
+    """The job a work message is for; None for a cache warm run or a body that is no work message."""
+    try:
+        message = work_messages.parse(body)
+    except work_messages.NotAWorkMessage:
+        return None
+    return None if isinstance(message, work_messages.WarmCache) else message.job_id
 
 
 def deliver(messages: list[dict[str, Any]], ctx: Ctx | None = None, settings: Settings | None = None,

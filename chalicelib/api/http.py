@@ -115,9 +115,9 @@ def etag_of(body: Any) -> str:
     return f'"{digest}"'
 
 
-def cached_json(request: Request, body: Any, headers: dict[str, str] | None = None) -> Response:
-    """200 with an ETag, or 304 when the client already has this representation."""
-    tag = etag_of(body)
+def cached_json(request: Request, body: Any, headers: dict[str, str] | None = None, tag: str | None = None) -> Response:
+    """200 with an ETag (`tag`, else a digest of the body), or 304 when the client already has this representation."""
+    tag = tag or etag_of(body)
     headers = {**(headers or {}), "ETag": tag}
     wanted = request.headers.get("if-none-match") or ""
     if tag in [t.strip().removeprefix("W/") for t in wanted.split(",")] or wanted.strip() == "*":

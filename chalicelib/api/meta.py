@@ -63,12 +63,14 @@ def ready() -> Response:
 
 def check_dependencies(settings: Settings) -> dict[str, str]:
     """{"table": ..., "queue": ..., "bucket": ...}: "ok", or why not ("missing", "timeout", "unreachable", ...)."""
+    # The clients are made here, on the request's thread: boto3's default session is not thread-safe, and
+    # three probe threads making their first clients at once could fail one spuriously (a 503 on a cold start).
+    dynamodb, sqs, s3 = (_probe_client(service, settings) for service in ("dynamodb", "sqs", "s3"))
     probes: dict[str, Callable[[], Any]] = {
-        "table": lambda: _probe_client("dynamodb", settings).get_item(
+        "table": lambda: dynamodb.get_item(
             TableName=settings.table("jobs"), Key={"jobId": {"S": "readiness-probe"}}, ProjectionExpression="jobId"),
-        "queue": lambda: _probe_client("sqs", settings).get_queue_attributes(
-            QueueUrl=_queue_url(settings), AttributeNames=["QueueArn"]),
-        "bucket": lambda: _probe_client("s3", settings).head_bucket(Bucket=settings.results_bucket),
+        "queue": lambda: sqs.get_queue_attributes(QueueUrl=_queue_url(settings), AttributeNames=["QueueArn"]),
+        "bucket": lambda: s3.head_bucket(Bucket=settings.results_bucket),
     }
     pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="ready")
     try:

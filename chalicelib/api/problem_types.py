@@ -52,11 +52,17 @@ TYPES: tuple[ProblemType, ...] = (
                 "The report has no asynchronous API delivery target, so it cannot be generated as a job."),
     ProblemType("invalid-transition", 409, "Not possible in the job's status",
                 "The job's status does not allow this action (e.g. cancelling a finished job); `jobStatus` names it."),
+    ProblemType("precondition-failed", 412, "Precondition failed",
+                "`If-Match` names an ETag that is no longer the resource's current one (it changed since it was "
+                "read); nothing was changed. Read it again and reapply the change."),
     ProblemType("payload-too-large", 413, "Payload too large", "The request body is over 6 MiB."),
     ProblemType("unsupported-media-type", 415, "Unsupported media type",
                 "The body's Content-Type is not one this operation takes."),
     ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with another request",
                 "The Idempotency-Key was first used with another report or body."),
+    ProblemType("precondition-required", 428, "Precondition required",
+                "The request changes a resource and must name the version it read: send `If-Match` with the "
+                "ETag of the last read."),
     ProblemType("rate-limited", 429, "Too many requests",
                 "Too many jobs created in the last hour, or the API is throttled; wait `Retry-After` seconds."),
     ProblemType("internal-error", 500, "Internal error",
@@ -71,8 +77,9 @@ URIS: frozenset[str] = frozenset(t.uri for t in TYPES)
 
 # The type of an answer that only has a status (Chalice's own errors, API Gateway's): one per status.
 _BY_STATUS = {400: "validation-failed", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-              405: "method-not-allowed", 409: "conflict", 413: "payload-too-large", 415: "unsupported-media-type",
-              429: "rate-limited", 500: "internal-error", 503: "service-unavailable"}
+              405: "method-not-allowed", 409: "conflict", 412: "precondition-failed", 413: "payload-too-large",
+              415: "unsupported-media-type", 428: "precondition-required", 429: "rate-limited", 500: "internal-error",
+              503: "service-unavailable"}
 
 
 def get(slug: str) -> ProblemType:

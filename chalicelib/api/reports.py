@@ -24,10 +24,41 @@ def create_report() -> Response:
     return created(service.to_dict(report), {"Location": f"/api/v1/reports/{report.report_id}"})
 
 
+@bp.route("/reports", methods=["GET"], content_types=NO_BODY)
+@handled
+def list_reports() -> dict:
+    request = http.current()
+    size = paging.page_size(http.query(request, "pageSize"))
+    out = service.list_reports(http.principal(request), size, http.query(request, "nextToken"))
+    return {"items": [service.to_dict(r) for r in out["items"]], "nextToken": out["nextToken"]}
+
+
 @bp.route("/reports/{reportId}", methods=["GET"], content_types=NO_BODY)
 @handled
-def get_report(reportId: str) -> dict:  # noqa: N803 (Chalice passes path params by name)
-    return service.to_dict(service.get_visible(http.principal(http.current()), reportId))
+def get_report(reportId: str) -> Response:  # noqa: N803 (Chalice passes path params by name)
+    request = http.current()
+    report = service.get_visible(http.principal(request), reportId)
+    return http.cached_json(request, service.to_dict(report), tag=service.etag(report))
+
+
+@bp.route("/reports/{reportId}", methods=["PATCH"], content_types=["application/json"])
+@handled
+def update_report(reportId: str) -> Response:  # noqa: N803
+    request = http.current()
+    who = http.principal(request)
+    # The body is read (and a malformed one refused) before any store is touched; its fields are checked after
+    # the report is found, so a report the caller may not see is 404 whatever the body.
+    body = http.json_body(request)
+    report = service.update_report(who, reportId, body, request.headers.get("if-match"))
+    return Response(body=service.to_dict(report), status_code=200, headers={"ETag": service.etag(report)})
+
+
+@bp.route("/reports/{reportId}", methods=["DELETE"], content_types=NO_BODY)
+@handled
+def delete_report(reportId: str) -> Response:  # noqa: N803
+    request = http.current()
+    service.delete_report(http.principal(request), reportId, request.headers.get("if-match"))
+    return Response(body="", status_code=204, headers={})
 
 
 @bp.route("/expenses", methods=["POST"], content_types=BODY_TYPES)

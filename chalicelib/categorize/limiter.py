@@ -29,15 +29,16 @@ from dataclasses import dataclass
 from pynamodb.exceptions import PutError
 
 from chalicelib.categorize.errors import QuotaBusy
+from chalicelib.messages import MAX_DELAY_SECONDS
 from chalicelib.tables import Control
 
 KEY = "limiter#model-provider"
 # A hold is advice to the fleet, written from a request's error path: a few tries against other workers' writes,
 # then the 429 goes on without it (each worker still waits out the 429s it meets itself).
 HOLD_ATTEMPTS = 10
-# The longest hold: the longest delay a worker re-enqueues its work with (SQS's 900 s). A bogus hint (a day, a
+# The longest hold: the longest delay a worker re-enqueues its work with (SQS's cap). A bogus hint (a day, a
 # year) must not freeze every worker of every tenant; a window really that long is found again by the next 429.
-HOLD_MAX_SECONDS = 900.0
+HOLD_MAX_SECONDS = float(MAX_DELAY_SECONDS)
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.service import get_job
-from chalicelib.jobs.states import JobStatus, TransitionRaced, transition
+from chalicelib.jobs.states import JobAction, JobStatus, TransitionRaced, allowed_actions, transition
 from chalicelib.lines.validation import shown_id
+from chalicelib.reports import service as reports
 from chalicelib.tables import Job, LineResult
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,11 @@ log = logging.getLogger(__name__)
 def retry_job(owner_id: str, job_id: str) -> Job:
     """A Failed or Cancelled job is queued again and resumes from its checkpoint."""
     job = get_job(owner_id, job_id)
-    if job.status not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+    if JobAction.RETRY not in allowed_actions(job.status):
         raise Conflict(f"Only a Failed or Cancelled job can be retried; this one is {job.status}.")
+    if not reports.still_there(job.tenant or job.owner_id, job.report_id):
+        # A deleted report's jobs stay readable until they expire, but none becomes active again.
+        raise Conflict("This job's report was deleted, so the job cannot be retried.", jobStatus=job.status)
     try:
         job = transition(job, JobStatus.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
             Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),

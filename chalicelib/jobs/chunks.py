@@ -8,21 +8,21 @@ so assembly happens exactly once.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
 
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from chalicelib import clock, deps
-from chalicelib.jobs.runner import MAX_DELAY_SECONDS, Lease, Progress
-from chalicelib.jobs.states import JobStatus
+from chalicelib import clock, messages
+from chalicelib.jobs.runner import Lease, Progress
+from chalicelib.jobs.states import WORKED, ChunkStatus, JobStatus, status_values
 from chalicelib.lines.store import owner_period, read_lines
+from chalicelib.messages import RunChunk
 from chalicelib.tables import ExpenseLine, Job, JobChunk, connection
 
-PENDING, RUNNING, DONE = "Pending", "Running", "Done"
-_LIVE = (JobStatus.PROCESSING.value, JobStatus.CANCELLATION_REQUESTED.value)
+# The chunk statuses by their old names (the members of ChunkStatus, which holds the transitions).
+PENDING, RUNNING, DONE = ChunkStatus.PENDING, ChunkStatus.RUNNING, ChunkStatus.DONE
 
 
 def plan(owner_id: str, period: str, chunk_lines: int) -> list[str]:
@@ -75,8 +75,8 @@ def create(job: Job, bounds: list[str]) -> list[int]:
         try:
             # chunk_is_new: a second planner (a redelivered or reaped start) must never reset a
             # chunk that already started, or its lines would be counted again.
-            JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=PENDING, heartbeat_at=stamp,
-                     expires_at=job.expires_at).save(condition=JobChunk.job_id.does_not_exist())
+            JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=ChunkStatus.PENDING.value,
+                     heartbeat_at=stamp, expires_at=job.expires_at).save(condition=JobChunk.job_id.does_not_exist())
             made.append(number)
         except PutError as err:
             if err.cause_response_code != "ConditionalCheckFailedException":
@@ -92,16 +92,16 @@ def reset_unfinished(job: Job) -> list[int]:
     """After a retry: chunks not done start again from their own checkpoints."""
     todo = []
     for chunk in of(job.job_id):
-        if chunk.status == DONE:
+        if chunk.status == ChunkStatus.DONE:
             continue
-        chunk.update(actions=[JobChunk.status.set(PENDING), JobChunk.lease_owner.remove(),
+        chunk.update(actions=[JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
                               JobChunk.lease_until.remove(), JobChunk.reap_count.set(0),
                               JobChunk.heartbeat_at.set(clock.iso(clock.now()))])
         todo.append(int(chunk.chunk))
     for _ in range(5):
         job.refresh(consistent_read=True)
         seen = int(job.chunks_done)
-        done = sum(c.status == DONE for c in of(job.job_id))
+        done = sum(c.status == ChunkStatus.DONE for c in of(job.job_id))
         try:
             # done_count_unchanged: a chunk of the run before the retry finishing between our count and this
             # write would have its increment overwritten, and the job would never be assembled.
@@ -116,29 +116,28 @@ def reset_unfinished(job: Job) -> list[int]:
 def never_started(job_id: str) -> list[int]:
     """Chunks that are Pending, held by no one, not waiting out a delay, and at their first line."""
     now = clock.iso(clock.now())
-    return [int(c.chunk) for c in of(job_id)
-            if c.status == PENDING and not c.lease_owner and c.cursor == c.after and c.heartbeat_at <= now]
+    return [int(c.chunk) for c in of(job_id) if c.status == ChunkStatus.PENDING and not c.lease_owner
+            and c.cursor == c.after and c.heartbeat_at <= now]
 
 
 def send(job_id: str, numbers: list[int], reason: str, delay_seconds: int = 0) -> None:
-    sqs, url = deps.client("sqs"), deps.work_queue_url()
-    for start in range(0, len(numbers), 10):
-        entries = [{"Id": str(n), "DelaySeconds": max(0, min(MAX_DELAY_SECONDS, delay_seconds)),
-                    "MessageBody": json.dumps({"jobId": job_id, "chunk": n, "reason": reason})}
-                   for n in numbers[start:start + 10]]
-        failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
-        if failed:
-            raise RuntimeError(f"could not enqueue chunks {[f['Id'] for f in failed]} of job {job_id}")
+    """One message per chunk (chalicelib.messages.RunChunk), visible after `delay_seconds`."""
+    try:
+        messages.send_batch([RunChunk(job_id, n, reason) for n in numbers], delay_seconds,
+                            ids=[str(n) for n in numbers])
+    except messages.SendFailed as err:
+        raise RuntimeError(f"could not enqueue chunks {err.ids} of job {job_id}") from err
 
 
 def claim(job_id: str, number: int, lease: Lease) -> JobChunk | None:
     chunk = JobChunk(job_id, number)
     # chunk_free: one invocation per chunk; a duplicate message finds the lease held and is dropped.
-    chunk_free = (JobChunk.status != DONE) & (JobChunk.lease_owner.does_not_exist()
-                                              | (JobChunk.lease_until < time.time())
-                                              | (JobChunk.lease_owner == lease.owner))
+    chunk_free = (JobChunk.status != ChunkStatus.DONE.value) & (JobChunk.lease_owner.does_not_exist()
+                                                                | (JobChunk.lease_until < time.time())
+                                                                | (JobChunk.lease_owner == lease.owner))
     try:
-        chunk.update(actions=[JobChunk.status.set(RUNNING), JobChunk.lease_owner.set(lease.owner),
+        chunk.update(actions=[JobChunk.status.set(ChunkStatus.RUNNING.value),
+                              JobChunk.lease_owner.set(lease.owner),
                               JobChunk.lease_until.set(lease.until),
                               JobChunk.heartbeat_at.set(clock.iso(clock.now()))],
                      condition=chunk_free & JobChunk.job_id.exists())
@@ -151,7 +150,7 @@ def claim(job_id: str, number: int, lease: Lease) -> JobChunk | None:
 
 def holds(chunk: JobChunk, lease: Lease) -> bool:
     chunk.refresh(consistent_read=True)
-    return chunk.status == RUNNING and chunk.lease_owner == lease.owner
+    return chunk.status == ChunkStatus.RUNNING and chunk.lease_owner == lease.owner
 
 
 def next_lines(job: Job, chunk: JobChunk, n: int, after: str | None = None) -> list:
@@ -161,7 +160,7 @@ def next_lines(job: Job, chunk: JobChunk, n: int, after: str | None = None) -> l
 
 
 def _mine(lease: Lease):
-    return (JobChunk.lease_owner == lease.owner) & (JobChunk.status == RUNNING)
+    return (JobChunk.lease_owner == lease.owner) & (JobChunk.status == ChunkStatus.RUNNING.value)
 
 
 def checkpoint(job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: Progress, eta: str | None) -> bool:
@@ -178,7 +177,7 @@ def checkpoint(job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: P
                 Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.heartbeat_at.set(stamp),
                 Job.updated_at.set(stamp), Job.reap_count.set(0),
                 Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
-            ], condition=Job.status.is_in(*_LIVE))
+            ], condition=Job.status.is_in(*status_values(WORKED)))
     except TransactWriteError:
         return False
     chunk.cursor = new_cursor
@@ -192,7 +191,7 @@ def hand_back(chunk: JobChunk, lease: Lease, due_in: int) -> bool:
     Hand-over before send: the receiver of a message sent while we held the chunk would drop it as a duplicate.
     """
     try:
-        chunk.update(actions=[JobChunk.status.set(PENDING), JobChunk.lease_owner.remove(),
+        chunk.update(actions=[JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
                               JobChunk.lease_until.remove(),
                               JobChunk.heartbeat_at.set(clock.iso(clock.now() + timedelta(seconds=due_in)))],
                      condition=_mine(lease))
@@ -205,18 +204,18 @@ def hand_back(chunk: JobChunk, lease: Lease, due_in: int) -> bool:
 
 def live_lease(job_id: str, now: float) -> bool:
     """Some invocation holds a chunk of this job now."""
-    return any(c.status == RUNNING and c.lease_owner and c.lease_until is not None and float(c.lease_until) >= now
-               for c in of(job_id))
+    return any(c.status == ChunkStatus.RUNNING and c.lease_owner and c.lease_until is not None
+               and float(c.lease_until) >= now for c in of(job_id))
 
 
 def finish(job: Job, chunk: JobChunk, lease: Lease) -> bool:
     """Mark the chunk done and count it on the job; True when every chunk is now done."""
     try:
         with TransactWrite(connection=connection()) as tx:
-            tx.update(chunk, actions=[JobChunk.status.set(DONE), JobChunk.lease_owner.remove(),
+            tx.update(chunk, actions=[JobChunk.status.set(ChunkStatus.DONE.value), JobChunk.lease_owner.remove(),
                                       JobChunk.lease_until.remove()], condition=_mine(lease))
             tx.update(job, actions=[Job.chunks_done.add(1), Job.heartbeat_at.set(clock.iso(clock.now()))],
-                      condition=Job.status.is_in(*_LIVE))
+                      condition=Job.status.is_in(*status_values(WORKED)))
     except TransactWriteError:
         return False
     job.refresh(consistent_read=True)
@@ -226,7 +225,7 @@ def finish(job: Job, chunk: JobChunk, lease: Lease) -> bool:
 def release(chunk: JobChunk, lease: Lease) -> None:
     """Hand the chunk back (Pending): its continuation or a later message picks it up."""
     try:
-        chunk.update(actions=[JobChunk.status.set(PENDING), JobChunk.lease_owner.remove(),
+        chunk.update(actions=[JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
                               JobChunk.lease_until.remove()], condition=_mine(lease))
     except UpdateError:
         pass

@@ -56,13 +56,18 @@ def undone(tx: TransactWrite, job: Job) -> None:
 
 def moved(tx: TransactWrite, job: Job, before: JobStatus, after: JobStatus) -> None:
     """In a transition's transaction: the job leaves one status's count for another's."""
+    keep = clock.expiry(get_settings().retention_days + 2)
+    # if_not_exists: an item TTL already removed (a job retried past its day's window) gets an expiry again.
     tx.update(Control(key(job.owner_id, _day_of(job))),
-              actions=[_attribute(after).add(1), _attribute(before).add(-1)])
+              actions=[_attribute(after).add(1), _attribute(before).add(-1),
+                       Control.expires_at.set(Control.expires_at | keep)])
 
 
 def _of(item: Control, status: JobStatus | None) -> int:
+    # Never below 0: a job created before the counters existed still moves between them (a stage upgraded
+    # mid-window undercounts its older jobs until they expire; it never reports a negative count).
     wanted = [status] if status else list(JobStatus)
-    return sum(int(getattr(item, _NAME[s]) or 0) for s in wanted)
+    return sum(max(0, int(getattr(item, _NAME[s]) or 0)) for s in wanted)
 
 
 def total(owner_id: str, status: JobStatus | None, now: datetime | None = None) -> int:

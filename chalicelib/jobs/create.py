@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -13,10 +12,12 @@ from pynamodb.expressions.condition import size
 from pynamodb.transactions import TransactWrite
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
-from chalicelib import clock, deps, observability
+from chalicelib import clock, messages, observability
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
 from chalicelib.jobs import counts
 from chalicelib.jobs.states import JobStatus, event_item, lock_holder, lock_key
+from chalicelib.messages import StartJob
+from chalicelib.reports import service as reports
 from chalicelib.reports.service import ReportConfig
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job, JobEvent, connection
@@ -30,11 +31,8 @@ class _WindowRaced(Exception):
 
 
 def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start") -> None:
-    deps.client("sqs").send_message(
-        QueueUrl=deps.work_queue_url(),
-        MessageBody=json.dumps({"jobId": job_id, "reason": reason}),
-        DelaySeconds=max(0, min(900, int(delay_seconds))),
-    )
+    """The job's work message (chalicelib.messages.StartJob), visible after `delay_seconds`."""
+    messages.send(StartJob(job_id, reason), delay_seconds)
 
 
 def _live_stamps(window: Control | None, now: float) -> dict[str, float]:
@@ -66,6 +64,8 @@ def _commit(job: Job, add_to_window: Callable[[TransactWrite], None]) -> None:
             add_to_window(tx)
             tx.save(event_item(job.job_id, "created", {"trigger": job.trigger, "period": job.period}))
             counts.created(tx, job)
+            # report_accepts_jobs: not deleted, nor being deleted (reports.service.delete_report checks for jobs).
+            tx.condition_check(ReportConfig, job.tenant, job.report_id, condition=reports.job_condition())
     except TransactWriteError as err:
         codes = {r.code for r in (err.cancellation_reasons or []) if r}
         if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
@@ -75,6 +75,7 @@ def _commit(job: Job, add_to_window: Callable[[TransactWrite], None]) -> None:
         if holder and holder != job.job_id:
             raise ActiveJobExists("An active job for this report and period already exists.",
                                   existingJobId=holder) from err
+        reports.explain_refused_job(job.tenant, job.report_id)  # 404 (deleted) or 409 (being deleted)
         raise _WindowRaced() from err
 
 
@@ -129,7 +130,9 @@ def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Jo
 def _undo(job: Job) -> None:
     """Remove every trace of a job whose message could not be sent."""
     with TransactWrite(connection=connection()) as tx:
-        tx.delete(job)
+        # still_queued: a send that timed out may have been delivered after all; a job a worker has taken is
+        # left alone (and counted) rather than deleted under it.
+        tx.delete(job, condition=Job.status == JobStatus.QUEUED.value)
         tx.delete(Control(job.lock_key), condition=Control.pk.does_not_exist() | (Control.job_id == job.job_id))
         tx.update(Control(f"rate#{job.owner_id}"), actions=[Control.stamps[job.job_id].remove()])
         counts.undone(tx, job)

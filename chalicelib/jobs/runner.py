@@ -12,13 +12,12 @@ from typing import Any
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import clock
-from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item, transition
+from chalicelib.jobs.states import ACTIVE, WORKED, JobStatus, TransitionRaced, event_item, status_values, transition
 from chalicelib.lines.store import count_lines
 from chalicelib.tables import Job
 
 log = logging.getLogger(__name__)
 S = JobStatus
-MAX_DELAY_SECONDS = 900  # SQS's cap on DelaySeconds: a longer wait is sat out in more than one message
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: P
     # cursor_unchanged + lease_is_ours: a duplicate or stale worker can never count a batch twice.
     cursor_unchanged = Job.cursor == old_cursor
     lease_is_ours = Job.lease_owner == lease.owner
-    still_running = Job.status.is_in(S.PROCESSING.value, S.CANCELLATION_REQUESTED.value)
+    still_running = Job.status.is_in(*status_values(WORKED))
     try:
         job.update(actions=[
             Job.cursor.set(new_cursor), Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
@@ -224,7 +223,7 @@ def cancel(job: Job, condition: Any = None, by: str | None = None) -> Job:
 def fail(job: Job, message: str, detail: dict | None = None) -> None:
     """Fail a live job with a message a user can act on (no-op if it is already terminal)."""
     for _ in range(3):
-        if S(job.status) not in (S.QUEUED, S.PROCESSING, S.CANCELLATION_REQUESTED):
+        if S(job.status) not in ACTIVE:
             return
         try:
             transition(job, S.FAILED, "failed", {"reason": message, **(detail or {})},

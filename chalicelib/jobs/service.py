@@ -9,7 +9,7 @@ from typing import Any
 from chalicelib import clock, paging
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.jobs import chunks, counts, runner
-from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, transition
+from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, allowed_actions, transition
 from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits, shown_id
 from chalicelib.tables import Job, JobEvent
 
@@ -47,6 +47,8 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         "completedAt": job.completed_at, "estimatedCompletionAt": job.estimated_completion_at,
         "errorMessage": job.error_message, "statusUrl": status_url,
         "resultUrl": f"{status_url}/result" if job.status == JobStatus.COMPLETED.value else None,
+        # What the caller may do next, from the state machine: the dashboard and the CLI read this, not the status.
+        "allowedActions": [a.value for a in allowed_actions(job.status)],
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
@@ -28,8 +30,11 @@ class JobStatus(StrEnum):
 
 
 S = JobStatus
+# The one definition of which statuses are final and which are live: every other module imports these.
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
 ACTIVE = frozenset(set(S) - TERMINAL)
+# Live and taken up by a worker: a worker may hold its lease and count work for it (checkpoints, chunks).
+WORKED = frozenset(ACTIVE - {S.QUEUED})
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED, S.FAILED}),
     # Processing -> Cancelled: a cancel the API completes itself when no live lease holds the job (a delayed
@@ -40,6 +45,68 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset({S.QUEUED}),
     S.COMPLETED: frozenset(),
 }
+
+
+def in_order(statuses: Iterable[JobStatus]) -> tuple[JobStatus, ...]:
+    """`statuses` in their declared order (a frozenset's own order changes from one process to the next)."""
+    chosen = set(statuses)
+    return tuple(s for s in JobStatus if s in chosen)
+
+
+def status_values(statuses: Iterable[JobStatus]) -> tuple[str, ...]:
+    """The stored values of `statuses`, in declared order (for `is_in` conditions and index queries)."""
+    return tuple(s.value for s in in_order(statuses))
+
+
+class JobAction(StrEnum):
+    """What a user may do with a job next: the job representation's `allowedActions` (a closed set)."""
+
+    CANCEL = "cancel"  # DELETE /jobs/{jobId}
+    RETRY = "retry"  # POST /jobs/{jobId}/retry
+    RESULT = "result"  # GET /jobs/{jobId}/result
+    SETTLE = "settle"  # PATCH /jobs/{jobId}/lines/{lineId}
+
+
+def allowed_actions(status: JobStatus | str) -> tuple[JobAction, ...]:
+    """The user actions a job in `status` allows, from the state machine above.
+
+    cancel: a live job that can still be moved to Cancelled and is not already being cancelled (a repeated
+    DELETE of a CancellationRequested job changes nothing). retry: a job the machine lets go back to Queued.
+    result, settle: a Completed job, the only one with a report.
+    """
+    status = JobStatus(status)
+    allowed = []
+    if status in ACTIVE and S.CANCELLED in TRANSITIONS[status] and status is not S.CANCELLATION_REQUESTED:
+        allowed.append(JobAction.CANCEL)
+    if status in TERMINAL and S.QUEUED in TRANSITIONS[status]:
+        allowed.append(JobAction.RETRY)
+    if status is S.COMPLETED:
+        allowed += [JobAction.RESULT, JobAction.SETTLE]
+    return tuple(allowed)
+
+
+class ChunkStatus(StrEnum):
+    """A chunk of a fanned-out job (jobs/chunks.py): its own small state machine beside the job's."""
+
+    PENDING = "Pending"  # made, handed back or reaped: waits for its message to be taken up
+    RUNNING = "Running"  # an invocation holds its lease
+    DONE = "Done"  # its lines are counted on the job; final
+
+
+C = ChunkStatus
+CHUNK_TERMINAL = frozenset({C.DONE})
+CHUNK_TRANSITIONS: dict[ChunkStatus, frozenset[ChunkStatus]] = {
+    # Pending -> Pending: the reaper re-sends a chunk that waited too long, or a retry resets it.
+    C.PENDING: frozenset({C.RUNNING, C.PENDING}),
+    # Running -> Running: a claim takes over a lease that expired (its holder died) or is already ours.
+    # Running -> Pending: hand-back before a continuation, release at the end of an invocation, reap, retry.
+    C.RUNNING: frozenset({C.RUNNING, C.PENDING, C.DONE}),
+    C.DONE: frozenset(),
+}
+
+
+def chunk_may_become(current: ChunkStatus | str, to: ChunkStatus | str) -> bool:
+    return ChunkStatus(to) in CHUNK_TRANSITIONS[ChunkStatus(current)]
 
 
 class TransitionRaced(InvalidTransition):
@@ -89,25 +156,47 @@ def transition(
     # status_unchanged: closes the race with any other writer (API, worker, reaper)
     # that moved the job after we read it; exactly one of them wins.
     status_unchanged = Job.status == current.value
-    try:
-        with TransactWrite(connection=connection()) as tx:
-            guard = status_unchanged if condition is None else status_unchanged & condition
-            tx.update(job, actions=updates, condition=guard)
-            tx.save(event_item(job.job_id, event, detail))
-            counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
-            if to in TERMINAL:
-                # lock_is_ours: never release a lock another job now holds.
-                lock_is_ours = Control.pk.does_not_exist() | (Control.job_id == job.job_id)
-                tx.delete(Control(job.lock_key), condition=lock_is_ours)
-            elif current in TERMINAL:
-                # Leaving a terminal state re-takes the active-job lock.
-                tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
-                        condition=Control.pk.does_not_exist())
-    except TransactWriteError as err:
-        raise _explain(err, job, current, to) from err
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            _write_transition(job, current, to, updates, event, detail, condition, status_unchanged, counts)
+            break
+        except TransactWriteError as err:
+            if _only_conflicts(err) and attempt + 1 < CONFLICT_ATTEMPTS:
+                # A transaction touching the same item at that moment (the user's day count, another job's
+                # transition): nothing was written; the same write, still guarded by `status_unchanged`, again.
+                time.sleep(random.uniform(0.005, 0.03) * (attempt + 1))
+                continue
+            raise _explain(err, job, current, to) from err
     job.refresh(consistent_read=True)
     observability.job_finished(to.value, job.created_at)  # counts terminal states only
     return job
+
+
+CONFLICT_ATTEMPTS = 5
+
+
+def _only_conflicts(err: TransactWriteError) -> bool:
+    """The transaction was cancelled only because another one was writing one of its items."""
+    codes = {r.code for r in (err.cancellation_reasons or []) if r and r.code and r.code != "None"}
+    return codes == {"TransactionConflict"}
+
+
+def _write_transition(job: Job, current: JobStatus, to: JobStatus, updates: list[Action], event: str,
+                      detail: dict[str, Any] | None, condition: Condition | None, status_unchanged: Condition,
+                      counts: Any) -> None:
+    with TransactWrite(connection=connection()) as tx:
+        guard = status_unchanged if condition is None else status_unchanged & condition
+        tx.update(job, actions=updates, condition=guard)
+        tx.save(event_item(job.job_id, event, detail))
+        counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
+        if to in TERMINAL:
+            # lock_is_ours: never release a lock another job now holds.
+            lock_is_ours = Control.pk.does_not_exist() | (Control.job_id == job.job_id)
+            tx.delete(Control(job.lock_key), condition=lock_is_ours)
+        elif current in TERMINAL:
+            # Leaving a terminal state re-takes the active-job lock.
+            tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
+                    condition=Control.pk.does_not_exist())
 
 
 def lock_holder(key: str) -> str | None:

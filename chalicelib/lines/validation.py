@@ -149,7 +149,10 @@ def _amount(value: Any, fail: Any) -> str:
     exponent = number.as_tuple().exponent
     assert isinstance(exponent, int)
     if number.is_zero():
-        number = number.quantize(Decimal(1)) if exponent > 0 else number
+        # Zero as written, but never more places than the service keeps: `0e-400000000` would otherwise be
+        # formatted as 400 million zeros (a 12-byte request costing the API its memory).
+        number = number.quantize(Decimal(1)) if exponent > 0 else number.quantize(
+            Decimal(1).scaleb(max(exponent, -AMOUNT_FRACTION_DIGITS)))
     elif exponent < -AMOUNT_FRACTION_DIGITS:
         raise fail("amount", f"must be {AMOUNT_RULE}: this number has {-exponent} digits after the point, "
                              "more than the service keeps.")

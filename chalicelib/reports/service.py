@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 import uuid
 from typing import Any
 
-from pynamodb.exceptions import PutError
+from pynamodb.exceptions import DeleteError, PutError, UpdateError
+from pynamodb.expressions.condition import Condition
 
-from chalicelib import clock
+from chalicelib import clock, paging
 from chalicelib.auth import Principal, sub_of
-from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from chalicelib.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+    ValidationFailed,
+)
 from chalicelib.lines.validation import in_words, shown, shown_id
 from chalicelib.lines.validation import kind_of as _kind
 from chalicelib.tables import ReportConfig
@@ -118,6 +128,7 @@ def create_report(principal: Principal, body: Any) -> ReportConfig:
         schedule=fields["schedule"],
         schedule_day=fields["schedule"]["day"] if fields["schedule"] else None,
         created_at=clock.iso(clock.now()),
+        version=1,
     )
     try:
         # id_is_free: two creates with one reportId in one tenant; the second gets 409, never overwrites. The
@@ -158,11 +169,17 @@ def get_for_generation(principal: Principal, report_id: str) -> ReportConfig:
     return report
 
 
-# Configurations are never changed or deleted through the API, so a found one is kept a
-# minute per process: it takes a read off every generate. Misses are never kept.
+# A found configuration is kept a few seconds per process: it takes a read off every generate. A PATCH or DELETE
+# drops its entry in the process that made it (seen at once there); another process may answer from its kept
+# copy for at most _KEEP_SECONDS. A deleted report never gets a job from a kept copy: creating a job
+# condition-checks the stored report (jobs/create._commit, job_condition below). Misses are never kept.
 # Kept by (tenant, reportId), as stored: one tenant's kept report never answers for another's id.
 _FOUND: dict[tuple[str, str], tuple[float, ReportConfig]] = {}
-_KEEP_SECONDS = 60.0
+_KEEP_SECONDS = 5.0
+
+
+def _forget(tenant: str, report_id: str) -> None:
+    _FOUND.pop((tenant, report_id), None)
 
 
 def _get(tenant: str, report_id: str, keep: bool = True) -> ReportConfig | None:
@@ -190,3 +207,206 @@ def to_dict(report: ReportConfig) -> dict[str, Any]:
     if report.schedule:
         out["schedule"] = report.schedule
     return out
+
+
+# --- management: list, update, delete ------------------------------------------------------------------------
+
+IMMUTABLE = ("reportId", "ownerId", "createdAt")
+LIST_SCAN_BUDGET = 1000  # reports read for one page at most (see list_reports)
+DELETE_MARK_SECONDS = 30
+
+
+def version_of(report: ReportConfig) -> int:
+    return int(report.version or 0)
+
+
+def etag(report: ReportConfig) -> str:
+    """Strong ETag of the representation: the version it names, then a digest of the body."""
+    body = json.dumps(to_dict(report), sort_keys=True, separators=(",", ":"), default=str)
+    return f'"v{version_of(report)}-{hashlib.sha256(body.encode()).hexdigest()[:24]}"'
+
+
+def list_reports(principal: Principal, size: int, token: str | None) -> dict[str, Any]:
+    """The caller's tenant's reports the caller may see (owns, or holds one of their allowedRoles), by reportId.
+
+    Visibility is a filter on the tenant's partition, so a page is filled by reading on until `size` visible
+    reports and one more are found: the token names the last report returned, never one merely read, so no
+    report is skipped and a page with a nextToken is never short. Only past LIST_SCAN_BUDGET reports read for
+    one request is a page returned short, with a token after the last report read (nothing before it skipped).
+    """
+    after = None
+    start = paging.decode(token)
+    if start is not None:
+        after = start.get("after")
+        if set(start) != {"after"} or not isinstance(after, str) or not REPORT_ID.fullmatch(after):
+            raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
+    condition = ReportConfig.report_id > after if after else None
+    items: list[ReportConfig] = []
+    read = 0
+    for report in ReportConfig.query(principal.tenant, range_key_condition=condition, consistent_read=True,
+                                     page_size=min(100, size * 2 + 1)):
+        read += 1
+        if may_generate(principal, report):
+            if len(items) == size:
+                return {"items": items, "nextToken": paging.encode({"after": items[-1].report_id})}
+            items.append(report)
+        elif read >= LIST_SCAN_BUDGET and len(items) < size:
+            return {"items": items, "nextToken": paging.encode({"after": report.report_id})}
+    return {"items": items, "nextToken": None}
+
+
+def _owned(principal: Principal, report_id: str) -> ReportConfig:
+    """404 for a report the caller cannot see; 403 for one they see (a role holder's) but do not own."""
+    report = get_visible(principal, report_id)
+    if report.owner_id != principal.user_id:
+        raise Forbidden("Only the report's owner may change or delete it; holders of its allowedRoles may read "
+                        "and generate it.")
+    return report
+
+
+def _check_if_match(report: ReportConfig, if_match: str | None, required: bool) -> None:
+    if if_match is None or not if_match.strip():
+        if required:
+            raise PreconditionRequired("If-Match is required: send the ETag of GET /api/v1/reports/"
+                                       f"{report.report_id}, so a change made since you read it is not lost.")
+        return
+    tags = [t.strip() for t in if_match.split(",")]
+    if "*" not in tags and etag(report) not in tags:
+        raise PreconditionFailed("The report has changed since this ETag was read (If-Match does not match its "
+                                 "current ETag); read it again and reapply your change.")
+
+
+def _same_version(version: int) -> Condition:
+    return (ReportConfig.version == version) if version else ReportConfig.version.does_not_exist()
+
+
+def _failed_condition(err: Exception) -> bool:
+    return getattr(err, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def update_report(principal: Principal, report_id: str, body: Any, if_match: str | None) -> ReportConfig:
+    """A PATCH: owner only, If-Match required, the merged configuration validated as a create's is, and one
+    write conditional on the version the ETag named (two PATCHes with one ETag: one wins, the other 412)."""
+    report = _owned(principal, report_id)
+    _check_if_match(report, if_match, required=True)
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.")
+    fixed = [f for f in IMMUTABLE if f in body]
+    if fixed:
+        raise ValidationFailed(f"{fixed[0]} cannot be changed; a PATCH may set name, deliveryTargets, "
+                               "allowedRoles, categories and schedule.", field=fixed[0])
+    if not body:
+        raise ValidationFailed("The body must set at least one of name, deliveryTargets, allowedRoles, categories "
+                               "and schedule.")
+    current = {"reportId": report.report_id, "name": report.name, "deliveryTargets": report.delivery_targets,
+               "allowedRoles": list(report.allowed_roles or []), "categories": list(report.categories),
+               "schedule": report.schedule}
+    fields = parse_config({**current, **body})  # the create's rules, on the configuration as it would be
+    version = version_of(report)
+    schedule = fields["schedule"]
+    actions = [
+        ReportConfig.name.set(fields["name"]),
+        ReportConfig.delivery_targets.set(fields["deliveryTargets"]),
+        ReportConfig.allowed_roles.set(fields["allowedRoles"]),
+        ReportConfig.categories.set(fields["categories"]),
+        ReportConfig.schedule.set(schedule) if schedule else ReportConfig.schedule.remove(),
+        ReportConfig.schedule_day.set(schedule["day"]) if schedule else ReportConfig.schedule_day.remove(),
+        ReportConfig.version.set(version + 1),
+    ]
+    try:
+        # version_unchanged: the version the ETag named is still the stored one; else 412, nothing written.
+        report.update(actions=actions, condition=ReportConfig.report_id.exists() & _same_version(version))
+    except UpdateError as err:
+        if not _failed_condition(err):
+            raise
+        _forget(report.tenant, report.report_id)
+        if _get(report.tenant, report.report_id, keep=False) is None:
+            raise NotFound(f"Report '{shown_id(report_id)}' was not found.") from err
+        raise PreconditionFailed("The report changed while this PATCH ran; read it again and reapply your "
+                                 "change.") from err
+    _forget(report.tenant, report.report_id)
+    return report
+
+
+def active_job_status(tenant: str, report_id: str) -> str | None:
+    """The status of an active job (any user's) of this report, or None.
+
+    Reads the jobs' sparse `byActive` index (only live jobs are in it: every active job of the service, not a
+    scan of history) and then the jobs themselves with consistent reads to match tenant and report.
+    """
+    from chalicelib.jobs.states import ACTIVE
+    from chalicelib.tables import Job
+
+    ids = [j.job_id for status in ACTIVE for j in Job.by_active.query(status.value)]
+    for start in range(0, len(ids), 100):
+        for job in Job.batch_get(ids[start:start + 100], consistent_read=True):
+            if job.report_id == report_id and (job.tenant or job.owner_id) == tenant \
+                    and job.status in {s.value for s in ACTIVE}:
+                return job.status
+    return None
+
+
+def job_condition() -> Condition:
+    """What creating a job checks of its report item in the same transaction (jobs/create._commit)."""
+    return ReportConfig.report_id.exists() & (ReportConfig.deleting_until.does_not_exist()
+                                              | (ReportConfig.deleting_until < int(time.time())))
+
+
+def still_there(tenant: str, report_id: str) -> bool:
+    """The report exists and no delete of it is under way (a retry must not revive a deleted report's job)."""
+    report = _get(tenant, report_id, keep=False)
+    return report is not None and (report.deleting_until is None or report.deleting_until < int(time.time()))
+
+
+def explain_refused_job(tenant: str | None, report_id: str) -> None:
+    """Raise why job_condition refused a job, if it did: the report is gone (404) or being deleted (409)."""
+    report = _get(tenant or "", report_id, keep=False)
+    if report is None:
+        raise NotFound(f"Report '{shown_id(report_id)}' was not found; it may have just been deleted.")
+    if report.deleting_until is not None and report.deleting_until >= int(time.time()) - 1:
+        raise Conflict("The report is being deleted; no job was created.")
+
+
+def delete_report(principal: Principal, report_id: str, if_match: str | None) -> None:
+    """Owner only; 409 while a job of the report is active. Jobs and results stay until they expire.
+
+    generate_vs_delete: the delete first marks the report (deletingUntil); job creation condition-checks that
+    mark in its transaction, so after the mark no job starts, and every job that started before it is seen by
+    the active-job check. Then the delete is conditional on the mark being still ours.
+    """
+    report = _owned(principal, report_id)
+    _check_if_match(report, if_match, required=False)
+    now = int(time.time())
+    mark = now + DELETE_MARK_SECONDS
+    not_marked = ReportConfig.deleting_until.does_not_exist() | (ReportConfig.deleting_until < now)
+    condition = ReportConfig.report_id.exists() & not_marked
+    if if_match and "*" not in if_match:
+        condition &= _same_version(version_of(report))
+    try:
+        report.update(actions=[ReportConfig.deleting_until.set(mark)], condition=condition)
+    except UpdateError as err:
+        if not _failed_condition(err):
+            raise
+        current = _get(report.tenant, report.report_id, keep=False)
+        if current is None:
+            raise NotFound(f"Report '{shown_id(report_id)}' was not found.") from err
+        if version_of(current) != version_of(report):
+            raise PreconditionFailed("The report changed while this DELETE ran; read it again.") from err
+        raise Conflict("Another request is deleting this report.") from err
+    status = active_job_status(report.tenant, report.report_id)
+    if status is not None:
+        try:
+            report.update(actions=[ReportConfig.deleting_until.remove()],
+                          condition=ReportConfig.deleting_until == mark)
+        except UpdateError:
+            pass  # the mark lapses by itself after DELETE_MARK_SECONDS
+        raise Conflict(f"A job of this report is {status}; delete the report once its jobs have finished (or "
+                       "cancel them).", jobStatus=status)
+    try:
+        report.delete(condition=ReportConfig.deleting_until == mark)
+    except DeleteError as err:
+        if not _failed_condition(err):
+            raise
+        raise Conflict("The report changed while it was being deleted; try again.") from err
+    finally:
+        _forget(report.tenant, report.report_id)

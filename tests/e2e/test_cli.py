@@ -205,3 +205,35 @@ def test_the_project_installs_the_reports_command() -> None:
         pytest.skip(f"{script} is not installed (make test installs the project into .venv)")
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=CLI_TIMEOUT)
     assert out.returncode == 0 and "exit codes: 0 completed/ok, 1 job failed" in out.stdout
+
+
+def test_list_update_and_delete_reports(api_stack: str, worker: Any, token_for: Any) -> None:
+    token, report_id = token_for(), f"cli-{uuid.uuid4().hex[:10]}"
+    run = lambda *args: reports(*args, base=api_stack, token=token)  # noqa: E731
+    ok(run("create-report", report_id, "--name", "Before", "--role", "finance"))
+    header, row = ok(run("list-reports")).stdout.splitlines()[:2]
+    assert header.split()[:3] == ["REPORT", "NAME", "OWNER"] and row.split()[:4] == [
+        report_id, "Before", token.sub, "api:async"]
+
+    out = ok(run("update-report", report_id, "--name", "After", "--category", "Travel", "--category", "Other",
+                 "--no-roles", "--schedule-day", "5", "--target", "api:async", "--target", "email:cfo@example.com"))
+    assert out.stdout.strip() == (f"Updated report {report_id}: allowedRoles, categories, deliveryTargets, name, "
+                                  "schedule")
+    listed = json.loads(ok(run("list-reports", "--json", "--page-size", "1", "--all")).stdout)
+    assert listed["nextToken"] is None
+    (report,) = [r for r in listed["items"] if r["reportId"] == report_id]
+    assert (report["name"], report["categories"], report["allowedRoles"], report["schedule"]) == (
+        "After", ["Travel", "Other"], [], {"type": "monthly", "day": 5})
+
+    stale = ok(run("update-report", report_id, "--name", "Lost", "--if-match", '"v1-stale"'), 4)
+    assert stale.stdout == "" and "412" in stale.stderr and "changed since" in stale.stderr
+    bad = ok(run("update-report", report_id, "--category", "x" * 65), 4)
+    assert "400" in bad.stderr and "categories" in bad.stderr
+    assert ok(run("update-report", report_id), 2).stderr.startswith("reports: error: nothing to change")
+
+    job_id = ok(run("submit", report_id, "--period", "2026-01", "--wait")).stdout.strip()
+    ok(run("delete-report", report_id))
+    assert json.loads(ok(run("status", job_id, "--json")).stdout)["status"] == "Completed"
+    gone = ok(run("delete-report", report_id), 4)
+    assert "404" in gone.stderr
+    assert report_id not in ok(run("list-reports")).stdout

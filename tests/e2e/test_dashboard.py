@@ -350,3 +350,81 @@ def test_a_banner_shows_while_the_api_is_not_ready(api_stack: str, page: Any) ->
     banner_text = "Cannot reach the API at " + api_stack
     page.evaluate("document.getElementById('readiness-check').click()")  # the button is hidden while ready
     expect(banner).to_contain_text(banner_text)
+
+
+def test_list_create_edit_and_delete_reports_from_the_page(api_stack: str, token_for: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    tenant = f"dash-{uuid.uuid4().hex[:8]}"
+    token, colleague = token_for(tenant=tenant, roles=("finance",)), token_for(tenant=tenant)
+    shared = Api(api_stack, colleague)
+    shared_id = f"dash-shared-{uuid.uuid4().hex[:6]}"
+    assert shared.session.post(f"{api_stack}/api/v1/reports", timeout=10, json={
+        "reportId": shared_id, "name": "Colleague's report", "allowedRoles": ["finance"],
+        "deliveryTargets": [{"type": "api", "mode": "async"}]}).status_code == 201
+    sign_in(page, api_stack, token)
+    items = page.locator("#reports > li")
+    expect(items).to_have_count(1)
+    expect(items.first).to_contain_text("Colleague's report")
+    # A role holder may use it, not edit or delete it.
+    expect(items.first.get_by_role("button", name=f"Use report {shared_id}")).to_be_visible()
+    expect(items.first.get_by_role("button", name=re.compile("^(Edit|Delete) report"))).to_have_count(0)
+
+    # Create with targets and a schedule.
+    report_id = f"dash-{uuid.uuid4().hex[:10]}"
+    page.get_by_text("Create a report configuration").click()
+    page.get_by_label("New report id").fill(report_id)
+    page.get_by_label("Name", exact=True).fill("Made on the page")
+    page.get_by_label("Delivery targets, one per line").fill("api:async\nemail:cfo@example.com")
+    page.get_by_label("Monthly on day").fill("3")
+    page.get_by_role("button", name="Create report").click()
+    expect(page.locator("#notice")).to_contain_text(f"Created report {report_id}")
+    mine = items.filter(has_text=report_id)
+    expect(mine).to_contain_text("email:cfo@example.com")
+    expect(mine).to_contain_text("monthly on day 3")
+    expect(items).to_have_count(2)
+
+    # Bad input: a clear error, nothing stored.
+    mine.get_by_role("button", name=f"Edit report {report_id}").click()
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Made on the page")
+    expect(page.get_by_label("New report id")).to_have_value(report_id)
+    page.get_by_label("Delivery targets, one per line").fill("email:not-an-address")
+    page.get_by_role("button", name="Save report").click()
+    expect(page.locator("#notice")).to_contain_text("deliveryTargets")
+    before = requests.get(f"{api_stack}/api/v1/reports/{report_id}", headers=token.headers, timeout=10).json()
+    assert before["deliveryTargets"][1] == {"type": "email", "to": "cfo@example.com"}
+
+    # Edit: name, roles, categories, targets, schedule removed.
+    page.get_by_label("Name", exact=True).fill("Renamed on the page")
+    page.get_by_label("Allowed roles").fill("audit, finance")
+    page.get_by_label("Categories, one per line").fill("Travel\nOther")
+    page.get_by_label("Delivery targets, one per line").fill("api:async")
+    page.get_by_label("Monthly on day").fill("")
+    page.get_by_role("button", name="Save report").click()
+    expect(page.locator("#notice")).to_contain_text(f"Saved report {report_id}")
+    expect(mine).to_contain_text("Renamed on the page")
+    stored = requests.get(f"{api_stack}/api/v1/reports/{report_id}", headers=token.headers, timeout=10).json()
+    assert (stored["name"], stored["allowedRoles"], stored["categories"], stored["deliveryTargets"]) == (
+        "Renamed on the page", ["audit", "finance"], ["Travel", "Other"], [{"type": "api", "mode": "async"}])
+    assert "schedule" not in stored
+
+    # Someone else changes it while the form is open: 412, and the form shows the current version.
+    mine.get_by_role("button", name=f"Edit report {report_id}").click()
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Renamed on the page")
+    etag = requests.get(f"{api_stack}/api/v1/reports/{report_id}", headers=token.headers, timeout=10).headers["ETag"]
+    assert requests.patch(f"{api_stack}/api/v1/reports/{report_id}", json={"name": "Changed elsewhere"},
+                          headers={**token.headers, "If-Match": etag}, timeout=10).status_code == 200
+    page.get_by_label("Name", exact=True).fill("Lost update")
+    page.get_by_role("button", name="Save report").click()
+    expect(page.locator("#notice")).to_contain_text("was changed elsewhere")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Changed elsewhere")
+    page.get_by_role("button", name="Cancel editing").click()
+    shot(page, "reports-edited")
+
+    # Delete: two clicks (the second confirms).
+    mine.get_by_role("button", name=f"Delete report {report_id}").click()
+    mine.get_by_role("button", name=f"Confirm delete of report {report_id}").click()
+    expect(page.locator("#notice")).to_contain_text(f"Deleted report {report_id}")
+    expect(items).to_have_count(1)
+    assert requests.get(f"{api_stack}/api/v1/reports/{report_id}", headers=token.headers,
+                        timeout=10).status_code == 404

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
+from chalicelib.jobs.states import TERMINAL
 from local.stack import ChaliceLocal, LocalStack, MotoServer, free_port, port_is_open
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,7 +369,7 @@ def test_api_stack_and_worker_fixtures_take_a_job_to_completed(api_stack: str, w
     deadline, job = time.monotonic() + 20, {}
     while time.monotonic() < deadline:
         job = session.get(job_url, timeout=10).json()
-        if job["status"] in ("Completed", "Failed", "Cancelled"):
+        if job["status"] in TERMINAL:
             break
         time.sleep(0.2)
     assert job.get("status") == "Completed", (job, worker.stats)

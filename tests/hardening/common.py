@@ -26,6 +26,7 @@ _BODIES = {
                                               "currency": "USD"}]},
     ("POST", "/api/v1/reports/{reportId}/generate"): {"period": "2026-01"},
     ("PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}"): {"category": "Other"},
+    ("PATCH", "/api/v1/reports/{reportId}"): {"name": "Hostile"},
 }
 
 

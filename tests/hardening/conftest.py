@@ -9,13 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-LIVE = ("Queued", "Processing", "CancellationRequested")
-
 
 def _live_jobs() -> set[str]:
+    from chalicelib.jobs.states import ACTIVE, status_values
     from chalicelib.tables import Job
 
-    return {job.job_id for status in LIVE for job in Job.by_active.query(status)}
+    return {job.job_id for status in status_values(ACTIVE) for job in Job.by_active.query(status)}
 
 
 def _stop(job_id: str) -> None:

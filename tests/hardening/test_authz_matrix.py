@@ -83,6 +83,10 @@ def _routes(w: World) -> dict[tuple[str, str], tuple[str, str, object]]:
         ("GET", "/api/v1/jobs/{jobId}/events"): ("GET", f"{job}/events", None),
         ("PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}"): ("PATCH", f"{job}/lines/{w.line_id}",
                                                            {"category": "Other"}),
+        ("GET", "/api/v1/reports"): ("GET", "/api/v1/reports?pageSize=100", None),
+        # Last: by the owner's turn, the owner's and the role holder's generates above have left active jobs.
+        ("PATCH", "/api/v1/reports/{reportId}"): ("PATCH", f"/api/v1/reports/{w.report_id}", {"name": "Taken"}),
+        ("DELETE", "/api/v1/reports/{reportId}"): ("DELETE", f"/api/v1/reports/{w.report_id}", None),
     }
 
 
@@ -108,6 +112,14 @@ EXPECTED = {
     ("GET", "/api/v1/jobs/{jobId}/result"): {**NOT_YOURS, "owner": 200},
     ("GET", "/api/v1/jobs/{jobId}/events"): {**NOT_YOURS, "owner": 200},
     ("PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}"): {**NOT_YOURS, "owner": 200},
+    ("GET", "/api/v1/reports"): {"another user": 200, "user without the role": 200, "role holder": 200,
+                                 "owner": 200},
+    # Owner only: the role holder sees it (403), the others do not (404); the owner sent no If-Match (428).
+    ("PATCH", "/api/v1/reports/{reportId}"): {"another user": 404, "user without the role": 404,
+                                              "role holder": 403, "owner": 428},
+    # The owner's and the role holder's generates (2026-05) are still Queued: 409.
+    ("DELETE", "/api/v1/reports/{reportId}"): {"another user": 404, "user without the role": 404,
+                                               "role holder": 403, "owner": 409},
 }
 
 
@@ -126,13 +138,17 @@ def test_every_route_gives_each_caller_the_contracts_answer_and_no_one_elses_dat
             if expected >= 400:
                 assert_problem(response.status_code, response.headers, response.body, expected)
             if caller in ("no token", "another user", "user without the role") or (
-                    caller == "role holder" and route != ("GET", "/api/v1/reports/{reportId}")):
+                    caller == "role holder" and route not in (("GET", "/api/v1/reports/{reportId}"),
+                                                              ("GET", "/api/v1/reports"))):
                 leaked = [s for s in world.secrets if s.encode() in response.body]
                 assert not leaked, f"{where} leaked {leaked}"
             if route == ("GET", "/api/v1/jobs") and caller not in ("owner", "no token"):
                 assert world.job_id not in {j["jobId"] for j in response.json_body["items"]}, where
             if route == ("GET", "/api/v1/expenses") and caller not in ("owner", "no token"):
                 assert response.json_body["items"] == [], where
+            if route == ("GET", "/api/v1/reports") and caller not in ("no token",):
+                listed = [r["reportId"] for r in response.json_body["items"]]
+                assert (world.report_id in listed) == (caller in ("owner", "role holder")), where
     # Nobody but the owner changed the job: still Completed, cancelled or retried by no one.
     owner = world.callers["owner"]
     events = _call(client, "GET", f"/api/v1/jobs/{world.job_id}/events", owner).json_body["items"]

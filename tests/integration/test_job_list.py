@@ -107,3 +107,33 @@ def test_jobs_on_the_day_the_window_starts_count_only_while_they_live(client, us
     listed = _list(client, headers, "?pageSize=100")
     assert listed["totalCount"] == 4 == len(listed["items"])
     assert [job["jobId"] for job in listed["items"]][:3] == list(reversed(recent))
+
+
+def test_a_transition_cancelled_by_a_conflicting_transaction_is_written_again_and_counted_once(client, user,
+                                                                                                monkeypatch):
+    """Real DynamoDB cancels a transaction that meets another one on an item (here the user's day count, which
+    every create and transition of that day writes); moto never does, so the conflict is injected."""
+    import botocore.client
+    from botocore.exceptions import ClientError
+
+    from chalicelib.jobs.states import JobStatus, transition
+    from chalicelib.tables import Job
+
+    _, headers = user
+    job_id = _generate(client, headers, "2026-05").json_body["jobId"]
+    original, conflicts = botocore.client.BaseClient._make_api_call, []
+
+    def conflict_once(self, operation, params):
+        if operation == "TransactWriteItems" and not conflicts:
+            conflicts.append(operation)
+            reasons = [{"Code": "None"}] * (len(params["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
+            raise ClientError({"Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                               "CancellationReasons": reasons}, operation)
+        return original(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", conflict_once)
+    job = transition(Job.get(job_id, consistent_read=True), JobStatus.CANCELLED, "cancelled", {"by": "test"})
+    monkeypatch.undo()
+    assert conflicts and job.status == "Cancelled"
+    assert _list(client, headers, "?status=Cancelled")["totalCount"] == 1
+    assert _list(client, headers, "?status=Queued")["totalCount"] == 0

@@ -106,11 +106,21 @@ def test_api_handler_policy_allows_what_the_routes_do_and_no_more(api, secret_pa
         assert api.call("post", "/reports", {"reportId": report, "name": "T",
                                              "deliveryTargets": [{"type": "api", "mode": "async"}]})[0] == 201
         assert api.call("get", f"/reports/{report}")[0] == 200
+        # Report management: list, change (If-Match on the ETag), delete.
+        spare = f"r-{uuid.uuid4().hex[:12]}"
+        assert api.call("post", "/reports", {"reportId": spare, "name": "Spare",
+                                             "deliveryTargets": [{"type": "api", "mode": "async"}]})[0] == 201
+        assert api.call("get", "/reports?pageSize=5")[0] == 200
+        etag = api.client.http.get(f"/api/v1/reports/{spare}", headers=api.headers).headers["ETag"]
+        assert api.client.http.patch(f"/api/v1/reports/{spare}", body=json.dumps({"name": "Renamed"}),
+                                     headers={**api.headers, "If-Match": etag}).status_code == 200
         response = api.client.http.post("/api/v1/expenses", body=_csv(3),
                                         headers={**api.headers, "Content-Type": "text/csv"})
         assert response.status_code == 201, response.body
         assert api.call("get", "/expenses?period=2026-01")[0] == 200
         job_id = generate(api, report, key := str(uuid.uuid4()))
+        # Deleting a report looks at the active jobs (one is: the job just created).
+        assert api.client.http.delete(f"/api/v1/reports/{spare}", headers=api.headers).status_code == 204
         assert generate(api, report, key) == job_id  # replayed from the idempotency record
         assert generate(api, report, str(uuid.uuid4())) is None  # 409: an active job exists; the record is dropped
         assert api.call("get", f"/jobs/{job_id}")[0] == 200

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import requests
 
+from chalicelib.jobs.states import allowed_actions
 from reports_cli.__main__ import csv_chunks, status_code
 from reports_cli.client import ApiError, Client, retry_after_seconds
 from reports_cli.display import outcome, table
@@ -44,7 +45,7 @@ class Script(requests.Session):
 
 def job(status: str, done: int = 0) -> dict[str, Any]:
     return {"jobId": "j-1", "status": status, "processedLines": done, "totalLines": 10, "progressPercent": done * 10,
-            "failedLines": 0}
+            "failedLines": 0, "allowedActions": [a.value for a in allowed_actions(status)]}
 
 
 def test_wait_honours_retry_after_sends_if_none_match_and_keeps_the_body_on_304() -> None:
@@ -105,3 +106,51 @@ def test_exit_codes_outcome_lines_table_and_csv_chunks() -> None:
     chunks = csv_chunks(text, size=2)
     assert len(chunks) == 3 and all(c.startswith("lineId,vendor\n") for c in chunks) and '"a\nb"' in chunks[2]
     assert csv_chunks("lineId\n1\n", size=2) == ["lineId\n1\n"]
+
+
+def test_update_report_reads_the_etag_first_and_sends_it_as_if_match() -> None:
+    updated = {"reportId": "r-1", "name": "New"}
+    session = Script([response(200, {"reportId": "r-1", "name": "Old"}, {"ETag": '"v3-abc"'}),
+                      response(200, updated, {"ETag": '"v4-def"'})])
+    client = Client("http://api.test", "tok", session=session)
+    assert client.update_report("r-1", {"name": "New"}) == updated
+    (m1, u1, h1), (m2, u2, h2) = session.sent
+    assert (m1, u1) == ("GET", "http://api.test/api/v1/reports/r-1")
+    assert (m2, u2, h2["If-Match"]) == ("PATCH", "http://api.test/api/v1/reports/r-1", '"v3-abc"')
+
+
+def test_update_report_with_a_given_etag_sends_it_and_a_412_is_an_api_error() -> None:
+    problem = {"type": "urn:reports:problem:precondition-failed", "title": "Precondition failed", "status": 412,
+               "detail": "The report has changed since this ETag was read."}
+    session = Script([response(412, problem)])
+    with pytest.raises(ApiError) as caught:
+        Client("http://api.test", "tok", session=session).update_report("r/1", {"name": "x"}, '"v1-old"')
+    assert caught.value.status == 412 and "changed since" in str(caught.value)
+    assert session.sent == [("PATCH", "http://api.test/api/v1/reports/r%2F1", {"If-Match": '"v1-old"'})]
+
+
+def test_list_and_delete_reports_send_what_the_api_takes() -> None:
+    session = Script([response(200, {"items": [], "nextToken": "t2"}), response(204), response(204)])
+    client = Client("http://api.test", "tok", session=session)
+    assert client.list_reports(5, "t1") == {"items": [], "nextToken": "t2"}
+    assert client.delete_report("r-1") is None
+    client.delete_report("r-1", '"v2-x"')
+    assert [(m, u, h) for m, u, h in session.sent[1:]] == [
+        ("DELETE", "http://api.test/api/v1/reports/r-1", {}),
+        ("DELETE", "http://api.test/api/v1/reports/r-1", {"If-Match": '"v2-x"'})]
+
+
+def test_report_table_and_update_report_usage() -> None:
+    from reports_cli.__main__ import main, target
+    from reports_cli.display import report_table
+
+    out = report_table([{"reportId": "r-1", "name": "Monthly", "ownerId": "u-1", "allowedRoles": ["fin"],
+                         "deliveryTargets": [{"type": "api", "mode": "async"}, {"type": "email", "to": "a@b.co"}],
+                         "categories": ["A", "B"], "schedule": {"type": "monthly", "day": 3}}])
+    head, row = out.splitlines()
+    assert head.split() == ["REPORT", "NAME", "OWNER", "TARGETS", "ROLES", "CATEGORIES", "SCHEDULE"]
+    assert row.split() == ["r-1", "Monthly", "u-1", "api:async,email:a@b.co", "fin", "2", "monthly", "day", "3"]
+    assert target("email:a@b.co") == {"type": "email", "to": "a@b.co"}
+    with pytest.raises(SystemExit) as caught:  # nothing to change: a usage error before any request
+        main(["--api-url", "http://127.0.0.1:9", "--token", "t", "update-report", "r-1"])
+    assert caught.value.code == 2

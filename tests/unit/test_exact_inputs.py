@@ -75,6 +75,14 @@ def test_json_number_amounts_are_stored_exactly_as_decimal_strings(me):
     assert Decimal(stored["tx-2"]) + Decimal(stored["tx-3"]) == Decimal("0.3") == Decimal(stored["tx-4"])
 
 
+def test_a_zero_with_a_huge_negative_exponent_is_stored_as_the_places_the_service_keeps(me):
+    # Formatted as written, 0e-400000 is 400,000 zeros (0e-999999999 would take the API's memory).
+    response = _import_raw(me, ["0e-400000", "0.00"])
+    assert response.status_code == 201, response.body
+    stored = {line["lineId"]: line["amount"] for line in me.lines()}
+    assert (stored["tx-0"], stored["tx-1"]) == ("0.0000", "0.00")
+
+
 @pytest.mark.parametrize("amount, words", [
     ("1e400", "digits before the point"),
     ("0.12345", "digits after the point"),

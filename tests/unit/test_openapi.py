@@ -285,7 +285,7 @@ def test_examples_in_the_document_match_their_schemas():
         "retryCount": 1, "trigger": "api", "createdAt": "2026-01-31T10:00:00Z", "startedAt": "2026-01-31T10:00:01Z",
         "updatedAt": "2026-01-31T10:00:09Z", "completedAt": None, "estimatedCompletionAt": "2026-01-31T10:00:30Z",
         "errorMessage": None, "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-        "resultUrl": None}
+        "resultUrl": None, "allowedActions": ["cancel"]}
     assert not component_errors("Job", contract_job)
     assert component_errors("Job", {**contract_job, "status": "Running"})
     assert component_errors("Job", {**contract_job, "createdAt": "yesterday"})

@@ -1,0 +1,111 @@
+"""Work messages: the one place that writes and reads the bodies of the work queue's messages.
+
+Three kinds travel on the queue: start (or continue) a job, run one chunk of a fanned-out job, and warm the
+vendor cache. Their JSON keys are the wire format: a message sent by the code before a deploy is read by the
+code after it, so a key is never renamed (`jobId`, `chunk`, `reason`; `kind: warm`, `after`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib import deps
+
+MAX_DELAY_SECONDS = 900  # SQS's cap on DelaySeconds: a longer wait is sat out in more than one message
+BATCH_MAX = 10  # SQS's cap on the entries of one SendMessageBatch
+
+
+class NotAWorkMessage(ValueError):
+    """A body that is none of the work messages (not JSON, not an object, a key missing or of the wrong kind)."""
+
+
+class SendFailed(RuntimeError):
+    """The queue refused some messages of a batch (their ids)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"the work queue refused messages {ids}")
+        self.ids = ids
+
+
+@dataclass(frozen=True)
+class StartJob:
+    """Take up a job: start it, continue it after a hand-back, or resume it after a retry or a reap."""
+
+    job_id: str
+    reason: str = "start"  # start | continuation | rate_limited | retried | reaped | fan-out...
+
+    def to_body(self) -> str:
+        return json.dumps({"jobId": self.job_id, "reason": self.reason})
+
+
+@dataclass(frozen=True)
+class RunChunk:
+    """Work one chunk of a fanned-out job."""
+
+    job_id: str
+    chunk: int
+    reason: str
+
+    def to_body(self) -> str:
+        return json.dumps({"jobId": self.job_id, "chunk": self.chunk, "reason": self.reason})
+
+
+@dataclass(frozen=True)
+class WarmCache:
+    """Go on warming the vendor cache after the vendor key `after` ("" from the start)."""
+
+    after: str = ""
+
+    def to_body(self) -> str:
+        return json.dumps({"kind": "warm", "after": self.after})
+
+
+Message = StartJob | RunChunk | WarmCache
+
+
+def parse(body: str) -> Message:
+    """The message `body` holds; NotAWorkMessage for anything else.
+
+    Reads what every earlier producer wrote: a start without `reason` is a "start"; a warm message without
+    `after` starts from the beginning.
+    """
+    try:
+        data: Any = json.loads(body)
+        if data.get("kind") == "warm":
+            return WarmCache(after=str(data.get("after") or ""))
+        job_id, reason = str(data["jobId"]), str(data.get("reason", "start"))
+        if "chunk" in data:
+            return RunChunk(job_id, int(data["chunk"]), reason)
+        return StartJob(job_id, reason)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise NotAWorkMessage(f"not a work message: {body[:80]!r}") from err
+
+
+def capped(delay_seconds: float) -> int:
+    """A delay SQS accepts: 0 to MAX_DELAY_SECONDS whole seconds."""
+    return max(0, min(MAX_DELAY_SECONDS, int(delay_seconds)))
+
+
+def send(message: Message, delay_seconds: float = 0) -> None:
+    """Put one message on the work queue, visible after `delay_seconds` (capped at MAX_DELAY_SECONDS)."""
+    deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(), MessageBody=message.to_body(),
+                                    DelaySeconds=capped(delay_seconds))
+
+
+def send_batch(messages: Sequence[Message], delay_seconds: float = 0, ids: Sequence[str] | None = None) -> None:
+    """Put `messages` on the work queue, BATCH_MAX to a request. `ids` name them in a failure (default: position).
+
+    Raises SendFailed naming every message the queue refused.
+    """
+    names = [str(i) for i in range(len(messages))] if ids is None else [str(i) for i in ids]
+    sqs, url, delay = deps.client("sqs"), deps.work_queue_url(), capped(delay_seconds)
+    for start in range(0, len(messages), BATCH_MAX):
+        entries = [{"Id": name, "DelaySeconds": delay, "MessageBody": message.to_body()}
+                   for name, message in zip(names[start:start + BATCH_MAX], messages[start:start + BATCH_MAX],
+                                            strict=True)]
+        failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+        if failed:
+            raise SendFailed([f["Id"] for f in failed])
