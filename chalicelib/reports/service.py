@@ -213,6 +213,7 @@ def to_dict(report: ReportConfig) -> dict[str, Any]:
 
 IMMUTABLE = ("reportId", "ownerId", "createdAt")
 LIST_SCAN_BUDGET = 1000  # reports read for one page at most (see list_reports)
+DELETE_MARGIN_SECONDS = 5  # the final delete never runs this close to its mark's end
 DELETE_MARK_SECONDS = 30
 
 
@@ -315,13 +316,18 @@ def update_report(principal: Principal, report_id: str, body: Any, if_match: str
     ]
     try:
         # version_unchanged: the version the ETag named is still the stored one; else 412, nothing written.
-        report.update(actions=actions, condition=ReportConfig.report_id.exists() & _same_version(version))
+        # not_being_deleted: a change answered 200 must not vanish with a delete that marked the report first.
+        report.update(actions=actions, condition=ReportConfig.report_id.exists() & _same_version(version)
+                      & _not_marked(int(time.time())))
     except UpdateError as err:
         if not _failed_condition(err):
             raise
         _forget(report.tenant, report.report_id)
-        if _get(report.tenant, report.report_id, keep=False) is None:
+        current = _get(report.tenant, report.report_id, keep=False)
+        if current is None:
             raise NotFound(f"Report '{shown_id(report_id)}' was not found.") from err
+        if version_of(current) == version and not still_there(report.tenant, report.report_id):
+            raise Conflict("The report is being deleted; it was not changed.") from err
         raise PreconditionFailed("The report changed while this PATCH ran; read it again and reapply your "
                                  "change.") from err
     _forget(report.tenant, report.report_id)
@@ -334,16 +340,22 @@ def active_job_status(tenant: str, report_id: str) -> str | None:
     Reads the jobs' sparse `byActive` index (only live jobs are in it: every active job of the service, not a
     scan of history) and then the jobs themselves with consistent reads to match tenant and report.
     """
-    from chalicelib.jobs.states import ACTIVE
+    from chalicelib.jobs.states import ACTIVE, in_order
     from chalicelib.tables import Job
 
-    ids = [j.job_id for status in ACTIVE for j in Job.by_active.query(status.value)]
+    # In the state machine's order: a job moving on (Queued -> Processing -> CancellationRequested) between two
+    # queries is in the later one. (The index is eventually consistent on DynamoDB: see docs/api.md.)
+    ids = [j.job_id for status in in_order(ACTIVE) for j in Job.by_active.query(status.value)]
     for start in range(0, len(ids), 100):
         for job in Job.batch_get(ids[start:start + 100], consistent_read=True):
             if job.report_id == report_id and (job.tenant or job.owner_id) == tenant \
                     and job.status in {s.value for s in ACTIVE}:
                 return job.status
     return None
+
+
+def _not_marked(now: int) -> Condition:
+    return ReportConfig.deleting_until.does_not_exist() | (ReportConfig.deleting_until < now)
 
 
 def job_condition() -> Condition:
@@ -390,9 +402,9 @@ def delete_report(principal: Principal, report_id: str, if_match: str | None) ->
         current = _get(report.tenant, report.report_id, keep=False)
         if current is None:
             raise NotFound(f"Report '{shown_id(report_id)}' was not found.") from err
-        if version_of(current) != version_of(report):
+        if if_match and version_of(current) != version_of(report):
             raise PreconditionFailed("The report changed while this DELETE ran; read it again.") from err
-        raise Conflict("Another request is deleting this report.") from err
+        raise Conflict("Another request is deleting this report, or it changed meanwhile; try again.") from err
     status = active_job_status(report.tenant, report.report_id)
     if status is not None:
         try:
@@ -402,8 +414,13 @@ def delete_report(principal: Principal, report_id: str, if_match: str | None) ->
             pass  # the mark lapses by itself after DELETE_MARK_SECONDS
         raise Conflict(f"A job of this report is {status}; delete the report once its jobs have finished (or "
                        "cancel them).", jobStatus=status)
+    if time.time() > mark - DELETE_MARGIN_SECONDS:
+        # mark_still_ours: past its end, creates are allowed again and a job could have started unseen.
+        raise Conflict("Checking the report's jobs took too long; nothing was deleted. Try again.")
     try:
-        report.delete(condition=ReportConfig.deleting_until == mark)
+        # version_marked: a PATCH cannot land after the mark (not_being_deleted), so this is the version the
+        # caller's If-Match named, if it sent one.
+        report.delete(condition=(ReportConfig.deleting_until == mark) & _same_version(version_of(report)))
     except DeleteError as err:
         if not _failed_condition(err):
             raise

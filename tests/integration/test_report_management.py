@@ -413,3 +413,23 @@ def test_a_stopped_job_of_a_deleted_report_cannot_be_retried(client, token_for, 
     _problem(status, data, headers, 409, "conflict")
     assert "report was deleted" in data["detail"]
     assert owner.call("get", f"/jobs/{job['jobId']}")[1]["status"] == "Cancelled"
+
+
+def test_a_patch_arriving_while_a_delete_checks_the_jobs_is_refused_not_lost(client, token_for, monkeypatch):
+    from chalicelib.reports import service
+
+    me = Caller(client, token_for())
+    rid = me.create()
+    tag = me.etag(rid)
+    real_check, patched = service.active_job_status, []
+
+    def patch_meanwhile(tenant, report_id):
+        # The delete has marked the report; a PATCH with a current ETag comes in now.
+        patched.append(me.call("patch", f"/reports/{rid}", {"name": "Renamed"}, {"If-Match": tag})[:2])
+        return real_check(tenant, report_id)
+
+    monkeypatch.setattr(service, "active_job_status", patch_meanwhile)
+    status, body, _ = me.call("delete", f"/reports/{rid}")
+    assert (status, body) == (204, None)
+    (patch_status, problem), = patched
+    assert patch_status == 409 and "being deleted" in problem["detail"]  # not a 200 whose change then vanished
