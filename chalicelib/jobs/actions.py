@@ -16,7 +16,7 @@ from chalicelib.jobs.service import get_job
 from chalicelib.jobs.states import JobAction, JobStatus, TransitionRaced, allowed_actions, transition
 from chalicelib.lines.validation import shown_id
 from chalicelib.reports import service as reports
-from chalicelib.tables import Job, LineResult
+from chalicelib.tables import Job, LineResult, ReportConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,14 @@ def retry_job(owner_id: str, job_id: str) -> Job:
             Job.recheck_flagged.set(int(job.failed_lines) > 0),
             # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
             Job.heartbeat_at.set(clock.iso(clock.now())),
-            Job.status_message.set("Queued again; resuming from checkpoint")])
+            Job.status_message.set("Queued again; resuming from checkpoint")],
+            # report_not_deleted: a delete that marked the report after our read above must not find, once its
+            # job check is done, a job of the report active again.
+            checks=[(ReportConfig, job.tenant or job.owner_id, job.report_id, reports.job_condition())])
     except TransitionRaced as err:
+        if not reports.still_there(job.tenant or job.owner_id, job.report_id):
+            raise Conflict("This job's report was deleted, so the job cannot be retried.",
+                           jobStatus=job.status) from err
         raise Conflict("The job changed while it was being retried; look at it again.") from err
     try:
         enqueue(job.job_id, reason="retried")

@@ -136,8 +136,12 @@ def transition(
     detail: dict[str, Any] | None = None,
     actions: Iterable[Action] = (),
     condition: Condition | None = None,
+    checks: Iterable[tuple[Any, Any, Any, Condition]] = (),
 ) -> Job:
     """Move `job` to `to` with one conditional write that also appends `event`.
+
+    `checks` are (model class, hash key, range key, condition) that must hold of other items in the same
+    transaction (a retry checks that the job's report was not deleted meanwhile).
 
     Raises InvalidTransition when the move is not allowed from the job's status,
     and TransitionRaced when another writer changed the status first.
@@ -158,7 +162,8 @@ def transition(
     status_unchanged = Job.status == current.value
     for attempt in range(CONFLICT_ATTEMPTS):
         try:
-            _write_transition(job, current, to, updates, event, detail, condition, status_unchanged, counts)
+            _write_transition(job, current, to, updates, event, detail, condition, status_unchanged, counts,
+                              tuple(checks))
             break
         except TransactWriteError as err:
             if _only_conflicts(err) and attempt + 1 < CONFLICT_ATTEMPTS:
@@ -183,8 +188,10 @@ def _only_conflicts(err: TransactWriteError) -> bool:
 
 def _write_transition(job: Job, current: JobStatus, to: JobStatus, updates: list[Action], event: str,
                       detail: dict[str, Any] | None, condition: Condition | None, status_unchanged: Condition,
-                      counts: Any) -> None:
+                      counts: Any, checks: tuple[tuple[Any, Any, Any, Condition], ...] = ()) -> None:
     with TransactWrite(connection=connection()) as tx:
+        for model, hash_key, range_key, must_hold in checks:
+            tx.condition_check(model, hash_key, range_key=range_key, condition=must_hold)
         guard = status_unchanged if condition is None else status_unchanged & condition
         tx.update(job, actions=updates, condition=guard)
         tx.save(event_item(job.job_id, event, detail))

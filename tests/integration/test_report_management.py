@@ -433,3 +433,28 @@ def test_a_patch_arriving_while_a_delete_checks_the_jobs_is_refused_not_lost(cli
     assert (status, body) == (204, None)
     (patch_status, problem), = patched
     assert patch_status == 409 and "being deleted" in problem["detail"]  # not a 200 whose change then vanished
+
+
+def test_a_retry_that_read_the_report_before_a_delete_marked_it_is_refused(client, token_for, tenant, monkeypatch):
+    from chalicelib.reports import service
+
+    owner = Caller(client, token_for(tenant=tenant))
+    rid = owner.create()
+    assert owner.call("post", "/expenses", {"lines": expense_lines(3, vendors(3))})[0] == 201
+    status, job, _ = owner.call("post", f"/reports/{rid}/generate", {"period": "2026-01"})
+    assert status == 202, job
+    assert owner.call("delete", f"/jobs/{job['jobId']}")[1]["status"] == "Cancelled"
+    real_still_there, looks = service.still_there, []
+
+    def deleted_right_after_the_look(tenant_key, report_id):
+        looks.append(report_id)
+        if len(looks) == 1:  # the retry saw the report; the delete marks it and finds no active job
+            seen = real_still_there(tenant_key, report_id)
+            assert owner.call("delete", f"/reports/{rid}")[0] == 204
+            return seen
+        return real_still_there(tenant_key, report_id)
+
+    monkeypatch.setattr(service, "still_there", deleted_right_after_the_look)
+    status, data, headers = owner.call("post", f"/jobs/{job['jobId']}/retry")
+    _problem(status, data, headers, 409, "conflict")
+    assert owner.call("get", f"/jobs/{job['jobId']}")[1]["status"] == "Cancelled"
