@@ -401,13 +401,19 @@ def test_another_process_sees_a_change_within_the_keep_time_and_a_delete_at_once
     assert me.call("get", "/jobs")[1]["totalCount"] == 3
 
 
-def test_a_stopped_job_of_a_deleted_report_cannot_be_retried(client, token_for, tenant):
-    owner = Caller(client, token_for(tenant=tenant))
+def _cancelled_job(owner: Caller) -> tuple[str, dict]:
+    """A new report of `owner` and a job of it, cancelled while Queued: (reportId, the job)."""
     rid = owner.create()
     assert owner.call("post", "/expenses", {"lines": expense_lines(3, vendors(3))})[0] == 201
     status, job, _ = owner.call("post", f"/reports/{rid}/generate", {"period": "2026-01"})
     assert status == 202, job
     assert owner.call("delete", f"/jobs/{job['jobId']}")[1]["status"] == "Cancelled"
+    return rid, job
+
+
+def test_a_stopped_job_of_a_deleted_report_cannot_be_retried(client, token_for, tenant):
+    owner = Caller(client, token_for(tenant=tenant))
+    rid, job = _cancelled_job(owner)
     assert owner.call("delete", f"/reports/{rid}")[0] == 204
     status, data, headers = owner.call("post", f"/jobs/{job['jobId']}/retry")
     _problem(status, data, headers, 409, "conflict")
@@ -439,11 +445,7 @@ def test_a_retry_that_read_the_report_before_a_delete_marked_it_is_refused(clien
     from chalicelib.reports import service
 
     owner = Caller(client, token_for(tenant=tenant))
-    rid = owner.create()
-    assert owner.call("post", "/expenses", {"lines": expense_lines(3, vendors(3))})[0] == 201
-    status, job, _ = owner.call("post", f"/reports/{rid}/generate", {"period": "2026-01"})
-    assert status == 202, job
-    assert owner.call("delete", f"/jobs/{job['jobId']}")[1]["status"] == "Cancelled"
+    rid, job = _cancelled_job(owner)
     real_still_there, looks = service.still_there, []
 
     def deleted_right_after_the_look(tenant_key, report_id):
