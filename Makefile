@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak bench lint clean package deploy
+.PHONY: run test soak bench lint clean package deploy mail
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m local.stack
+
+# The emails a running local stack sent (moto keeps them): AWS_ENDPOINT_URL=<the AWS endpoint `make run` printed>
+# make mail [MAIL_ARGS="--limit 5" | MAIL_ARGS="--raw <message id>"].
+mail: $(STAMP)
+	$(PY) -m local.mailbox $(MAIL_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -49,9 +49,10 @@ def reap_stale_jobs(event):
 # Hourly, so a deferred run (rate limit, outage) is retried the same day; at most one job per report and month.
 @app.schedule(Rate(1, unit=Rate.HOURS))
 def run_scheduled_reports(event):
-    from chalicelib import schedules
+    from chalicelib import clock, schedules
 
-    return schedules.run_due()
+    # The time EventBridge scheduled this run for (a late or retried invocation still runs that day's reports).
+    return schedules.run_due(clock.parse(getattr(event, "time", None)))
 
 
 @app.schedule(Cron(0, 2, "*", "*", "?", "*"))

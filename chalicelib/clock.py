@@ -24,3 +24,7 @@ def parse(text: str | None) -> datetime | None:
 def expiry(days: float = 0, seconds: float = 0) -> datetime:
     """A moment `days` (and `seconds`) from now, for DynamoDB TTL attributes."""
     return now() + timedelta(days=days, seconds=seconds)
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -13,14 +13,16 @@ import os
 POINTS = ("after_model_call", "after_result_writes", "after_checkpoint", "before_continuation_send")
 # While a large job is split: the plan is recorded, no chunk of it is made or sent yet.
 FANOUT_POINTS = ("after_plan",)
+# Delivery: a final status written with its deliveries, none queued yet; an attempt claimed, nothing sent yet.
+DELIVERY_POINTS = ("after_final_status", "after_delivery_claim")
 _armed: str | None = None
 
 
 def arm(name: str | None) -> None:
     """Exit the process with 137 the first time the worker passes `name` (None disarms)."""
     global _armed
-    if name is not None and name not in POINTS + FANOUT_POINTS:
-        raise ValueError(f"unknown fault point {name!r}; one of {', '.join(POINTS + FANOUT_POINTS)}")
+    if name is not None and name not in POINTS + FANOUT_POINTS + DELIVERY_POINTS:
+        raise ValueError(f"unknown fault point {name!r}; one of {', '.join(POINTS + FANOUT_POINTS + DELIVERY_POINTS)}")
     _armed = name
 
 

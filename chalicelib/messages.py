@@ -1,8 +1,9 @@
 """Work messages: the one place that writes and reads the bodies of the work queue's messages.
 
-Three kinds travel on the queue: start (or continue) a job, run one chunk of a fanned-out job, and warm the
-vendor cache. Their JSON keys are the wire format: a message sent by the code before a deploy is read by the
-code after it, so a key is never renamed (`jobId`, `chunk`, `reason`; `kind: warm`, `after`).
+Four kinds travel on the queue: start (or continue) a job, run one chunk of a fanned-out job, warm the vendor
+cache, and deliver a finished job to one target. Their JSON keys are the wire format: a message sent by the code
+before a deploy is read by the code after it, so a key is never renamed (`jobId`, `chunk`, `reason`; `kind:
+warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,23 @@ class WarmCache:
         return json.dumps({"kind": "warm", "after": self.after})
 
 
-Message = StartJob | RunChunk | WarmCache
+@dataclass(frozen=True)
+class Deliver:
+    """Make attempt `attempt` of the job's delivery `n` (the `id` it had when this was sent), or, for
+    `event == "job.progress"`, send one progress webhook to report target `n` (never retried)."""
+
+    job_id: str
+    n: int
+    id: str
+    attempt: int = 1
+    event: str = ""
+
+    def to_body(self) -> str:
+        body = {"kind": "deliver", "jobId": self.job_id, "n": self.n, "id": self.id, "attempt": self.attempt}
+        return json.dumps({**body, "event": self.event} if self.event else body)
+
+
+Message = StartJob | RunChunk | WarmCache | Deliver
 
 
 def parse(body: str) -> Message:
@@ -76,6 +93,9 @@ def parse(body: str) -> Message:
         data: Any = json.loads(body)
         if data.get("kind") == "warm":
             return WarmCache(after=str(data.get("after") or ""))
+        if data.get("kind") == "deliver":
+            return Deliver(str(data["jobId"]), int(data["n"]), str(data["id"]), int(data.get("attempt", 1)),
+                           str(data.get("event") or ""))
         job_id, reason = str(data["jobId"]), str(data.get("reason", "start"))
         if "chunk" in data:
             return RunChunk(job_id, int(data["chunk"]), reason)

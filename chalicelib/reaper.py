@@ -66,7 +66,11 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
             continue  # finished or moved since the index saw it
         for outcome in _reap_chunks(job, cutoff):
             counts[outcome] += 1
-    if any(counts[k] for k in ("requeued", "failed", "cancelled")):
+    from chalicelib.delivery import service as delivery
+
+    # Final jobs whose writer died between the final status and queuing its deliveries (the outbox mark).
+    counts["deliveries"] = delivery.resend_waiting(settings)
+    if any(counts[k] for k in ("requeued", "failed", "cancelled", "deliveries")):
         log.info("reaper swept", extra=counts)
     return counts
 

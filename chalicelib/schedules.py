@@ -21,14 +21,15 @@ def previous_month(today: datetime) -> str:
 
 
 def run_due(today: datetime | None = None) -> dict[str, int]:
-    """Create the jobs due today; a second run on the same day creates nothing."""
+    """Create the jobs due today; a second run on the same day creates nothing.
+
+    Every scheduled report gets its job, whatever its targets: the schedule is how a report delivered only by
+    email or webhook is generated (the API refuses those with 409); its deliveries follow its completion.
+    """
     today = today or clock.now()
     period = previous_month(today)
     counts = {"created": 0, "skipped": 0, "deferred": 0}
     for report in ReportConfig.by_schedule.query(today.day):
-        if {"type": "api", "mode": "async"} not in (report.delivery_targets or []):
-            counts["skipped"] += 1
-            continue
         # Per tenant: report ids are unique within a tenant only, and two tenants' report-123 each get their job.
         marker = Control(f"sched#{tenant_scope(report.tenant)}#{report.report_id}#{period}", job_id=None,
                          expires_at=clock.expiry(days=40))

@@ -82,6 +82,11 @@ class Settings:
     result_inline_max_bytes: int = 5_000_000
     # ASL retriers for model requests; None means categorize.retry.DEFAULT_POLICY.
     retry_policy: tuple[dict, ...] | None = None
+    # Delivery (chalicelib/delivery): the verified SES identity emails are sent from; whether webhooks may
+    # go to http://127.0.0.1 / localhost (`make run` and the tests only, never a deployed stage).
+    ses_from: str = "reports@example.com"
+    webhook_allow_loopback: bool = False
+    webhook_timeout_seconds: float = 15.0
 
     def table(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -134,6 +139,9 @@ class Settings:
             stale_after_seconds=_int("STALE_AFTER_SECONDS", 300),
             result_inline_max_bytes=_int("RESULT_INLINE_MAX_BYTES", 5_000_000),
             retry_policy=tuple(json.loads(env["MODEL_RETRY_POLICY"])) if env.get("MODEL_RETRY_POLICY") else None,
+            ses_from=env.get("SES_FROM") or "reports@example.com",
+            webhook_allow_loopback=_true("WEBHOOK_ALLOW_LOOPBACK") and not in_lambda,
+            webhook_timeout_seconds=_float("WEBHOOK_TIMEOUT_SECONDS", 15.0),
         )
 
 

@@ -133,6 +133,13 @@ class ReportConfig(_Model):
     # Set (epoch seconds) while a DELETE checks for active jobs: creating a job condition-checks it is absent or
     # past (jobs/create._commit), so no job starts between that check and the delete. Past, it is ignored.
     deleting_until = NumberAttribute(null=True, attr_name="deletingUntil")
+    # Standard Webhooks signing secrets, newest first: [{"secret": "whsec_...", "createdAt": iso, "expiresAt":
+    # epoch | None}]. Never in a representation after the response that created it (chalicelib/delivery).
+    webhook_secrets = JSONAttribute(null=True, attr_name="webhookSecrets")
+    # Bumped by each rotation: two rotations at once, one wins (the other would hand out a secret never stored).
+    secret_version = NumberAttribute(null=True, attr_name="secretVersion")
+    # Webhook URLs whose receiver answered 410 Gone: {url: iso time}. Not sent to until re-enabled.
+    disabled_targets = JSONAttribute(null=True, attr_name="disabledTargets")
     by_schedule = ScheduleIndex()
 
 
@@ -150,6 +157,22 @@ class ExpenseLine(_Model):
     import_seq = UnicodeAttribute(null=True, attr_name="importSeq")
     # Set at import (lines/store.line_expiry); None on a line stored before it existed: kept until deleted.
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+
+
+class Delivery(MapAttribute):
+    """One delivery of a finished job to one of its report's targets (chalicelib/delivery/service.py)."""
+
+    id = UnicodeAttribute()  # the webhook-id: the same across the attempts of one delivery
+    target = NumberAttribute()  # its place in the report's deliveryTargets
+    type = UnicodeAttribute()  # email | webhook
+    event = UnicodeAttribute()  # job.completed | job.failed | job.cancelled
+    destination = UnicodeAttribute()
+    status = UnicodeAttribute()  # DeliveryStatus
+    attempts = NumberAttribute(default=0)
+    last_error = UnicodeAttribute(null=True, attr_name="lastError")
+    at = UnicodeAttribute(null=True)  # the last attempt's end
+    next_at = NumberAttribute(default=0, attr_name="nextAt")  # epoch seconds: not attempted before
+    lease_until = NumberAttribute(default=0, attr_name="leaseUntil")  # epoch seconds: an attempt under way
 
 
 class OwnerIndex(GlobalSecondaryIndex):
@@ -221,6 +244,10 @@ class Job(_Model):
     recheck_after = UnicodeAttribute(null=True, attr_name="recheckAfter")
     # Set by retry: flagged lines before the cursor are tried again once on resume.
     recheck_flagged = BooleanAttribute(default=False, attr_name="recheckFlagged")
+    # Deliveries of the job's last final status (chalicelib/delivery/service.py); replaced at the next one.
+    deliveries = ListAttribute(of=Delivery, null=True)
+    # Epoch seconds of the last job.progress webhook: at most one every PROGRESS_EVERY_SECONDS, fleet-wide.
+    progress_sent_at = NumberAttribute(null=True, attr_name="progressSentAt")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()

@@ -26,7 +26,7 @@ from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Lease, Progress
 from chalicelib.jobs.states import TERMINAL, WORKED, JobStatus, TransitionRaced, event_item, transition
 from chalicelib.lines.store import count_lines, read_lines, whole_period
-from chalicelib.messages import MAX_DELAY_SECONDS, NotAWorkMessage, RunChunk, WarmCache
+from chalicelib.messages import MAX_DELAY_SECONDS, Deliver, NotAWorkMessage, RunChunk, WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job, LineResult
 
@@ -63,6 +63,12 @@ def handle_record(record: SQSRecord, context: Any, settings: Settings | None = N
         message = messages.parse(record.body)
     except NotAWorkMessage:
         log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
+        return
+    if isinstance(message, Deliver):
+        from chalicelib.delivery import service as delivery  # only a delivery needs it (cold start)
+
+        outcome = delivery.handle(message, settings)  # a store error raises: the message is redelivered
+        log.info("delivery message handled", extra={"jobId": message.job_id, "n": message.n, "outcome": outcome})
         return
     if isinstance(message, WarmCache):
         try:
@@ -371,9 +377,20 @@ def _work(run: Invocation, scope: JobScope) -> None:
         run.done += done.lines
         remaining = int(job.total_lines) - int(job.processed_lines) - done.lines
         eta = runner.eta(remaining, job.started_at, int(job.processed_lines) + done.lines)
-        scope.checkpoint(lines[-1].line_id, done, eta)
+        if scope.checkpoint(lines[-1].line_id, done, eta):
+            _announce_progress(job)
         faults.point("after_checkpoint")
         job.refresh(consistent_read=True)
+
+
+def _announce_progress(job: Job) -> None:
+    """job.progress webhooks for the targets that asked (at most one every 10 s per job, fleet-wide)."""
+    from chalicelib.delivery import service as delivery
+
+    try:
+        delivery.progress(job.job_id, job.tenant or job.owner_id, job.report_id)
+    except Exception:  # progress webhooks are best effort: the job goes on
+        log.warning("could not announce progress", extra={"jobId": job.job_id}, exc_info=True)
 
 
 def _next_batch(run: Invocation, scope: JobScope) -> list:

@@ -1,8 +1,9 @@
 """Deploy infra/template.yaml into an AWS endpoint (moto's server locally) through CloudFormation.
 
 `deploy(endpoint_url, prefix)` creates the stack `{prefix}-infra` or, when it already exists, attaches to it
-(safe when two processes race), makes sure TTL is on for every table that declares it, and returns the stack
-outputs plus the environment variables the app reads (see `chalicelib/settings.py`).
+(safe when two processes race), makes sure TTL is on for every table that declares it, verifies the SES sender
+(SES_FROM), and returns the stack outputs plus the environment variables the app reads (see
+`chalicelib/settings.py`).
 
 CLI: `python -m local.deploy [--prefix P]` deploys into $AWS_ENDPOINT_URL and prints `export KEY=VALUE` lines,
 so `eval "$(python -m local.deploy)"` points a shell at the stack.
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ import boto3
 import yaml
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from chalicelib.settings import Settings  # reads nothing at import
 
 log = logging.getLogger("local.deploy")
 
@@ -185,6 +189,17 @@ def _enable_ttl(ddb: Any, cfn: Any, name: str, template: dict[str, Any]) -> list
     return enabled
 
 
+def _verify_sender(sesv2: Any, sender: str) -> None:
+    """Make `sender` an SES identity. Moto quirk: it refuses to send from an address no identity covers, and
+    creating the identity is all it takes to verify it (the real SES also needs a DNS record or a click)."""
+    address = parseaddr(sender)[1] or sender
+    try:
+        sesv2.create_email_identity(EmailIdentity=address)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") != "AlreadyExistsException":
+            raise
+
+
 @contextlib.contextmanager
 def _deploy_lock(deadline: float) -> Iterator[None]:
     """Serialize the deploys of processes of this machine.
@@ -221,9 +236,10 @@ def deploy(endpoint_url: str, prefix: str, *, region: str | None = None, timeout
     """Create (or attach to) the stack `{prefix}-infra` at endpoint_url.
 
     Returns {"stack_name", "created", "outputs": {OutputKey: value}, "env": {VAR: value}}; `env` holds
-    APP_PREFIX, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, WORK_QUEUE_URL, DLQ_URL and RESULTS_BUCKET.
+    APP_PREFIX, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, WORK_QUEUE_URL, DLQ_URL, RESULTS_BUCKET and SES_FROM.
     """
     region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or DEFAULT_REGION
+    ses_from = os.environ.get("SES_FROM") or Settings.ses_from
     deadline = time.monotonic() + timeout_seconds
     cfn = _client("cloudformation", endpoint_url, region)
     name = stack_name(prefix)
@@ -252,6 +268,7 @@ def deploy(endpoint_url: str, prefix: str, *, region: str | None = None, timeout
             log.info("attaching to existing stack %s at %s", name, endpoint_url)
         stack = _wait_for_stack(cfn, name, deadline)
         _enable_ttl(_client("dynamodb", endpoint_url, region), cfn, name, template)
+        _verify_sender(_client("sesv2", endpoint_url, region), ses_from)
 
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs") or []}
     missing = {"WorkQueueUrl", "DeadLetterQueueUrl", "ResultsBucketName"} - outputs.keys()
@@ -269,6 +286,7 @@ def deploy(endpoint_url: str, prefix: str, *, region: str | None = None, timeout
         "WORK_QUEUE_URL": work_url,
         "DLQ_URL": dlq_url,
         "RESULTS_BUCKET": outputs["ResultsBucketName"],
+        "SES_FROM": ses_from,
     }
     return {"stack_name": name, "created": created, "outputs": outputs, "env": env}
 

@@ -405,6 +405,10 @@ class LocalStack:
         from chalicelib.settings import LOCAL_JWT_SECRET  # the settings module itself reads nothing at import
 
         os.environ.setdefault("JWT_SECRET", LOCAL_JWT_SECRET)
+        # A developer receives webhooks on their own machine (http://127.0.0.1:<port>); never a deployed stage.
+        os.environ.setdefault("WEBHOOK_ALLOW_LOOPBACK", "1")
+        # Links in emails and webhook payloads: the worker has no request to take a host from.
+        os.environ.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{self.port}")
 
         if "api" in self.components:
             self.api = ChaliceLocal(self.port, dict(os.environ), stage=self.stage)
@@ -455,6 +459,8 @@ class LocalStack:
             f"      curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/v1/jobs",
             f"      REPORTS_API_URL={base} REPORTS_TOKEN=$TOKEN .venv/bin/reports list",
             f"      AWS_ENDPOINT_URL={self.endpoint_url} .venv/bin/python -m local.scheduler list",
+            f"      AWS_ENDPOINT_URL={self.endpoint_url} make mail        # emails sent (moto's SES)",
+            "      .venv/bin/python -m local.webhook_receiver --port 9000   # webhooks to http://127.0.0.1:9000/",
             "    Ctrl-C stops everything.",
         ])
 

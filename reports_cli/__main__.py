@@ -19,6 +19,7 @@ from typing import Any
 from reports_cli import __version__
 from reports_cli.client import ApiError, Client, dumps, finished
 from reports_cli.display import Watch, describe, label, outcome, report_table, table
+from reports_cli.targets import TARGET_HELP, target, warn_secret
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -95,18 +96,46 @@ def csv_chunks(text: str, size: int = IMPORT_CHUNK) -> list[str]:
     return out
 
 
+def print_report(args: argparse.Namespace, report: dict[str, Any], done: str) -> None:
+    """`done` (or the JSON), then the webhook signing secret if this answer carries it: the only time it does."""
+    if args.json:
+        print(dumps(report), flush=True)
+    else:
+        print(done, flush=True)
+        if report.get("webhookSecret"):
+            print(f"Webhook secret: {report['webhookSecret']}", flush=True)
+    if report.get("webhookSecret"):
+        warn_secret()
+
+
 def cmd_create_report(client: Client, args: argparse.Namespace) -> int:
     config: dict[str, Any] = {"reportId": args.report, "name": args.name or args.report,
-                              "deliveryTargets": [{"type": "api", "mode": "async"}]}
+                              "deliveryTargets": args.target or [{"type": "api", "mode": "async"}]}
     if args.category:
         config["categories"] = args.category
     if args.role:
         config["allowedRoles"] = args.role
     report = client.create_report(config)
+    print_report(args, report, f"Created report {report['reportId']} ({len(report.get('categories', []))} categories)")
+    return EXIT_OK
+
+
+def cmd_rotate_secret(client: Client, args: argparse.Namespace) -> int:
+    out = client.rotate_secret(args.report)
+    print(dumps(out) if args.json else out["webhookSecret"], flush=True)  # stdout: just the secret, for scripts
+    warn_secret(previous_expires_at=out.get("previousSecretExpiresAt"))
+    return EXIT_OK
+
+
+def cmd_retry_delivery(client: Client, args: argparse.Namespace) -> int:
+    job = client.retry_delivery(args.job, args.n)
     if args.json:
-        print(dumps(report))
-    else:
-        print(f"Created report {report['reportId']} ({len(report.get('categories', []))} categories)")
+        print(dumps(job))
+        return EXIT_OK
+    deliveries = job.get("deliveries") or []
+    d = deliveries[args.n] if args.n < len(deliveries) else {}
+    print(f"{job['jobId']}: delivery {args.n} ({d.get('type')} to {d.get('destination')}) is {d.get('status')}")
+    note(args, f"its outcome shows in: reports status {job['jobId']}")
     return EXIT_OK
 
 
@@ -128,16 +157,6 @@ def cmd_list_reports(client: Client, args: argparse.Namespace) -> int:
         if token:
             note(args, f"({len(items)} shown; --all lists every page)")
     return EXIT_OK
-
-
-def target(value: str) -> dict[str, str]:
-    """`api:async`, `api:sync` or `email:ADDRESS` as a delivery target."""
-    kind, _, rest = value.partition(":")
-    if kind == "api" and rest in ("async", "sync"):
-        return {"type": "api", "mode": rest}
-    if kind == "email" and rest:
-        return {"type": "email", "to": rest}
-    raise argparse.ArgumentTypeError(f"must be api:async, api:sync or email:ADDRESS, not {value!r}")
 
 
 def schedule_day(value: str) -> int:
@@ -162,10 +181,7 @@ def cmd_update_report(client: Client, args: argparse.Namespace) -> int:
         raise Usage("nothing to change: give --name, --target, --category, --role/--no-roles or "
                     "--schedule-day/--no-schedule")
     report = client.update_report(args.report, changes, args.if_match)
-    if args.json:
-        print(dumps(report))
-    else:
-        print(f"Updated report {report['reportId']}: {', '.join(sorted(changes))}")
+    print_report(args, report, f"Updated report {report['reportId']}: {', '.join(sorted(changes))}")
     return EXIT_OK
 
 
@@ -286,6 +302,12 @@ def positive(value: str) -> float:
     return number
 
 
+def delivery_number(value: str) -> int:
+    if not value.isdigit() or int(value) > 99:
+        raise argparse.ArgumentTypeError("must be a delivery's number from 0 to 99 (as `reports status` lists them)")
+    return int(value)
+
+
 def page_size(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 100:
         raise argparse.ArgumentTypeError("must be an integer from 1 to 100")
@@ -328,9 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=("csv", "json"), default=None,
                      help="file format (default: from the name or content)")
 
-    sub = add("create-report", cmd_create_report, "create a report configuration (async API delivery)")
+    sub = add("create-report", cmd_create_report,
+              "create a report configuration (prints its webhook signing secret, once, if it has a webhook)")
     sub.add_argument("report", metavar="REPORT_ID", help="id: lower-case letters, digits and '-', 3-64 characters")
     sub.add_argument("--name", help="display name (default: the id)")
+    sub.add_argument("--target", action="append", type=target, metavar="TARGET",
+                     help=f"{TARGET_HELP} (repeat; default: api:async, which `submit` needs)")
     sub.add_argument("--category", action="append", metavar="NAME",
                      help="a category of the taxonomy (repeat; default: the standard taxonomy)")
     sub.add_argument("--role", action="append", metavar="ROLE", help="a role that may generate it (repeat)")
@@ -344,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("report", metavar="REPORT_ID")
     sub.add_argument("--name", help="new display name")
     sub.add_argument("--target", action="append", type=target, metavar="TARGET",
-                     help="a delivery target: api:async, api:sync or email:ADDRESS (repeat; replaces them all)")
+                     help=f"{TARGET_HELP} (repeat; replaces them all, and enables again a webhook disabled by 410 "
+                          "Gone)")
     sub.add_argument("--category", action="append", metavar="NAME", help="a category (repeat; replaces the taxonomy)")
     roles = sub.add_mutually_exclusive_group()
     roles.add_argument("--role", action="append", metavar="ROLE", help="a role that may generate it (repeat; replaces)")
@@ -353,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     days.add_argument("--schedule-day", type=schedule_day, metavar="DAY", help="generate monthly on this day (1-28)")
     days.add_argument("--no-schedule", action="store_true", help="remove the schedule")
     sub.add_argument("--if-match", metavar="ETAG", help="only if the report is still at this ETag (else 412)")
+
+    sub = add("rotate-secret", cmd_rotate_secret,
+              "make a new webhook signing secret for a report you own and print it, once (the previous one keeps "
+              "signing beside it for a day)")
+    sub.add_argument("report", metavar="REPORT_ID")
 
     sub = add("delete-report", cmd_delete_report,
               "delete a report configuration you own (refused while one of its jobs is active)")
@@ -381,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("retry", cmd_retry, "queue a Failed or Cancelled job again (resumes from its checkpoint)", [wait])
     sub.add_argument("job", metavar="JOB_ID")
     sub.add_argument("--wait", action="store_true", help="show live progress until the job ends")
+
+    sub = add("retry-delivery", cmd_retry_delivery,
+              "send one of a finished job's deliveries again (a Failed, Disabled or Delivered one)")
+    sub.add_argument("job", metavar="JOB_ID")
+    sub.add_argument("n", type=delivery_number, metavar="N", help="its number in `reports status JOB_ID` (from 0)")
 
     sub = add("result", cmd_result, "print a Completed job's result (JSON, or CSV with --csv)")
     sub.add_argument("job", metavar="JOB_ID")

@@ -141,6 +141,10 @@ class Client:
         etag = etag or self.report_etag(report_id)
         return self.json("PATCH", f"/reports/{_segment(report_id)}", json=changes, headers={"If-Match": etag})
 
+    def rotate_secret(self, report_id: str) -> dict[str, Any]:
+        """A new webhook signing secret: {"webhookSecret", "previousSecretExpiresAt"} (shown this once)."""
+        return self.json("POST", f"/reports/{_segment(report_id)}/webhook-secret/rotate")
+
     def delete_report(self, report_id: str, etag: str | None = None) -> None:
         self.send("DELETE", f"/reports/{_segment(report_id)}", headers={"If-Match": etag} if etag else {})
 
@@ -161,6 +165,10 @@ class Client:
 
     def retry(self, job_id: str) -> dict[str, Any]:
         return self.json("POST", f"/jobs/{_segment(job_id)}/retry")
+
+    def retry_delivery(self, job_id: str, n: int) -> dict[str, Any]:
+        """Send delivery `n` (its place in the job's `deliveries`) again; the job as it is then (202)."""
+        return self.json("POST", f"/jobs/{_segment(job_id)}/deliveries/{int(n)}/retry")
 
     def result(self, job_id: str, csv_format: bool = False) -> bytes:
         """The result document (JSON or CSV bytes); a 303 is followed to its presigned URL without our token."""

@@ -9,7 +9,10 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from reports_cli.targets import target_text
+
 LABELS = {"CancellationRequested": "Cancelling"}
+ERROR_WIDTH = 100  # a delivery's last error is cut to this in the table (--json has it whole)
 
 
 def label(status: str | None) -> str:
@@ -44,8 +47,14 @@ def counts(job: dict[str, Any]) -> str:
     return f"{done}/{total} lines ({percent}%), {int(job.get('failedLines') or 0)} flagged"
 
 
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Aligned plain-text columns, the first row the header (readable in a terminal, greppable in a pipe)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
 def describe(job: dict[str, Any]) -> str:
-    """A multi-line, human summary of one job (the `status` command)."""
+    """A multi-line, human summary of one job (the `status` command), with its deliveries if it has any."""
     rows = [
         ("Job", job.get("jobId")),
         ("Report", f"{job.get('reportId')} ({job.get('period')})"),
@@ -59,19 +68,37 @@ def describe(job: dict[str, Any]) -> str:
         ("Completed", job.get("completedAt")),
         ("Result", job.get("resultUrl")),
     ]
-    return "\n".join(f"{name:<10} {value}" for name, value in rows if value not in (None, ""))
+    text = "\n".join(f"{name:<10} {value}" for name, value in rows if value not in (None, ""))
+    deliveries = job.get("deliveries") or []
+    return f"{text}\n\nDeliveries (retry one: reports retry-delivery JOB_ID N)\n{delivery_table(deliveries)}" \
+        if deliveries else text
+
+
+def delivery_table(deliveries: list[dict[str, Any]]) -> str:
+    """A job's deliveries, numbered as `retry-delivery` takes them (from 0)."""
+    head = ("N", "TYPE", "DESTINATION", "EVENT", "STATUS", "ATTEMPTS", "AT", "LAST ERROR")
+
+    def status(d: dict[str, Any]) -> str:
+        nxt = d.get("nextAttemptAt")
+        return f"{d.get('status')} (next {nxt})" if nxt else str(d.get("status"))
+
+    def error(d: dict[str, Any]) -> str:
+        text = " ".join(str(d.get("lastError") or "-").split())
+        return text if len(text) <= ERROR_WIDTH else text[:ERROR_WIDTH - 3] + "..."
+
+    return columns([head] + [(str(n), str(d.get("type")), str(d.get("destination")), str(d.get("event")), status(d),
+                              str(int(d.get("attempts") or 0)), str(d.get("at") or "-"), error(d))
+                             for n, d in enumerate(deliveries)])
 
 
 def table(jobs: list[dict[str, Any]]) -> str:
     """Aligned plain-text columns (readable in a terminal, greppable in a pipe)."""
     head = ("JOB", "REPORT", "PERIOD", "STATUS", "LINES", "FLAGGED", "CREATED")
-    rows = [head] + [(
+    return columns([head] + [(
         str(j.get("jobId")), str(j.get("reportId")), str(j.get("period")), label(j.get("status")),
         f"{int(j.get('processedLines') or 0)}/{int(j.get('totalLines') or 0)}", str(int(j.get("failedLines") or 0)),
         str(j.get("createdAt") or ""),
-    ) for j in jobs]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    ) for j in jobs])
 
 
 def report_table(reports: list[dict[str, Any]]) -> str:
@@ -79,15 +106,15 @@ def report_table(reports: list[dict[str, Any]]) -> str:
     head = ("REPORT", "NAME", "OWNER", "TARGETS", "ROLES", "CATEGORIES", "SCHEDULE")
 
     def targets(r: dict[str, Any]) -> str:
-        return ",".join(f"{t.get('type')}:{t.get('mode') or t.get('to')}" for t in r.get("deliveryTargets") or [])
+        disabled = {d.get("target") for d in r.get("disabledTargets") or []}
+        return ",".join(target_text(t) + (" (disabled)" if i in disabled else "")
+                        for i, t in enumerate(r.get("deliveryTargets") or []))
 
-    rows = [head] + [(
+    return columns([head] + [(
         str(r.get("reportId")), str(r.get("name")), str(r.get("ownerId")), targets(r),
         ",".join(r.get("allowedRoles") or []) or "-", str(len(r.get("categories") or [])),
         f"monthly day {r['schedule']['day']}" if r.get("schedule") else "-",
-    ) for r in reports]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    ) for r in reports])
 
 
 def outcome(job: dict[str, Any]) -> str:

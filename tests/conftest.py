@@ -42,6 +42,8 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")  # no X-Ray SDK, no d
 # the last batch, a reap between checkpoints) count on them. The worker's own tests (tests/integration/
 # test_worker.py) run with the default read-ahead.
 os.environ.setdefault("LINE_READ_AHEAD", "1")
+# As `make run` sets it: the delivery tests receive webhooks on a local HTTP server. The SSRF tests turn it off.
+os.environ.setdefault("WEBHOOK_ALLOW_LOOPBACK", "1")
 
 # A chalice stage that .chalice/config.json does not declare: `chalice local --stage` and chalice.test.Client
 # then only apply the top-level environment_variables, so they keep APP_PREFIX=reports-test (stage `dev`

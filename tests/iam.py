@@ -25,6 +25,9 @@ FUNCTIONS = ("api_handler", "process_work", "handle_dead_letters", "reap_stale_j
 # What the moto server answers as; CloudFormation fills the same pseudo parameters in AWS.
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
           "AWS::URLSuffix": "amazonaws.com"}
+# Template parameters the policies name besides Prefix, at infra/deploy.yaml's defaults (SesIdentity: the domain
+# of the tests' SES_FROM, reports@example.com).
+PARAMETERS = {"SesIdentity": "example.com"}
 
 
 def policy_path(function: str) -> Path:
@@ -38,7 +41,7 @@ def policy(function: str) -> dict[str, Any]:
 def sub(value: Any, prefix: str) -> str:
     """A resource as the template resolves it: plain string or {"Fn::Sub": "...${Prefix}..."}."""
     text = value["Fn::Sub"] if isinstance(value, dict) else value
-    names = {**PSEUDO, "Prefix": prefix}
+    names = {**PSEUDO, **PARAMETERS, "Prefix": prefix}
     return re.sub(r"\$\{([^}]+)\}", lambda m: names[m.group(1)], text)
 
 
@@ -99,6 +102,10 @@ def needs(service: str, operation: str, params: dict[str, Any]) -> list[tuple[st
     if service == "ssm" and operation in ("GetParameter", "GetParameters"):
         names = [params["Name"]] if operation == "GetParameter" else params["Names"]
         return [(f"ssm:{operation}", f"arn:aws:ssm:{region}:{account}:parameter/{n.lstrip('/')}") for n in names]
+    if service == "sesv2" and operation == "SendEmail":
+        # Authorized against the verified identity the sender belongs to: here its domain (SesIdentity).
+        domain = params["FromEmailAddress"].rsplit("@", 1)[-1].strip(">")
+        return [("ses:SendEmail", f"arn:aws:ses:{region}:{account}:identity/{domain}")]
     raise AssertionError(f"tests/iam.py does not know what {service}:{operation} needs; add it")
 
 

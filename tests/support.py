@@ -253,3 +253,69 @@ def seed_jobs(owner_id: str, n: int, every: int = 4, start: Any = None) -> list[
                 setattr(item, counts.attribute_name(status), per_day[(day, status)])
             batch.save(item)
     return ids
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records every request, answers from a script.
+
+    `answers` are (status, headers) used one per request, then `default`; `hang` makes every request wait until
+    `release()` (a receiver that never answers in time). Use as a context manager.
+    """
+
+    def __init__(self, answers: Iterable[tuple[int, dict[str, str]]] = (), default: int = 200,
+                 hang: bool = False) -> None:
+        import threading
+
+        self.answers = list(answers)
+        self.default, self.hang = default, hang
+        self.requests: list[dict[str, Any]] = []
+        self._lock, self._released = threading.Lock(), threading.Event()
+        self._server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
+
+    def __enter__(self) -> Receiver:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with outer._lock:
+                    outer.requests.append({"path": self.path, "headers": dict(self.headers.items()),
+                                           "body": body, "at": time.time()})
+                    status, headers = outer.answers.pop(0) if outer.answers else (outer.default, {})
+                if outer.hang:
+                    outer._released.wait(30)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True).start()
+        return self
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def events(self) -> list[str]:
+        import json
+
+        with self._lock:
+            return [json.loads(r["body"])["type"] for r in self.requests]

@@ -96,3 +96,17 @@ def job_events(jobId: str) -> dict:  # noqa: N803
     # Paged like every list: pageSize 1-1000 (default 1000, a whole trail in one page for almost every job).
     size = paging.page_size(http.query(req, "pageSize"), default=EVENTS_PAGE_MAX, maximum=EVENTS_PAGE_MAX)
     return service.events(http.principal(req).user_id, jobId, size, http.query(req, "nextToken"))
+
+
+@bp.route("/jobs/{jobId}/deliveries/{n}/retry", methods=["POST"], content_types=NO_BODY)
+@handled
+def retry_delivery(jobId: str, n: str) -> Response:  # noqa: N803
+    from chalicelib.delivery import service as delivery
+
+    req = http.current()
+    if not re.fullmatch(r"[0-9]{1,2}", n):
+        raise ValidationFailed("n: must be a delivery's number, 0 to 99 (its place in the job's deliveries).",
+                               field="n")
+    job = delivery.retry(http.principal(req).user_id, jobId, int(n))
+    body = service.to_dict(job, http.base_url(req))
+    return Response(body=body, status_code=202, headers={"Location": body["statusUrl"]})

@@ -20,8 +20,10 @@ BODY_TYPES = ["application/json", "text/csv"]
 @handled
 def create_report() -> Response:
     request = http.current()
-    report = service.create_report(http.principal(request), http.json_body(request))
-    return created(service.to_dict(report), {"Location": f"/api/v1/reports/{report.report_id}"})
+    report, secret = service.create_report(http.principal(request), http.json_body(request))
+    # The webhook signing secret is in this response and in no later one (a rotation makes a new one).
+    body = {**service.to_dict(report), **({"webhookSecret": secret} if secret else {})}
+    return created(body, {"Location": f"/api/v1/reports/{report.report_id}"})
 
 
 @bp.route("/reports", methods=["GET"], content_types=NO_BODY)
@@ -49,8 +51,16 @@ def update_report(reportId: str) -> Response:  # noqa: N803
     # The body is read (and a malformed one refused) before any store is touched; its fields are checked after
     # the report is found, so a report the caller may not see is 404 whatever the body.
     body = http.json_body(request)
-    report = service.update_report(who, reportId, body, request.headers.get("if-match"))
-    return Response(body=service.to_dict(report), status_code=200, headers={"ETag": service.etag(report)})
+    report, secret = service.update_report(who, reportId, body, request.headers.get("if-match"))
+    out = {**service.to_dict(report), **({"webhookSecret": secret} if secret else {})}
+    return Response(body=out, status_code=200, headers={"ETag": service.etag(report)})
+
+
+@bp.route("/reports/{reportId}/webhook-secret/rotate", methods=["POST"], content_types=NO_BODY)
+@handled
+def rotate_webhook_secret(reportId: str) -> dict:  # noqa: N803
+    request = http.current()
+    return service.rotate_secret(http.principal(request), reportId)
 
 
 @bp.route("/reports/{reportId}", methods=["DELETE"], content_types=NO_BODY)

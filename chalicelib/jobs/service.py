@@ -14,6 +14,14 @@ from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits, shown_id
 from chalicelib.tables import Job, JobEvent
 
 
+def delivery_dicts(job: Job) -> list[dict[str, Any]]:
+    if not job.deliveries:
+        return []  # every job until it is final: no import of the delivery package on the hot poll path
+    from chalicelib.delivery.service import to_dicts
+
+    return to_dicts(job)
+
+
 def get_job(owner_id: str, job_id: str) -> Job:
     """The caller's job, or 404 whether it is missing, someone else's or past retention."""
     try:
@@ -49,6 +57,8 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         "resultUrl": f"{status_url}/result" if job.status == JobStatus.COMPLETED.value else None,
         # What the caller may do next, from the state machine: the dashboard and the CLI read this, not the status.
         "allowedActions": [a.value for a in allowed_actions(job.status)],
+        # One per report target the final status was sent to (email, webhook); [] until the job is final.
+        "deliveries": delivery_dicts(job),
     }
 
 

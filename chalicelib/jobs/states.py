@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -14,10 +15,12 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from chalicelib import clock, observability
+from chalicelib import clock, faults, observability
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job, JobEvent, connection
+
+log = logging.getLogger(__name__)
 
 
 class JobStatus(StrEnum):
@@ -109,6 +112,25 @@ def chunk_may_become(current: ChunkStatus | str, to: ChunkStatus | str) -> bool:
     return ChunkStatus(to) in CHUNK_TRANSITIONS[ChunkStatus(current)]
 
 
+class DeliveryStatus(StrEnum):
+    """A delivery of a final job to one report target (chalicelib/delivery/service.py)."""
+
+    PENDING = "Pending"  # waiting for an attempt (the first, or a retry after a backoff)
+    DELIVERED = "Delivered"  # accepted (a 2xx; SES took the message)
+    FAILED = "Failed"  # attempts exhausted, or a failure no retry can fix
+    DISABLED = "Disabled"  # the receiver answered 410 Gone (now or earlier): its target is disabled
+
+
+DELIVERY_TRANSITIONS: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
+    # Pending -> Pending: an attempt failed and another is due after the backoff.
+    DeliveryStatus.PENDING: frozenset(DeliveryStatus),
+    # Out of a final delivery status only by a user's retry (POST /jobs/{jobId}/deliveries/{n}/retry).
+    DeliveryStatus.DELIVERED: frozenset({DeliveryStatus.PENDING}),
+    DeliveryStatus.FAILED: frozenset({DeliveryStatus.PENDING}),
+    DeliveryStatus.DISABLED: frozenset({DeliveryStatus.PENDING}),
+}
+
+
 class TransitionRaced(InvalidTransition):
     """The job's status changed between our read and our conditional write."""
 
@@ -153,8 +175,13 @@ def transition(
         raise InvalidTransition(f"A {current.value} job cannot become {to.value}.")
     stamp = clock.iso(clock.now())
     updates: list[Action] = [Job.status.set(to.value), Job.updated_at.set(stamp), *actions]
+    deliver = False
     if to in TERMINAL:
-        updates += [Job.active_status.remove(), Job.lease_owner.remove(), Job.lease_until.remove()]
+        from chalicelib.delivery import service as delivery  # reads the job's report: only on a final move
+
+        # The deliveries are planned in the same write as the final status (an outbox): none is lost to a crash.
+        final, deliver = delivery.final_actions(job, to)
+        updates += [Job.lease_owner.remove(), Job.lease_until.remove(), *final]
     else:
         updates += [Job.active_status.set(to.value)]
     # status_unchanged: closes the race with any other writer (API, worker, reaper)
@@ -174,6 +201,12 @@ def transition(
             raise _explain(err, job, current, to) from err
     job.refresh(consistent_read=True)
     observability.job_finished(to.value, job.created_at)  # counts terminal states only
+    if deliver:
+        faults.point("after_final_status")
+        try:
+            delivery.enqueue(job)
+        except Exception:  # the status has moved: a delivery left unqueued is queued by the reaper
+            log.exception("could not queue the job's deliveries", extra={"jobId": job.job_id})
     return job
 
 

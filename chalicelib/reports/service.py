@@ -24,6 +24,7 @@ from chalicelib.errors import (
 )
 from chalicelib.lines.validation import in_words, shown, shown_id
 from chalicelib.lines.validation import kind_of as _kind
+from chalicelib.settings import get_settings
 from chalicelib.tables import ReportConfig
 
 DEFAULT_CATEGORIES = [
@@ -34,8 +35,9 @@ REPORT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
 _FIELD_ORDER = ["reportId", "name", "deliveryTargets", "allowedRoles", "categories", "schedule"]
 _FIELDS = set(_FIELD_ORDER)
-_TARGET_RULE = ("an API target (type api, mode async or sync) or an email target (type email, to an email "
-                "address), with no other members")
+_TARGET_RULE = ("an API target (type api, mode async or sync), an email target (type email, to an email address) "
+                "or a webhook target (type webhook, url, events), with no other members")
+SECRET_GRACE_SECONDS = 24 * 3600  # a rotated-out webhook secret still signs (beside the new one) this long
 
 
 def _fail(field: str, message: str, where: str | None = None) -> ValidationFailed:
@@ -43,21 +45,52 @@ def _fail(field: str, message: str, where: str | None = None) -> ValidationFaile
     return ValidationFailed(f"{where or field} {message}", field=field)
 
 
-def _targets(value: Any) -> list[dict[str, str]]:
+def _webhook(t: dict[str, Any], field: str, where: str) -> dict[str, Any]:
+    from chalicelib.delivery import webhook
+
+    url = t.get("url")
+    if not isinstance(url, str):
+        raise _fail(f"{field}.url", f"url must be an https URL, not {_kind(url)}.", where)
+    reason = webhook.check_url(url, get_settings().webhook_allow_loopback)
+    if reason:
+        raise _fail(f"{field}.url", f"url {reason}.", where)
+    events = t.get("events")
+    known = in_words(list(webhook.EVENTS))
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise _fail(f"{field}.events", f"events must be a non-empty array of event names: {known}.", where)
+    unknown = [e for e in events if e not in webhook.EVENTS]
+    if unknown:
+        raise _fail(f"{field}.events", f"events names {shown(unknown[0])}, which is not an event; the events are "
+                                       f"{known}.", where)
+    if len(set(events)) != len(events):
+        raise _fail(f"{field}.events", "events names an event more than once.", where)
+    return {"type": "webhook", "url": url, "events": [e for e in webhook.EVENTS if e in events]}
+
+
+def _targets(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value or len(value) > 10:
-        raise _fail("deliveryTargets", f"must be an array of 1 to 10 delivery targets, not {_kind(value)}.")
-    out = []
+        raise _fail("deliveryTargets", f"must be an array of 1 to 10 delivery targets, not {_kind(value)}"
+                    + (f" of {len(value)}." if isinstance(value, list) and value else "."))
+    out: list[dict[str, Any]] = []
     for i, t in enumerate(value):
         field, where = f"deliveryTargets[{i}]", f"deliveryTargets, target {i + 1} (counting from 1),"
         if not isinstance(t, dict):
             raise _fail(field, f"must be an object: {_TARGET_RULE}, not {_kind(t)}.", where)
-        if t.get("type") == "api" and set(t) == {"type", "mode"} and t.get("mode") in ("async", "sync"):
-            out.append({"type": "api", "mode": t["mode"]})
-        elif t.get("type") == "email" and set(t) == {"type", "to"} and isinstance(t.get("to"), str) \
-                and EMAIL.fullmatch(t["to"]):
-            out.append({"type": "email", "to": t["to"]})
+        kind = t.get("type")
+        if kind == "api" and set(t) == {"type", "mode"} and t.get("mode") in ("async", "sync"):
+            target: dict[str, Any] = {"type": "api", "mode": t["mode"]}
+        elif kind == "email" and set(t) == {"type", "to"}:
+            to = t.get("to")
+            if not isinstance(to, str) or not EMAIL.fullmatch(to) or not to.isprintable():
+                raise _fail(f"{field}.to", "to must be one email address (name@example.com).", where)
+            target = {"type": "email", "to": to}
+        elif kind == "webhook" and set(t) == {"type", "url", "events"}:
+            target = _webhook(t, field, where)
         else:
             raise _fail(field, f"must be {_TARGET_RULE}.", where)
+        if target in out:
+            raise _fail(field, "repeats an earlier target; each target may appear once.", where)
+        out.append(target)
     return out
 
 
@@ -115,8 +148,21 @@ def parse_config(body: Any) -> dict[str, Any]:
     }
 
 
-def create_report(principal: Principal, body: Any) -> ReportConfig:
+def _has_webhook(targets: list[dict[str, Any]]) -> bool:
+    return any(t["type"] == "webhook" for t in targets)
+
+
+def _first_secret() -> tuple[list[dict[str, Any]], str]:
+    from chalicelib.delivery import webhook
+
+    secret = webhook.new_secret()
+    return [{"secret": secret, "createdAt": clock.iso(clock.now()), "expiresAt": None}], secret
+
+
+def create_report(principal: Principal, body: Any) -> tuple[ReportConfig, str | None]:
+    """The stored report, and its webhook signing secret when it has a webhook target (shown this once)."""
     fields = parse_config(body)
+    secrets, secret = _first_secret() if _has_webhook(fields["deliveryTargets"]) else (None, None)
     report = ReportConfig(
         principal.tenant,
         fields["reportId"],
@@ -129,6 +175,8 @@ def create_report(principal: Principal, body: Any) -> ReportConfig:
         schedule_day=fields["schedule"]["day"] if fields["schedule"] else None,
         created_at=clock.iso(clock.now()),
         version=1,
+        webhook_secrets=secrets,
+        secret_version=1 if secrets else None,
     )
     try:
         # id_is_free: two creates with one reportId in one tenant; the second gets 409, never overwrites. The
@@ -138,7 +186,7 @@ def create_report(principal: Principal, body: Any) -> ReportConfig:
         if err.cause_response_code == "ConditionalCheckFailedException":
             raise Conflict(f"A report with id '{fields['reportId']}' already exists.") from err
         raise
-    return report
+    return report, secret
 
 
 def may_generate(principal: Principal, report: ReportConfig) -> bool:
@@ -206,12 +254,17 @@ def to_dict(report: ReportConfig) -> dict[str, Any]:
     }
     if report.schedule:
         out["schedule"] = report.schedule
+    disabled = report.disabled_targets or {}
+    if disabled:
+        out["disabledTargets"] = [{"target": i, "url": t["url"], "disabledAt": disabled[t["url"]]}
+                                  for i, t in enumerate(report.delivery_targets or [])
+                                  if t["type"] == "webhook" and t["url"] in disabled]
     return out
 
 
 # --- management: list, update, delete ------------------------------------------------------------------------
 
-IMMUTABLE = ("reportId", "ownerId", "createdAt")
+IMMUTABLE = ("reportId", "ownerId", "createdAt", "disabledTargets")
 LIST_SCAN_BUDGET = 1000  # reports read for one page at most (see list_reports)
 DELETE_MARGIN_SECONDS = 5  # the final delete never runs this close to its mark's end
 DELETE_MARK_SECONDS = 30
@@ -285,9 +338,13 @@ def _failed_condition(err: Exception) -> bool:
     return getattr(err, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 
-def update_report(principal: Principal, report_id: str, body: Any, if_match: str | None) -> ReportConfig:
+def update_report(principal: Principal, report_id: str, body: Any,
+                  if_match: str | None) -> tuple[ReportConfig, str | None]:
     """A PATCH: owner only, If-Match required, the merged configuration validated as a create's is, and one
-    write conditional on the version the ETag named (two PATCHes with one ETag: one wins, the other 412)."""
+    write conditional on the version the ETag named (two PATCHes with one ETag: one wins, the other 412).
+
+    Also returns the webhook secret made by this PATCH (its first webhook target), else None. Setting
+    deliveryTargets enables again every webhook a 410 Gone had disabled: the owner has looked at them."""
     report = _owned(principal, report_id)
     _check_if_match(report, if_match, required=True)
     if not isinstance(body, dict):
@@ -305,7 +362,14 @@ def update_report(principal: Principal, report_id: str, body: Any, if_match: str
     fields = parse_config({**current, **body})  # the create's rules, on the configuration as it would be
     version = version_of(report)
     schedule = fields["schedule"]
-    actions = [
+    secret = None
+    extra = []
+    if _has_webhook(fields["deliveryTargets"]) and not report.webhook_secrets:
+        secrets, secret = _first_secret()
+        extra = [ReportConfig.webhook_secrets.set(secrets), ReportConfig.secret_version.add(1)]
+    if "deliveryTargets" in body and report.disabled_targets:
+        extra.append(ReportConfig.disabled_targets.remove())
+    actions = [*extra,
         ReportConfig.name.set(fields["name"]),
         ReportConfig.delivery_targets.set(fields["deliveryTargets"]),
         ReportConfig.allowed_roles.set(fields["allowedRoles"]),
@@ -331,7 +395,71 @@ def update_report(principal: Principal, report_id: str, body: Any, if_match: str
         raise PreconditionFailed("The report changed while this PATCH ran; read it again and reapply your "
                                  "change.") from err
     _forget(report.tenant, report.report_id)
-    return report
+    return report, secret
+
+
+def rotate_secret(principal: Principal, report_id: str) -> dict[str, Any]:
+    """A new webhook secret (returned this once); the current one keeps signing beside it for a day, so a
+    receiver can switch over without missing a message. Owner only."""
+    from chalicelib.delivery import webhook
+
+    report = _owned(principal, report_id)
+    if not _has_webhook(report.delivery_targets or []):
+        raise Conflict("This report has no webhook target; its secret is made when a webhook target is added.")
+    now = time.time()
+    until = int(now + SECRET_GRACE_SECONDS)
+    kept = [dict(s, expiresAt=min(until, s["expiresAt"] or until)) for s in report.webhook_secrets or []
+            if s.get("expiresAt") is None or s["expiresAt"] > now]
+    secret = webhook.new_secret()
+    secrets = [{"secret": secret, "createdAt": clock.iso(clock.now()), "expiresAt": None}, *kept][:5]
+    seen = int(report.secret_version or 0)
+    same = (ReportConfig.secret_version == seen) if seen else ReportConfig.secret_version.does_not_exist()
+    try:
+        # secrets_unchanged: two rotations at once; the loser's secret would never be stored, so it gets 409.
+        report.update(actions=[ReportConfig.webhook_secrets.set(secrets), ReportConfig.secret_version.set(seen + 1)],
+                      condition=ReportConfig.report_id.exists() & same & _not_marked(int(now)))
+    except UpdateError as err:
+        if not _failed_condition(err):
+            raise
+        raise Conflict("The report's secret changed, or the report is being deleted, while this ran; "
+                       "try again.") from err
+    finally:
+        _forget(report.tenant, report.report_id)
+    return {"webhookSecret": secret,
+            "previousSecretExpiresAt": clock.iso(clock.from_epoch(until)) if kept else None}
+
+
+def live_secrets(report: ReportConfig) -> list[str]:
+    """The secrets a webhook of this report is signed with now, newest first (two during a rotation)."""
+    now = time.time()
+    return [s["secret"] for s in report.webhook_secrets or [] if s.get("expiresAt") is None or s["expiresAt"] > now]
+
+
+def set_target_disabled(tenant: str, report_id: str, url: str, disabled: bool) -> None:
+    """Mark a webhook URL of the report disabled (its receiver answered 410 Gone) or enabled again."""
+    report = _get(tenant, report_id, keep=False)
+    if report is None:
+        return
+    marks = dict(report.disabled_targets or {})
+    if disabled:
+        marks[url] = clock.iso(clock.now())
+    elif marks.pop(url, None) is None:
+        return
+    try:
+        # The whole map, conditional on the version we read: a PATCH that replaced the targets meanwhile wins.
+        report.update(actions=[ReportConfig.disabled_targets.set(marks) if marks
+                               else ReportConfig.disabled_targets.remove()],
+                      condition=ReportConfig.report_id.exists() & _same_version(version_of(report)))
+    except UpdateError as err:
+        if not _failed_condition(err):
+            raise
+    finally:
+        _forget(tenant, report_id)
+
+
+def report_of(tenant: str, report_id: str, fresh: bool = False) -> ReportConfig | None:
+    """The stored report (kept a few seconds unless `fresh`), or None: for the worker's deliveries."""
+    return _get(tenant, report_id, keep=not fresh)
 
 
 def active_job_status(tenant: str, report_id: str) -> str | None:

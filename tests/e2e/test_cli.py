@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.worker_gate import WorkerGate, hold_worker
+from tests.support import Receiver, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 60
@@ -237,3 +238,39 @@ def test_list_update_and_delete_reports(api_stack: str, worker: Any, token_for: 
     gone = ok(run("delete-report", report_id), 4)
     assert "404" in gone.stderr
     assert report_id not in ok(run("list-reports")).stdout
+
+
+def test_webhook_targets_secret_once_deliveries_in_status_retry_and_rotate(api_stack: str, worker: Any,
+                                                                          token_for: Any, tmp_path: Path) -> None:
+    token, report_id = token_for(), f"cli-{uuid.uuid4().hex[:10]}"
+    run = lambda *args: reports(*args, base=api_stack, token=token)  # noqa: E731
+    ok(run("import", str(write_lines(tmp_path / "lines.csv", 5, "2026-03"))))
+    with Receiver() as hooks:
+        out = ok(run("create-report", report_id, "--target", "api:async",
+                     "--target", f"webhook:job.completed:{hooks.url}"))
+        created, secret_line = out.stdout.splitlines()
+        assert created.startswith(f"Created report {report_id}") and secret_line.startswith("Webhook secret: whsec_")
+        assert "it is not shown again" in out.stderr
+        assert "whsec_" not in ok(run("list-reports", "--json")).stdout  # shown once: never in a later answer
+
+        job_id = ok(run("submit", report_id, "--period", "2026-03", "--wait")).stdout.strip()
+
+        def delivered() -> bool:
+            return json.loads(ok(run("status", job_id, "--json")).stdout)["deliveries"][0]["status"] == "Delivered"
+
+        wait_for(delivered, timeout=30, interval=0.5, what="the webhook delivery")
+        lines = ok(run("status", job_id)).stdout.splitlines()
+        assert "Deliveries (retry one: reports retry-delivery JOB_ID N)" in lines
+        assert lines[-1].split()[:6] == ["0", "webhook", hooks.url, "job.completed", "Delivered", "1"]
+        assert len(hooks.requests) == 1 and hooks.requests[0]["headers"]["webhook-signature"].count("v1,") == 1
+
+        # A rotation: the new secret on stdout alone; the old one signs beside it for a day.
+        out = ok(run("rotate-secret", report_id))
+        assert out.stdout.strip().startswith("whsec_") and out.stdout.strip() != secret_line.split()[-1]
+        assert "not shown again" in out.stderr and "previous secret keeps signing" in out.stderr
+
+        out = ok(run("retry-delivery", job_id, "0"))
+        assert out.stdout.startswith(f"{job_id}: delivery 0 (webhook to {hooks.url}) is ")
+        wait_for(lambda: len(hooks.requests) == 2 and delivered(), timeout=30, interval=0.5, what="the retry")
+        assert hooks.requests[1]["headers"]["webhook-signature"].count("v1,") == 2
+        assert "404" in ok(run("retry-delivery", job_id, "1"), 4).stderr

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.e2e.worker_gate import WorkerGate, hold_worker
+from tests.support import Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -134,10 +135,11 @@ class Api:
         self.base, self.session = base, requests.Session()
         self.session.headers.update(token.headers)
 
-    def setup(self, lines: int, period: str, categories: list[str] | None = None, unmatched: int = 0) -> str:
+    def setup(self, lines: int, period: str, categories: list[str] | None = None, unmatched: int = 0,
+              targets: list[dict[str, Any]] | None = None) -> str:
         report_id = f"dash-{uuid.uuid4().hex[:10]}"
         config: dict[str, Any] = {"reportId": report_id, "name": "Dashboard test",
-                                  "deliveryTargets": [{"type": "api", "mode": "async"}]}
+                                  "deliveryTargets": [{"type": "api", "mode": "async"}, *(targets or [])]}
         if categories:
             config["categories"] = categories
         assert self.session.post(f"{self.base}/api/v1/reports", json=config, timeout=10).status_code == 201
@@ -428,3 +430,137 @@ def test_list_create_edit_and_delete_reports_from_the_page(api_stack: str, token
     expect(items).to_have_count(1)
     assert requests.get(f"{api_stack}/api/v1/reports/{report_id}", headers=token.headers,
                         timeout=10).status_code == 404
+
+
+def test_a_webhook_target_made_on_the_page_shows_its_secret_once(api_stack: str, token_for: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    token, report_id = token_for(), f"dash-{uuid.uuid4().hex[:10]}"
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=api_stack)
+    sign_in(page, api_stack, token)
+    page.get_by_text("Create a report configuration").click()
+    page.get_by_label("New report id").fill(report_id)
+    page.get_by_label("Name", exact=True).fill("Hooked")
+    page.get_by_label("Delivery targets, one per line").fill("api:async\nemail:cfo@example.com")
+    page.get_by_role("button", name="Add webhook").click()
+    expect(page.get_by_label("Webhook 1 URL")).to_be_focused()
+    page.get_by_label("Webhook 1 URL").fill("https://hooks.example.com/reports")
+    events = page.get_by_role("group", name="Events for webhook 1")
+    events.get_by_label("job.cancelled").uncheck()
+    events.get_by_label("job.progress").check()
+    page.get_by_role("button", name="Create report").click()
+
+    box = page.locator("#secret-box")
+    expect(box).to_be_visible()
+    expect(box).to_contain_text("Copy it now: it is not shown again")
+    expect(box).to_contain_text(f"Report {report_id} signs its webhooks")
+    secret = page.get_by_label("Secret", exact=True).input_value()
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/=]+", secret), secret
+    box.get_by_role("button", name="Copy secret").click()
+    expect(box).to_contain_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    shot(page, "webhook-secret")
+    stored = requests.get(f"{api_stack}/api/v1/reports/{report_id}", headers=token.headers, timeout=10).json()
+    assert stored["deliveryTargets"] == [
+        {"type": "api", "mode": "async"}, {"type": "email", "to": "cfo@example.com"},
+        {"type": "webhook", "url": "https://hooks.example.com/reports",
+         "events": ["job.completed", "job.failed", "job.progress"]}]
+    assert "webhookSecret" not in stored
+    mine = page.locator("#reports > li").filter(has_text=report_id)
+    expect(mine).to_contain_text("webhook:https://hooks.example.com/reports (job.completed, job.failed, job.progress)")
+
+    # Once: a reload (or any later read) does not show it again.
+    page.reload()
+    expect(page.locator("#reports > li").filter(has_text=report_id)).to_have_count(1)
+    expect(box).to_be_hidden()
+    assert secret not in page.content()
+
+    # Editing only the name leaves the targets out of the PATCH (so nothing is enabled again) and mints no secret.
+    mine.get_by_role("button", name=f"Edit report {report_id}").click()
+    expect(page.get_by_label("Webhook 1 URL")).to_have_value("https://hooks.example.com/reports")
+    expect(page.get_by_label("Delivery targets, one per line")).to_have_value("api:async\nemail:cfo@example.com")
+    expect(events.get_by_label("job.progress")).to_be_checked()
+    expect(events.get_by_label("job.cancelled")).not_to_be_checked()
+    page.get_by_label("Name", exact=True).fill("Hooked, renamed")
+    with page.expect_request(lambda r: r.method == "PATCH") as patch:
+        page.get_by_role("button", name="Save report").click()
+    assert patch.value.post_data_json["name"] == "Hooked, renamed" and "deliveryTargets" not in \
+        patch.value.post_data_json
+    expect(page.locator("#notice")).to_contain_text(f"Saved report {report_id}")
+    expect(mine).to_contain_text("Hooked, renamed")  # the list is drawn again after a save
+    expect(box).to_be_hidden()
+
+    # The owner rotates it (two clicks): a new secret, shown once the same way.
+    mine.get_by_role("button", name=f"Rotate the webhook secret of report {report_id}").click()
+    mine.get_by_role("button", name=f"Confirm rotating the webhook secret of report {report_id}").click()
+    expect(box).to_be_visible()
+    expect(box).to_contain_text("The previous secret keeps signing beside it until")
+    rotated = page.get_by_label("Secret", exact=True).input_value()
+    assert rotated.startswith("whsec_") and rotated != secret
+    box.get_by_role("button", name="I have copied it").click()
+    expect(box).to_be_hidden()
+    assert rotated not in page.content()
+
+
+def test_a_patch_adding_the_first_webhook_shows_the_secret(api_stack: str, token_for: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    token = token_for()
+    report_id = Api(api_stack, token).setup(1, "2026-06")
+    sign_in(page, api_stack, token)
+    mine = page.locator("#reports > li").filter(has_text=report_id)
+    expect(mine.get_by_role("button", name=re.compile("Rotate"))).to_have_count(0)  # no webhook yet
+    mine.get_by_role("button", name=f"Edit report {report_id}").click()
+    page.get_by_role("button", name="Add webhook").click()
+    page.get_by_role("button", name="Save report").click()  # no URL yet: said so, nothing sent
+    expect(page.locator("#notice")).to_contain_text("Type the URL of webhook 1, or remove it.")
+    page.get_by_label("Webhook 1 URL").fill("https://hooks.example.com/added")
+    page.get_by_role("button", name="Save report").click()
+    expect(page.locator("#secret-box")).to_be_visible()
+    assert page.get_by_label("Secret", exact=True).input_value().startswith("whsec_")
+    expect(mine.get_by_role("button", name=f"Rotate the webhook secret of report {report_id}")).to_be_visible()
+
+
+def test_a_finished_jobs_deliveries_show_in_its_card_and_retry_sends_again(
+        api_stack: str, worker: Any, token_for: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    token = token_for()
+    api = Api(api_stack, token)
+    # The receiver first answers 410 Gone (the delivery is Disabled, and the report shows its webhook disabled),
+    # then 200: the Retry button enables the target again and sends the delivery once more.
+    with Receiver(answers=[(410, {})]) as hooks:
+        report_id = api.setup(3, "2026-07", targets=[{"type": "webhook", "url": hooks.url,
+                                                      "events": ["job.completed"]}])
+        assert api.session.post(f"{api_stack}/api/v1/reports/{report_id}/generate", json={"period": "2026-07"},
+                                timeout=10).status_code == 202
+        sign_in(page, api_stack, token)
+        card = job_card(page, report_id)
+        expect(card.locator(".badge")).to_have_text("Completed")
+        row = card.locator(".deliveries tbody tr")
+        expect(row).to_have_count(1)
+        expect(row.locator(".d-status")).to_have_text("Disabled")
+        cells = row.locator("td")
+        expect(cells.nth(0)).to_have_text("webhook")
+        expect(cells.nth(1)).to_have_text(hooks.url)
+        expect(cells.nth(2)).to_have_text("job.completed")
+        expect(cells.nth(4)).to_have_text("1")
+        expect(cells.nth(5)).to_contain_text("410 Gone")
+        expect(card).to_have_attribute("data-polling", "false")  # nothing pending: no more polls
+        page.get_by_role("button", name="Refresh reports").click()
+        report = page.locator("#reports > li").filter(has_text=report_id)
+        expect(report.locator(".disabled-target")).to_contain_text(f"Webhook {hooks.url} is disabled")
+        shot(page, "delivery-disabled")
+        assert len(hooks.requests) == 1
+
+        row.get_by_role("button", name=re.compile("^Retry delivery 1: webhook")).click()
+        expect(page.locator("#notice")).to_contain_text(f"Delivery to {hooks.url} queued again.")
+        expect(row.locator(".d-status")).to_have_text("Delivered")
+        expect(cells.nth(4)).to_have_text("1")
+        expect(cells.nth(5)).to_have_text("–")
+        expect(card).to_have_attribute("data-polling", "false")
+        assert len(hooks.requests) == 2
+        assert hooks.requests[0]["headers"]["webhook-id"] == hooks.requests[1]["headers"]["webhook-id"]
+        page.get_by_role("button", name="Refresh reports").click()
+        expect(report.locator(".disabled-target")).to_have_count(0)
+        shot(page, "delivery-retried")

@@ -42,7 +42,8 @@ def protected_routes() -> list[tuple[str, str]]:
 
 def request_for(method: str, template: str, **ids: str) -> tuple[str, str | None]:
     """A concrete path (plausible ids unless given) and JSON body for one route."""
-    values = {"reportId": f"r-{uuid.uuid4().hex[:12]}", "jobId": str(uuid.uuid4()), "lineId": "tx-000001", **ids}
+    values = {"reportId": f"r-{uuid.uuid4().hex[:12]}", "jobId": str(uuid.uuid4()), "lineId": "tx-000001", "n": "0",
+              **ids}
     path = template.format(**values)
     if template == "/api/v1/expenses" and method == "GET":
         path += "?period=2026-01"

@@ -84,6 +84,9 @@ def _routes(w: World) -> dict[tuple[str, str], tuple[str, str, object]]:
         ("PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}"): ("PATCH", f"{job}/lines/{w.line_id}",
                                                            {"category": "Other"}),
         ("GET", "/api/v1/reports"): ("GET", "/api/v1/reports?pageSize=100", None),
+        ("POST", "/api/v1/jobs/{jobId}/deliveries/{n}/retry"): ("POST", f"{job}/deliveries/0/retry", None),
+        ("POST", "/api/v1/reports/{reportId}/webhook-secret/rotate"): (
+            "POST", f"/api/v1/reports/{w.report_id}/webhook-secret/rotate", None),
         # Last: by the owner's turn, the owner's and the role holder's generates above have left active jobs.
         ("PATCH", "/api/v1/reports/{reportId}"): ("PATCH", f"/api/v1/reports/{w.report_id}", {"name": "Taken"}),
         ("DELETE", "/api/v1/reports/{reportId}"): ("DELETE", f"/api/v1/reports/{w.report_id}", None),
@@ -114,6 +117,11 @@ EXPECTED = {
     ("PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}"): {**NOT_YOURS, "owner": 200},
     ("GET", "/api/v1/reports"): {"another user": 200, "user without the role": 200, "role holder": 200,
                                  "owner": 200},
+    # The owner's job was delivered to no one (an API-only report): it has no delivery 0.
+    ("POST", "/api/v1/jobs/{jobId}/deliveries/{n}/retry"): {**NOT_YOURS, "owner": 404},
+    # Owner only, like a PATCH; the owner's report has no webhook target, so no secret to rotate (409).
+    ("POST", "/api/v1/reports/{reportId}/webhook-secret/rotate"): {"another user": 404, "user without the role": 404,
+                                                                   "role holder": 403, "owner": 409},
     # Owner only: the role holder sees it (403), the others do not (404); the owner sent no If-Match (428).
     ("PATCH", "/api/v1/reports/{reportId}"): {"another user": 404, "user without the role": 404,
                                               "role holder": 403, "owner": 428},

@@ -28,7 +28,7 @@ from chalicelib.settings import get_settings
 from chalicelib.tables import Job, JobChunk
 from tests import iam
 from tests.integration.test_worker import Api
-from tests.support import Ctx, deliver, drain, expense_lines, lambda_event, receive, vendors
+from tests.support import Ctx, Receiver, deliver, drain, expense_lines, lambda_event, receive, vendors
 
 _RUNTIME = "used by the Lambda service on the function's behalf, not by its code"
 _EVENT_SOURCE = "used by the SQS event source mapping (polling, deleting, visibility) with the function's role"
@@ -99,7 +99,17 @@ def test_api_handler_policy_allows_what_the_routes_do_and_no_more(api, secret_pa
     settings = dataclasses.replace(get_settings(), jwt_secret_param=secret_params["jwt"])
     done_id = api.start(expense_lines(5, vendors(3)))
     worker.run_job(done_id, "start", Ctx(), dataclasses.replace(get_settings(), openai_api_key=None))
+    with Receiver(default=410) as gone:  # a job whose webhook delivery was disabled, to be retried below
+        hooked = f"r-{uuid.uuid4().hex[:12]}"
+        targets = [{"type": "api", "mode": "async"}, {"type": "webhook", "url": gone.url, "events": ["job.completed"]}]
+        assert api.call("post", "/reports", {"reportId": hooked, "name": "H", "deliveryTargets": targets})[0] == 201
+        disabled_id = generate(api, hooked, str(uuid.uuid4()))
+        drain({disabled_id})
+    assert api.job(disabled_id)["deliveries"][0]["status"] == "Disabled"
     with iam.recording() as needed:
+        # Delivery: a retry enables the target again and queues the attempt; a secret is rotated.
+        assert api.call("post", f"/jobs/{disabled_id}/deliveries/0/retry")[0] == 202
+        assert api.call("post", f"/reports/{hooked}/webhook-secret/rotate")[0] == 200
         credentials.jwt_secret(settings)  # the HS256 secret, as a deployed stage reads it
         assert api.client.http.get("/health/ready").status_code == 200  # table, queue and bucket answer
         report = f"r-{uuid.uuid4().hex[:12]}"
@@ -143,11 +153,24 @@ def test_process_work_policy_allows_what_the_worker_does_and_no_more(api, model_
     job_id = api.start(expense_lines(30, vendors(12)))
     big_id = api.start(expense_lines(60, vendors(8)))
     fanout = dataclasses.replace(model_settings, fanout_threshold_lines=40, chunk_lines=25)
+    receiver, gone = Receiver().__enter__(), Receiver(default=410).__enter__()
+    report = f"r-{uuid.uuid4().hex[:12]}"
+    assert api.call("post", "/reports", {"reportId": report, "name": "Delivered", "deliveryTargets": [
+        {"type": "api", "mode": "async"}, {"type": "email", "to": "finance@example.com"},
+        {"type": "webhook", "url": receiver.url, "events": ["job.completed", "job.progress"]},
+        {"type": "webhook", "url": gone.url, "events": ["job.completed"]}]})[0] == 201
+    delivered = generate(api, report, str(uuid.uuid4()))
     with iam.recording() as needed:
-        drain({job_id, big_id}, fanout)  # one drain: receive() deletes the messages of jobs it was not given
+        # one drain: receive() deletes the messages of jobs it was not given. The delivered job's email and webhook
+        # go out from the worker too (SES on the sender's identity, the report's secret).
+        drain({job_id, big_id, delivered}, fanout)
         deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(), MessageBody=json.dumps({"kind": "warm"}))
         deliver(_warm_messages(), Ctx(), model_settings)
+    receiver.__exit__(None, None, None)
+    gone.__exit__(None, None, None)
     assert api.job(job_id)["status"] == api.job(big_id)["status"] == "Completed"
+    # The 410 disables its target on the report: the worker writes the report item too.
+    assert [d["status"] for d in api.job(delivered)["deliveries"]] == ["Delivered", "Delivered", "Disabled"]
     check("process_work", needed)
 
 

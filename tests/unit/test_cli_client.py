@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -18,8 +19,6 @@ def response(status: int, body: Any = None, headers: dict[str, str] | None = Non
     out.status_code = status
     out.headers.update(headers or {})
     if body is not None:
-        import json
-
         out._content = json.dumps(body).encode()
         out.headers.setdefault("Content-Type", "application/json")
     else:
@@ -33,10 +32,11 @@ class Script(requests.Session):
 
     def __init__(self, answers: list[Any]) -> None:
         super().__init__()
-        self.answers, self.sent = answers, []
+        self.answers, self.sent, self.bodies = answers, [], []
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:  # type: ignore[override]
         self.sent.append((method, url, dict(kwargs.get("headers") or {})))
+        self.bodies.append(kwargs.get("json"))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -153,4 +153,118 @@ def test_report_table_and_update_report_usage() -> None:
     assert target("email:a@b.co") == {"type": "email", "to": "a@b.co"}
     with pytest.raises(SystemExit) as caught:  # nothing to change: a usage error before any request
         main(["--api-url", "http://127.0.0.1:9", "--token", "t", "update-report", "r-1"])
+    assert caught.value.code == 2
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, session: Script, *argv: str) -> int:
+    """`reports ARGV` against the scripted session."""
+    import reports_cli.__main__ as cli
+
+    monkeypatch.setattr(cli, "Client", lambda url, token: Client(url, token, session=session))
+    return cli.main(["--api-url", "http://api.test", "--token", "tok", *argv])
+
+
+DELIVERIES = [
+    {"target": 1, "type": "webhook", "event": "job.completed", "destination": "https://hooks.example.com/r",
+     "status": "Failed", "attempts": 8, "lastError": "HTTP 500 " + "x" * 200, "at": "2026-01-02T03:04:05Z",
+     "nextAttemptAt": None},
+    {"target": 2, "type": "email", "event": "job.completed", "destination": "cfo@example.com", "status": "Pending",
+     "attempts": 1, "lastError": None, "at": None, "nextAttemptAt": "2026-01-02T03:05:00Z"},
+]
+
+
+def test_webhook_and_email_targets_parse_from_the_command_line() -> None:
+    import argparse
+
+    from reports_cli.targets import target, target_text
+
+    assert target("webhook:https://h.example.com/x") == {
+        "type": "webhook", "url": "https://h.example.com/x", "events": ["job.completed", "job.failed", "job.cancelled"]}
+    assert target("webhook:job.progress,job.completed:https://h.example.com/x?a=1") == {
+        "type": "webhook", "url": "https://h.example.com/x?a=1", "events": ["job.completed", "job.progress"]}
+    assert target("email:cfo@example.com") == {"type": "email", "to": "cfo@example.com"}
+    for text in ("webhook:https://h.example.com/x", "webhook:job.failed:https://h.example.com/x", "api:sync"):
+        assert target_text(target(text)) == text
+    for bad, said in (("webhook:job.done:https://h.example.com", "'job.done' is not an event"),
+                      ("webhook:job.failed", "must be followed by :URL"), ("webhook:", "must be api:async"),
+                      ("ftp:x", "must be api:async")):
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            target(bad)
+
+
+def test_status_shows_the_deliveries_numbered_as_retry_delivery_takes_them() -> None:
+    from reports_cli.display import describe
+
+    text = describe({**job("Completed", 10), "deliveries": DELIVERIES})
+    assert "Deliveries (retry one: reports retry-delivery JOB_ID N)" in text
+    head, failed, pending = text.splitlines()[-3:]
+    assert head.split() == ["N", "TYPE", "DESTINATION", "EVENT", "STATUS", "ATTEMPTS", "AT", "LAST", "ERROR"]
+    assert failed.split()[:7] == ["0", "webhook", "https://hooks.example.com/r", "job.completed", "Failed", "8",
+                                  "2026-01-02T03:04:05Z"]
+    assert failed.endswith("x...") and len(failed.split("HTTP 500 ")[1]) == 100 - len("HTTP 500 ")
+    assert pending.split()[:8] == ["1", "email", "cfo@example.com", "job.completed", "Pending", "(next",
+                                   "2026-01-02T03:05:00Z)", "1"]
+    assert "Deliveries" not in describe(job("Completed", 10))  # none: no section
+
+
+def test_create_report_with_a_webhook_prints_its_secret_once_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    created = {"reportId": "r-1", "categories": ["A"], "webhookSecret": "whsec_abc"}
+    session = Script([response(201, created)])
+    code = run_cli(monkeypatch, session, "create-report", "r-1", "--target", "api:async",
+                   "--target", "webhook:job.failed:https://h.example.com/x", "--target", "email:a@b.co")
+    out = capsys.readouterr()
+    assert code == 0 and out.out.splitlines() == ["Created report r-1 (1 categories)", "Webhook secret: whsec_abc"]
+    assert "shown this once: copy it now, it is not shown again" in out.err
+    assert session.bodies[0]["deliveryTargets"] == [
+        {"type": "api", "mode": "async"},
+        {"type": "webhook", "url": "https://h.example.com/x", "events": ["job.failed"]},
+        {"type": "email", "to": "a@b.co"}]
+
+    session = Script([response(201, {"reportId": "r-2", "categories": ["A"]})])  # no webhook: no secret, as before
+    assert run_cli(monkeypatch, session, "create-report", "r-2") == 0
+    out = capsys.readouterr()
+    assert out.out == "Created report r-2 (1 categories)\n" and out.err == ""
+    assert session.bodies[0]["deliveryTargets"] == [{"type": "api", "mode": "async"}]
+
+
+def test_update_report_adding_the_first_webhook_prints_the_secret_in_its_json(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    updated = {"reportId": "r-1", "webhookSecret": "whsec_new"}
+    session = Script([response(200, updated)])
+    code = run_cli(monkeypatch, session, "update-report", "r-1", "--if-match", '"v1-a"', "--json",
+                   "--target", "webhook:https://h.example.com/x")
+    out = capsys.readouterr()
+    assert code == 0 and json.loads(out.out)["webhookSecret"] == "whsec_new" and "not shown again" in out.err
+    assert session.sent[0][:2] == ("PATCH", "http://api.test/api/v1/reports/r-1")
+
+
+def test_rotate_secret_prints_just_the_secret_and_when_the_old_one_stops(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    session = Script([response(200, {"webhookSecret": "whsec_2", "previousSecretExpiresAt": "2026-01-03T00:00:00Z"})])
+    assert run_cli(monkeypatch, session, "rotate-secret", "r/1", "-q") == 0
+    out = capsys.readouterr()
+    assert out.out == "whsec_2\n" and "not shown again" in out.err and "until 2026-01-03T00:00:00Z" in out.err
+    assert session.sent[0][:2] == ("POST", "http://api.test/api/v1/reports/r%2F1/webhook-secret/rotate")
+
+    refused = {"title": "Conflict", "status": 409, "detail": "This report has no webhook target."}
+    assert run_cli(monkeypatch, Script([response(409, refused)]), "rotate-secret", "r-1") == 4
+    assert capsys.readouterr().err == "reports: error: 409 Conflict: This report has no webhook target.\n"
+
+
+def test_retry_delivery_posts_to_the_delivery_and_says_what_it_is_now(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    again = [{**DELIVERIES[0], "status": "Pending", "attempts": 0, "lastError": None}]
+    session = Script([response(202, {**job("Completed", 10), "deliveries": again})])
+    assert run_cli(monkeypatch, session, "retry-delivery", "j-1", "0") == 0
+    out = capsys.readouterr()
+    assert out.out == "j-1: delivery 0 (webhook to https://hooks.example.com/r) is Pending\n"
+    assert "reports status j-1" in out.err
+    assert session.sent[0][:2] == ("POST", "http://api.test/api/v1/jobs/j-1/deliveries/0/retry")
+
+    busy = {"title": "Conflict", "status": 409, "detail": "Delivery 0 is still being attempted."}
+    assert run_cli(monkeypatch, Script([response(409, busy)]), "retry-delivery", "j-1", "0") == 4
+    assert "409 Conflict: Delivery 0 is still being attempted." in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        run_cli(monkeypatch, Script([]), "retry-delivery", "j-1", "first")
     assert caught.value.code == 2

@@ -270,7 +270,7 @@ def test_report_id_conflict_is_409(api):
     ({"name": None}, "name"),
     ({"deliveryTargets": []}, "deliveryTargets"),
     ({"deliveryTargets": [{"type": "api", "mode": "later"}]}, "deliveryTargets[0]"),
-    ({"deliveryTargets": [{"type": "email", "to": "not-an-address"}]}, "deliveryTargets[0]"),
+    ({"deliveryTargets": [{"type": "email", "to": "not-an-address"}]}, "deliveryTargets[0].to"),
     ({"deliveryTargets": [{"type": "api", "mode": "async", "extra": 1}]}, "deliveryTargets[0]"),
     ({"allowedRoles": "finance"}, "allowedRoles"),
     ({"categories": []}, "categories"),

@@ -395,4 +395,21 @@ def test_the_prod_params_file_sets_every_knob_prod_needs(prod_template):
     prod = deploy.load_params_file(deploy.params_path("prod"))
     assert set(prod) <= set(prod_template["Parameters"])
     assert prod["OpenAIRequestsPerMinute"] and prod["OpenAITokensPerMinute"]  # the shared limiter is on
-    assert deploy.stage_problems("prod", {**prod, **PROD_AUTH, "AlarmEmail": "oncall@team.example"}) == []
+    assert deploy.stage_problems("prod", {**prod, **PROD_AUTH, "AlarmEmail": "oncall@team.example",
+                                          "SesFrom": "reports@team.example", "SesIdentity": "team.example"}) == []
+
+
+def test_the_worker_sends_email_as_the_ses_identity_parameter_only(prod_template):
+    parameters = prod_template["Parameters"]
+    assert parameters["SesFrom"]["Default"] == "reports@example.com"
+    assert parameters["SesIdentity"]["Default"] == "example.com"
+    prod = deploy.load_params_file(deploy.params_path("prod"))
+    assert deploy.PLACEHOLDER in prod["SesFrom"] and deploy.PLACEHOLDER in prod["SesIdentity"]  # deploy refuses
+    functions = _functions(prod_template)
+    assert functions["ProcessWork"]["Environment"]["Variables"]["SES_FROM"] == {"Ref": "SesFrom"}
+    for name, function in functions.items():
+        policy = prod_template["Resources"][function["Role"]["Fn::GetAtt"][0]]["Properties"]["Policies"][0]
+        senders = [statement["Resource"] for statement in policy["PolicyDocument"]["Statement"]
+                   if "ses:SendEmail" in statement["Action"]]
+        assert senders == ([[{"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/"
+                                         "${SesIdentity}"}]] if name == "ProcessWork" else []), name

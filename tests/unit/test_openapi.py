@@ -254,7 +254,8 @@ def test_rate_limit_and_unavailable_answers_document_retry_after():
 
 
 @pytest.mark.parametrize("name", ["ReportConfigInput", "ExpenseLineInput", "ExpenseImport", "GenerateRequest",
-                                  "LinePatch", "ApiDeliveryTarget", "EmailDeliveryTarget", "Schedule"])
+                                  "LinePatch", "ApiDeliveryTarget", "EmailDeliveryTarget", "WebhookDeliveryTarget",
+                                  "Schedule"])
 def test_request_bodies_refuse_unknown_fields_as_the_code_does(name):
     assert DOC["components"]["schemas"][name]["additionalProperties"] is False
 
@@ -285,10 +286,33 @@ def test_examples_in_the_document_match_their_schemas():
         "retryCount": 1, "trigger": "api", "createdAt": "2026-01-31T10:00:00Z", "startedAt": "2026-01-31T10:00:01Z",
         "updatedAt": "2026-01-31T10:00:09Z", "completedAt": None, "estimatedCompletionAt": "2026-01-31T10:00:30Z",
         "errorMessage": None, "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-        "resultUrl": None, "allowedActions": ["cancel"]}
+        "resultUrl": None, "allowedActions": ["cancel"], "deliveries": []}
     assert not component_errors("Job", contract_job)
     assert component_errors("Job", {**contract_job, "status": "Running"})
     assert component_errors("Job", {**contract_job, "createdAt": "yesterday"})
+    assert component_errors("Job", {k: v for k, v in contract_job.items() if k != "deliveries"})
+
+
+def test_webhooks_are_documented_per_event_with_the_code_s_events_and_headers():
+    from chalicelib.delivery import webhook
+
+    assert list(DOC["webhooks"]) == list(webhook.EVENTS)
+    assert DOC["components"]["schemas"]["WebhookEvent"]["enum"] == list(webhook.EVENTS)
+    for event, item in DOC["webhooks"].items():
+        post = item["post"]
+        names = {_deref(p["$ref"].removeprefix("#"))[1]["name"] for p in post["parameters"]}
+        assert names == {"webhook-id", "webhook-timestamp", "webhook-signature", "user-agent"}, event
+        example = post["requestBody"]["content"]["application/json"]["example"]
+        assert example["type"] == event
+        assert not schema_errors(_pointer("webhooks", event, "post", "requestBody", "content", "application/json",
+                                          "schema"), example), event
+    agent = DOC["components"]["parameters"]["WebhookUserAgent"]["schema"]["const"]
+    assert agent == webhook.USER_AGENT
+    secret = webhook.new_secret()
+    assert not component_errors("WebhookSecret", secret)
+    signature = webhook.sign([secret, webhook.new_secret()], webhook.new_message_id(), 1767225600, b"{}")
+    assert not schema_errors("/components/parameters/WebhookSignature/schema", signature)
+    assert not schema_errors("/components/parameters/WebhookId/schema", webhook.new_message_id())
 
 
 # --- real responses against the document ------------------------------------------------------------------
@@ -322,6 +346,35 @@ def test_report_routes_match_the_document(api):
     check(send(api, "POST", "/api/v1/reports", owner, "x" * (6 * 1024 * 1024 + 1)), "POST", "/api/v1/reports")
     check(api.get(path, headers=user()), "GET", "/api/v1/reports/{reportId}")  # 404
     check(api.get(path), "GET", "/api/v1/reports/{reportId}")  # 401
+
+
+def test_webhook_report_and_delivery_routes_match_the_document(api):
+    owner, reader = user(), user(["finance"])
+    hook = {"type": "webhook", "url": "https://hooks.example.com/reports", "events": ["job.completed"]}
+    body = {"name": "Hooked", "deliveryTargets": [{"type": "api", "mode": "async"}, hook],
+            "allowedRoles": ["finance"]}
+    created = check(send(api, "POST", "/api/v1/reports", owner, body), "POST", "/api/v1/reports")
+    assert created["webhookSecret"].startswith("whsec_")
+    path = f"/api/v1/reports/{created['reportId']}"
+    read = check(api.get(path, headers=owner), "GET", "/api/v1/reports/{reportId}")
+    assert "webhookSecret" not in read
+    bad = {**body, "deliveryTargets": [{**hook, "url": "https://10.0.0.1/hook"}]}
+    assert check(send(api, "POST", "/api/v1/reports", owner, bad), "POST", "/api/v1/reports")["field"] == \
+        "deliveryTargets[0].url"
+    rotate = "/api/v1/reports/{reportId}/webhook-secret/rotate"
+    rotated = check(send(api, "POST", f"{path}/webhook-secret/rotate", owner), "POST", rotate)
+    assert rotated["webhookSecret"] != created["webhookSecret"] and rotated["previousSecretExpiresAt"]
+    check(send(api, "POST", f"{path}/webhook-secret/rotate", reader), "POST", rotate)  # 403
+    check(send(api, "POST", f"{path}/webhook-secret/rotate", user()), "POST", rotate)  # 404
+    plain = new_report(api, owner)
+    check(send(api, "POST", f"/api/v1/reports/{plain}/webhook-secret/rotate", owner), "POST", rotate)  # 409
+    check(send(api, "POST", f"{path}/webhook-secret/rotate", {}), "POST", rotate)  # 401
+    job = new_job(api, owner)
+    retry = "/api/v1/jobs/{jobId}/deliveries/{n}/retry"
+    assert check(send(api, "POST", f"/api/v1/jobs/{job['jobId']}/deliveries/x/retry", owner), "POST",
+                 retry)["field"] == "n"  # 400
+    check(send(api, "POST", f"/api/v1/jobs/{job['jobId']}/deliveries/0/retry", owner), "POST", retry)  # 404
+    check(send(api, "POST", f"/api/v1/jobs/{job['jobId']}/deliveries/0/retry", {}), "POST", retry)  # 401
 
 
 def test_expense_routes_match_the_document(api):

@@ -1,0 +1,1 @@
+"""Delivery of finished jobs: email through SES, Standard Webhooks over HTTPS."""
