@@ -68,8 +68,8 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
             counts[outcome] += 1
     from chalicelib.delivery import service as delivery
 
-    # Final jobs whose writer died between the final status and queuing its deliveries (the outbox mark).
-    counts["deliveries"] = delivery.resend_waiting(settings)
+    # Final jobs with a delivery still Pending (the outbox mark): overdue ones are sent again.
+    counts["deliveries"] = delivery.sweep(settings)
     if any(counts[k] for k in ("requeued", "failed", "cancelled", "deliveries")):
         log.info("reaper swept", extra=counts)
     return counts
@@ -171,6 +171,10 @@ def dead_letter(body: str, receive_count: str | None) -> dict[str, Any]:
         message = messages.parse(body)
         if isinstance(message, WarmCache):
             raise NotAWorkMessage("a cache warm run names no job")
+        if isinstance(message, messages.Deliver):
+            from chalicelib.delivery import service as delivery
+
+            return delivery.dead_lettered(message)  # a delivery's failure is the delivery's, never the job's
         job_id = message.job_id
         job = Job.get(job_id, consistent_read=True)
     except (ValueError, TypeError, Job.DoesNotExist):  # NotAWorkMessage is a ValueError

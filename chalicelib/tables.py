@@ -173,6 +173,9 @@ class Delivery(MapAttribute):
     at = UnicodeAttribute(null=True)  # the last attempt's end
     next_at = NumberAttribute(default=0, attr_name="nextAt")  # epoch seconds: not attempted before
     lease_until = NumberAttribute(default=0, attr_name="leaseUntil")  # epoch seconds: an attempt under way
+    # The report's createdAt when planned: an attempt goes out only while the same report (not one deleted and
+    # made again with that id, by someone else and with another secret) still has this destination.
+    report_created_at = UnicodeAttribute(null=True, attr_name="reportCreatedAt")
 
 
 class OwnerIndex(GlobalSecondaryIndex):
@@ -244,10 +247,11 @@ class Job(_Model):
     recheck_after = UnicodeAttribute(null=True, attr_name="recheckAfter")
     # Set by retry: flagged lines before the cursor are tried again once on resume.
     recheck_flagged = BooleanAttribute(default=False, attr_name="recheckFlagged")
-    # Deliveries of the job's last final status (chalicelib/delivery/service.py); replaced at the next one.
+    # Deliveries of the job's last final status (chalicelib/delivery/service.py); gone when it is retried.
     deliveries = ListAttribute(of=Delivery, null=True)
-    # Epoch seconds of the last job.progress webhook: at most one every PROGRESS_EVERY_SECONDS, fleet-wide.
-    progress_sent_at = NumberAttribute(null=True, attr_name="progressSentAt")
+    # Set with activeStatus "Delivering" at the final transition: whose mark it is (a later final status makes
+    # its own), so only that outbox's writer or sweep clears it. "<id>:unplanned" when planning failed.
+    outbox_id = UnicodeAttribute(null=True, attr_name="outboxId")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()

@@ -459,7 +459,7 @@ class LocalStack:
             f"      curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/v1/jobs",
             f"      REPORTS_API_URL={base} REPORTS_TOKEN=$TOKEN .venv/bin/reports list",
             f"      AWS_ENDPOINT_URL={self.endpoint_url} .venv/bin/python -m local.scheduler list",
-            f"      AWS_ENDPOINT_URL={self.endpoint_url} make mail        # emails sent (moto's SES)",
+            f"      AWS_ENDPOINT_URL={self.endpoint_url} .venv/bin/python -m local.mailbox  # emails sent",
             "      .venv/bin/python -m local.webhook_receiver --port 9000   # webhooks to http://127.0.0.1:9000/",
             "    Ctrl-C stops everything.",
         ])

@@ -2,9 +2,11 @@
 
 A job that becomes Completed, Failed or Cancelled gets, in the same write as its status (jobs/states.transition),
 one `Delivery` per report target that wants that event: email targets on `job.completed`, webhook targets on the
-events they list. The same write marks the job `Delivering` in the live-jobs index (the outbox); the writer then
-queues one `Deliver` message per delivery and clears the mark. A writer that dies in between leaves the mark, and
-the reaper queues them (resend_waiting). Delivery never holds the job's status back: it is already final.
+events they list. The same write marks the job `Delivering` in the live-jobs index (an outbox, with its own
+`outboxId`); the writer then queues one `Deliver` message per delivery. The mark stays while any delivery is
+Pending: the reaper's sweep (`sweep`) sends the message of a delivery that is overdue (its writer died before
+queuing it, its follow-up message was lost or dead-lettered, an old worker dropped it) and clears the mark of an
+outbox with nothing left to send. Delivery never holds the job's status back: it is already final.
 
 Each attempt is claimed on the job item first (`attempt_is_ours`: the delivery still has the id, status and
 attempt count the message was sent for, and no live lease), so a duplicate or late message never sends twice;
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+import uuid
 from typing import Any
 
 from pynamodb.exceptions import TransactWriteError, UpdateError
@@ -28,21 +30,27 @@ from chalicelib.jobs.states import TERMINAL, DeliveryStatus, JobStatus, event_it
 from chalicelib.messages import Deliver
 from chalicelib.reports import service as reports
 from chalicelib.settings import Settings, get_settings
-from chalicelib.tables import Delivery, Job, connection
+from chalicelib.tables import Control, Delivery, Job, ReportConfig, connection
 
 log = logging.getLogger(__name__)
 
-DELIVERING = "Delivering"  # Job.activeStatus of a final job whose deliveries may not be queued yet
+DELIVERING = "Delivering"  # Job.activeStatus of a final job with a delivery still Pending
+UNPLANNED = ":unplanned"  # suffix of an outboxId whose deliveries could not be planned yet (the sweep plans them)
 EVENT_OF = {JobStatus.COMPLETED: "job.completed", JobStatus.FAILED: "job.failed",
             JobStatus.CANCELLED: "job.cancelled"}
 PROGRESS_EVENT = "job.progress"
 PROGRESS_EVERY_SECONDS = 10
-LEASE_MARGIN_SECONDS = 30  # past the send's own timeout: a lease this old belongs to a dead attempt
+LEASE_MARGIN_SECONDS = 30  # past the send's own deadline: a lease this old belongs to a dead attempt
 RETRY_AFTER_MAX_SECONDS = 24 * 3600
-OUTBOX_GRACE_SECONDS = 60  # a job marked Delivering this long ago lost its sender; the reaper queues for it
-
+# A Pending delivery whose attempt was due this long ago, with no live lease, lost its message: the sweep sends
+# it again (a message in flight is taken within seconds of its due time).
+OVERDUE_SECONDS = 120
 
 D = DeliveryStatus
+
+
+class _Final(Exception):
+    """A failure no retry can fix: the delivery becomes Failed with this (user-safe) message."""
 
 
 # --- planning (inside the final transition) -------------------------------------------------------------------
@@ -50,6 +58,8 @@ D = DeliveryStatus
 
 def plan(job: Job, to: JobStatus) -> list[Delivery]:
     """The deliveries of `job` entering the final status `to`, from its report's targets as they are now."""
+    from chalicelib.delivery import webhook
+
     event = EVENT_OF.get(to)
     report = reports.report_of(job.tenant or job.owner_id, job.report_id) if event else None
     if report is None:
@@ -64,10 +74,9 @@ def plan(job: Job, to: JobStatus) -> list[Delivery]:
             destination = target["url"]
         else:
             continue
-        from chalicelib.delivery import webhook
-
         d = Delivery(id=webhook.new_message_id(), target=i, type=target["type"], event=event,
-                     destination=destination, status=D.PENDING.value, attempts=0, next_at=now, lease_until=0)
+                     destination=destination, status=D.PENDING.value, attempts=0, next_at=now, lease_until=0,
+                     report_created_at=report.created_at)
         if target["type"] == "webhook" and destination in disabled:
             d.status = D.DISABLED.value
             d.last_error = (f"Not sent: the receiver answered 410 Gone on {disabled[destination]}. Retry this "
@@ -79,52 +88,108 @@ def plan(job: Job, to: JobStatus) -> list[Delivery]:
 def final_actions(job: Job, to: JobStatus) -> tuple[list[Action], bool]:
     """Update actions for the final transition: the deliveries, and the outbox mark when any waits.
 
-    Returns (actions, mark): when `mark`, the caller must call `enqueue` once its write has landed.
+    Planning reads the report; if that read fails, the final status is written all the same, marked for the
+    sweep to plan (a store error must never hold a job's status back). Returns (actions, mark): when `mark`,
+    the caller calls `enqueue` once its write has landed.
     """
-    planned = plan(job, to)
+    token = uuid.uuid4().hex
+    try:
+        planned = plan(job, to)
+    except Exception:
+        log.warning("could not plan the job's deliveries; the sweep will", extra={"jobId": job.job_id},
+                    exc_info=True)
+        return [Job.active_status.set(DELIVERING), Job.outbox_id.set(token + UNPLANNED),
+                Job.deliveries.remove()], False
     waiting = any(d.status == D.PENDING.value for d in planned)
-    actions: list[Action] = [Job.active_status.set(DELIVERING) if waiting else Job.active_status.remove()]
-    if planned:
-        actions.append(Job.deliveries.set(planned))
-    elif job.deliveries:
-        actions.append(Job.deliveries.remove())  # a retried job's earlier outcome was delivered already
+    actions: list[Action] = ([Job.active_status.set(DELIVERING), Job.outbox_id.set(token)] if waiting
+                             else [Job.active_status.remove(), Job.outbox_id.remove()])
+    actions.append(Job.deliveries.set(planned) if planned else Job.deliveries.remove())
     return actions, waiting
 
 
-def enqueue(job: Job) -> int:
-    """Queue the first attempt of every delivery not yet attempted, then clear the outbox mark.
+def leaving_final_actions() -> list[Action]:
+    """A final job taken up again (retry): its deliveries were of the status it leaves; messages still in flight
+    for them find them gone and stop (the audit trail keeps every attempt)."""
+    return [Job.deliveries.remove(), Job.outbox_id.remove()]
 
-    Safe to repeat (the reaper does, for a mark left behind): a second message for one attempt loses the claim.
-    Returns the number of messages sent; 0 and the mark kept when the queue refused them.
-    """
+
+def enqueue(job: Job) -> int:
+    """Queue the first attempt of every delivery not yet attempted. Safe to repeat: a second message for one
+    attempt loses the claim. Returns the number of messages sent; 0 when the queue refused them (the mark stays,
+    and the sweep sends them once they are overdue)."""
     waiting = [(n, d) for n, d in enumerate(job.deliveries or [])
                if d.status == D.PENDING.value and int(d.attempts) == 0]
     try:
         messages.send_batch([Deliver(job.job_id, n, d.id, 1) for n, d in waiting],
                             ids=[str(n) for n, _ in waiting])
-    except Exception as err:  # the mark stays: the reaper queues them within a few minutes
-        log.warning("could not queue deliveries; the reaper will", extra={"jobId": job.job_id,
-                                                                          "error": type(err).__name__})
+    except Exception as err:
+        log.warning("could not queue deliveries; the sweep will", extra={"jobId": job.job_id,
+                                                                         "error": type(err).__name__})
         return 0
-    try:
-        # still_marked: a retry that took the job up again meanwhile owns activeStatus now.
-        Job(job.job_id).update(actions=[Job.active_status.remove()],
-                               condition=Job.active_status == DELIVERING)
-    except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
-            raise
     return len(waiting)
 
 
-def resend_waiting(settings: Settings | None = None) -> int:
-    """The reaper's part: queue the deliveries of final jobs whose writer died before queuing them."""
-    cutoff = clock.iso(clock.now() - timedelta(seconds=OUTBOX_GRACE_SECONDS))
+def sweep(settings: Settings | None = None) -> int:
+    """The reaper's part, over the jobs marked Delivering: plan what could not be planned, send the message of
+    every overdue delivery, and clear the mark of an outbox with nothing left to send. Returns messages sent."""
     sent = 0
     for entry in Job.by_active.query(DELIVERING):
         job = _read(entry.job_id)
-        if job is not None and job.active_status == DELIVERING and (job.updated_at or "") < (cutoff or ""):
-            sent += enqueue(job)
+        if job is None or job.active_status != DELIVERING or JobStatus(job.status) not in TERMINAL:
+            continue
+        if (job.outbox_id or "").endswith(UNPLANNED):
+            job = _plan_late(job)
+            if job is None:
+                continue
+        now = time.time()
+        pending = [(n, d) for n, d in enumerate(job.deliveries or []) if d.status == D.PENDING.value]
+        overdue = [(n, d) for n, d in pending
+                   if float(d.next_at or 0) + OVERDUE_SECONDS < now and float(d.lease_until or 0) < now]
+        if overdue:
+            try:
+                messages.send_batch([Deliver(job.job_id, n, d.id, int(d.attempts) + 1) for n, d in overdue],
+                                    ids=[str(n) for n, _ in overdue])
+                sent += len(overdue)
+            except Exception as err:
+                log.warning("could not queue overdue deliveries", extra={"jobId": job.job_id,
+                                                                         "error": type(err).__name__})
+        if not pending:
+            _clear_mark(job)
     return sent
+
+
+def _plan_late(job: Job) -> Job | None:
+    token = job.outbox_id or ""
+    planned = plan(job, JobStatus(job.status))
+    waiting = any(d.status == D.PENDING.value for d in planned)
+    actions: list[Action] = [Job.outbox_id.set(token.removesuffix(UNPLANNED))]
+    if planned:
+        actions.append(Job.deliveries.set(planned))
+    if not waiting:
+        actions += [Job.active_status.remove(), Job.outbox_id.remove()]
+    try:
+        # outbox_is_ours: still the same final status's outbox (a retry since would have replaced it).
+        job.update(actions=actions, condition=(Job.outbox_id == token) & (Job.status == job.status))
+    except UpdateError as err:
+        if err.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        return None
+    enqueue(job)
+    return job if waiting else None
+
+
+def _clear_mark(job: Job) -> None:
+    pending = D.PENDING.value
+    try:
+        # outbox_is_ours: the mark of the outbox we looked at, which has nothing Pending left (a retry of one of
+        # its deliveries since sets one Pending again and keeps the mark).
+        condition = (Job.active_status == DELIVERING) & (Job.outbox_id == job.outbox_id)
+        for n in range(len(job.deliveries or [])):
+            condition &= _path(n).status != pending
+        Job(job.job_id).update(actions=[Job.active_status.remove(), Job.outbox_id.remove()], condition=condition)
+    except UpdateError as err:
+        if err.cause_response_code != "ConditionalCheckFailedException":
+            raise
 
 
 # --- attempts (the worker, one message each) -------------------------------------------------------------------
@@ -139,15 +204,16 @@ def handle(message: Deliver, settings: Settings | None = None) -> str:
     job = _read(message.job_id)
     deliveries = (job.deliveries or []) if job else []
     if job is None or message.n >= len(deliveries) or deliveries[message.n].id != message.id:
-        return "stale"  # the job is gone, or a later final status replaced its deliveries
+        return "stale"  # the job is gone, or was retried (its deliveries went with the status they were for)
     d = deliveries[message.n]
     now = time.time()
     if d.status != D.PENDING.value:
         return "done"
     if int(d.attempts) >= message.attempt:
-        # This attempt is recorded; the message for the next may have died with its sender: send it again (a
-        # duplicate is harmless, the claim lets one through).
-        if int(d.attempts) == message.attempt and float(d.lease_until or 0) < now:
+        # This attempt is recorded. Its follow-up normally went out with the record; only one overdue looks lost
+        # (the sweep would send it too: a second message loses the claim).
+        if int(d.attempts) == message.attempt and float(d.lease_until or 0) < now \
+                and float(d.next_at or 0) + OVERDUE_SECONDS < now:
             _follow_up(job, message.n, d)
         return "duplicate"
     if int(d.attempts) != message.attempt - 1:
@@ -184,20 +250,35 @@ def _claim(job: Job, n: int, d: Delivery, lease: int, now: float) -> bool:
 
 class _Outcome:
     def __init__(self, ok: bool, error: str | None = None, retry_after: float | None = None, gone: bool = False,
-                 final: bool = False, detail: str | None = None) -> None:
+                 final: bool = False) -> None:
         self.ok, self.error, self.retry_after, self.gone, self.final = ok, error, retry_after, gone, final
-        self.detail = detail
 
 
 def _attempt(job: Job, d: Delivery, settings: Settings) -> _Outcome:
-    """Send once; never raises for the receiver's or SES's failures (they are the outcome)."""
+    """Send once; never raises for the receiver's, SES's or the data's failures (they are the outcome)."""
     try:
+        if EVENT_OF.get(JobStatus(job.status)) != d.event:
+            raise _Final("Not sent: the job left the status this delivery announced.")
+        report = _same_report(job, d)
         if d.type == "email":
             return _email(job, d, settings)
-        return _webhook(job, d.destination, d.event, d.id, settings)
+        return _webhook(job, report, d.destination, d.event, d.id, settings)
+    except _Final as err:
+        return _Outcome(False, str(err), final=True)
     except Exception as err:  # an unforeseen failure is one failed attempt, retried like the others
         log.exception("delivery attempt failed", extra={"jobId": job.job_id, "type": d.type})
         return _Outcome(False, f"Unexpected error ({type(err).__name__}).")
+
+
+def _same_report(job: Job, d: Delivery) -> ReportConfig:
+    """The report the delivery was planned from, still sending to its destination; else _Final."""
+    report = reports.report_of(job.tenant or job.owner_id, job.report_id, fresh=True)
+    if report is None or (d.report_created_at and report.created_at != d.report_created_at):
+        raise _Final("Not sent: the report was deleted since this delivery was planned.")
+    key = "to" if d.type == "email" else "url"
+    if not any(t["type"] == d.type and t.get(key) == d.destination for t in report.delivery_targets or []):
+        raise _Final("Not sent: the report no longer has this target.")
+    return report
 
 
 def _email(job: Job, d: Delivery, settings: Settings) -> _Outcome:
@@ -206,37 +287,43 @@ def _email(job: Job, d: Delivery, settings: Settings) -> _Outcome:
     from chalicelib.delivery import email
 
     try:
-        message_id = email.send(job, d.destination, _job_url(job, settings) + "/result")
+        email.send(job, d.destination, _job_url(job, settings) + "/result")
     except email.Rejected as err:
         return _Outcome(False, str(err), final=True)
+    except ValueError as err:
+        return _Outcome(False, f"Not sent: {err}", final=True)
     except ClientError as err:
-        return _Outcome(False, f"SES refused the message for now ({err.response['Error'].get('Code')}).")
+        code = err.response.get("Error", {}).get("Code")
+        if getattr(err, "operation_name", "") in ("HeadObject", "GetObject") and code in ("404", "NoSuchKey",
+                                                                                           "NotFound"):
+            return _Outcome(False, "Not sent: the report's files are no longer stored (past retention).",
+                            final=True)
+        return _Outcome(False, f"SES refused the message for now ({code}).")
     except BotoCoreError as err:
         return _Outcome(False, f"SES could not be reached ({type(err).__name__}).")
-    return _Outcome(True, detail=message_id)
+    return _Outcome(True)
 
 
-def _webhook(job: Job, url: str, event: str, msg_id: str, settings: Settings) -> _Outcome:
+def _webhook(job: Job, report: ReportConfig, url: str, event: str, msg_id: str, settings: Settings) -> _Outcome:
     from chalicelib.delivery import webhook
     from chalicelib.jobs import service as jobs
 
-    report = reports.report_of(job.tenant or job.owner_id, job.report_id, fresh=True)
-    if report is None:
-        return _Outcome(False, "The report was deleted, and its signing secret with it; nothing was sent.",
-                        final=True)
     secrets = reports.live_secrets(report)
     if not secrets:
-        return _Outcome(False, "The report has no webhook secret; nothing was sent.", final=True)
+        return _Outcome(False, "Not sent: the report has no webhook secret.", final=True)
     data = jobs.to_dict(job, _base_url(settings))
     data.pop("deliveries", None)  # the payload is the job, not its delivery bookkeeping (and stays the same)
     stamp = int(time.time())
-    body = webhook.payload(event, data, clock.from_epoch(stamp))
+    try:
+        body = webhook.payload(event, data, clock.from_epoch(stamp))
+    except ValueError as err:
+        return _Outcome(False, f"Not sent: {err}", final=True)
     headers = {"webhook-id": msg_id, "webhook-timestamp": str(stamp),
                "webhook-signature": webhook.sign(secrets, msg_id, stamp, body), "content-type": "application/json"}
     out = webhook.post(url, body, headers, allow_loopback=settings.webhook_allow_loopback,
                        timeout=settings.webhook_timeout_seconds)
     if out.ok:
-        return _Outcome(True, detail=f"HTTP {out.status}")
+        return _Outcome(True)
     if out.gone:
         return _Outcome(False, "The receiver answered 410 Gone; the target is disabled.", gone=True, final=True)
     return _Outcome(False, out.error or "Failed.", retry_after=out.retry_after)
@@ -280,17 +367,52 @@ def _record(job: Job, n: int, d: Delivery, attempt: int, lease: int, outcome: _O
         codes = {r.code for r in (err.cancellation_reasons or []) if r}
         if "ConditionalCheckFailed" not in codes:
             raise
+        # Sent, but another claim (ours outlived its lease) or a retry of the job took the delivery over.
         log.warning("delivery attempt outlived its lease; not recorded", extra={"jobId": job.job_id, "n": n})
+        event_item(job.job_id, "delivery_attempt", {**detail, "status": "Unrecorded",
+                                                    "note": "outlived its lease"}).save()
         return "lost"
     if status is D.DISABLED:
         reports.set_target_disabled(job.tenant or job.owner_id, job.report_id, d.destination, True)
     if status is D.PENDING:
         messages.send(Deliver(job.job_id, n, d.id, attempt + 1), delay or 0)
+    else:
+        fresh = _read(job.job_id)
+        if fresh is not None and not any(x.status == D.PENDING.value for x in fresh.deliveries or []):
+            _clear_mark(fresh)  # (two deliveries ending at once may each leave it: the sweep clears it then)
     return status.value
 
 
 def _follow_up(job: Job, n: int, d: Delivery) -> None:
     messages.send(Deliver(job.job_id, n, d.id, int(d.attempts) + 1), max(0.0, float(d.next_at) - time.time()))
+
+
+def dead_lettered(message: Deliver) -> dict[str, Any]:
+    """A delivery message that failed all its receives: the delivery becomes Failed (a progress one is dropped)."""
+    if message.event == PROGRESS_EVENT:
+        return {"outcome": "dropped", "jobId": message.job_id}
+    job = _read(message.job_id)
+    deliveries = (job.deliveries or []) if job else []
+    if job is None or message.n >= len(deliveries) or deliveries[message.n].id != message.id \
+            or deliveries[message.n].status != D.PENDING.value:
+        return {"outcome": "stale", "jobId": message.job_id}
+    d, p = deliveries[message.n], _path(message.n)
+    error = "Sending this delivery failed repeatedly (its message was moved to the dead-letter queue)."
+    try:
+        with TransactWrite(connection=connection()) as tx:
+            # still_waiting: not attempted to an end meanwhile (a redelivery that succeeded, a user's retry).
+            tx.update(Job(job.job_id), actions=[p.status.set(D.FAILED.value), p.last_error.set(error),
+                                                p.at.set(clock.iso(clock.now())), p.lease_until.set(0)],
+                      condition=(p.id == d.id) & (p.status == D.PENDING.value) & (p.attempts == d.attempts))
+            tx.save(event_item(job.job_id, "delivery_attempt", {
+                "n": message.n, "target": int(d.target), "type": d.type, "event": d.event,
+                "attempt": int(d.attempts) + 1, "outcome": "failed", "status": D.FAILED.value, "error": error}))
+    except TransactWriteError as err:
+        codes = {r.code for r in (err.cancellation_reasons or []) if r}
+        if "ConditionalCheckFailed" not in codes:
+            raise
+        return {"outcome": "stale", "jobId": message.job_id}
+    return {"outcome": "failed", "jobId": message.job_id}
 
 
 # --- progress webhooks -------------------------------------------------------------------------------------------
@@ -309,9 +431,11 @@ def progress(job_id: str, tenant: str, report_id: str) -> int:
         return 0
     now = int(time.time())
     try:
-        # progress_turn_free: the last progress webhook of this job went out at least 10 s ago.
-        Job(job_id).update(actions=[Job.progress_sent_at.set(now)], condition=Job.job_id.exists() & (
-            Job.progress_sent_at.does_not_exist() | (Job.progress_sent_at <= now - PROGRESS_EVERY_SECONDS)))
+        # progress_turn_free: the last progress webhook of this job went out at least 10 s ago. Its own item, not
+        # the job's: a chunk's checkpoint transaction on the job item must never meet this write.
+        Control(f"progress#{job_id}").update(
+            actions=[Control.version.set(now), Control.expires_at.set(clock.expiry(days=1))],
+            condition=Control.pk.does_not_exist() | (Control.version <= now - PROGRESS_EVERY_SECONDS))
     except UpdateError as err:
         if err.cause_response_code != "ConditionalCheckFailedException":
             raise
@@ -333,9 +457,14 @@ def _send_progress(message: Deliver, settings: Settings) -> str:
     report = reports.report_of(job.tenant or job.owner_id, job.report_id)
     targets = (report.delivery_targets or []) if report else []
     target = targets[message.n] if message.n < len(targets) else None
-    if target is None or target["type"] != "webhook" or PROGRESS_EVENT not in target.get("events", []):
+    if report is None or target is None or target["type"] != "webhook" \
+            or PROGRESS_EVENT not in target.get("events", []):
         return "stale"
-    outcome = _webhook(job, target["url"], PROGRESS_EVENT, message.id, settings)
+    try:
+        outcome = _webhook(job, report, target["url"], PROGRESS_EVENT, message.id, settings)
+    except Exception:  # best effort: a progress message is never redelivered (nor dead-lettered) for a failure
+        log.warning("progress webhook failed", extra={"jobId": job.job_id}, exc_info=True)
+        return "failed"
     if outcome.gone:
         reports.set_target_disabled(job.tenant or job.owner_id, job.report_id, target["url"], True)
     if not outcome.ok:
@@ -347,10 +476,11 @@ def _send_progress(message: Deliver, settings: Settings) -> str:
 
 
 def retry(owner_id: str, job_id: str, n: int) -> Job:
-    """Send delivery `n` (its place in the job's `deliveries`) again: a Failed, Disabled or Delivered one.
+    """Send delivery `n` (its place in the job's `deliveries`) again: a Failed, Disabled or Delivered one, or a
+    Pending one whose attempt is long overdue (its message was lost).
 
-    A Disabled one's target is enabled again first. 409 while the delivery is still being attempted, or when the
-    job is running again (its deliveries will be replaced when it finishes).
+    A Disabled one's target is enabled again when the caller owns the report (a holder of its roles may resend
+    their job's delivery, not change the owner's report). 409 while the delivery is being attempted.
     """
     from chalicelib.errors import Conflict, NotFound
     from chalicelib.jobs.service import get_job
@@ -360,22 +490,22 @@ def retry(owner_id: str, job_id: str, n: int) -> Job:
     if not 0 <= n < len(deliveries):
         raise NotFound(f"This job has no delivery {n}; its deliveries are numbered from 0 to {len(deliveries) - 1}."
                        if deliveries else "This job has no deliveries.")
-    if JobStatus(job.status) not in TERMINAL:
-        raise Conflict(f"The job is {job.status} again; its deliveries are replaced when it finishes.")
     d = deliveries[n]
-    if d.status == D.PENDING.value:
+    now = time.time()
+    stuck = float(d.next_at or 0) + OVERDUE_SECONDS < now and float(d.lease_until or 0) < now
+    if d.status == D.PENDING.value and not stuck:
         raise Conflict(f"Delivery {n} is still being attempted ({int(d.attempts)} attempts so far); its outcome "
                        "will show here.", deliveryStatus=d.status)
-    if d.status == D.DISABLED.value:
-        reports.set_target_disabled(job.tenant or job.owner_id, job.report_id, d.destination, False)
     p = _path(n)
     try:
         with TransactWrite(connection=connection()) as tx:
             # delivery_unchanged: two retries at once, or an attempt recorded meanwhile: one wins, the other 409.
             tx.update(Job(job.job_id), actions=[
-                p.status.set(D.PENDING.value), p.attempts.set(0), p.next_at.set(int(time.time())),
-                p.lease_until.set(0), p.last_error.remove(), Job.active_status.set(DELIVERING)],
-                condition=(p.id == d.id) & (p.status == d.status) & (Job.status == job.status))
+                p.status.set(D.PENDING.value), p.attempts.set(0), p.next_at.set(int(now)), p.lease_until.set(0),
+                p.last_error.remove(), Job.active_status.set(DELIVERING),
+                Job.outbox_id.set(job.outbox_id or uuid.uuid4().hex)],
+                condition=(p.id == d.id) & (p.status == d.status) & (p.attempts == d.attempts)
+                & (Job.status == job.status))
             tx.save(event_item(job.job_id, "delivery_retry_requested",
                                {"n": n, "target": int(d.target), "type": d.type, "from": d.status, "by": "user"}))
     except TransactWriteError as err:
@@ -383,9 +513,12 @@ def retry(owner_id: str, job_id: str, n: int) -> Job:
         if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
             raise
         raise Conflict("The delivery or the job changed while this ran; look at the job again.") from err
+    if d.status == D.DISABLED.value:
+        report = reports.report_of(job.tenant or job.owner_id, job.report_id, fresh=True)
+        if report is not None and report.owner_id == owner_id:
+            reports.set_target_disabled(report.tenant, report.report_id, d.destination, False)
     job.refresh(consistent_read=True)
     enqueue(job)
-    job.refresh(consistent_read=True)
     return job
 
 
@@ -414,3 +547,4 @@ def _base_url(settings: Settings) -> str:
 
 def _job_url(job: Job, settings: Settings) -> str:
     return f"{_base_url(settings)}/api/v1/jobs/{job.job_id}"
+

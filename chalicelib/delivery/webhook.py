@@ -207,13 +207,43 @@ def _allowed(ip: _Ip, allow_loopback: bool) -> bool:
             return _allowed(embedded, allow_loopback)
     if ip.is_loopback:
         return allow_loopback
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:  # fec0::/10: deprecated, still routed inside
+        return False
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_link_local
                                  or ip.is_private)
 
 
 def post(url: str, body: bytes, headers: Mapping[str, str], allow_loopback: bool,
          timeout: float = TIMEOUT_SECONDS) -> Outcome:
-    """POST one signed message; never raises for a network failure, the Outcome says what happened."""
+    """POST one signed message within `timeout` seconds of wall-clock time, DNS included; never raises for a
+    network failure, the Outcome says what happened.
+
+    urllib3's timeouts bound each socket operation, not the exchange: a receiver sending its answer a byte a
+    second would hold the worker (and outlive the attempt's lease). So the exchange runs on a daemon thread and
+    is given up at the deadline; the thread ends with its socket's own timeouts.
+    """
+    import threading
+
+    done: list[Outcome] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(_post(url, body, headers, allow_loopback, timeout))
+        except BaseException as err:  # handed to the caller's thread: a bug is not a timeout
+            raised.append(err)
+
+    thread = threading.Thread(target=run, name="webhook-post", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if raised:
+        raise raised[0]
+    if not done:
+        return _failed(f"timed out after {timeout:g} s")
+    return done[0]
+
+
+def _post(url: str, body: bytes, headers: Mapping[str, str], allow_loopback: bool, timeout: float) -> Outcome:
     reason = check_url(url, allow_loopback)
     if reason is not None:
         return _failed(f"blocked: {reason}")

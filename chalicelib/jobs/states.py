@@ -184,6 +184,10 @@ def transition(
         updates += [Job.lease_owner.remove(), Job.lease_until.remove(), *final]
     else:
         updates += [Job.active_status.set(to.value)]
+        if current in TERMINAL:
+            from chalicelib.delivery import service as delivery
+
+            updates += delivery.leaving_final_actions()
     # status_unchanged: closes the race with any other writer (API, worker, reaper)
     # that moved the job after we read it; exactly one of them wins.
     status_unchanged = Job.status == current.value

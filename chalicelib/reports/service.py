@@ -45,6 +45,19 @@ def _fail(field: str, message: str, where: str | None = None) -> ValidationFaile
     return ValidationFailed(f"{where or field} {message}", field=field)
 
 
+def _one_address(text: str) -> bool:
+    """A bare address (name@example.com): no display name, no second address, nothing a mail header would read
+    as more than the address itself."""
+    from email.headerregistry import Address
+
+    if not EMAIL.fullmatch(text) or not text.isprintable() or any(c in text for c in '<>,;:"()[]\\ '):
+        return False
+    try:
+        return str(Address(addr_spec=text)) == text
+    except (ValueError, IndexError):
+        return False
+
+
 def _webhook(t: dict[str, Any], field: str, where: str) -> dict[str, Any]:
     from chalicelib.delivery import webhook
 
@@ -81,7 +94,7 @@ def _targets(value: Any) -> list[dict[str, Any]]:
             target: dict[str, Any] = {"type": "api", "mode": t["mode"]}
         elif kind == "email" and set(t) == {"type", "to"}:
             to = t.get("to")
-            if not isinstance(to, str) or not EMAIL.fullmatch(to) or not to.isprintable():
+            if not isinstance(to, str) or not _one_address(to):
                 raise _fail(f"{field}.to", "to must be one email address (name@example.com).", where)
             target = {"type": "email", "to": to}
         elif kind == "webhook" and set(t) == {"type", "url", "events"}:
@@ -437,24 +450,28 @@ def live_secrets(report: ReportConfig) -> list[str]:
 
 def set_target_disabled(tenant: str, report_id: str, url: str, disabled: bool) -> None:
     """Mark a webhook URL of the report disabled (its receiver answered 410 Gone) or enabled again."""
-    report = _get(tenant, report_id, keep=False)
-    if report is None:
-        return
-    marks = dict(report.disabled_targets or {})
-    if disabled:
-        marks[url] = clock.iso(clock.now())
-    elif marks.pop(url, None) is None:
-        return
-    try:
-        # The whole map, conditional on the version we read: a PATCH that replaced the targets meanwhile wins.
-        report.update(actions=[ReportConfig.disabled_targets.set(marks) if marks
-                               else ReportConfig.disabled_targets.remove()],
-                      condition=ReportConfig.report_id.exists() & _same_version(version_of(report)))
-    except UpdateError as err:
-        if not _failed_condition(err):
-            raise
-    finally:
-        _forget(tenant, report_id)
+    for _ in range(5):
+        report = _get(tenant, report_id, keep=False)
+        if report is None:
+            return
+        seen = report.disabled_targets or None
+        marks = dict(seen or {})
+        if disabled:
+            marks[url] = clock.iso(clock.now())
+        elif marks.pop(url, None) is None:
+            return
+        # marks_unchanged: two 410s for two URLs at once; each map is written over the one it read, or read again.
+        unchanged = (ReportConfig.disabled_targets == seen) if seen else ReportConfig.disabled_targets.does_not_exist()
+        try:
+            report.update(actions=[ReportConfig.disabled_targets.set(marks) if marks
+                                   else ReportConfig.disabled_targets.remove()],
+                          condition=ReportConfig.report_id.exists() & unchanged)
+            return
+        except UpdateError as err:
+            if not _failed_condition(err):
+                raise
+        finally:
+            _forget(tenant, report_id)
 
 
 def report_of(tenant: str, report_id: str, fresh: bool = False) -> ReportConfig | None:

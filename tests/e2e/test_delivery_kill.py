@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from chalicelib import clock, deps, messages, reaper
+from chalicelib.delivery import service as delivery
 from chalicelib.tables import Job
 from local.stack import free_port
 from tests.integration.test_worker import Api
@@ -60,7 +60,9 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_be_sent_exactly_once(client, 
         if point == "after_final_status":
             # Died between the final status and queuing: the outbox mark stays, and the reaper queues it.
             assert stored(job_id).active_status == "Delivering" and receive({job_id}) == []
-            Job(job_id).update(actions=[Job.updated_at.set(clock.iso(clock.now() - timedelta(minutes=5)))])
+            assert reaper.reap()["deliveries"] == 0  # not overdue yet: a live writer may still be queuing it
+            overdue = int(clock.now().timestamp()) - delivery.OVERDUE_SECONDS - 60
+            Job(job_id).update(actions=[Job.deliveries[0].next_at.set(overdue)])
             assert reaper.reap()["deliveries"] == 1
         else:
             # Died holding the attempt's lease. SQS redelivers the message (here: the same body, sent again);

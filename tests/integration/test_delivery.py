@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 import uuid
-from datetime import timedelta
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from chalicelib import clock, messages, reaper
+from chalicelib import messages, reaper
 from chalicelib.delivery import service as delivery
 from chalicelib.delivery import webhook
 from chalicelib.settings import get_settings
@@ -197,6 +197,11 @@ def test_one_attempt_at_a_time_a_duplicate_message_during_an_attempt_sends_nothi
         assert [(a["attempt"], a["status"]) for a in attempts_of(api, job_id)] == [(1, "Delivered")]
 
 
+def overdue(job_id: str, n: int = 0) -> None:
+    """Make delivery `n` look as if its attempt was due minutes ago (its message lost)."""
+    Job(job_id).update(actions=[Job.deliveries[n].next_at.set(int(time.time()) - delivery.OVERDUE_SECONDS - 60)])
+
+
 def test_deliveries_the_queue_refused_at_completion_are_sent_by_the_reaper(api, monkeypatch):
     with Receiver() as rx:
         report_id, _ = make_report(api, [{"type": "api", "mode": "async"}, hook(rx.url)])
@@ -210,14 +215,72 @@ def test_deliveries_the_queue_refused_at_completion_are_sent_by_the_reaper(api, 
         monkeypatch.undo()
         job = api.job(job_id)
         assert job["status"] == "Completed" and job["deliveries"][0]["status"] == "Pending"
+        assert Job.get(job_id, consistent_read=True).active_status == delivery.DELIVERING  # the outbox mark
         assert receive({job_id}) == [] and rx.requests == []
-        assert reaper.reap()["deliveries"] == 0  # a writer may still be queuing them: left alone a minute
-        then = clock.iso(clock.now() - timedelta(seconds=delivery.OUTBOX_GRACE_SECONDS + 5))
-        Job(job_id).update(actions=[Job.updated_at.set(then)])
+        assert reaper.reap()["deliveries"] == 0  # a writer may still be queuing it: not yet overdue
+        overdue(job_id)
         assert reaper.reap()["deliveries"] == 1
         drain({job_id})
         assert api.job(job_id)["deliveries"][0]["status"] == "Delivered" and len(rx.requests) == 1
-        assert reaper.reap()["deliveries"] == 0  # the mark is gone
+        assert Job.get(job_id, consistent_read=True).active_status is None  # nothing Pending: the mark is gone
+        assert reaper.reap()["deliveries"] == 0
+
+
+def test_a_dead_lettered_delivery_fails_the_delivery_never_the_job(api, monkeypatch):
+    monkeypatch.setattr(webhook, "backoff_seconds", lambda attempt: 600.0)
+    with Receiver(default=500) as rx:
+        report_id, _ = make_report(api, [{"type": "api", "mode": "async"}, hook(rx.url)])
+        job_id = generate(api, report_id)
+        drain({job_id})
+        stored = Job.get(job_id, consistent_read=True).deliveries[0]
+        body = messages.Deliver(job_id, 0, stored.id, 2).to_body()
+        assert reaper.dead_letter(body, "5") == {"outcome": "failed", "jobId": job_id}
+        job = api.job(job_id)
+        assert job["status"] == "Completed" and job["deliveries"][0]["status"] == "Failed"
+        assert "dead-letter" in job["deliveries"][0]["lastError"]
+        # A progress webhook that dead-letters is dropped; the job is untouched.
+        progress = messages.Deliver(job_id, 1, "msg_x", 1, "job.progress").to_body()
+        assert reaper.dead_letter(progress, "5")["outcome"] == "dropped"
+        assert api.job(job_id)["status"] == "Completed" and len(rx.requests) == 1
+
+
+def test_a_retried_job_drops_the_deliveries_of_the_status_it_left(api, monkeypatch):
+    monkeypatch.setattr(webhook, "backoff_seconds", lambda attempt: 600.0)
+    with Receiver(default=500) as rx:
+        report_id, _ = make_report(api, [{"type": "api", "mode": "async"}, hook(rx.url, "job.cancelled",
+                                                                                        "job.completed")])
+        job_id = generate(api, report_id)
+        assert api.call("delete", f"/jobs/{job_id}")[0] == 200
+        drain({job_id})
+        stored = Job.get(job_id, consistent_read=True).deliveries[0]
+        assert stored.event == "job.cancelled" and stored.status == "Pending"  # its receiver answered 500
+        assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202
+        assert api.job(job_id)["deliveries"] == []
+        # The job.cancelled retry still on the queue finds nothing to send: the job is no longer cancelled.
+        assert delivery.handle(messages.Deliver(job_id, 0, stored.id, 2)) == "stale"
+        rx.default = 200
+        drain({job_id})
+        job = api.job(job_id)
+        assert job["status"] == "Completed"
+        assert [(d["event"], d["status"]) for d in job["deliveries"]] == [("job.completed", "Delivered")]
+        assert rx.events() == ["job.cancelled", "job.completed"]
+
+
+def test_a_delivery_goes_only_to_a_target_its_report_still_has(api):
+    with Receiver() as rx, Receiver() as other:
+        report_id, _ = make_report(api, [{"type": "api", "mode": "async"}, hook(rx.url)])
+        job_id = generate(api, report_id)
+        message = work_until_delivery(job_id)
+        # The owner points the report elsewhere before the attempt: the planned URL no longer receives it.
+        response = api.client.http.get(f"/api/v1/reports/{report_id}", headers=api.headers)
+        assert api.client.http.patch(f"/api/v1/reports/{report_id}",
+                                     headers={**api.headers, "If-Match": response.headers["ETag"]},
+                                     body=json.dumps({"deliveryTargets": [{"type": "api", "mode": "async"},
+                                                                          hook(other.url)]})).status_code == 200
+        assert delivery.handle(message) == "Failed"
+        [d] = api.job(job_id)["deliveries"]
+        assert d["status"] == "Failed" and "no longer has this target" in d["lastError"]
+        assert rx.requests == [] and other.requests == []
 
 
 def test_a_rotated_secret_signs_beside_the_new_one_and_only_the_owner_rotates(api, client, token_for):
