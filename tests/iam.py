@@ -112,8 +112,11 @@ def needs(service: str, operation: str, params: dict[str, Any]) -> list[tuple[st
 @contextlib.contextmanager
 def recording() -> Iterator[set[tuple[str, str]]]:
     """Every (IAM action, resource ARN) the calls made inside the block were authorized against."""
+    from chalicelib.reports import service as reports
+
     needed: set[tuple[str, str]] = set()
     original = BaseClient._make_api_call
+    reports._FOUND.clear()  # a report kept from before the block would hide a read the function needs
 
     def spy(client: BaseClient, operation: str, params: dict) -> dict:
         needed.update(needs(client.meta.service_model.service_name, operation, params))
