@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.parsers import JSONParser, ResponseParserFactory
 from pynamodb.attributes import (
@@ -21,25 +22,66 @@ from pynamodb.connection import Connection, TableConnection
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
+from chalicelib.deps import BOTO_CONFIG
 from chalicelib.settings import get_settings
 
-_settings = get_settings()
+# Nothing here reads the settings at import: a table's name, region and endpoint are read when a model first
+# makes its connection (`_TableMeta`), so importing this module (a test collecting it, a tool listing tables)
+# fixes nothing about the environment.
 
 
-class _Meta:
-    region = _settings.region
-    host = _settings.aws_endpoint_url
-    # Short timeouts: an API request must fail fast (503) rather than hang.
-    connect_timeout_seconds = 5
-    read_timeout_seconds = 10
-    max_retry_attempts = 2
+class _TableMeta(type):
+    """The metaclass of a model's `Meta`: PynamoDB reads `Meta.table_name` (and region, host) at each connection
+    check, so these properties read the settings at first use, not at import."""
+
+    table: str  # the table's name without the stage's prefix
+
+    @property
+    def table_name(cls) -> str:
+        return get_settings().table(cls.table)
+
+    @property
+    def region(cls) -> str:
+        return get_settings().region
+
+    @property
+    def host(cls) -> str | None:
+        return get_settings().aws_endpoint_url
+
+
+class _Meta(metaclass=_TableMeta):
+    # Every attribute PynamoDB would fill in at class creation (MetaModel), since `_table` sets Meta afterwards.
+    # Timeouts and retries: chalicelib.deps.BOTO_CONFIG (only the client of `connection()` is ever used).
+    connect_timeout_seconds = BOTO_CONFIG.connect_timeout
+    read_timeout_seconds = BOTO_CONFIG.read_timeout
+    max_retry_attempts = BOTO_CONFIG.retries["total_max_attempts"] - 1  # also caps batch-write retries
+    max_pool_connections = 10  # PynamoDB's default
+    extra_headers = None
+    aws_access_key_id = None
+    aws_secret_access_key = None
+    aws_session_token = None
+
+
+_M = TypeVar("_M", bound=Model)
+
+
+def _table(name: str) -> Callable[[type[_M]], type[_M]]:
+    """Give a model its table: `Meta` is set after the class is made, because PynamoDB's metaclass would ask the
+    Meta of a class body for its region and host (reading the settings at import)."""
+
+    def bind(model: type[_M]) -> type[_M]:
+        model.Meta = _TableMeta("Meta", (_Meta,), {"table": name})
+        return model
+
+    return bind
 
 
 @lru_cache(maxsize=1)
 def connection() -> Connection:
     """One connection for transactions: building one per call reloads botocore's models (~0.1 s)."""
-    conn = Connection(region=_Meta.region, host=_Meta.host, connect_timeout_seconds=_Meta.connect_timeout_seconds,
-                      read_timeout_seconds=_Meta.read_timeout_seconds, max_retry_attempts=_Meta.max_retry_attempts)
+    s = get_settings()
+    conn = Connection(region=s.region, host=s.aws_endpoint_url, connect_timeout_seconds=BOTO_CONFIG.connect_timeout,
+                      read_timeout_seconds=BOTO_CONFIG.read_timeout, retry_configuration=BOTO_CONFIG.retries)
     endpoint = conn.client._endpoint
     endpoint._response_parser_factory = _PlainReads.replacing(endpoint._response_parser_factory)
     return conn
@@ -100,10 +142,6 @@ class _Model(Model):
         return table
 
 
-def _meta(name: str) -> type:
-    return type("Meta", (_Meta,), {"table_name": _settings.table(name)})
-
-
 class ScheduleIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "bySchedule"
@@ -113,10 +151,10 @@ class ScheduleIndex(GlobalSecondaryIndex):
     report_id = UnicodeAttribute(range_key=True, attr_name="reportId")
 
 
+@_table("reports")
 class ReportConfig(_Model):
     """A report id is unique within its tenant (the tenant key of chalicelib.auth), not across tenants."""
 
-    Meta = _meta("reports")
     tenant = UnicodeAttribute(hash_key=True)
     report_id = UnicodeAttribute(range_key=True, attr_name="reportId")
     owner_id = UnicodeAttribute(attr_name="ownerId")
@@ -143,8 +181,8 @@ class ReportConfig(_Model):
     by_schedule = ScheduleIndex()
 
 
+@_table("lines")
 class ExpenseLine(_Model):
-    Meta = _meta("lines")
     owner_period = UnicodeAttribute(hash_key=True, attr_name="ownerPeriod")
     line_id = UnicodeAttribute(range_key=True, attr_name="lineId")
     date = UnicodeAttribute()
@@ -198,8 +236,8 @@ class ActiveIndex(GlobalSecondaryIndex):
     heartbeat_at = UnicodeAttribute(range_key=True, attr_name="heartbeatAt")
 
 
+@_table("jobs")
 class Job(_Model):
-    Meta = _meta("jobs")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     owner_id = UnicodeAttribute(attr_name="ownerId")
     # The tenant key (chalicelib.auth) the vendor cache is scoped by; None on a job from before tenants, whose
@@ -257,10 +295,10 @@ class Job(_Model):
     by_active = ActiveIndex()
 
 
+@_table("chunks")
 class JobChunk(_Model):
     """A range of a large job's lines, (after, upto], worked by one invocation at a time."""
 
-    Meta = _meta("chunks")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     chunk = NumberAttribute(range_key=True)
     after = UnicodeAttribute(default="")
@@ -275,8 +313,8 @@ class JobChunk(_Model):
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+@_table("events")
 class JobEvent(_Model):
-    Meta = _meta("events")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     event_key = UnicodeAttribute(range_key=True, attr_name="eventKey")
     at = UnicodeAttribute()
@@ -285,8 +323,8 @@ class JobEvent(_Model):
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+@_table("results")
 class LineResult(_Model):
-    Meta = _meta("results")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     line_id = UnicodeAttribute(range_key=True, attr_name="lineId")
     date = UnicodeAttribute()
@@ -312,10 +350,10 @@ class SeenDayIndex(GlobalSecondaryIndex):
     cache_key = UnicodeAttribute(range_key=True, attr_name="cacheKey")
 
 
+@_table("vendor-cache")
 class VendorSeen(_Model):
     """`seen#<cache key>`: a vendor met by one tenant's job, for the nightly cache warmer."""
 
-    Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     # The tenant key whose cache the warmer fills; None on a note from before tenants (the warmer skips it).
     tenant = UnicodeAttribute(null=True)
@@ -327,10 +365,10 @@ class VendorSeen(_Model):
     by_seen_day = SeenDayIndex()
 
 
+@_table("vendor-cache")
 class VendorCacheEntry(_Model):
     """One tenant's answer for a vendor under a taxonomy: `<tenant scope>#<taxonomy>#<vendor>` (categorize/cache.py)."""
 
-    Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     vendor = UnicodeAttribute()
     category = UnicodeAttribute()
@@ -343,6 +381,7 @@ class VendorCacheEntry(_Model):
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
 
 
+@_table("vendor-cache")
 class VendorClaim(_Model):
     """"One chunk of this job is asking the model about this vendor until `until`" (categorize/claims.py).
 
@@ -350,17 +389,16 @@ class VendorClaim(_Model):
     never read as an answer and never blocks another job.
     """
 
-    Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     owner = UnicodeAttribute()
     until = NumberAttribute()  # epoch seconds
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+@_table("control")
 class Control(_Model):
     """Locks and rate windows: small items written next to the job in one transaction."""
 
-    Meta = _meta("control")
     pk = UnicodeAttribute(hash_key=True)
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
     stamps = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}

@@ -1,9 +1,10 @@
 """Shared fixtures. The suite runs offline: AWS is a moto server subprocess, reached over the real wire.
 
-Settings (and the PynamoDB models) read the environment once, at import, but the moto server's URL is only
-known once it runs. So this file sets the test environment when it is imported and, in `pytest_configure`
-(before any test module is collected, hence before anything imports chalicelib), starts one moto server per
-process on a free port, points AWS_ENDPOINT_URL at it and deploys infra/template.yaml into it. With
+Settings are read from the environment once per process, at first use (the PynamoDB models and the
+observability module too), but the moto server's URL is only known once it runs. So this file sets the test
+environment when it is imported and, in `pytest_configure` (before any test module is collected, hence before
+anything reads the settings), starts one moto server per process on a free port, points AWS_ENDPOINT_URL at it
+and deploys infra/template.yaml into it. With
 pytest-xdist every worker process gets its own server; the controller starts none. Tests isolate their state
 with fresh random user ids and report ids, never by resetting moto.
 
@@ -64,8 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if _moto is not None or _is_xdist_controller(config) or config.option.help or config.option.version:
         return
     settings_module = sys.modules.get("chalicelib.settings")
-    if "chalicelib.tables" in sys.modules or (settings_module and settings_module.get_settings.cache_info().currsize):
-        raise pytest.UsageError("chalicelib was imported before tests/conftest.py set AWS_ENDPOINT_URL: "
+    if settings_module and settings_module.get_settings.cache_info().currsize:
+        raise pytest.UsageError("the settings were read before tests/conftest.py set AWS_ENDPOINT_URL: "
                                 "settings are read once per process, so it would not point at the test moto server")
     from local.deploy import deploy
     from local.stack import MotoServer
