@@ -111,7 +111,7 @@ def bind(**keys: Any) -> None:
             t.tracer.put_annotation(key, str(value))
 
 
-def count(name: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
+def count(name: str, value: float = 1, unit: MetricUnit | str = MetricUnit.Count) -> None:
     t = telemetry()
     if t.metrics_on and value:
         t.metrics.add_metric(name=name, unit=unit, value=value)

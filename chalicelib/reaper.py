@@ -59,10 +59,10 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
             counts[_reap_one(job, status)] += 1
     # A fanned-out job moves while any chunk moves, so each of its chunks is judged on its own.
     for entry in Job.by_active.query(JobStatus.PROCESSING.value, filter_condition=Job.chunk_count > 0):
-        job = _read(entry.job_id)  # the index holds keys and chunkCount only
-        if job is None or job.status != JobStatus.PROCESSING.value:
+        fanned = _read(entry.job_id)  # the index holds keys and chunkCount only
+        if fanned is None or fanned.status != JobStatus.PROCESSING.value:
             continue  # finished or moved since the index saw it
-        for outcome in _reap_chunks(job, cutoff):
+        for outcome in _reap_chunks(fanned, cutoff):
             counts[outcome] += 1
     from chalicelib.delivery import service as delivery
 

@@ -6,7 +6,7 @@ import json
 import threading
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from botocore.parsers import JSONParser, ResponseParserFactory
 from pynamodb.attributes import (
@@ -70,7 +70,7 @@ def _table(name: str) -> Callable[[type[_M]], type[_M]]:
     Meta of a class body for its region and host (reading the settings at import)."""
 
     def bind(model: type[_M]) -> type[_M]:
-        model.Meta = _TableMeta("Meta", (_Meta,), {"table": name})
+        setattr(model, "Meta", _TableMeta("Meta", (_Meta,), {"table": name}))  # noqa: B010 (PynamoDB's Meta type)
         return model
 
     return bind
@@ -142,6 +142,11 @@ class _Model(Model):
         return table
 
 
+def _texts(**options: Any) -> ListAttribute[str]:
+    """A list of strings. (PynamoDB's stubs type `ListAttribute(of=UnicodeAttribute)` as a list of attributes.)"""
+    return cast("ListAttribute[str]", ListAttribute(of=UnicodeAttribute, **options))
+
+
 class ScheduleIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "bySchedule"
@@ -160,8 +165,8 @@ class ReportConfig(_Model):
     owner_id = UnicodeAttribute(attr_name="ownerId")
     name = UnicodeAttribute()
     delivery_targets = JSONAttribute(attr_name="deliveryTargets")
-    allowed_roles = ListAttribute(of=UnicodeAttribute, attr_name="allowedRoles", default=list)
-    categories = ListAttribute(of=UnicodeAttribute)
+    allowed_roles = _texts(attr_name="allowedRoles", default=list)
+    categories = _texts()
     schedule = JSONAttribute(null=True)
     schedule_day = NumberAttribute(null=True, attr_name="scheduleDay")
     created_at = UnicodeAttribute(attr_name="createdAt")
@@ -251,7 +256,7 @@ class Job(_Model):
     active_status = UnicodeAttribute(null=True, attr_name="activeStatus")
     status_message = UnicodeAttribute(null=True, attr_name="statusMessage")
     trigger = UnicodeAttribute(default="api")
-    categories = ListAttribute(of=UnicodeAttribute, default=list)
+    categories = _texts(default=list)
     total_lines = NumberAttribute(default=0, attr_name="totalLines")
     processed_lines = NumberAttribute(default=0, attr_name="processedLines")
     failed_lines = NumberAttribute(default=0, attr_name="failedLines")
@@ -278,7 +283,7 @@ class Job(_Model):
     chunk_count = NumberAttribute(default=0, attr_name="chunkCount")
     chunks_done = NumberAttribute(default=0, attr_name="chunksDone")
     # The plan, recorded once before any chunk exists: chunk n is (bounds[n-1], bounds[n]] ("" for open ends).
-    chunk_bounds = ListAttribute(of=UnicodeAttribute, null=True, attr_name="chunkBounds")
+    chunk_bounds = _texts(null=True, attr_name="chunkBounds")
     # Wall-clock rate-limit accounting (runner.note_wait): the end of the latest wait counted, epoch seconds.
     limited_until = NumberAttribute(null=True, attr_name="limitedUntil")
     # Recheck after a retry (worker._recheck_flagged): the last flagged lineId asked again.
@@ -360,7 +365,7 @@ class VendorSeen(_Model):
     seen_day = UnicodeAttribute(attr_name="seenDay")
     vendor = UnicodeAttribute()
     description = UnicodeAttribute(default="")
-    categories = ListAttribute(of=UnicodeAttribute)
+    categories = _texts()
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_seen_day = SeenDayIndex()
 
@@ -401,7 +406,7 @@ class Control(_Model):
 
     pk = UnicodeAttribute(hash_key=True)
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
-    stamps = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}
+    stamps: MapAttribute[str, Any] = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}
     version = NumberAttribute(default=0)
     # Shared model-provider limiter: bucket levels at `level_at` (epoch seconds).
     level_requests = NumberAttribute(null=True, attr_name="levelRequests")
