@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -57,20 +57,21 @@ class ModelAnswer(BaseModel):
 @lru_cache(maxsize=64)
 def row_model(categories: tuple[str, ...]) -> type[AnswerRow]:
     """A row for one taxonomy: its categories are the `category` enum of the schema the provider decodes to."""
-    category: Any = Literal[categories] if categories else str  # type: ignore[valid-type]
+    # Literal[...] of a runtime tuple: the subscription is made at run time, where a type checker cannot follow.
+    category: Any = Literal.__getitem__(categories) if categories else str
     return create_model("ExpenseCategory", __base__=AnswerRow, category=(category, ...))
 
 
 @lru_cache(maxsize=64)
 def answer_model(categories: tuple[str, ...]) -> type[ModelAnswer]:
     """The answer for one taxonomy, as `chat.completions.parse` sends it (response_format) and reads it back."""
-    return create_model("ExpenseCategories", __base__=ModelAnswer,
-                        items=(list[row_model(categories)], ...))  # type: ignore[valid-type]
+    rows: Any = list.__class_getitem__(row_model(categories))  # list[<the taxonomy's row>], made at run time
+    return create_model("ExpenseCategories", __base__=ModelAnswer, items=(rows, ...))
 
 
 def answer_schema(categories: list[str]) -> dict[str, Any]:
     """The response_format that `ask` sends for `categories` (the SDK derives it from answer_model)."""
-    return openai.lib.type_to_response_format_param(answer_model(tuple(categories)))  # type: ignore[return-value]
+    return cast("dict[str, Any]", openai.lib.type_to_response_format_param(answer_model(tuple(categories))))
 
 
 def _wait_hint(headers: Any) -> float | None:
@@ -190,7 +191,7 @@ def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
 def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None) -> list[Answer]:
     """One request; returns the answers that are valid (missing or invalid ones are left out)."""
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+    messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
                 {"role": "user", "content": json.dumps(payload)}]
     budget = completion_budget(items, categories)
