@@ -145,7 +145,10 @@ def test_two_workers_on_one_job_at_once_never_double_count(api, model_settings, 
 
 
 def test_429_storm_completes_and_no_request_leaves_before_the_provider_allows(api, sim, model_settings):
-    sim.configure(rate_limit_burst=12, burst_retry_after=0.3)
+    # A request already on its way when another thread's 429 left cannot know of it: the simulator treats arrivals
+    # within `early_grace` of the 429 as in flight. 0.05 s (its default) is shorter than a loaded 2-core CI
+    # machine's scheduling delay between a send and its arrival, so the grace here is 0.3 s of a 1 s window.
+    sim.configure(rate_limit_burst=12, burst_retry_after=1.0, early_grace=0.3)
     lines = expense_lines(120, vendors(40))
     job_id = api.start(lines)
     drain({job_id}, model_settings)
