@@ -28,6 +28,7 @@ from bench.api import InProcessApi, new_user
 from bench.common import heading, note, ratio, secs, table, times
 from bench.env import Run
 from chalicelib import deps, worker
+from chalicelib.jobs.states import TERMINAL, JobStatus
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job
 from chalicelib.worker import seams
@@ -39,7 +40,6 @@ ROUNDS = 2  # every configuration once per round, the best round shown: a busy m
 WHOLE_JOBS, WHOLE_LINES, WHOLE_VENDORS = 2, 300, 60
 FANOUT_LINES, CHUNK_LINES, FANOUT_VENDORS = 1200, 300, 120
 CONFIGS = [("all seams on", {}), *((f"{name} off", {name: False}) for name in seams.ALL)]
-TERMINAL = {"Completed", "Failed", "Cancelled"}
 
 
 class _Ctx:
@@ -82,8 +82,8 @@ def _run_until_done(job_id: str, settings: Settings, timeout: float = 120.0) -> 
             if got:
                 list(pool.map(lambda m: _invoke(m, settings), got))
             job = Job.get(job_id, consistent_read=True)
-            if job.status in TERMINAL:
-                if job.status != "Completed":
+            if JobStatus(job.status) in TERMINAL:
+                if job.status != JobStatus.COMPLETED.value:
                     raise RuntimeError(f"job {job_id} ended {job.status}: {job.error_message}")
                 return
             if time.monotonic() > deadline:
