@@ -100,7 +100,7 @@ def test_job_completes_with_every_line_once_in_few_model_requests(api, sim, mode
 @pytest.mark.parametrize("point, read_ahead", [
     *((p, 1) for p in faults.POINTS),
     # Read whole at the start (120 lines within 40 x 4): one batch, whose results and report go out together
-    # and whose checkpoint is the Completed write (worker._complete_with_last_batch). No continuation.
+    # and whose checkpoint is the Completed write (worker.completion.complete with the last batch). No continuation.
     *((p, 4) for p in faults.POINTS if p != "before_continuation_send"),
 ])
 def test_crash_at_each_step_loses_nothing_and_counts_nothing_twice(api, model_settings, monkeypatch, point,
@@ -322,13 +322,13 @@ def test_the_report_built_from_what_the_worker_held_equals_one_read_back_from_th
     lines[3]["description"] = '=HYPERLINK("x")'  # a formula cell, as the CSV escapes it
     job_id = api.start(lines)
     used = []
-    assemble = results.assemble
+    assemble = results.assemble_counted
 
     def spy(*args, **kwargs):
         used.append(kwargs.get("written") is not None)
         return assemble(*args, **kwargs)
 
-    monkeypatch.setattr(results, "assemble", spy)
+    monkeypatch.setattr(results, "assemble_counted", spy)  # the worker's one way to a report (completion.py)
     drain({job_id}, model_settings)  # one invocation did the whole job: the report came from memory
     monkeypatch.undo()
     assert used == [True]
