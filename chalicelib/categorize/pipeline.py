@@ -10,7 +10,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from chalicelib import observability
-from chalicelib.categorize import cache, claims, provider, rules, seen
+from chalicelib.categorize import cache, claims, rules, seen
 from chalicelib.categorize.errors import JobFatal, LongWait, ProviderError, RetriesExhausted
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import RetryLoop
@@ -97,6 +97,8 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
         if not todo:
             break
         try:
+            from chalicelib.categorize import provider  # openai and pydantic: only once a model is asked
+
             got = backend.loop.run(partial(provider.ask, backend.api, backend.model, todo, categories,
                                            backend.limiter))
         except RetriesExhausted:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import credentials
-from chalicelib.categorize import pipeline, provider
+from chalicelib.categorize import pipeline
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import runner
@@ -54,7 +54,7 @@ class Invocation:
 
 class _Client:
     """The openai client, made on the first model request: importing openai is ~0.5 s of a cold start that an
-    invocation whose vendors are all cached never needs (see deferred.py)."""
+    invocation whose vendors are all cached never needs (provider, which imports it, is imported here too)."""
 
     def __init__(self, key: str, base_url: str | None, timeout: float) -> None:
         self._args = (key, base_url, timeout)
@@ -66,6 +66,8 @@ class _Client:
             raise AttributeError(name)  # copy, pickle and friends ask before __init__ has run
         with self._lock:  # the model's requests go out on several threads at once
             if self._client is None:
+                from chalicelib.categorize import provider  # openai and pydantic: at the first model request
+
                 self._client = provider.client(*self._args)
         return getattr(self._client, name)
 

@@ -90,11 +90,12 @@ def test_a_batch_grows_past_its_size_only_while_its_new_vendors_fit_one_wave():
 
 
 def test_importing_the_worker_does_not_import_openai_until_a_model_request_needs_it():
-    code = ("import sys, chalicelib.worker; from chalicelib.categorize import provider; "
-            "print(sorted(m for m in ('openai', 'pydantic') if m in sys.modules)); "
-            "provider.openai.RateLimitError; print('openai' in sys.modules and 'pydantic' in sys.modules); "
-            "import openai; print(openai is sys.modules['openai'] and openai.OpenAI is provider.openai.OpenAI)")
+    """openai and pydantic are ~0.5 s of a cold start that a message answered from the cache, a delivery or a cancel
+    never needs: the worker imports the provider module (which imports both) at its first model request."""
+    code = ("import sys, chalicelib.worker; print(sorted(m for m in ('openai', 'pydantic') if m in sys.modules)); "
+            "from chalicelib.categorize import provider; "
+            "print(sorted(m for m in ('openai', 'pydantic') if m in sys.modules))")
     env = {**os.environ, "APP_PREFIX": "reports-dev", "AWS_DEFAULT_REGION": "us-east-1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["[]", "True", "True"]
+    assert done.stdout.splitlines() == ["[]", "['openai', 'pydantic']"]
