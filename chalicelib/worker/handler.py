@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chalicelib import messages
@@ -24,13 +25,13 @@ def _processor() -> BatchProcessor:
     return BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def handle_batch(event: dict[str, Any], context: Any, settings: Settings | None = None) -> dict[str, Any]:
+def handle_batch(event: dict[str, Any], context: Any, settings: Settings | None = None) -> PartialItemFailureResponse:
     """Lambda entry: one failed record goes back to the queue, never the whole batch."""
     return process_partial_response(event=event, processor=_processor(), context=context,
                                     record_handler=lambda record: handle_record(record, context, settings))
 
 
-def handle_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handle_dead_letters(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     """Lambda entry on the DLQ: each message's job becomes Failed with the reason."""
     from chalicelib.reaper import dead_letter
 
