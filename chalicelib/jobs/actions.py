@@ -12,6 +12,7 @@ from chalicelib import clock, results
 from chalicelib.categorize import cache
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from chalicelib.jobs import store
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.service import get_job
 from chalicelib.jobs.states import JobAction, JobStatus, TransitionRaced, allowed_actions, transition
@@ -104,17 +105,7 @@ def _settle(line: LineResult, category: str) -> int:
 
 
 def _rebuild(job: Job, fixed: int) -> None:
-    # The update returns the counts as they are now, after every other settle that landed first.
-    job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed)])
-    version = int(job.result_version)
+    version = store.current().next_result_version(job, fixed)
     key, left = results.assemble(job, version)
-    try:
-        # newest_wins: two settlements racing; the later version's report (and its count of lines that still
-        # need review, read from the lines themselves) stays current.
-        job.update(actions=[Job.result_key.set(key),
-                            Job.status_message.set(f"Categorized {int(job.processed_lines)} lines; "
-                                                   f"{left} need review")],
-                   condition=Job.result_version == version)
-    except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
-            raise
+    # store.newest_result: of two settlements racing, the later version's report stays current.
+    store.current().set_result(job, version, key, f"Categorized {int(job.processed_lines)} lines; {left} need review")

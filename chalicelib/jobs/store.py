@@ -85,6 +85,16 @@ def no_progress_since(heartbeat: str | None, status: JobStatus) -> Condition:
     return (Job.heartbeat_at == heartbeat) & (Job.status == status.value)
 
 
+def recheck_unchanged(after: str) -> Condition:
+    """With lease_is_ours: a stale or duplicate worker never takes the same fixes off the counts twice."""
+    return (Job.recheck_after == after) if after else Job.recheck_after.does_not_exist()
+
+
+def newest_result(version: int) -> Condition:
+    """Two settlements racing: the later version's report (and its count of lines needing review) stays current."""
+    return Job.result_version == version
+
+
 def chunk_free(lease: Lease, now: float) -> Condition:
     """One invocation per chunk; a duplicate message finds the lease held and is dropped."""
     return (JobChunk.status != C.DONE.value) & (JobChunk.lease_owner.does_not_exist()
@@ -130,6 +140,10 @@ class JobStore(Protocol):
     def reset_chunk(self, chunk: JobChunk) -> None: ...
     def set_chunks_done(self, job: Job, seen: int, done: int) -> bool: ...
     def mark_chunk_reaped(self, chunk: JobChunk) -> bool: ...
+    def end_recheck(self, job: Job, lease: Lease, after: str) -> bool: ...
+    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool: ...
+    def next_result_version(self, job: Job, fixed: int) -> int: ...
+    def set_result(self, job: Job, version: int, key: str, message: str) -> bool: ...
 
 
 # --- DynamoDB ----------------------------------------------------------------------------------------------------
@@ -307,6 +321,24 @@ class DynamoJobStore:
                                     JobChunk.status.set(C.PENDING.value), JobChunk.lease_owner.remove(),
                                     JobChunk.lease_until.remove()],
                             (JobChunk.heartbeat_at == chunk.heartbeat_at) & (JobChunk.status != C.DONE.value))
+
+    def end_recheck(self, job: Job, lease: Lease, after: str) -> bool:
+        return self._update(job, [Job.recheck_flagged.set(False), Job.recheck_after.remove()],
+                            lease_is_ours(lease) & recheck_unchanged(after))
+
+    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool:
+        return self._update(job, [Job.failed_lines.add(-fixed), Job.recheck_after.set(last),
+                                  Job.retry_count.add(retries), Job.heartbeat_at.set(_now_iso()),
+                                  Job.reap_count.set(0)],
+                            lease_is_ours(lease) & recheck_unchanged(after) & (Job.status == S.PROCESSING.value))
+
+    def next_result_version(self, job: Job, fixed: int) -> int:
+        # One atomic add: the counts as they are now, after every other settlement that landed first.
+        job.update(actions=[Job.result_version.add(1), Job.failed_lines.add(-fixed), Job.needs_review.add(-fixed)])
+        return int(job.result_version)
+
+    def set_result(self, job: Job, version: int, key: str, message: str) -> bool:
+        return self._update(job, [Job.result_key.set(key), Job.status_message.set(message)], newest_result(version))
 
 
 # --- in memory -----------------------------------------------------------------------------------------------------
@@ -551,6 +583,34 @@ class MemoryJobStore:
             c.heartbeat_at, c.status, c.lease_owner, c.lease_until = _now_iso(), C.PENDING.value, None, None
 
         return self._apply_chunk(chunk, lambda c: c.heartbeat_at == seen and c.status != C.DONE.value, change)
+
+    def end_recheck(self, job: Job, lease: Lease, after: str) -> bool:
+        def change(j: Job) -> None:
+            j.recheck_flagged, j.recheck_after = False, None
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner and (j.recheck_after or "") == after, change)
+
+    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool:
+        def change(j: Job) -> None:
+            j.failed_lines, j.recheck_after = int(j.failed_lines) - fixed, last
+            j.retry_count, j.heartbeat_at, j.reap_count = int(j.retry_count) + retries, _now_iso(), 0
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner and (j.recheck_after or "") == after
+                           and j.status == S.PROCESSING.value, change)
+
+    def next_result_version(self, job: Job, fixed: int) -> int:
+        def change(j: Job) -> None:
+            j.result_version = int(j.result_version) + 1
+            j.failed_lines, j.needs_review = int(j.failed_lines) - fixed, int(j.needs_review) - fixed
+
+        self._apply(job, lambda j: True, change)
+        return int(job.result_version)
+
+    def set_result(self, job: Job, version: int, key: str, message: str) -> bool:
+        def change(j: Job) -> None:
+            j.result_key, j.status_message = key, message
+
+        return self._apply(job, lambda j: int(j.result_version) == version, change)
 
 
 _current: JobStore = DynamoJobStore()

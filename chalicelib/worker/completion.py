@@ -16,11 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import UpdateError
-
 from chalicelib import clock, faults, observability, results
 from chalicelib.categorize.types import Answer
-from chalicelib.jobs import runner
+from chalicelib.jobs import runner, store
 from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, transition
 from chalicelib.tables import Job, LineResult
 from chalicelib.worker import rows, seams
@@ -163,11 +161,7 @@ def _completed(run: Invocation, version: int, report: _Report, counted: list, co
 
 def _heartbeat(run: Invocation) -> None:
     """Assembling a large report takes a while: show the reaper it is still moving."""
-    try:
-        run.job.update(actions=[Job.heartbeat_at.set(clock.iso(clock.now()))],
-                       condition=Job.lease_owner == run.lease.owner)
-    except UpdateError:
-        pass  # lease lost: the completing transition will say so
+    store.current().heartbeat(run.job, run.lease)  # lease lost: the completing transition will say so
 
 
 def complete_if_due(run: Invocation) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import time
 from itertools import islice
 
-from pynamodb.exceptions import UpdateError
-
-from chalicelib import clock
+from chalicelib.jobs import store
 from chalicelib.jobs.states import JobStatus
-from chalicelib.tables import Job, LineResult
+from chalicelib.tables import LineResult
 from chalicelib.worker import rows
 from chalicelib.worker.cancel import CancelWatch, stop
 from chalicelib.worker.invocation import Invocation, progress
@@ -38,12 +36,8 @@ def recheck_flagged(run: Invocation) -> bool:
             return False
         after = job.recheck_after or ""
         flagged = read_flagged(job.job_id, after, run.settings.line_batch_size)
-        # recheck_unchanged + lease_is_ours: a stale or duplicate worker never takes the same fixes off twice.
-        recheck_unchanged = (Job.recheck_after == after) if after else Job.recheck_after.does_not_exist()
-        lease_is_ours = Job.lease_owner == run.lease.owner
         if not flagged:
-            job.update(actions=[Job.recheck_flagged.set(False), Job.recheck_after.remove()],
-                       condition=lease_is_ours & recheck_unchanged)
+            store.current().end_recheck(job, run.lease, after)  # store: lease_is_ours, recheck_unchanged
             return True
         with CancelWatch(job.job_id):
             answers = categorize(run, JobScope(run), flagged)
@@ -53,14 +47,7 @@ def recheck_flagged(run: Invocation) -> bool:
         fixed = sum(not a.needs_review for a in answers.values())
         done = progress(run, {})
         run.done += len(flagged)
-        try:
-            job.update(actions=[Job.failed_lines.add(-fixed), Job.recheck_after.set(flagged[-1].line_id),
-                                Job.retry_count.add(done.retries), Job.heartbeat_at.set(clock.iso(clock.now())),
-                                Job.reap_count.set(0)],
-                       condition=lease_is_ours & recheck_unchanged & (Job.status == JobStatus.PROCESSING.value))
-        except UpdateError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
-                raise
+        store.current().recheck_batch(job, run.lease, after, flagged[-1].line_id, fixed, done.retries)
         job.refresh(consistent_read=True)
 
 

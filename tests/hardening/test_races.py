@@ -246,7 +246,9 @@ def test_a_checkpoint_that_wins_against_a_reap_makes_the_reap_a_no_op(api, small
 
     monkeypatch.setattr(faults, "point", hook)
     deliveries = drain({job_id}, small_batches)
-    assert outcome == [{"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 1, "deliveries": 0}]
+    # (Its delivery sweep is left out: other tests' finished jobs in this moto server may have deliveries due.)
+    assert [{k: v for k, v in o.items() if k != "deliveries"} for o in outcome] == [
+        {"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 1}]
     assert deliveries == 1  # nothing was re-enqueued: the live worker kept its lease and finished
     assert_every_line_once(api, job_id, lines)
     assert "reaped" not in _events(api, job_id)

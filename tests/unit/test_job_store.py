@@ -137,6 +137,29 @@ class StoreContract:
         assert not store.mark_reaped(stale_view, JobStatus.PROCESSING)
         assert store.load(moved.job_id).lease_owner == "a"
 
+    def test_a_recheck_batch_takes_its_fixes_off_once_and_only_for_the_lease_holder(self, store):
+        job = self.seed(store, new_job(failed_lines=5, recheck_flagged=True))
+        mine = lease("a")
+        assert store.take_lease(job, mine)
+        assert store.recheck_batch(job, mine, "", "l-3", fixed=2, retries=1)
+        assert not store.recheck_batch(store.load(job.job_id), mine, "", "l-3", fixed=2, retries=1)  # a redo
+        assert not store.recheck_batch(store.load(job.job_id), lease("b"), "l-3", "l-6", fixed=1, retries=0)
+        stored = store.load(job.job_id)
+        assert (int(stored.failed_lines), stored.recheck_after, int(stored.retry_count)) == (3, "l-3", 1)
+        assert not store.end_recheck(store.load(job.job_id), mine, "")  # not where the recheck is
+        assert store.end_recheck(store.load(job.job_id), mine, "l-3")
+        assert (store.load(job.job_id).recheck_flagged, store.load(job.job_id).recheck_after) == (False, None)
+
+    def test_two_settlements_the_later_report_stays(self, store):
+        job = self.seed(store, new_job(JobStatus.COMPLETED, failed_lines=3, needs_review=3))
+        first = store.next_result_version(store.load(job.job_id), fixed=1)
+        second = store.next_result_version(store.load(job.job_id), fixed=1)
+        assert (first, second) == (1, 2)
+        assert (int(store.load(job.job_id).failed_lines), int(store.load(job.job_id).needs_review)) == (1, 1)
+        assert store.set_result(store.load(job.job_id), second, "v2.json", "2 settled")
+        assert not store.set_result(store.load(job.job_id), first, "v1.json", "1 settled")  # older: refused
+        assert store.load(job.job_id).result_key == "v2.json"
+
     # --- chunks -------------------------------------------------------------------------------------------------
 
     def test_the_first_plan_stands(self, store):
