@@ -23,6 +23,7 @@ mail: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -rs -n 2
 
 # The long chaos soak (tests/hardening/test_chaos.py); `make test` runs a short one. CHAOS_SEED=N replays a run.
@@ -35,6 +36,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # Writes chalicelib/api/openapi.json from the pydantic models and the route table (chalicelib/api/spec.py);
 # tests/unit/test_openapi_generated.py fails until the checked-in document is what this writes.
@@ -51,4 +53,4 @@ deploy: package
 	$(PY) -m infra.deploy --stage $(STAGE) $(DEPLOY_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

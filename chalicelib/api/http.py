@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, cast
 
 from chalice import Response
-from chalice.app import Request
+from chalice.app import HeadersType, Request
 
 from chalicelib.auth import Principal
 from chalicelib.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -37,8 +38,24 @@ def current() -> Request:
     return _CURRENT.get()
 
 
+class _Authenticated(Protocol):
+    """A request that api.middleware.guard authenticated: it carries the caller (an attribute chalice's Request
+    does not declare, set on it by `authenticate`)."""
+
+    principal: Principal
+
+
+def _authenticated(request: Request) -> _Authenticated:
+    return cast(_Authenticated, request)
+
+
+def authenticate(request: Request, caller: Principal) -> None:
+    """Called by api.middleware.guard before any protected view runs."""
+    _authenticated(request).principal = caller
+
+
 def principal(request: Request) -> Principal:
-    return request.principal  # set by api.middleware.guard before any protected view runs
+    return _authenticated(request).principal
 
 
 def media_type(request: Request) -> str:
@@ -95,14 +112,14 @@ def json_body(request: Request, required: bool = True) -> Any:
 
 
 def query(request: Request, name: str) -> str | None:
-    params = request.query_params or {}
+    params: Mapping[str, str] = request.query_params or {}  # a MultiDict: the last value given for a name
     return params.get(name)
 
 
 def query_params(request: Request) -> dict[str, str]:
     """The query string, one value per name (the last one given, as `query` reads it), for a query model."""
-    params = request.query_params or {}
-    return {name: params.get(name) for name in params}
+    params: Mapping[str, str] = request.query_params or {}
+    return {name: params[name] for name in params}
 
 
 def base_url(request: Request) -> str:
@@ -121,11 +138,12 @@ def etag_of(body: Any) -> str:
     return f'"{digest}"'
 
 
-def cached_json(request: Request, body: Any, headers: dict[str, str] | None = None, tag: str | None = None) -> Response:
+def cached_json(request: Request, body: Any, headers: Mapping[str, str] | None = None,
+                tag: str | None = None) -> Response:
     """200 with an ETag (`tag`, else a digest of the body), or 304 when the client already has this representation."""
     tag = tag or etag_of(body)
-    headers = {**(headers or {}), "ETag": tag}
+    answered: HeadersType = {**(headers or {}), "ETag": tag}
     wanted = request.headers.get("if-none-match") or ""
     if tag in [t.strip().removeprefix("W/") for t in wanted.split(",")] or wanted.strip() == "*":
-        return Response(body="", status_code=304, headers=headers)
-    return Response(body=body, status_code=200, headers=headers)
+        return Response(body="", status_code=304, headers=answered)
+    return Response(body=body, status_code=200, headers=answered)

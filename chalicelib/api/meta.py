@@ -14,6 +14,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, ConnectTimeoutError, ReadTimeoutError
 from chalice import Blueprint, Response
+from chalice.app import HeadersType
 
 from chalicelib.api import problems
 from chalicelib.api.routes import NO_BODY
@@ -50,7 +51,7 @@ def health() -> dict:
 def ready() -> Response:
     """Readiness: the job table, the work queue and the results bucket each answer, checked in parallel."""
     checks = check_dependencies(get_settings())
-    headers = {"Cache-Control": "no-store"}
+    headers: HeadersType = {"Cache-Control": "no-store"}
     if all(result == "ok" for result in checks.values()):
         return Response(body={"status": "ready", "checks": checks}, status_code=200, headers=headers)
     failing = ", ".join(f"the {part} ({result})" for part, result in checks.items() if result != "ok")
@@ -80,8 +81,8 @@ def check_dependencies(settings: Settings) -> dict[str, str]:
         for part, future in futures.items():
             if not future.done():
                 results[part] = "timeout"
-            elif future.exception() is not None:
-                results[part] = _reason(future.exception())
+            elif (error := future.exception()) is not None:
+                results[part] = _reason(error)
             else:
                 results[part] = "ok"
         return results

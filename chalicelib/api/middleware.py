@@ -30,14 +30,14 @@ def guard(request: Request, get_response: Callable[[Request], Response]) -> Resp
 def _guard(request: Request, get_response: Callable[[Request], Response]) -> Response:
     if request.method != "OPTIONS" and request.path not in PUBLIC_PATHS:
         try:
-            request.principal = principal_from_header(request.headers.get("authorization"), get_settings())
+            http.authenticate(request, principal_from_header(request.headers.get("authorization"), get_settings()))
         except Unauthorized as err:
             # The reason goes to the caller; the token itself is never logged.
             log.info("rejected token", extra={"reason": err.detail, "path": request.path})
             return _with_cors(problems.from_error(err))
         except AppError as err:  # e.g. the signing secret could not be read (503)
             return _with_cors(problems.from_error(err))
-        observability.bind(userId=request.principal.user_id)
+        observability.bind(userId=http.principal(request).user_id)
         try:
             _check_path_keys(request)
         except AppError as err:

@@ -33,14 +33,16 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
 from chalicelib import paging
-from chalicelib.api import problem_types
 from chalicelib.delivery import webhook
 from chalicelib.errors import ValidationFailed
 from chalicelib.jobs.states import DeliveryStatus as _DeliveryStatus
-from chalicelib.jobs.states import JobAction, JobStatus
+from chalicelib.jobs.states import JobAction
+from chalicelib.jobs.states import JobStatus as _JobStatus
 from chalicelib.lines import validation
 from chalicelib.reports import service as reports
 from chalicelib.settings import Settings
@@ -52,11 +54,6 @@ Shape = TypeVar("Shape", bound=BaseModel)
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
-
-
-def _values(enum: Any) -> Any:
-    """A Literal of an enum's values, in its declared order (a schema `enum`, and validated as one)."""
-    return Literal[tuple(e.value for e in enum)]
 
 
 # --- parsing ---------------------------------------------------------------------------------------------------
@@ -116,6 +113,35 @@ def _rule(check: Any) -> BeforeValidator:
     return BeforeValidator(lambda value: check(value))
 
 
+# --- closed sets of values ------------------------------------------------------------------------------------
+# Each one written out, in its source's order (a schema `enum`, validated as one): a Literal built at run time from
+# an enum or a tuple is not a type a type checker can read. tests/unit/test_openapi_generated.py holds each one equal
+# to its source (`test_the_literals_are_their_sources`). An enum's set lists its members (statuses are spelled in
+# chalicelib/jobs/states.py only): the schema lists their values, and a value validates as its member.
+
+JobStatusValue = Literal[_JobStatus.QUEUED, _JobStatus.PROCESSING, _JobStatus.CANCELLATION_REQUESTED,
+                         _JobStatus.COMPLETED, _JobStatus.FAILED, _JobStatus.CANCELLED]
+DeliveryStatusValue = Literal[_DeliveryStatus.PENDING, _DeliveryStatus.DELIVERED, _DeliveryStatus.FAILED,
+                              _DeliveryStatus.DISABLED]
+JobActionValue = Literal[JobAction.CANCEL, JobAction.RETRY, JobAction.RESULT, JobAction.SETTLE]
+# chalicelib.delivery.webhook.EVENTS, and its first three: the final events (a job's deliveries)
+WebhookEventValue = Literal["job.completed", "job.failed", "job.cancelled", "job.progress"]
+FinalEventValue = Literal["job.completed", "job.failed", "job.cancelled"]
+# The `type` of a job's events (the audit trail): this list is their definition.
+EventType = Literal["created", "started", "rate_limited", "resumed", "cancel_requested", "cancelled", "completed",
+                    "failed", "reaped", "retried", "delivery_attempt", "delivery_retry_requested"]
+# The `uri` of every type of chalicelib/api/problem_types.py (TYPES)
+ProblemTypeUri = Literal[
+    "urn:reports:problem:validation-failed", "urn:reports:problem:unauthorized", "urn:reports:problem:forbidden",
+    "urn:reports:problem:not-found", "urn:reports:problem:method-not-allowed", "urn:reports:problem:conflict",
+    "urn:reports:problem:active-job-exists", "urn:reports:problem:not-async-report",
+    "urn:reports:problem:invalid-transition", "urn:reports:problem:precondition-failed",
+    "urn:reports:problem:payload-too-large", "urn:reports:problem:unsupported-media-type",
+    "urn:reports:problem:idempotency-key-reused", "urn:reports:problem:precondition-required",
+    "urn:reports:problem:rate-limited", "urn:reports:problem:internal-error",
+    "urn:reports:problem:service-unavailable"]
+
+
 # --- shared values (each one a named schema of the document) --------------------------------------------------
 
 Timestamp = TypeAliasType("Timestamp", Annotated[str, Field(
@@ -154,13 +180,13 @@ Currency = TypeAliasType("Currency", Annotated[str, Field(pattern=validation.CUR
                                                           examples=["USD"])])
 Category = TypeAliasType("Category", Annotated[str, Field(min_length=1, max_length=64,
                                                           description="One of the report's `categories`.")])
-JobStatusName = TypeAliasType("JobStatus", Annotated[_values(JobStatus), Field(
+JobStatus = TypeAliasType("JobStatus", Annotated[JobStatusValue, Field(
     description="`Completed`, `Failed` and `Cancelled` are terminal.")])
-WebhookEvent = TypeAliasType("WebhookEvent", Annotated[Literal[webhook.EVENTS], Field(
+WebhookEvent = TypeAliasType("WebhookEvent", Annotated[WebhookEventValue, Field(
     description="`job.completed`, `job.failed`, `job.cancelled`: the job became that final status (tracked in the "
                 "job's `deliveries`, retried). `job.progress`: the job checkpointed while it runs, at most one every "
                 "10 s per job; never retried and not listed in `deliveries`.")])
-DeliveryStatus = TypeAliasType("DeliveryStatus", Annotated[_values(_DeliveryStatus), Field(
+DeliveryStatus = TypeAliasType("DeliveryStatus", Annotated[DeliveryStatusValue, Field(
     description="`Pending`: waiting for its first attempt or a retry. `Delivered` (final): a 2xx answer, or SES "
                 "accepted the email. `Failed` (final): 8 attempts failed, or a failure no retry can mend (SES "
                 "rejected the message, the report was deleted). `Disabled` (final): the receiver answered 410 Gone, "
@@ -173,9 +199,16 @@ WebhookSecret = TypeAliasType("WebhookSecret", Annotated[str, Field(
 NullableText = Annotated[str | None, WithJsonSchema({"type": ["string", "null"]})]
 
 
-def _nullable(alias: Any) -> Any:
-    """`alias` or null, written `oneOf: [<alias>, null]`."""
-    return Annotated[alias | None, WithJsonSchema({"oneOf": [ref(alias.__name__), {"type": "null"}]})]
+def _or_null(name: str) -> WithJsonSchema:
+    """The schema of the named value `name` or null: `oneOf: [<name>, null]`."""
+    return WithJsonSchema({"oneOf": [ref(name), {"type": "null"}]})
+
+
+_MaybeTime = Annotated[Timestamp | None, _or_null("Timestamp")]
+_MaybePeriod = Annotated[Period | None, _or_null("Period")]
+# A member that is absent or has a value, never null: None is only its Python default (an unset member, which
+# `to_json` leaves out), so it is left out of the member's schema (`name: str | Absent = Field(None, ...)`).
+Absent = SkipJsonSchema[None]
 
 
 # --- report configurations -------------------------------------------------------------------------------------
@@ -237,13 +270,10 @@ class Schedule(Model):
     day: int = Field(ge=1, le=28)
 
 
-def _text_list(item_description: str, max_items: int, min_items: int | None = None) -> Any:
-    item = Annotated[str, Field(min_length=1, max_length=64, description=item_description)]
-    return Annotated[list[item], Field(min_length=min_items, max_length=max_items,
-                                       json_schema_extra={"uniqueItems": True})]
-
-
 _TEXT_ITEM = "Printable, not blank; surrounding whitespace is trimmed."
+_TextItem = Annotated[str, Field(min_length=1, max_length=64, description=_TEXT_ITEM)]
+_RoleList = Annotated[list[_TextItem], Field(max_length=20, json_schema_extra={"uniqueItems": True})]
+_CategoryList = Annotated[list[_TextItem], Field(min_length=1, max_length=50, json_schema_extra={"uniqueItems": True})]
 _TARGETS = ("1 to 10 targets, no two the same; more than 10 is 400 with `field: deliveryTargets`, a bad target 400 "
             "naming it (`deliveryTargets[0]`, `deliveryTargets[0].url`, `deliveryTargets[0].events`, "
             "`deliveryTargets[0].to`). `generate` needs an `api` target with `mode: async`; a report with a "
@@ -254,10 +284,10 @@ _NAME = "Printable, not blank; trimmed."
 # The members of a configuration, each with its rule (reports.service). Declared in the order the rules are
 # checked: the first one broken is the answer.
 _Name = Annotated[str, _rule(reports.check_name), Field(min_length=1, max_length=200, description=_NAME)]
-_Categories = Annotated[_text_list(_TEXT_ITEM, 50, 1) | None, _rule(reports.check_categories),
+_Categories = Annotated[_CategoryList | None, _rule(reports.check_categories),
                         Field(description=_CATEGORIES)]
 _Targets = Annotated[list[DeliveryTarget], _rule(reports.check_targets), Field(min_length=1, max_length=10)]
-_Roles = Annotated[_text_list(_TEXT_ITEM, 20) | None, _rule(reports.check_roles), Field(description=_ROLES)]
+_Roles = Annotated[_RoleList | None, _rule(reports.check_roles), Field(description=_ROLES)]
 _Schedule = Annotated[Schedule | None, _rule(reports.check_schedule)]
 
 
@@ -312,13 +342,13 @@ class ReportConfigPatch(Model):
                        "to no schedule. Jobs already created keep their own copy of the categories.",
         "example": {"name": "Monthly expenses (EU)", "categories": ["Airfare", "Lodging", "Other"]}})
 
-    name: str = Field(None, min_length=1, max_length=200, description=_NAME)  # type: ignore[assignment]
-    delivery_targets: list[DeliveryTarget] = Field(  # type: ignore[assignment]
-        None, min_length=1, max_length=10,
+    name: str | Absent = Field(None, min_length=1, max_length=200, description=_NAME)
+    delivery_targets: Annotated[list[DeliveryTarget], Field(min_length=1, max_length=10)] | Absent = Field(
+        None,
         description=_TARGETS + " Setting `deliveryTargets` enables again every webhook target a 410 Gone had "
                                "disabled.")
-    allowed_roles: _text_list(_TEXT_ITEM, 20) | None = Field(None, description=_ROLES)
-    categories: _text_list(_TEXT_ITEM, 50, 1) | None = Field(None, description=_CATEGORIES)
+    allowed_roles: _RoleList | None = Field(None, description=_ROLES)
+    categories: _CategoryList | None = Field(None, description=_CATEGORIES)
     schedule: Schedule | None = None
 
     @model_validator(mode="wrap")
@@ -345,13 +375,13 @@ class ReportConfig(Model):
     delivery_targets: list[DeliveryTarget]
     allowed_roles: list[str]
     categories: list[str] = Field(min_length=1)
-    schedule: Schedule = Field(None, description="Present only when the report has a schedule.")  # type: ignore
+    schedule: Schedule | Absent = Field(None, description="Present only when the report has a schedule.")
     created_at: Timestamp
-    disabled_targets: list[DisabledTarget] = Field(  # type: ignore[assignment]
+    disabled_targets: list[DisabledTarget] | Absent = Field(
         None, json_schema_extra={"readOnly": True},
         description="Present only when a webhook target is disabled (its receiver answered 410 Gone). Read-only: a "
                     "PATCH that names it is 400 (`field: disabledTargets`).")
-    webhook_secret: WebhookSecret = Field(  # type: ignore[assignment]
+    webhook_secret: WebhookSecret | Absent = Field(
         None, json_schema_extra={"readOnly": True},
         description="The webhook signing secret, shown once: only in the 201 answer of `POST /reports` for a report "
                     "with a webhook target, and in the 200 answer of the `PATCH` that added the report's first "
@@ -364,7 +394,7 @@ class WebhookSecretRotation(Model):
         "webhookSecret": "whsec_pPlD2k1dSMvB/I9uit2LZo3AYLxqdE3bC/oQh+z0TyM=",
         "previousSecretExpiresAt": "2026-02-02T09:00:00.000Z"}})
     webhook_secret: WebhookSecret = Field(description="The new secret, shown this once.")
-    previous_secret_expires_at: _nullable(Timestamp) = Field(
+    previous_secret_expires_at: _MaybeTime = Field(
         description="Until when the previous secret still signs, beside the new one (24 h from now); null when "
                     "there was no previous secret.")
 
@@ -401,12 +431,16 @@ class ExpenseLineInput(Model):
         "lineId": "tx-1", "date": "2026-01-15", "vendor": "UBER *TRIP 8841", "amount": "23.50", "currency": "USD",
         "description": "ride to airport"}})
 
+    # lineId and description are optional; their defaults are never used (`_members` gives each rule every member,
+    # an absent one as None: lineId's mints a UUID, description's stores ""). `default_factory` marks them optional
+    # in the schema (not `required`) without writing a default there.
     line_id: Annotated[str, _line_rule(validation.line_id_rule), WithJsonSchema({
         "oneOf": [ref("LineId"), {"type": "string", "maxLength": 0}, {"type": "null"}]})] = Field(
-        None, description="Optional (a UUID v4 is minted when absent or empty). Identifies the line within its "
-                          "month: re-importing it with a date in the same month replaces the stored line, which then "
-                          "takes the place of this import in report order. Unique within one request. Reports list "
-                          "lines in import order, not by lineId.")
+        default_factory=str,
+        description="Optional (a UUID v4 is minted when absent or empty). Identifies the line within its month: "
+                    "re-importing it with a date in the same month replaces the stored line, which then takes the "
+                    "place of this import in report order. Unique within one request. Reports list lines in import "
+                    "order, not by lineId.")
     date: Annotated[str, _line_rule(validation.date_rule)] = Field(
         pattern=validation.DATE.pattern, json_schema_extra={"format": "date"},
         description="A calendar date; its month is the line's period.")
@@ -416,7 +450,7 @@ class ExpenseLineInput(Model):
     currency: Annotated[Currency, _line_rule(validation.currency_rule)]
     description: Annotated[str, _line_rule(validation.description_rule),
                            WithJsonSchema({"type": ["string", "null"], "maxLength": 500})] = Field(
-        None, description="Optional printable text; trimmed; stored as `\"\"` when absent.")
+        default_factory=str, description="Optional printable text; trimmed; stored as `\"\"` when absent.")
 
     @model_validator(mode="before")
     @classmethod
@@ -480,7 +514,7 @@ class GenerateRequest(Model):
     # The optional body of `generate`. Known gap, kept as it was: the document allows `"period": null`, but the
     # rule (check_period) refuses it with 400 `field: period`; one of the two has to change, deliberately.
     model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01"}})
-    period: Annotated[_nullable(Period), _rule(validation.check_period)] = Field(
+    period: Annotated[_MaybePeriod, _rule(validation.check_period)] = Field(
         None, description="The month to report on; absent or `null`: the current UTC month.")
 
     @model_validator(mode="before")
@@ -492,7 +526,6 @@ class GenerateRequest(Model):
 
 
 _Count = Annotated[int, Field(ge=0)]
-_MaybeTime = _nullable(Timestamp)
 
 
 class WebhookJob(Model):
@@ -501,7 +534,7 @@ class WebhookJob(Model):
     report_id: ReportId
     period: Period
     type: Annotated[Literal["expense_report"], WithJsonSchema({"type": "string", "enum": ["expense_report"]})]
-    status: JobStatusName
+    status: JobStatus
     status_message: NullableText = Field(description="Human-readable progress.")
     progress_percent: int = Field(ge=0, le=100, description="processedLines / totalLines, at most 99 until "
                                                             "`Completed` (then 100).")
@@ -530,7 +563,7 @@ class WebhookJob(Model):
         "PUBLIC_BASE_URL when set."))
     result_url: Annotated[str | None, WithJsonSchema({"type": ["string", "null"], "format": "uri"})] = Field(
         description="`<statusUrl>/result` once `Completed`, null before.")
-    allowed_actions: list[_values(JobAction)] = Field(json_schema_extra={"uniqueItems": True}, description=(
+    allowed_actions: list[JobActionValue] = Field(json_schema_extra={"uniqueItems": True}, description=(
         "What the caller may do with the job now, from its status: `cancel` (DELETE) while `Queued` or "
         "`Processing`; `retry` (POST /retry) once `Failed` or `Cancelled`; `result` (GET /result) and `settle` "
         "(PATCH a line) once `Completed`; none while `CancellationRequested`. Clients decide which actions to offer "
@@ -550,7 +583,7 @@ class Delivery(Model):
     target: int = Field(ge=0, le=9, description="The target's index in the report's `deliveryTargets` when the job "
                                                 "became final.")
     type: Literal["webhook", "email"]
-    event: Literal[webhook.EVENTS[:3]] = Field(description="The final event sent (email: `job.completed` only).")
+    event: FinalEventValue = Field(description="The final event sent (email: `job.completed` only).")
     destination: str = Field(description="The webhook's URL or the email address.")
     status: DeliveryStatus
     attempts: int = Field(ge=0, le=8, description="Attempts made so far (0 until the first; a retry starts again "
@@ -592,13 +625,9 @@ class JobList(Model):
     next_token: NullableText = Field(description="Token of the next page; null on the last.")
 
 
-EVENT_TYPES = ("created", "started", "rate_limited", "resumed", "cancel_requested", "cancelled", "completed",
-               "failed", "reaped", "retried", "delivery_attempt", "delivery_retry_requested")
-
-
 class Event(Model):
     at: Timestamp
-    type: Literal[EVENT_TYPES]
+    type: EventType
     detail: dict[str, Any] = Field(description=(
         "Facts of the event (free form, type dependent). `delivery_attempt`: `n` (the delivery's place in "
         "`deliveries`), `target`, `type`, `event`, `attempt`, `outcome` (`delivered` or `failed`), `status`, and "
@@ -690,23 +719,23 @@ class Problem(Model):
         "description": "RFC 9457 problem details. `type` is one of the registered problem types (listed, with status "
                        "and title, in `x-problem-types`); its `title` is always the same. Extension members appear "
                        "only where they apply."})
-    type: Literal[tuple(t.uri for t in problem_types.TYPES)] = Field(
+    type: ProblemTypeUri = Field(
         json_schema_extra={"format": "uri"}, description="`urn:reports:problem:<slug>`, a slug of `x-problem-types`.")
     title: str
     status: int = Field(ge=400, le=599, description="The HTTP status code of the response.")
     detail: str = Field(description="What went wrong, for a person to read.")
-    existing_job_id: str = Field(None, json_schema_extra={"format": "uuid"}, description=(  # type: ignore
+    existing_job_id: str | Absent = Field(None, json_schema_extra={"format": "uuid"}, description=(
         "409 on generate/retry: the active job for the same user, report and period."))
-    field: str = Field(None, description=(  # type: ignore[assignment]
+    field: str | Absent = Field(None, description=(
         "400: the input field at fault (e.g. `period`, `pageSize`, `currency`, `deliveryTargets[0]`, "
         "`deliveryTargets[0].url`, `n`)."))
-    line: str = Field(None, description=(  # type: ignore[assignment]
+    line: str | Absent = Field(None, description=(
         "400 on expense import: the line at fault, `lines[i]` (JSON, 0-based) or `row N` (CSV, the header is row "
         "1)."))
-    job_status: JobStatusName = Field(None, description="409 on job actions: the job's current status.")  # type: ignore
-    delivery_status: DeliveryStatus = Field(  # type: ignore[assignment]
+    job_status: JobStatus | Absent = Field(None, description="409 on job actions: the job's current status.")
+    delivery_status: DeliveryStatus | Absent = Field(
         None, description="409 on a delivery retry: the delivery's status (`Pending`).")
-    checks: ReadinessChecks = Field(  # type: ignore[assignment]
+    checks: ReadinessChecks | Absent = Field(
         None, description="503 on `GET /health/ready`: each part's answer.")
 
 
@@ -719,11 +748,12 @@ class Query(Model):
     model_config = ConfigDict(extra="ignore")
 
 
-def _page_size(what: str, default: int, maximum: int, note: str = "") -> Any:
-    return Annotated[int, Field(default, ge=1, le=maximum,
-                                description=f"{what} per page, 1-{maximum} (default {default}{note}); anything else "
-                                            "is 400."),
-                     BeforeValidator(lambda raw: paging.page_size(raw, default=default, maximum=maximum))]
+def _page_size(what: str, default: int, maximum: int, note: str = "") -> tuple[FieldInfo, BeforeValidator]:
+    """The metadata of a `pageSize` parameter: `page_size: Annotated[int, *_page_size(...)]`."""
+    return (FieldInfo.from_field(default, ge=1, le=maximum,
+                                 description=f"{what} per page, 1-{maximum} (default {default}{note}); anything else "
+                                             "is 400."),
+            BeforeValidator(lambda raw: paging.page_size(raw, default=default, maximum=maximum)))
 
 
 # Checked where the token is read (its content depends on the list): only documented here.
@@ -747,13 +777,13 @@ def _result_format(raw: Any) -> str:
 
 
 class ReportListQuery(Query):
-    page_size: _page_size("Reports", 20, 100)
+    page_size: Annotated[int, *_page_size("Reports", 20, 100)]
     next_token: NextTokenParam
 
 
 class ExpenseListQuery(Query):
     period: Annotated[Period, _rule(validation.check_period)] = Field(description="The month (`YYYY-MM`); required.")
-    page_size: _page_size("Lines", 100, 1000)
+    page_size: Annotated[int, *_page_size("Lines", 100, 1000)]
     next_token: NextTokenParam
 
     @model_validator(mode="before")
@@ -763,20 +793,20 @@ class ExpenseListQuery(Query):
 
 
 class JobListQuery(Query):
-    page_size: _page_size("Jobs", 20, 100)
+    page_size: Annotated[int, *_page_size("Jobs", 20, 100)]
     page: Annotated[int | None, BeforeValidator(_page), WithJsonSchema(
         {"type": "integer", "minimum": 1, "maximum": 10000})] = Field(
         None, json_schema_extra={"default": 1},
         description="1-based page number, 1-10000 (default 1); ignored when `nextToken` is given. A page past the end "
                     "is empty.")
     # Checked by jobs.service.list_jobs, after pageSize and page, as it always was.
-    status: Annotated[JobStatusName | None, PlainValidator(lambda raw: raw, json_schema_input_type=JobStatusName)] = \
+    status: Annotated[JobStatus | None, PlainValidator(lambda raw: raw, json_schema_input_type=JobStatus)] = \
         Field(None, description="Only jobs with this status; an unknown status is 400.")
     next_token: NextTokenParam
 
 
 class EventListQuery(Query):
-    page_size: _page_size("Events", 1000, 1000, ": a whole trail in one page for almost every job")
+    page_size: Annotated[int, *_page_size("Events", 1000, 1000, ": a whole trail in one page for almost every job")]
     next_token: NextTokenParam
 
 

@@ -7,9 +7,11 @@ an answer of Chalice's own (404, 405, 415, 500 ...) by its status.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from chalice import Response
+from chalice.app import HeadersType
 
 from chalicelib.api import problem_types
 from chalicelib.errors import AppError
@@ -17,12 +19,13 @@ from chalicelib.errors import AppError
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, detail: str, slug: str | None = None, headers: dict[str, str] | None = None,
+def problem(status: int, detail: str, slug: str | None = None, headers: Mapping[str, str | list[str]] | None = None,
             **extensions: Any) -> Response:
     """A problem+json answer of the registered type `slug` (by default the type registered for `status`)."""
     kind = problem_types.get(slug) if slug else problem_types.for_status(status)
     body = {"type": kind.uri, "title": kind.title, "status": status, "detail": detail, **extensions}
-    return Response(body=json.dumps(body), status_code=status, headers={"Content-Type": PROBLEM, **(headers or {})})
+    answered: HeadersType = {"Content-Type": PROBLEM, **(headers or {})}
+    return Response(body=json.dumps(body), status_code=status, headers=answered)
 
 
 def from_error(err: AppError) -> Response:
@@ -41,7 +44,7 @@ def normalize(response: Response) -> Response:
         return response
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
     content_type = next((v for k, v in response.headers.items() if k.lower() == "content-type"), "")
-    if content_type.startswith(PROBLEM):
+    if isinstance(content_type, str) and content_type.startswith(PROBLEM):  # a list: a multi-value header
         return response
     body = response.body if isinstance(response.body, dict) else {}
     status = response.status_code

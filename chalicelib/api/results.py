@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chalice import Blueprint, Response
+from chalice.app import HeadersType
 
 from chalicelib import results
 from chalicelib.api import http, models
@@ -28,7 +29,7 @@ def get_result(jobId: str) -> Response:  # noqa: N803
     if body is None:
         return Response(body="", status_code=303, headers={"Location": url})
     content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
-    headers = {"Content-Type": content_type, "ETag": f'"{job.job_id}-v{int(job.result_version)}-{fmt}"'}
+    headers: HeadersType = {"Content-Type": content_type, "ETag": f'"{job.job_id}-v{int(job.result_version)}-{fmt}"'}
     if fmt == "csv":
         headers["Content-Disposition"] = f'attachment; filename="{job.report_id}-{job.period}.csv"'
     if req.headers.get("if-none-match") == headers["ETag"]:

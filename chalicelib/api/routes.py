@@ -10,6 +10,7 @@ from typing import Any
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as EndpointUnreachable
 from chalice import Response
+from chalice.app import HeadersType
 
 from chalicelib.api import problems
 from chalicelib.errors import AppError, ServiceUnavailable, ValidationFailed
@@ -90,5 +91,5 @@ def store_unavailable(err: BaseException) -> bool:
     return False
 
 
-def created(body: Any, headers: dict[str, str] | None = None) -> Response:
+def created(body: Any, headers: HeadersType | None = None) -> Response:
     return Response(body=body, status_code=201, headers=headers or {})

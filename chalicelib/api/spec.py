@@ -238,7 +238,7 @@ TAGS = [
 ]
 
 
-SECURITY = [{"bearerAuth": []}]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 SECURITY_SCHEMES = {

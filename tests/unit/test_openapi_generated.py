@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from chalicelib.api import models as m
-from chalicelib.api import spec
+from chalicelib.api import problem_types, spec
+from chalicelib.delivery import webhook
 from chalicelib.errors import ValidationFailed
+from chalicelib.jobs.states import DeliveryStatus, JobAction, JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "chalicelib" / "api" / "openapi.json"
@@ -55,6 +57,20 @@ def test_the_schemas_are_the_models():
     assert "deliveries" not in schemas["WebhookJob"]["properties"]
     assert schemas["ExpenseImport"]["properties"]["lines"]["maxItems"] == m.MAX_IMPORT_LINES
     assert schemas["Problem"]["properties"]["type"]["enum"] == [t["type"] for t in spec.problem_types_listed()]
+
+
+@pytest.mark.parametrize(("literal", "source"), [
+    (m.JobStatusValue, tuple(JobStatus)),
+    (m.DeliveryStatusValue, tuple(DeliveryStatus)),
+    (m.JobActionValue, tuple(JobAction)),
+    (m.WebhookEventValue, webhook.EVENTS),
+    (m.FinalEventValue, webhook.EVENTS[:3]),
+    (m.ProblemTypeUri, tuple(t.uri for t in problem_types.TYPES)),
+], ids=["JobStatus", "DeliveryStatus", "JobAction", "webhook.EVENTS", "final events", "problem types"])
+def test_the_literals_are_their_sources(literal, source):
+    # models.py writes these value sets out (a type checker cannot read a Literal built at run time): each one is its
+    # source's values, in the source's order (the order of the schema's `enum`).
+    assert get_args(literal) == source
 
 
 def test_query_parameters_come_from_the_query_models():
