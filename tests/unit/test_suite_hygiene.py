@@ -89,3 +89,11 @@ def test_the_unit_tier_refuses_moto_aws_calls_and_the_network(request, no_networ
         server.listen(1)
         with socket.create_connection(server.getsockname(), timeout=2):
             pass
+
+
+def test_the_benchmarks_do_not_import_the_tests():
+    """bench/ imports what it shares with the tests from local/testkit.py (tests/support.py re-exports it)."""
+    bench = TESTS.parent / "bench"
+    importing = sorted(path.name for path in bench.rglob("*.py")
+                       if re.search(r"^\s*(?:from|import)\s+tests\b", path.read_text(), re.M))
+    assert importing == []
