@@ -123,6 +123,7 @@ def _chalicelib_read_settings() -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _moto
+    config.addinivalue_line("markers", "sim(**knobs): the `sim` fixture's SimConfig knobs (latency, rpm, seed...)")
     if _moto is not None or _is_xdist_controller(config) or config.option.help or config.option.version:
         return
     if _chalicelib_read_settings():
@@ -267,18 +268,23 @@ def worker(aws_endpoint: str, settings: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def sim() -> Iterator[Any]:
-    """The provider simulator (local/simulator.py) on a free port, answering at once; `sim.configure(...)`."""
+def sim(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The provider simulator (local/simulator.py) on a free port; `sim.configure(...)` changes it mid-test.
+
+    It answers at once unless the test asks otherwise with `@pytest.mark.sim(**knobs)` (or its module with
+    `pytestmark = pytest.mark.sim(...)`): any SimConfig knob, e.g. `latency=0.3, rpm=600, seed=7, p500=0.1`.
+    """
     from local.simulator import Simulator
 
-    simulator = Simulator(latency=0.0).start()
+    marker = request.node.get_closest_marker("sim")
+    simulator = Simulator(**{"latency": 0.0, **(marker.kwargs if marker else {})}).start()
     yield simulator
     simulator.stop()
 
 
 @pytest.fixture
 def api(client: Any, token_for: Any) -> Any:
-    """A fresh user's side of the API through the in-process client (tests.integration.test_worker.Api)."""
-    from tests.integration.test_worker import Api
+    """A fresh user's side of the API through the in-process client (tests/driver.py)."""
+    from tests.driver import Driver
 
-    return Api(client, token_for())
+    return Driver(client, token_for())

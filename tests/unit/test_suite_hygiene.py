@@ -97,3 +97,14 @@ def test_the_benchmarks_do_not_import_the_tests():
     importing = sorted(path.name for path in bench.rglob("*.py")
                        if re.search(r"^\s*(?:from|import)\s+tests\b", path.read_text(), re.M))
     assert importing == []
+
+
+def test_one_api_driver_and_one_simulator_fixture():
+    """tests/driver.py is the API driver (a module's caller subclasses it for its scenario steps) and tests/conftest.py
+    has the `sim` fixture (`@pytest.mark.sim(...)` sets its knobs): no module writes its own again."""
+    sources = {name: text for name, text in _sources().items() if not name.startswith("unit/")}
+    sims = sorted(name for name, text in sources.items() if re.search(r"^def sim\(", text, re.M))
+    assert sims == ["conftest.py"]
+    drivers = sorted(name for name, text in sources.items()
+                     if re.search(r"def __init__\(self, client\b[^)]*\btoken\b", text))
+    assert drivers == ["driver.py"]

@@ -124,10 +124,13 @@ def run_worker(job_id: str) -> None:
     worker.run_job(job_id, "start", context, settings=dataclasses.replace(settings, openai_api_key=None))
 
 
-def completed_job(api, headers: dict[str, str]) -> dict[str, Any]:
-    csv = ("lineId,date,vendor,amount,currency,description\n"
-           "tx-1,2026-01-15,UBER *TRIP 8841,23.50,USD,ride to airport\n"
-           "tx-2,2026-01-16,Hilton Garden Inn,210.00,USD,hotel\n")
+RIDE_AND_HOTEL = ("lineId,date,vendor,amount,currency,description\n"
+                  "tx-1,2026-01-15,UBER *TRIP 8841,23.50,USD,ride to airport\n"
+                  "tx-2,2026-01-16,Hilton Garden Inn,210.00,USD,hotel\n")
+
+
+def completed_job(api, headers: dict[str, str], csv: str = RIDE_AND_HOTEL) -> dict[str, Any]:
+    """A job over `csv`'s lines (January 2026), worked to its end with the offline rules."""
     assert send(api, "POST", "/api/v1/expenses", headers, csv, "text/csv").status_code == 201
     job = new_job(api, headers)
     run_worker(job["jobId"])

@@ -9,29 +9,16 @@ from uuid import uuid4
 
 from chalicelib.auth import mint_token
 from chalicelib.settings import get_settings
-from tests.integration.contract.common import new_report, run_worker, send
+from tests.integration.contract.common import completed_job, new_job, new_report, send
 from tests.unit.test_openapi import check
+
+RIDE_AND_FLIGHT = ("lineId,date,vendor,amount,currency,description\n"
+                   "tx-1,2026-01-15,UBER *TRIP 8841,23.50,USD,ride to airport\n"
+                   "tx-2,2026-01-16,DELTA AIR 0062345,412.00,USD,flight\n")
 
 
 def user(roles: list[str] | None = None) -> dict[str, str]:
     return {"Authorization": "Bearer " + mint_token(get_settings(), sub=str(uuid4()), roles=roles or [])}
-
-
-def new_job(api, headers: dict[str, str], period: str = "2026-01", **report_fields: Any) -> dict[str, Any]:
-    report_id = new_report(api, headers, **report_fields)
-    response = send(api, "POST", f"/api/v1/reports/{report_id}/generate", headers, {"period": period})
-    assert response.status_code == 202, response.body
-    return response.json_body
-
-
-def completed_job(api, headers: dict[str, str]) -> dict[str, Any]:
-    csv = ("lineId,date,vendor,amount,currency,description\n"
-           "tx-1,2026-01-15,UBER *TRIP 8841,23.50,USD,ride to airport\n"
-           "tx-2,2026-01-16,DELTA AIR 0062345,412.00,USD,flight\n")
-    assert send(api, "POST", "/api/v1/expenses", headers, csv, "text/csv").status_code == 201
-    job = new_job(api, headers)
-    run_worker(job["jobId"])
-    return job
 
 
 def test_public_routes_match_the_document(api, monkeypatch):
@@ -185,7 +172,7 @@ def test_result_routes_match_the_document(api, monkeypatch):
     from chalicelib import results
 
     owner = user()
-    job = completed_job(api, owner)
+    job = completed_job(api, owner, RIDE_AND_FLIGHT)
     path, template = f"/api/v1/jobs/{job['jobId']}/result", "/api/v1/jobs/{jobId}/result"
     polled = check(api.get(f"/api/v1/jobs/{job['jobId']}", headers=owner), "GET", "/api/v1/jobs/{jobId}")
     assert polled["status"] == "Completed" and polled["resultUrl"] == f"{polled['statusUrl']}/result"

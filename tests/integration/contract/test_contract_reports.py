@@ -1,8 +1,6 @@
 """Report configurations (/reports): create, read, validation.
-
-Part of the API contract (docs/api.md), status code by status code, through chalice.test.Client
-(tests/integration/contract/conftest.py); bad input is checked twice: the answer names what is wrong,
-and nothing of the request was stored."""
+The contract (docs/api.md) status by status; bad input is checked twice: the answer names what is wrong, and
+nothing was stored."""
 
 from __future__ import annotations
 
