@@ -10,14 +10,17 @@ from botocore.config import Config
 
 from chalicelib.settings import get_settings
 
-# Fail fast: an API request answers 503 rather than hang on a sick dependency.
-_BOTO_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+# The one timeout and retry configuration of every AWS client: the boto3 clients below and the DynamoDB
+# connection of chalicelib.tables (which hands these values to PynamoDB). Fail fast: an API request answers 503
+# rather than hang on a sick dependency. Three attempts in all (the first and two retries), standard mode.
+# The readiness probes (chalicelib.api.meta) keep shorter ones of their own, on purpose.
+BOTO_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 3, "mode": "standard"})
 
 
 @cache
 def client(service: str) -> Any:
     s = get_settings()
-    return boto3.client(service, region_name=s.region, endpoint_url=s.aws_endpoint_url, config=_BOTO_CONFIG)
+    return boto3.client(service, region_name=s.region, endpoint_url=s.aws_endpoint_url, config=BOTO_CONFIG)
 
 
 @lru_cache(maxsize=1)

@@ -9,13 +9,18 @@
 - Traces: with `tracing_enabled` a Powertools Tracer (X-Ray SDK, boto calls patched) puts each handler in a
   `## <handler>` subsegment. The SDK costs ~0.2-0.4 s of import, so it is built only when enabled: the API
   function's stage disables it to keep its cold start in budget.
+
+Nothing is read from the settings at import: the logger, the metrics and the tracer are built by the first
+call that needs them (`telemetry()`; in Lambda, the middleware's first invocation).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -41,25 +46,54 @@ METRICS = frozenset({JOBS_CREATED, JOBS_COMPLETED, JOBS_FAILED, JOBS_CANCELLED, 
                      LINES_NEEDING_REVIEW, CACHE_HITS, CACHE_MISSES, MODEL_REQUESTS, MODEL_RATE_LIMITED})
 _FINISHED = {"Completed": JOBS_COMPLETED, "Failed": JOBS_FAILED, "Cancelled": JOBS_CANCELLED}  # by terminal status
 
-_settings = get_settings()
-logger = Logger(service=_settings.service_name, level=_settings.log_level, use_rfc3339=True)
-metrics = Metrics(namespace=_settings.metrics_namespace, service=_settings.service_name)
-metrics_on = _settings.metrics_enabled
+
+@dataclass
+class Telemetry:
+    """The process's logger, metrics and tracer, as the settings ask for them."""
+
+    service_name: str
+    logger: Logger
+    metrics: Metrics
+    metrics_on: bool
+    tracer: Any  # a Powertools Tracer, or None when tracing is off
 
 
-def _build_tracer() -> Any:
-    if not _settings.tracing_enabled:
-        return None
+_built: Telemetry | None = None
+_building = threading.Lock()
+
+
+def telemetry() -> Telemetry:
+    """Built once, at first use (under a lock: the worker's model-request threads count metrics too). Inside
+    Lambda it also routes the app's logs through the JSON logger."""
+    global _built
+    built = _built
+    if built is None:
+        with _building:
+            built = _built = _built or _build()
+    return built
+
+
+def _build() -> Telemetry:
+    s = get_settings()
+    logger = Logger(service=s.service_name, level=s.log_level, use_rfc3339=True)
+    built = Telemetry(service_name=s.service_name, logger=logger,
+                      metrics=Metrics(namespace=s.metrics_namespace, service=s.service_name),
+                      metrics_on=s.metrics_enabled, tracer=_build_tracer(s.service_name) if s.tracing_enabled else None)
+    if s.in_lambda:
+        route_app_logs(logger)
+    return built
+
+
+def _build_tracer(service_name: str) -> Any:
     from aws_lambda_powertools import Tracer  # imports and starts the X-Ray SDK: only when it is wanted
 
-    return Tracer(service=_settings.service_name)
+    return Tracer(service=service_name)
 
 
-tracer = _build_tracer()
 _cold_start = True
 
 
-def route_app_logs(into: Logger = logger) -> None:
+def route_app_logs(into: Logger) -> None:
     """Send every `chalicelib.*` record through the JSON handler (and not also up to Lambda's root handler)."""
     app_logger = logging.getLogger("chalicelib")
     app_logger.handlers = [into.registered_handler]
@@ -67,22 +101,20 @@ def route_app_logs(into: Logger = logger) -> None:
     app_logger.propagate = False
 
 
-if _settings.in_lambda:
-    route_app_logs()
-
-
 def bind(**keys: Any) -> None:
     """Correlation keys (`jobId`, `userId`) for this invocation's log lines and its trace subsegment."""
     present = {k: v for k, v in keys.items() if v is not None}
-    logger.thread_safe_append_keys(**present)
-    if tracer is not None:
+    t = telemetry()
+    t.logger.thread_safe_append_keys(**present)
+    if t.tracer is not None:
         for key, value in present.items():
-            tracer.put_annotation(key, str(value))
+            t.tracer.put_annotation(key, str(value))
 
 
-def count(name: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
-    if metrics_on and value:
-        metrics.add_metric(name=name, unit=unit, value=value)
+def count(name: str, value: float = 1, unit: MetricUnit | str = MetricUnit.Count) -> None:
+    t = telemetry()
+    if t.metrics_on and value:
+        t.metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def job_created() -> None:
@@ -119,8 +151,9 @@ def model_request(rate_limited: bool = False) -> None:
 
 
 def flush() -> None:
-    if metrics_on and metrics.metric_set:
-        metrics.flush_metrics()
+    t = telemetry()
+    if t.metrics_on and t.metrics.metric_set:
+        t.metrics.flush_metrics()
 
 
 def _correlation(event: Any) -> tuple[str, dict[str, Any]]:
@@ -137,18 +170,20 @@ def _correlation(event: Any) -> tuple[str, dict[str, Any]]:
 def _segment(name: str) -> Iterator[None]:
     global _cold_start
     cold, _cold_start = _cold_start, False
-    if tracer is None:
+    t = telemetry()
+    if t.tracer is None:
         yield
         return
-    with tracer.provider.in_subsegment(f"## {name}") as subsegment:
+    with t.tracer.provider.in_subsegment(f"## {name}") as subsegment:
         subsegment.put_annotation("ColdStart", cold)
-        subsegment.put_annotation("Service", _settings.service_name)
+        subsegment.put_annotation("Service", t.service_name)
         yield
 
 
 def middleware(event: Any, get_response: Callable[[Any], Any]) -> Any:
     """Chalice middleware for every event type: correlation keys, a trace subsegment, one metrics flush."""
     name, keys = _correlation(event)
+    logger = telemetry().logger
     logger.thread_safe_clear_keys()
     logger.thread_safe_append_keys(**{k: v for k, v in keys.items() if v is not None})
     try:

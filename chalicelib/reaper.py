@@ -6,10 +6,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from pynamodb.exceptions import UpdateError
-
 from chalicelib import clock, messages
-from chalicelib.jobs import chunks, runner
+from chalicelib.jobs import chunks, runner, store
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.states import (
     ACTIVE,
@@ -61,10 +59,10 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
             counts[_reap_one(job, status)] += 1
     # A fanned-out job moves while any chunk moves, so each of its chunks is judged on its own.
     for entry in Job.by_active.query(JobStatus.PROCESSING.value, filter_condition=Job.chunk_count > 0):
-        job = _read(entry.job_id)  # the index holds keys and chunkCount only
-        if job is None or job.status != JobStatus.PROCESSING.value:
+        fanned = _read(entry.job_id)  # the index holds keys and chunkCount only
+        if fanned is None or fanned.status != JobStatus.PROCESSING.value:
             continue  # finished or moved since the index saw it
-        for outcome in _reap_chunks(job, cutoff):
+        for outcome in _reap_chunks(fanned, cutoff):
             counts[outcome] += 1
     from chalicelib.delivery import service as delivery
 
@@ -102,20 +100,8 @@ def _reap_one(job: Job, status: JobStatus) -> str:
 def _mark_reaped(job: Job, status: JobStatus) -> bool:
     """Claim this reap; False if the job moved (progress, another reaper) since the sweep read it."""
     seen_heartbeat = job.heartbeat_at
-    # no_progress_since_seen: a worker's checkpoint or a second reaper changes the heartbeat,
-    # so exactly one reaper wins and a live job that just moved is left alone.
-    no_progress_since_seen = (Job.heartbeat_at == seen_heartbeat) & (Job.status == status.value)
-    try:
-        # Only a Processing job a worker held counts towards giving up; a Queued one, or one
-        # re-sent and not yet taken up, may just be waiting behind a backlog.
-        stalled = 1 if status is JobStatus.PROCESSING and job.lease_owner else 0
-        job.update(actions=[Job.reap_count.add(stalled), Job.heartbeat_at.set(clock.iso(clock.now())),
-                            Job.lease_owner.remove(), Job.lease_until.remove()],
-                   condition=no_progress_since_seen)
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
+    if not store.current().mark_reaped(job, status):  # store.no_progress_since: one reaper wins
+        return False
     event_item(job.job_id, "reaped", {"status": status.value, "lastHeartbeat": seen_heartbeat,
                                       "reaps": int(job.reap_count)}).save()
     return True
@@ -148,17 +134,8 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
 
 def _reap_chunk(job: Job, chunk: JobChunk) -> bool:
     seen = chunk.heartbeat_at
-    stalled = 1 if chunk.status == ChunkStatus.RUNNING else 0
-    # no_progress_since_seen: a checkpoint or another reaper changes the heartbeat first.
-    try:
-        chunk.update(actions=[JobChunk.reap_count.add(stalled), JobChunk.heartbeat_at.set(clock.iso(clock.now())),
-                              JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
-                              JobChunk.lease_until.remove()],
-                     condition=(JobChunk.heartbeat_at == seen) & (JobChunk.status != ChunkStatus.DONE.value))
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
+    if not store.current().mark_chunk_reaped(chunk):  # a checkpoint or another reaper moved it first
+        return False
     event_item(job.job_id, "reaped", {"chunk": int(chunk.chunk), "lastHeartbeat": seen,
                                       "reaps": int(chunk.reap_count)}).save()
     chunks.send(job.job_id, [int(chunk.chunk)], reason="reaped")

@@ -1,148 +1,187 @@
-"""The only reader of the environment: one frozen Settings built once per process."""
+"""The only reader of the environment: one frozen Settings built once per process.
+
+Each field says once where its value comes from, in its metadata:
+- `env`: read from the environment (`_env`: the variable's name, or names tried in order, and its parser);
+  a variable that is unset (or blank, unless `keep_blank`) leaves the field's default, written only here.
+- `derived`: computed from other variables after the loop in `from_env` (each says from what).
+- `fixed`: part of the service's contract, not configurable.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from typing import Any
 
 # The local default is documented in the README; deployed stages read the secret from SSM.
 LOCAL_JWT_SECRET = "local-development-secret-change-me-0123456789"
 
 TABLES = ("reports", "lines", "jobs", "chunks", "events", "results", "vendor-cache", "control", "idempotency")
 
-
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+_YES = ("1", "true", "yes", "on")
+_NO = ("0", "false", "no", "off")
 
 
-def _true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _yes(value: str) -> bool:
+    """An opt-in flag: on only when it says so (anything else is off)."""
+    return value.strip().lower() in _YES
+
+
+def _switch(value: str) -> bool:
+    """An on/off switch: yes or no, and a typo fails the start instead of silently picking one."""
+    word = value.strip().lower()
+    if word in _YES or word in _NO:
+        return word in _YES
+    raise ValueError(f"expected one of {_YES + _NO}, got {value!r}")
+
+
+def _url(value: str) -> str | None:
+    return value.rstrip("/") or None
+
+
+def _word(value: str) -> str:
+    return value.strip().lower()
+
+
+def _retry_policy(value: str) -> tuple[dict, ...]:
+    return tuple(json.loads(value))
+
+
+def _read_ahead(value: str) -> int:
+    return max(1, int(value))
+
+
+def _env(*names: str, parse: Callable[[str], Any] = str, keep_blank: bool = False) -> dict[str, Any]:
+    """Read from the first of `names` that is set and not blank; `keep_blank`: a set but blank value is parsed."""
+    return {"env": names, "parse": parse, "keep_blank": keep_blank}
+
+
+def _int(name: str) -> dict[str, Any]:
+    return _env(name, parse=int, keep_blank=True)
+
+
+def _float(name: str) -> dict[str, Any]:
+    return _env(name, parse=float, keep_blank=True)
+
+
+def _derived(source: str) -> dict[str, Any]:
+    return {"derived": source}
+
+
+def _fixed(why: str) -> dict[str, Any]:
+    return {"fixed": why}
+
+
+_UNSET = object()
+
+
+def _read(env: Mapping[str, str], meta: Mapping[str, Any]) -> Any:
+    for name in meta["env"]:
+        value = env.get(name)
+        if value is not None and (value or meta["keep_blank"]):
+            return meta["parse"](value)
+    return _UNSET
 
 
 @dataclass(frozen=True)
 class Settings:
-    prefix: str = "reports-dev"
-    region: str = "us-east-1"
-    aws_endpoint_url: str | None = None
-    work_queue_url: str | None = None
-    results_bucket: str = "reports-dev-results"
-    public_base_url: str | None = None
-    cors_allow_origin: str = "*"
-    jwt_secret: str = field(default=LOCAL_JWT_SECRET, repr=False)
-    jwt_jwks_url: str | None = None
+    prefix: str = field(default="reports-dev", metadata=_env("APP_PREFIX", keep_blank=True))
+    region: str = field(default="us-east-1", metadata=_env("AWS_DEFAULT_REGION", "AWS_REGION"))
+    aws_endpoint_url: str | None = field(default=None, metadata=_env("AWS_ENDPOINT_URL"))
+    work_queue_url: str | None = field(default=None, metadata=_env("WORK_QUEUE_URL"))
+    # "": `{prefix}-results` (__post_init__).
+    results_bucket: str = field(default="", metadata=_env("RESULTS_BUCKET"))
+    public_base_url: str | None = field(default=None, metadata=_env("PUBLIC_BASE_URL", parse=_url))
+    cors_allow_origin: str = field(default="*", metadata=_env("CORS_ALLOW_ORIGIN", keep_blank=True))
+    jwt_secret: str = field(default=LOCAL_JWT_SECRET, repr=False, metadata=_env("JWT_SECRET"))
+    jwt_jwks_url: str | None = field(default=None, metadata=_env("JWT_JWKS_URL"))
     # Deployed stages name SSM parameters (SecureString) instead; chalicelib.credentials reads them at first use.
-    jwt_secret_param: str | None = None
-    openai_api_key_param: str | None = None
-    secrets_max_age_seconds: int = 300
+    jwt_secret_param: str | None = field(default=None, metadata=_env("JWT_SECRET_PARAM"))
+    openai_api_key_param: str | None = field(default=None, metadata=_env("OPENAI_API_KEY_PARAM"))
+    secrets_max_age_seconds: int = field(default=300, metadata=_int("SECRETS_MAX_AGE_SECONDS"))
     # Observability (chalicelib.observability): JSON logs, EMF metrics and X-Ray only inside Lambda.
-    in_lambda: bool = False
-    service_name: str = "async-reports"
-    metrics_namespace: str = "AsyncReports"
-    metrics_enabled: bool = False
-    tracing_enabled: bool = False
-    log_level: str = "INFO"
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
+    in_lambda: bool = field(default=False, metadata=_derived(
+        "AWS_LAMBDA_FUNCTION_NAME set and AWS_CHALICE_CLI_MODE not (chalice local sets both)"))
+    service_name: str = field(default="async-reports", metadata=_env("POWERTOOLS_SERVICE_NAME"))
+    metrics_namespace: str = field(default="AsyncReports", metadata=_env("POWERTOOLS_METRICS_NAMESPACE"))
+    metrics_enabled: bool = field(default=False, metadata=_derived("in_lambda and not POWERTOOLS_METRICS_DISABLED"))
+    tracing_enabled: bool = field(default=False, metadata=_derived("in_lambda and not POWERTOOLS_TRACE_DISABLED"))
+    log_level: str = field(default="INFO", metadata=_env("POWERTOOLS_LOG_LEVEL", "LOG_LEVEL", parse=str.upper))
+    jwt_issuer: str | None = field(default=None, metadata=_env("JWT_ISSUER"))
+    jwt_audience: str | None = field(default=None, metadata=_env("JWT_AUDIENCE"))
     # JWKS mode only: the Cognito token kind accepted (`token_use`), "access" or "id" (chalicelib.auth).
-    jwt_token_use: str = "access"
-    jobs_per_hour: int = 20
-    retention_days: int = 30
-    poll_interval_seconds: int = 2
-    max_import_lines: int = 5000
-    openai_api_key: str | None = field(default=None, repr=False)
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-4o-mini"
-    model_batch_size: int = 25
-    model_concurrency: int = 4
+    jwt_token_use: str = field(default="access", metadata=_env("JWT_TOKEN_USE", parse=_word))
+    jobs_per_hour: int = field(default=20, metadata=_int("JOBS_PER_HOUR"))
+    retention_days: int = field(default=30, metadata=_fixed("the API contract's job retention"))
+    poll_interval_seconds: int = field(default=2, metadata=_int("POLL_INTERVAL_SECONDS"))
+    max_import_lines: int = field(default=5000, metadata=_fixed("the API contract's import limit"))
+    openai_api_key: str | None = field(default=None, repr=False, metadata=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = field(default=None, metadata=_env("OPENAI_BASE_URL"))
+    openai_model: str = field(default="gpt-4o-mini", metadata=_env("OPENAI_MODEL", keep_blank=True))
+    model_batch_size: int = field(default=25, metadata=_int("MODEL_BATCH_SIZE"))
+    model_concurrency: int = field(default=4, metadata=_int("MODEL_CONCURRENCY"))
     # The provider's limits, shared by every worker through the DynamoDB limiter (unset: no limiter).
-    openai_rpm: float | None = None
-    openai_tpm: float | None = None
+    openai_rpm: float | None = field(default=None, metadata=_env("OPENAI_RPM", parse=float))
+    openai_tpm: float | None = field(default=None, metadata=_env("OPENAI_TPM", parse=float))
     # Longest wait for a turn at that limiter; a longer one hands the chunk back to the queue (limiter.py).
     # At 20,000 lines, 3 s handed chunks back 70 times (SQS messages per 1,000 lines tripled); 6 s did it
     # 8 times at the same throughput.
-    limiter_wait_max_seconds: float = 6.0
-    openai_timeout_seconds: float = 30.0
-    line_batch_size: int = 100
+    limiter_wait_max_seconds: float = field(default=6.0, metadata=_float("LIMITER_WAIT_MAX_SECONDS"))
+    openai_timeout_seconds: float = field(default=30.0, metadata=_float("OPENAI_TIMEOUT_SECONDS"))
+    line_batch_size: int = field(default=100, metadata=_int("LINE_BATCH_SIZE"))
     # A batch may take up to this many times line_batch_size lines when they need no more model requests
-    # than one wave (worker._next_batch); 1 makes every batch exactly line_batch_size lines.
-    line_read_ahead: int = 4
+    # than one wave (worker._next_batch); 1 makes every batch exactly line_batch_size lines (at least 1).
+    line_read_ahead: int = field(default=4, metadata=_env("LINE_READ_AHEAD", parse=_read_ahead, keep_blank=True))
     # Jobs with more lines than this fan out into chunks of `chunk_lines`, each worked in parallel.
-    fanout_threshold_lines: int = 2000
-    chunk_lines: int = 1000
-    lambda_time_reserve_seconds: float = 20.0
-    inline_wait_max_seconds: float = 10.0
-    rate_limit_ceiling_seconds: float = 3600.0
-    stale_after_seconds: int = 300
-    result_inline_max_bytes: int = 5_000_000
-    # ASL retriers for model requests; None means categorize.retry.DEFAULT_POLICY.
-    retry_policy: tuple[dict, ...] | None = None
+    fanout_threshold_lines: int = field(default=2000, metadata=_int("FANOUT_THRESHOLD_LINES"))
+    chunk_lines: int = field(default=1000, metadata=_int("CHUNK_LINES"))
+    lambda_time_reserve_seconds: float = field(default=20.0, metadata=_float("LAMBDA_TIME_RESERVE_SECONDS"))
+    inline_wait_max_seconds: float = field(default=10.0, metadata=_float("INLINE_WAIT_MAX_SECONDS"))
+    rate_limit_ceiling_seconds: float = field(default=3600.0, metadata=_float("RATE_LIMIT_CEILING_SECONDS"))
+    stale_after_seconds: int = field(default=300, metadata=_int("STALE_AFTER_SECONDS"))
+    result_inline_max_bytes: int = field(default=5_000_000, metadata=_int("RESULT_INLINE_MAX_BYTES"))
+    # ASL retriers for model requests (JSON); None means categorize.retry.DEFAULT_POLICY.
+    retry_policy: tuple[dict, ...] | None = field(default=None, metadata=_env("MODEL_RETRY_POLICY",
+                                                                            parse=_retry_policy))
     # Delivery (chalicelib/delivery): the verified SES identity emails are sent from; whether webhooks may
-    # go to http://127.0.0.1 / localhost (`make run` and the tests only, never a deployed stage).
-    ses_from: str = "reports@example.com"
-    webhook_allow_loopback: bool = False
-    webhook_timeout_seconds: float = 15.0
+    # go to http://127.0.0.1 / localhost (`make run` and the tests only, never a deployed stage: forced off
+    # inside Lambda).
+    ses_from: str = field(default="reports@example.com", metadata=_env("SES_FROM"))
+    webhook_allow_loopback: bool = field(default=False, metadata=_env("WEBHOOK_ALLOW_LOOPBACK", parse=_yes))
+    webhook_timeout_seconds: float = field(default=15.0, metadata=_float("WEBHOOK_TIMEOUT_SECONDS"))
+    # The worker's performance shortcuts, each behind a named seam: "0"/"false" switches one off (the worker
+    # then takes the plain path) to compare the two in `make bench`. Report assembly in memory instead of
+    # re-reading the results; completing the job in the last batch's write; per-vendor claims between chunks.
+    seam_memory_assembly: bool = field(default=True, metadata=_env("SEAM_MEMORY_ASSEMBLY", parse=_switch))
+    seam_complete_with_last_batch: bool = field(default=True,
+                                                metadata=_env("SEAM_COMPLETE_WITH_LAST_BATCH", parse=_switch))
+    seam_vendor_claims: bool = field(default=True, metadata=_env("SEAM_VENDOR_CLAIMS", parse=_switch))
+
+    def __post_init__(self) -> None:
+        if not self.results_bucket:
+            object.__setattr__(self, "results_bucket", f"{self.prefix}-results")
 
     def table(self, name: str) -> str:
         return f"{self.prefix}-{name}"
 
     @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        prefix = env.get("APP_PREFIX", "reports-dev")
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if "env" in f.metadata and (value := _read(env, f.metadata)) is not _UNSET:
+                values[f.name] = value
+        # The derived fields (metadata `derived`), and the one rule that overrides a variable.
         in_lambda = bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not env.get("AWS_CHALICE_CLI_MODE")
-        return cls(
-            prefix=prefix,
-            region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
-            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            work_queue_url=env.get("WORK_QUEUE_URL") or None,
-            results_bucket=env.get("RESULTS_BUCKET", f"{prefix}-results"),
-            public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
-            cors_allow_origin=env.get("CORS_ALLOW_ORIGIN", "*"),
-            jwt_secret=env.get("JWT_SECRET") or LOCAL_JWT_SECRET,
-            jwt_jwks_url=env.get("JWT_JWKS_URL") or None,
-            jwt_secret_param=env.get("JWT_SECRET_PARAM") or None,
-            openai_api_key_param=env.get("OPENAI_API_KEY_PARAM") or None,
-            secrets_max_age_seconds=_int("SECRETS_MAX_AGE_SECONDS", 300),
-            in_lambda=in_lambda,
-            service_name=env.get("POWERTOOLS_SERVICE_NAME") or "async-reports",
-            metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE") or "AsyncReports",
-            metrics_enabled=in_lambda and not _true("POWERTOOLS_METRICS_DISABLED"),
-            tracing_enabled=in_lambda and not _true("POWERTOOLS_TRACE_DISABLED"),
-            log_level=(env.get("POWERTOOLS_LOG_LEVEL") or env.get("LOG_LEVEL") or "INFO").upper(),
-            jwt_issuer=env.get("JWT_ISSUER") or None,
-            jwt_audience=env.get("JWT_AUDIENCE") or None,
-            jwt_token_use=(env.get("JWT_TOKEN_USE") or "access").strip().lower(),
-            jobs_per_hour=_int("JOBS_PER_HOUR", 20),
-            poll_interval_seconds=_int("POLL_INTERVAL_SECONDS", 2),
-            openai_api_key=env.get("OPENAI_API_KEY") or None,
-            openai_base_url=env.get("OPENAI_BASE_URL") or None,
-            openai_model=env.get("OPENAI_MODEL", "gpt-4o-mini"),
-            model_batch_size=_int("MODEL_BATCH_SIZE", 25),
-            model_concurrency=_int("MODEL_CONCURRENCY", 4),
-            openai_rpm=float(env["OPENAI_RPM"]) if env.get("OPENAI_RPM") else None,
-            openai_tpm=float(env["OPENAI_TPM"]) if env.get("OPENAI_TPM") else None,
-            limiter_wait_max_seconds=_float("LIMITER_WAIT_MAX_SECONDS", 6.0),
-            openai_timeout_seconds=_float("OPENAI_TIMEOUT_SECONDS", 30.0),
-            line_batch_size=_int("LINE_BATCH_SIZE", 100),
-            line_read_ahead=max(1, _int("LINE_READ_AHEAD", 4)),
-            fanout_threshold_lines=_int("FANOUT_THRESHOLD_LINES", 2000),
-            chunk_lines=_int("CHUNK_LINES", 1000),
-            lambda_time_reserve_seconds=_float("LAMBDA_TIME_RESERVE_SECONDS", 20.0),
-            inline_wait_max_seconds=_float("INLINE_WAIT_MAX_SECONDS", 10.0),
-            rate_limit_ceiling_seconds=_float("RATE_LIMIT_CEILING_SECONDS", 3600.0),
-            stale_after_seconds=_int("STALE_AFTER_SECONDS", 300),
-            result_inline_max_bytes=_int("RESULT_INLINE_MAX_BYTES", 5_000_000),
-            retry_policy=tuple(json.loads(env["MODEL_RETRY_POLICY"])) if env.get("MODEL_RETRY_POLICY") else None,
-            ses_from=env.get("SES_FROM") or "reports@example.com",
-            webhook_allow_loopback=_true("WEBHOOK_ALLOW_LOOPBACK") and not in_lambda,
-            webhook_timeout_seconds=_float("WEBHOOK_TIMEOUT_SECONDS", 15.0),
-        )
+        values["in_lambda"] = in_lambda
+        values["metrics_enabled"] = in_lambda and not _yes(env.get("POWERTOOLS_METRICS_DISABLED", ""))
+        values["tracing_enabled"] = in_lambda and not _yes(env.get("POWERTOOLS_TRACE_DISABLED", ""))
+        if in_lambda:
+            values["webhook_allow_loopback"] = False  # a deployed stage never posts to its own host
+        return cls(**values)
 
 
 @lru_cache(maxsize=1)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from botocore.parsers import JSONParser, ResponseParserFactory
 from pynamodb.attributes import (
@@ -21,25 +22,66 @@ from pynamodb.connection import Connection, TableConnection
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
+from chalicelib.deps import BOTO_CONFIG
 from chalicelib.settings import get_settings
 
-_settings = get_settings()
+# Nothing here reads the settings at import: a table's name, region and endpoint are read when a model first
+# makes its connection (`_TableMeta`), so importing this module (a test collecting it, a tool listing tables)
+# fixes nothing about the environment.
 
 
-class _Meta:
-    region = _settings.region
-    host = _settings.aws_endpoint_url
-    # Short timeouts: an API request must fail fast (503) rather than hang.
-    connect_timeout_seconds = 5
-    read_timeout_seconds = 10
-    max_retry_attempts = 2
+class _TableMeta(type):
+    """The metaclass of a model's `Meta`: PynamoDB reads `Meta.table_name` (and region, host) at each connection
+    check, so these properties read the settings at first use, not at import."""
+
+    table: str  # the table's name without the stage's prefix
+
+    @property
+    def table_name(cls) -> str:
+        return get_settings().table(cls.table)
+
+    @property
+    def region(cls) -> str:
+        return get_settings().region
+
+    @property
+    def host(cls) -> str | None:
+        return get_settings().aws_endpoint_url
+
+
+class _Meta(metaclass=_TableMeta):
+    # Every attribute PynamoDB would fill in at class creation (MetaModel), since `_table` sets Meta afterwards.
+    # Timeouts and retries: chalicelib.deps.BOTO_CONFIG (only the client of `connection()` is ever used).
+    connect_timeout_seconds = BOTO_CONFIG.connect_timeout
+    read_timeout_seconds = BOTO_CONFIG.read_timeout
+    max_retry_attempts = BOTO_CONFIG.retries["total_max_attempts"] - 1  # also caps batch-write retries
+    max_pool_connections = 10  # PynamoDB's default
+    extra_headers = None
+    aws_access_key_id = None
+    aws_secret_access_key = None
+    aws_session_token = None
+
+
+_M = TypeVar("_M", bound=Model)
+
+
+def _table(name: str) -> Callable[[type[_M]], type[_M]]:
+    """Give a model its table: `Meta` is set after the class is made, because PynamoDB's metaclass would ask the
+    Meta of a class body for its region and host (reading the settings at import)."""
+
+    def bind(model: type[_M]) -> type[_M]:
+        setattr(model, "Meta", _TableMeta("Meta", (_Meta,), {"table": name}))  # noqa: B010 (PynamoDB's Meta type)
+        return model
+
+    return bind
 
 
 @lru_cache(maxsize=1)
 def connection() -> Connection:
     """One connection for transactions: building one per call reloads botocore's models (~0.1 s)."""
-    conn = Connection(region=_Meta.region, host=_Meta.host, connect_timeout_seconds=_Meta.connect_timeout_seconds,
-                      read_timeout_seconds=_Meta.read_timeout_seconds, max_retry_attempts=_Meta.max_retry_attempts)
+    s = get_settings()
+    conn = Connection(region=s.region, host=s.aws_endpoint_url, connect_timeout_seconds=BOTO_CONFIG.connect_timeout,
+                      read_timeout_seconds=BOTO_CONFIG.read_timeout, retry_configuration=BOTO_CONFIG.retries)
     endpoint = conn.client._endpoint
     endpoint._response_parser_factory = _PlainReads.replacing(endpoint._response_parser_factory)
     return conn
@@ -100,8 +142,9 @@ class _Model(Model):
         return table
 
 
-def _meta(name: str) -> type:
-    return type("Meta", (_Meta,), {"table_name": _settings.table(name)})
+def _texts(**options: Any) -> ListAttribute[str]:
+    """A list of strings. (PynamoDB's stubs type `ListAttribute(of=UnicodeAttribute)` as a list of attributes.)"""
+    return cast("ListAttribute[str]", ListAttribute(of=UnicodeAttribute, **options))
 
 
 class ScheduleIndex(GlobalSecondaryIndex):
@@ -113,17 +156,17 @@ class ScheduleIndex(GlobalSecondaryIndex):
     report_id = UnicodeAttribute(range_key=True, attr_name="reportId")
 
 
+@_table("reports")
 class ReportConfig(_Model):
     """A report id is unique within its tenant (the tenant key of chalicelib.auth), not across tenants."""
 
-    Meta = _meta("reports")
     tenant = UnicodeAttribute(hash_key=True)
     report_id = UnicodeAttribute(range_key=True, attr_name="reportId")
     owner_id = UnicodeAttribute(attr_name="ownerId")
     name = UnicodeAttribute()
     delivery_targets = JSONAttribute(attr_name="deliveryTargets")
-    allowed_roles = ListAttribute(of=UnicodeAttribute, attr_name="allowedRoles", default=list)
-    categories = ListAttribute(of=UnicodeAttribute)
+    allowed_roles = _texts(attr_name="allowedRoles", default=list)
+    categories = _texts()
     schedule = JSONAttribute(null=True)
     schedule_day = NumberAttribute(null=True, attr_name="scheduleDay")
     created_at = UnicodeAttribute(attr_name="createdAt")
@@ -143,8 +186,8 @@ class ReportConfig(_Model):
     by_schedule = ScheduleIndex()
 
 
+@_table("lines")
 class ExpenseLine(_Model):
-    Meta = _meta("lines")
     owner_period = UnicodeAttribute(hash_key=True, attr_name="ownerPeriod")
     line_id = UnicodeAttribute(range_key=True, attr_name="lineId")
     date = UnicodeAttribute()
@@ -198,8 +241,8 @@ class ActiveIndex(GlobalSecondaryIndex):
     heartbeat_at = UnicodeAttribute(range_key=True, attr_name="heartbeatAt")
 
 
+@_table("jobs")
 class Job(_Model):
-    Meta = _meta("jobs")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     owner_id = UnicodeAttribute(attr_name="ownerId")
     # The tenant key (chalicelib.auth) the vendor cache is scoped by; None on a job from before tenants, whose
@@ -213,7 +256,7 @@ class Job(_Model):
     active_status = UnicodeAttribute(null=True, attr_name="activeStatus")
     status_message = UnicodeAttribute(null=True, attr_name="statusMessage")
     trigger = UnicodeAttribute(default="api")
-    categories = ListAttribute(of=UnicodeAttribute, default=list)
+    categories = _texts(default=list)
     total_lines = NumberAttribute(default=0, attr_name="totalLines")
     processed_lines = NumberAttribute(default=0, attr_name="processedLines")
     failed_lines = NumberAttribute(default=0, attr_name="failedLines")
@@ -240,7 +283,7 @@ class Job(_Model):
     chunk_count = NumberAttribute(default=0, attr_name="chunkCount")
     chunks_done = NumberAttribute(default=0, attr_name="chunksDone")
     # The plan, recorded once before any chunk exists: chunk n is (bounds[n-1], bounds[n]] ("" for open ends).
-    chunk_bounds = ListAttribute(of=UnicodeAttribute, null=True, attr_name="chunkBounds")
+    chunk_bounds = _texts(null=True, attr_name="chunkBounds")
     # Wall-clock rate-limit accounting (runner.note_wait): the end of the latest wait counted, epoch seconds.
     limited_until = NumberAttribute(null=True, attr_name="limitedUntil")
     # Recheck after a retry (worker._recheck_flagged): the last flagged lineId asked again.
@@ -257,10 +300,10 @@ class Job(_Model):
     by_active = ActiveIndex()
 
 
+@_table("chunks")
 class JobChunk(_Model):
     """A range of a large job's lines, (after, upto], worked by one invocation at a time."""
 
-    Meta = _meta("chunks")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     chunk = NumberAttribute(range_key=True)
     after = UnicodeAttribute(default="")
@@ -275,8 +318,8 @@ class JobChunk(_Model):
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+@_table("events")
 class JobEvent(_Model):
-    Meta = _meta("events")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     event_key = UnicodeAttribute(range_key=True, attr_name="eventKey")
     at = UnicodeAttribute()
@@ -285,8 +328,8 @@ class JobEvent(_Model):
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+@_table("results")
 class LineResult(_Model):
-    Meta = _meta("results")
     job_id = UnicodeAttribute(hash_key=True, attr_name="jobId")
     line_id = UnicodeAttribute(range_key=True, attr_name="lineId")
     date = UnicodeAttribute()
@@ -312,25 +355,25 @@ class SeenDayIndex(GlobalSecondaryIndex):
     cache_key = UnicodeAttribute(range_key=True, attr_name="cacheKey")
 
 
+@_table("vendor-cache")
 class VendorSeen(_Model):
     """`seen#<cache key>`: a vendor met by one tenant's job, for the nightly cache warmer."""
 
-    Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     # The tenant key whose cache the warmer fills; None on a note from before tenants (the warmer skips it).
     tenant = UnicodeAttribute(null=True)
     seen_day = UnicodeAttribute(attr_name="seenDay")
     vendor = UnicodeAttribute()
     description = UnicodeAttribute(default="")
-    categories = ListAttribute(of=UnicodeAttribute)
+    categories = _texts()
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_seen_day = SeenDayIndex()
 
 
+@_table("vendor-cache")
 class VendorCacheEntry(_Model):
     """One tenant's answer for a vendor under a taxonomy: `<tenant scope>#<taxonomy>#<vendor>` (categorize/cache.py)."""
 
-    Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     vendor = UnicodeAttribute()
     category = UnicodeAttribute()
@@ -343,6 +386,7 @@ class VendorCacheEntry(_Model):
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
 
 
+@_table("vendor-cache")
 class VendorClaim(_Model):
     """"One chunk of this job is asking the model about this vendor until `until`" (categorize/claims.py).
 
@@ -350,20 +394,19 @@ class VendorClaim(_Model):
     never read as an answer and never blocks another job.
     """
 
-    Meta = _meta("vendor-cache")
     cache_key = UnicodeAttribute(hash_key=True, attr_name="cacheKey")
     owner = UnicodeAttribute()
     until = NumberAttribute()  # epoch seconds
     expires_at = TTLAttribute(attr_name="expiresAt")
 
 
+@_table("control")
 class Control(_Model):
     """Locks and rate windows: small items written next to the job in one transaction."""
 
-    Meta = _meta("control")
     pk = UnicodeAttribute(hash_key=True)
     job_id = UnicodeAttribute(null=True, attr_name="jobId")
-    stamps = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}
+    stamps: MapAttribute[str, Any] = MapAttribute(null=True)  # rate window: {jobId: epoch seconds}
     version = NumberAttribute(default=0)
     # Shared model-provider limiter: bucket levels at `level_at` (epoch seconds).
     level_requests = NumberAttribute(null=True, attr_name="levelRequests")

@@ -114,6 +114,8 @@ class SimConfig:
     badrow_vendors: list[str] | None = _knob(None, _names, "vendors (comma list, any case) whose rows always come "
                                              "back with an id or category that is not a string")
     prefusal: float = _knob(0.0, float, "probability that the model refuses (message.refusal set, content null)")
+    refusal_vendors: list[str] | None = _knob(None, _names, "vendors (comma list, any case): a request asking "
+                                              "about any of them is always refused")
     quota_exhausted: bool = _knob(False, _flag, "answer 429 insufficient_quota (no retry-after)")
     auth_error: bool = _knob(False, _flag, "answer 401 invalid_api_key")
 
@@ -153,14 +155,29 @@ def categorize(vendor: str, description: str, categories: list[str]) -> tuple[st
 
 
 def taxonomy_from(body: dict[str, Any]) -> list[str]:
-    """The category enum of the request's json_schema, or the default taxonomy when there is none."""
+    """The category enum of the request's json_schema, or the default taxonomy when there is none.
+
+    The row schema may be inline or, as the openai SDK writes a pydantic model (`chat.completions.parse`), a local
+    `$ref` into the schema's `$defs`.
+    """
     try:
         schema = body["response_format"]["json_schema"]["schema"]
-        enum = schema["properties"]["items"]["items"]["properties"]["category"]["enum"]
+        row = _resolve(schema, schema["properties"]["items"]["items"])
+        enum = _resolve(schema, row["properties"]["category"])["enum"]
     except (KeyError, TypeError):
         return list(DEFAULT_TAXONOMY)
     names = [str(c) for c in enum] if isinstance(enum, list) else []
     return names or list(DEFAULT_TAXONOMY)
+
+
+def _resolve(root: dict[str, Any], node: Any) -> Any:
+    """`node`, or what its local `$ref` ("#/$defs/Row") points to in `root`."""
+    ref = node.get("$ref") if isinstance(node, dict) else None
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return node
+    for part in ref[2:].split("/"):
+        root = root[part]
+    return root
 
 
 def items_from(messages: Any) -> list[dict[str, str]]:
@@ -627,7 +644,9 @@ class Simulator:
         for index, item in enumerate(items):
             if item["vendor"].lower() in marked:  # which shape: stable per vendor, so runs can be compared
                 faults.badrows[index] = hashlib.sha256(item["vendor"].lower().encode()).digest()[0] % len(BAD_ROWS)
-        faults.refusal = self._happens("prefusal", cfg.prefusal, cfg)
+        refused = {v.lower() for v in cfg.refusal_vendors or []}
+        faults.refusal = (self._happens("prefusal", cfg.prefusal, cfg)
+                          or any(item["vendor"].lower() in refused for item in items))
         return faults
 
     def _rng(self, fault: str, cfg: SimConfig) -> random.Random:
@@ -735,10 +754,10 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.track(self.connection, False)
 
-    def do_GET(self) -> None:  # noqa: N802 (BaseHTTPRequestHandler naming)
+    def do_GET(self) -> None:
         self._serve("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve("POST")
 
     def _serve(self, method: str) -> None:

@@ -178,7 +178,7 @@ class HandOff:
             try:
                 out = worker.handle_batch(lambda_event([message]), self.ctx_factory(), self.settings)
                 failed = bool(out["batchItemFailures"])
-            except Exception:  # noqa: BLE001 - a crashed delivery leaves the message on the queue
+            except Exception:  # a crashed delivery leaves the message on the queue
                 failed = True
             if failed:
                 self._real["send_message"](QueueUrl=url, MessageBody=body)
@@ -285,7 +285,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 with outer._lock:
                     outer.requests.append({"path": self.path, "headers": dict(self.headers.items()),

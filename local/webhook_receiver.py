@@ -31,7 +31,7 @@ def verify(secret: str | None, body: bytes, headers: dict[str, str]) -> str:
 
 def serve(port: int, secret: str | None, status: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             headers = dict(self.headers.items())
             try:

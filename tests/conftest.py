@@ -1,14 +1,15 @@
 """Shared fixtures. The suite runs offline: AWS is a moto server subprocess, reached over the real wire.
 
-Settings (and the PynamoDB models) read the environment once, at import, but a moto server's URL is only known
-once it runs. So this file sets the test environment when it is imported and, in `pytest_configure` (before any
-test module is collected, hence before anything imports chalicelib), reserves a free port and points
-AWS_ENDPOINT_URL (and the queue and bucket names the stack will have) at it. The server itself starts lazily:
-the first test that needs AWS (through `aws_endpoint`, which `client`, `api_stack`, `worker`... depend on, and
-which every test outside tests/unit gets) starts it on that port and deploys infra/template.yaml into it. The
-unit tier (tests/unit, `make unit`) never starts one: its conftest fails a test that asks for it or touches the
-network. With pytest-xdist every worker process gets its own server, when it first needs it; the controller
-starts none. Tests isolate their state with fresh random user ids and report ids, never by resetting moto.
+Settings are read from the environment once per process, at first use (the PynamoDB models and the observability
+module too), but a moto server's URL is only known once it runs. So this file sets the test environment when it
+is imported and, in `pytest_configure` (before any test module is collected, hence before anything reads the
+settings), reserves a free port and points AWS_ENDPOINT_URL (and the queue and bucket names the stack will have)
+at it. The server itself starts lazily: the first test that needs AWS (through `aws_endpoint`, which `client`,
+`api_stack`, `worker`... depend on, and which every test outside tests/unit gets) starts it on that port and
+deploys infra/template.yaml into it. The unit tier (tests/unit, `make unit`) never starts one: its conftest fails
+a test that asks for it or touches the network. With pytest-xdist every worker process gets its own server, when
+it first needs it; the controller starts none. Tests isolate their state with fresh random user ids and report
+ids, never by resetting moto.
 
 Fixtures: aws_endpoint, settings, token_for, client, api_stack, worker, sim, api.
 """
@@ -95,8 +96,8 @@ class LazyMoto:
         announced = Settings.from_env()
         os.environ.update(env)
         if Settings.from_env() != announced and _chalicelib_read_settings():
-            raise RuntimeError(f"the test stack ({env}) differs from what tests/conftest.py announced, and chalicelib "
-                               "already read its settings: they would not point at this moto server")
+            raise RuntimeError(f"the test stack ({env}) differs from what tests/conftest.py announced, and the "
+                               "settings were read already: they would not point at this moto server")
         return server.url
 
     def stop(self) -> None:
@@ -117,8 +118,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 def _chalicelib_read_settings() -> bool:
     settings_module = sys.modules.get("chalicelib.settings")
-    return "chalicelib.tables" in sys.modules or bool(
-        settings_module and settings_module.get_settings.cache_info().currsize)
+    return bool(settings_module and settings_module.get_settings.cache_info().currsize)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,7 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if _moto is not None or _is_xdist_controller(config) or config.option.help or config.option.version:
         return
     if _chalicelib_read_settings():
-        raise pytest.UsageError("chalicelib was imported before tests/conftest.py set AWS_ENDPOINT_URL: "
+        raise pytest.UsageError("the settings were read before tests/conftest.py set AWS_ENDPOINT_URL: "
                                 "settings are read once per process, so it would not point at the test moto server")
     _moto = LazyMoto()
     os.environ.update(_moto.expected_env())

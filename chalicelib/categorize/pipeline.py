@@ -97,8 +97,8 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
         if not todo:
             break
         try:
-            got = backend.loop.run(lambda todo=todo: provider.ask(backend.api, backend.model, todo, categories,
-                                                                  backend.limiter))
+            got = backend.loop.run(partial(provider.ask, backend.api, backend.model, todo, categories,
+                                           backend.limiter))
         except RetriesExhausted:
             break
         except ProviderError as err:

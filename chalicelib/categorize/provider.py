@@ -1,14 +1,22 @@
-"""The model provider through the openai SDK: one strict-JSON request per batch of vendors."""
+"""The model provider through the openai SDK: one structured-output request per batch of vendors.
+
+The answer's shape is one pydantic model per taxonomy (`answer_model`): the SDK's `chat.completions.parse` sends it
+as the strict json_schema and validates the answer against it. A provider without strict decoding (or a proxy in
+front of one) can still answer rows off the schema; the SDK validates the answer as a whole, so then the answer is
+read row by row against the same model, and a bad row is a bad answer for its item only (`parse_answer`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any, Literal, cast
 
 import openai
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from chalicelib import observability
 from chalicelib.categorize.errors import ProviderError
@@ -30,12 +38,40 @@ def client(api_key: str, base_url: str | None, timeout: float = 30.0) -> openai.
     return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
 
+class AnswerRow(BaseModel):
+    """One row of the model's answer. Strict: a number is not an id, "0.9" or true is not a confidence."""
+
+    model_config = ConfigDict(strict=True)
+
+    id: str
+    category: str  # narrowed to the request's taxonomy by answer_model
+    confidence: Annotated[float, Field(allow_inf_nan=False)]  # kept within 0..1 when read, not refused outside
+
+
+class ModelAnswer(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    items: list[AnswerRow]
+
+
+@lru_cache(maxsize=64)
+def row_model(categories: tuple[str, ...]) -> type[AnswerRow]:
+    """A row for one taxonomy: its categories are the `category` enum of the schema the provider decodes to."""
+    # Literal[...] of a runtime tuple: the subscription is made at run time, where a type checker cannot follow.
+    category: Any = Literal.__getitem__(categories) if categories else str
+    return create_model("ExpenseCategory", __base__=AnswerRow, category=(category, ...))
+
+
+@lru_cache(maxsize=64)
+def answer_model(categories: tuple[str, ...]) -> type[ModelAnswer]:
+    """The answer for one taxonomy, as `chat.completions.parse` sends it (response_format) and reads it back."""
+    rows: Any = list.__class_getitem__(row_model(categories))  # list[<the taxonomy's row>], made at run time
+    return create_model("ExpenseCategories", __base__=ModelAnswer, items=(rows, ...))
+
+
 def answer_schema(categories: list[str]) -> dict[str, Any]:
-    item = {"type": "object", "additionalProperties": False, "required": ["id", "category", "confidence"],
-            "properties": {"id": {"type": "string"}, "category": {"type": "string", "enum": list(categories)},
-                           "confidence": {"type": "number"}}}
-    return {"type": "object", "additionalProperties": False, "required": ["items"],
-            "properties": {"items": {"type": "array", "items": item}}}
+    """The response_format that `ask` sends for `categories` (the SDK derives it from answer_model)."""
+    return cast("dict[str, Any]", openai.lib.type_to_response_format_param(answer_model(tuple(categories))))
 
 
 def _wait_hint(headers: Any) -> float | None:
@@ -155,7 +191,7 @@ def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
 def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None) -> list[Answer]:
     """One request; returns the answers that are valid (missing or invalid ones are left out)."""
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+    messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
                 {"role": "user", "content": json.dumps(payload)}]
     budget = completion_budget(items, categories)
@@ -163,54 +199,85 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
     if limiter is not None:
         limiter.acquire(tokens)
     try:
-        raw = api.chat.completions.with_raw_response.create(
+        # with_raw_response: the x-ratelimit-remaining-* headers of the answer feed the fleet's limiter.
+        raw = api.chat.completions.with_raw_response.parse(
             model=model, temperature=0, messages=messages, max_completion_tokens=budget,
-            response_format={"type": "json_schema", "json_schema": {
-                "name": "expense_categories", "strict": True, "schema": answer_schema(categories)}},
-        )
-        completion = raw.parse()
+            response_format=answer_model(tuple(categories)))
     except openai.OpenAIError as err:
         observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
         error = classify(err)
         if limiter is not None and error.name == RATE_LIMITED:
             _hold_fleet(limiter, error.retry_after, tokens)
         raise error from err
-    except (ValueError, TypeError):
-        # A 200 whose body is not JSON (a gateway's page): the SDK raises JSONDecodeError, not an OpenAIError.
-        # It answers nothing: a bad answer for every item, asked again once and then flagged.
-        observability.model_request()
-        return []
     observability.model_request()
     if limiter is not None:
         limiter.observe(_remaining(raw.headers, "requests"), _remaining(raw.headers, "tokens"))
-    return parse_answer(message_content(completion), items, categories)
+    return read_answer(raw, items, categories)
 
 
-def message_content(completion: Any) -> str | None:
-    """The answer's text, or None when there is no usable one: no choice, no message, or a refusal.
+def read_answer(raw: Any, items: list[Item], categories: list[str]) -> list[Answer]:
+    """The valid answers of a 200 (`raw`, the SDK's raw response to `chat.completions.parse`); never raises.
 
-    `raw.parse()` builds the completion without validating it, so any field may be missing or of another type.
-    A refusal (the openai SDK's `message.refusal`) means the model declined the request: whatever content came
-    with it is not an answer, so every item of the request is a bad answer (asked again once, then flagged).
+    Every item of the request gets a bad answer (asked again once, then flagged by pipeline._ask_chunk) when the
+    model refused, the answer was cut off at the token budget or filtered, or the body is not a completion at all
+    (a gateway's page).
     """
-    choices = getattr(completion, "choices", None)
+    try:
+        completion = raw.parse()
+    except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError):
+        return []
+    except (ValueError, TypeError, AttributeError):
+        # The SDK could not read the answer as one ExpenseCategories (pydantic's ValidationError is a ValueError),
+        # or the body is not a completion: read the body's rows one by one.
+        return _from_message(_message(_body(raw)), items, categories)
+    return _from_message(_message(completion), items, categories)
+
+
+def _from_message(message: Any, items: list[Item], categories: list[str]) -> list[Answer]:
+    """The answers of the completion's first message (the SDK's object, or its JSON when the SDK could not read it).
+
+    A refusal (`message.refusal`) means the model declined the request: whatever content came with it is not an
+    answer, so every item of the request is a bad answer, exactly as for an answer that is not the schema.
+    """
+    refusal = _field(message, "refusal")
+    if refusal:
+        log.info("the model refused a request of %d items: %.200s", len(items), refusal)
+        return []
+    parsed = _field(message, "parsed")
+    if isinstance(parsed, ModelAnswer):  # the SDK validated every row against the taxonomy's model
+        return _answers(((row.id, row) for row in parsed.items), items)
+    return parse_answer(_field(message, "content"), items, categories)
+
+
+def _body(raw: Any) -> Any:
+    try:
+        return raw.http_response.json()
+    except (AttributeError, ValueError):
+        return None
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A field of the SDK's completion objects, or of the same completion as JSON (a dict); None when missing.
+
+    The completion is data from outside: any field may be missing or of another type.
+    """
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _message(completion: Any) -> Any:
+    choices = _field(completion, "choices")
     if not isinstance(choices, list) or not choices:
         return None
-    message = getattr(choices[0], "message", None)
-    if message is None or getattr(message, "refusal", None):
-        return None
-    content = getattr(message, "content", None)
-    return content if isinstance(content, str) else None
+    return _field(choices[0], "message")
 
 
 def parse_answer(content: Any, items: list[Item], categories: list[str]) -> list[Answer]:
-    """The valid answers in `content`; never raises.
+    """The valid answers in `content`, read row by row; never raises.
 
     The answer is data from outside: anything that is not the schema is a bad answer for the items it touches,
-    which are left out (pipeline._ask_chunk asks again once for them, then flags them). A row is valid when it is
-    an object whose `id` is a string this request asked about, whose `category` is a string of the taxonomy and
-    whose `confidence` is a finite number (kept within 0..1). An id answered more than once is a bad answer even
-    when the rows agree: the prompt asks for each id once, so a repeat is not an answer to trust.
+    which are left out (pipeline._ask_chunk asks again once for them, then flags them). A row is valid when the
+    taxonomy's row model (row_model) validates it: an `id` string this request asked about, a
+    `category` string of the taxonomy and a finite number `confidence` (kept within 0..1).
     """
     if not isinstance(content, str):
         return []
@@ -221,23 +288,36 @@ def parse_answer(content: Any, items: list[Item], categories: list[str]) -> list
     rows = data.get("items") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         return []
-    wanted, allowed = {i.id for i in items}, set(categories)
-    out: dict[str, Answer] = {}
-    spoiled: set[str] = set()  # ids with a bad row or more than one row: no answer for them
+    return _answers(_rows(rows, row_model(tuple(categories))), items)
+
+
+def _rows(rows: list[Any], model: type[AnswerRow]) -> Iterator[tuple[str, AnswerRow | None]]:
+    """Each row that names an item by a string id, with the row validated (None: a bad row for that item)."""
     for row in rows:
-        if not isinstance(row, dict):
-            continue
-        item_id = row.get("id")
-        if not isinstance(item_id, str) or item_id not in wanted:
+        item_id = row.get("id") if isinstance(row, dict) else None
+        if not isinstance(item_id, str):
+            continue  # a row that names no item answers none
+        try:
+            yield item_id, model.model_validate(row)
+        except ValidationError:
+            yield item_id, None
+
+
+def _answers(rows: Iterable[tuple[str, AnswerRow | None]], items: list[Item]) -> list[Answer]:
+    """The answers of valid rows about items of this request, each id answered exactly once.
+
+    An id answered more than once is a bad answer even when the rows agree: the prompt asks for each id once, so a
+    repeat is not an answer to trust; a bad row spoils its id too (a later row for it is a repeat, not an answer).
+    """
+    wanted = {i.id for i in items}
+    out: dict[str, Answer] = {}
+    spoiled: set[str] = set()
+    for item_id, row in rows:
+        if item_id not in wanted:
             continue  # a row that names no item of this request answers none
-        if item_id in out or item_id in spoiled:
+        if row is None or item_id in out or item_id in spoiled:
             spoiled.add(item_id)
             continue
-        category, confidence = row.get("category"), row.get("confidence")
-        if (not isinstance(category, str) or category not in allowed
-                or not isinstance(confidence, (int, float)) or isinstance(confidence, bool)
-                or not math.isfinite(confidence)):
-            spoiled.add(item_id)  # its row is bad: a later row for it is a repeat, not an answer
-            continue
-        out[item_id] = Answer(item_id, category, round(min(1.0, max(0.0, float(confidence))), 3), "model", False)
+        out[item_id] = Answer(item_id, row.category, round(min(1.0, max(0.0, float(row.confidence))), 3), "model",
+                              False)
     return [answer for item_id, answer in out.items() if item_id not in spoiled]

@@ -230,7 +230,9 @@ def handle(message: Deliver, settings: Settings | None = None) -> str:
 
 
 def _path(n: int) -> Any:
-    return Job.deliveries[n]  # type: ignore[index]
+    """Delivery `n`'s path in update and condition expressions (its members: `_path(n).status`...)."""
+    deliveries: Any = Job.deliveries  # PynamoDB's stubs do not index a ListAttribute of maps into a path
+    return deliveries[n]
 
 
 def _claim(job: Job, n: int, d: Delivery, lease: int, now: float) -> bool:

@@ -258,13 +258,14 @@ def _post(url: str, body: bytes, headers: Mapping[str, str], allow_loopback: boo
     request_headers = urllib3.HTTPHeaderDict(dict(headers))
     request_headers["User-Agent"] = USER_AGENT
     request_headers["Host"] = parts.netloc  # the name, not the pinned address; no userinfo (check_url)
-    options = {"port": port, "maxsize": 1, "retries": False, "timeout": urllib3.Timeout(total=timeout)}
+    limit = urllib3.Timeout(total=timeout)
     if scheme == "https":
         # SNI and certificate verification against the name, over the pinned address.
         pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-            address, cert_reqs="CERT_REQUIRED", server_hostname=host, assert_hostname=host, **options)
+            address, port=port, maxsize=1, retries=False, timeout=limit, cert_reqs="CERT_REQUIRED",
+            server_hostname=host, assert_hostname=host)
     else:
-        pool = urllib3.HTTPConnectionPool(address, **options)
+        pool = urllib3.HTTPConnectionPool(address, port=port, maxsize=1, retries=False, timeout=limit)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + timeout
     try:

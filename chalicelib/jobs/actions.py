@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.update import Action
 
 from chalicelib import clock, results
 from chalicelib.categorize import cache
@@ -80,7 +81,7 @@ def settle_line(owner_id: str, job_id: str, line_id: str, body: Any) -> dict[str
 
 def _settle(line: LineResult, category: str) -> int:
     """Write the person's answer on the line; 1 if this write is the one that cleared its flag, else 0."""
-    settled = [LineResult.category.set(category), LineResult.confidence.set(1.0),
+    settled: list[Action] = [LineResult.category.set(category), LineResult.confidence.set(1.0),
                LineResult.source.set("manual"), LineResult.needs_review.set(False)]
     if line.needs_review:
         try:

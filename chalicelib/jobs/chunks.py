@@ -8,18 +8,13 @@ so assembly happens exactly once.
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
-
-from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
-from pynamodb.transactions import TransactWrite
-
 from chalicelib import clock, messages
-from chalicelib.jobs.runner import Lease, Progress
-from chalicelib.jobs.states import WORKED, ChunkStatus, JobStatus, status_values
+from chalicelib.jobs import store
+from chalicelib.jobs.states import ChunkStatus
+from chalicelib.jobs.store import Lease, Progress
 from chalicelib.lines.store import owner_period, read_lines
 from chalicelib.messages import RunChunk
-from chalicelib.tables import ExpenseLine, Job, JobChunk, connection
+from chalicelib.tables import ExpenseLine, Job, JobChunk
 
 # The chunk statuses by their old names (the members of ChunkStatus, which holds the transitions).
 PENDING, RUNNING, DONE = ChunkStatus.PENDING, ChunkStatus.RUNNING, ChunkStatus.DONE
@@ -53,39 +48,19 @@ def record_plan(job: Job, bounds: list[str]) -> list[str]:
     fan-out with lines imported meanwhile) would otherwise split the month differently, and chunks of two
     plans overlap: lines counted twice. Every chunk is derived from the recorded bounds, never re-planned.
     """
-    not_planned_yet = Job.chunk_bounds.does_not_exist() & (Job.chunk_count.does_not_exist() | (Job.chunk_count == 0))
-    try:
-        job.update(actions=[Job.chunk_bounds.set(bounds), Job.chunk_count.set(len(bounds)), Job.chunks_done.set(0),
-                            Job.heartbeat_at.set(clock.iso(clock.now())),
-                            Job.status_message.set(f"Categorizing {int(job.total_lines)} lines in "
-                                                   f"{len(bounds)} parallel chunks")],
-                   condition=not_planned_yet & (Job.status == JobStatus.PROCESSING.value))
-    except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
-            raise
-        job.refresh(consistent_read=True)
-    return list(job.chunk_bounds or [])
+    return store.current().record_plan(job, bounds, f"Categorizing {int(job.total_lines)} lines in {len(bounds)} "
+                                                    "parallel chunks")
 
 
 def create(job: Job, bounds: list[str]) -> list[int]:
     """The recorded plan's chunks that did not exist yet, created now (their numbers)."""
-    stamp = clock.iso(clock.now())
-    made = []
-    for number, (after, upto) in enumerate(ranges(bounds)):
-        try:
-            # chunk_is_new: a second planner (a redelivered or reaped start) must never reset a
-            # chunk that already started, or its lines would be counted again.
-            JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=ChunkStatus.PENDING.value,
-                     heartbeat_at=stamp, expires_at=job.expires_at).save(condition=JobChunk.job_id.does_not_exist())
-            made.append(number)
-        except PutError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
-                raise
-    return made
+    jobs = store.current()
+    return [number for number, (after, upto) in enumerate(ranges(bounds))
+            if jobs.create_chunk(job, number, after, upto)]  # store: chunk_is_new
 
 
 def of(job_id: str) -> list[JobChunk]:
-    return list(JobChunk.query(job_id, consistent_read=True))
+    return store.current().chunks_of(job_id)
 
 
 def reset_unfinished(job: Job) -> list[int]:
@@ -94,22 +69,14 @@ def reset_unfinished(job: Job) -> list[int]:
     for chunk in of(job.job_id):
         if chunk.status == ChunkStatus.DONE:
             continue
-        chunk.update(actions=[JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
-                              JobChunk.lease_until.remove(), JobChunk.reap_count.set(0),
-                              JobChunk.heartbeat_at.set(clock.iso(clock.now()))])
+        store.current().reset_chunk(chunk)
         todo.append(int(chunk.chunk))
     for _ in range(5):
         job.refresh(consistent_read=True)
         seen = int(job.chunks_done)
         done = sum(c.status == ChunkStatus.DONE for c in of(job.job_id))
-        try:
-            # done_count_unchanged: a chunk of the run before the retry finishing between our count and this
-            # write would have its increment overwritten, and the job would never be assembled.
-            job.update(actions=[Job.chunks_done.set(done)], condition=Job.chunks_done == seen)
+        if store.current().set_chunks_done(job, seen, done):  # store: done_count_unchanged
             break
-        except UpdateError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
-                raise
     return todo
 
 
@@ -130,22 +97,7 @@ def send(job_id: str, numbers: list[int], reason: str, delay_seconds: int = 0) -
 
 
 def claim(job_id: str, number: int, lease: Lease) -> JobChunk | None:
-    chunk = JobChunk(job_id, number)
-    # chunk_free: one invocation per chunk; a duplicate message finds the lease held and is dropped.
-    chunk_free = (JobChunk.status != ChunkStatus.DONE.value) & (JobChunk.lease_owner.does_not_exist()
-                                                                | (JobChunk.lease_until < time.time())
-                                                                | (JobChunk.lease_owner == lease.owner))
-    try:
-        chunk.update(actions=[JobChunk.status.set(ChunkStatus.RUNNING.value),
-                              JobChunk.lease_owner.set(lease.owner),
-                              JobChunk.lease_until.set(lease.until),
-                              JobChunk.heartbeat_at.set(clock.iso(clock.now()))],
-                     condition=chunk_free & JobChunk.job_id.exists())
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return None
-        raise
-    return chunk
+    return store.current().claim_chunk(job_id, number, lease)  # store: chunk_free
 
 
 def holds(chunk: JobChunk, lease: Lease) -> bool:
@@ -159,29 +111,9 @@ def next_lines(job: Job, chunk: JobChunk, n: int, after: str | None = None) -> l
     return [line for line in lines if not chunk.upto or line.line_id <= chunk.upto]
 
 
-def _mine(lease: Lease):
-    return (JobChunk.lease_owner == lease.owner) & (JobChunk.status == ChunkStatus.RUNNING.value)
-
-
 def checkpoint(job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: Progress, eta: str | None) -> bool:
     """Advance the chunk's cursor and add its counts to the job, together; False if the chunk was lost."""
-    stamp = clock.iso(clock.now())
-    try:
-        with TransactWrite(connection=connection()) as tx:
-            # cursor_unchanged + lease_is_ours: a redone batch never adds its counts twice.
-            tx.update(chunk, actions=[JobChunk.cursor.set(new_cursor), JobChunk.processed.add(done.lines),
-                                      JobChunk.heartbeat_at.set(stamp), JobChunk.reap_count.set(0)],
-                      condition=(JobChunk.cursor == chunk.cursor) & _mine(lease))
-            tx.update(job, actions=[
-                Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
-                Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.heartbeat_at.set(stamp),
-                Job.updated_at.set(stamp), Job.reap_count.set(0),
-                Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
-            ], condition=Job.status.is_in(*status_values(WORKED)))
-    except TransactWriteError:
-        return False
-    chunk.cursor = new_cursor
-    return True
+    return store.current().checkpoint_chunk(job, chunk, lease, new_cursor, done, eta)
 
 
 def hand_back(chunk: JobChunk, lease: Lease, due_in: int) -> bool:
@@ -190,16 +122,7 @@ def hand_back(chunk: JobChunk, lease: Lease, due_in: int) -> bool:
 
     Hand-over before send: the receiver of a message sent while we held the chunk would drop it as a duplicate.
     """
-    try:
-        chunk.update(actions=[JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
-                              JobChunk.lease_until.remove(),
-                              JobChunk.heartbeat_at.set(clock.iso(clock.now() + timedelta(seconds=due_in)))],
-                     condition=_mine(lease))
-        return True
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
+    return store.current().hand_back_chunk(chunk, lease, due_in)
 
 
 def live_lease(job_id: str, now: float) -> bool:
@@ -210,22 +133,9 @@ def live_lease(job_id: str, now: float) -> bool:
 
 def finish(job: Job, chunk: JobChunk, lease: Lease) -> bool:
     """Mark the chunk done and count it on the job; True when every chunk is now done."""
-    try:
-        with TransactWrite(connection=connection()) as tx:
-            tx.update(chunk, actions=[JobChunk.status.set(ChunkStatus.DONE.value), JobChunk.lease_owner.remove(),
-                                      JobChunk.lease_until.remove()], condition=_mine(lease))
-            tx.update(job, actions=[Job.chunks_done.add(1), Job.heartbeat_at.set(clock.iso(clock.now()))],
-                      condition=Job.status.is_in(*status_values(WORKED)))
-    except TransactWriteError:
-        return False
-    job.refresh(consistent_read=True)
-    return int(job.chunks_done) >= int(job.chunk_count)
+    return store.current().finish_chunk(job, chunk, lease)
 
 
 def release(chunk: JobChunk, lease: Lease) -> None:
     """Hand the chunk back (Pending): its continuation or a later message picks it up."""
-    try:
-        chunk.update(actions=[JobChunk.status.set(ChunkStatus.PENDING.value), JobChunk.lease_owner.remove(),
-                              JobChunk.lease_until.remove()], condition=_mine(lease))
-    except UpdateError:
-        pass
+    store.current().release_chunk(chunk, lease)

@@ -25,7 +25,7 @@ _NAME = {status: "n_" + "".join(f"_{c.lower()}" if c.isupper() else c for c in s
          for status in JobStatus}
 
 
-def _attribute(status: JobStatus):  # noqa: ANN202 - a PynamoDB attribute, for an update action
+def _attribute(status: JobStatus):  # a PynamoDB attribute, for an update action
     return getattr(Control, _NAME[status])
 
 

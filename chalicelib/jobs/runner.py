@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pynamodb.exceptions import UpdateError
-
 from chalicelib import clock
-from chalicelib.jobs.states import ACTIVE, WORKED, JobStatus, TransitionRaced, event_item, status_values, transition
+from chalicelib.jobs import store
+from chalicelib.jobs.states import ACTIVE, JobStatus, TransitionRaced, event_item, transition
+from chalicelib.jobs.store import Lease, Progress
 from chalicelib.lines.store import count_lines
 from chalicelib.tables import Job
 
@@ -20,26 +19,8 @@ log = logging.getLogger(__name__)
 S = JobStatus
 
 
-@dataclass(frozen=True)
-class Lease:
-    owner: str
-    until: float  # epoch seconds: the end of the invocation holding it
-
-
-@dataclass(frozen=True)
-class Progress:
-    lines: int = 0
-    failed: int = 0
-    cached: int = 0
-    retries: int = 0
-    rate_limited_seconds: float = 0.0
-
-
 def load(job_id: str) -> Job | None:
-    try:
-        return Job.get(job_id, consistent_read=True)
-    except Job.DoesNotExist:
-        return None
+    return store.current().load(job_id)
 
 
 def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | None = None) -> Job | None:
@@ -71,19 +52,8 @@ def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | 
 
 
 def take_lease(job: Job, lease: Lease) -> bool:
-    """Lease a Processing job to this invocation; False if a live invocation holds it."""
-    # lease_free: only one invocation works a job at a time; a duplicate message finds
-    # the lease held and is dropped (a dead holder's lease expires and the reaper re-enqueues).
-    lease_free = Job.lease_owner.does_not_exist() | (Job.lease_until < time.time()) | (Job.lease_owner == lease.owner)
-    try:
-        job.update(actions=[Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until),
-                            Job.heartbeat_at.set(clock.iso(clock.now()))],
-                   condition=lease_free & (Job.status == S.PROCESSING.value))
-        return True
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
+    """Lease a Processing job to this invocation; False if a live invocation holds it (store.lease_free)."""
+    return store.current().take_lease(job, lease)
 
 
 def _take_lease(job: Job, lease: Lease, reason: str) -> Job | None:
@@ -96,28 +66,9 @@ def _take_lease(job: Job, lease: Lease, reason: str) -> Job | None:
 
 
 def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: Progress, eta: str | None) -> bool:
-    """Advance cursor and counters together; False if someone else moved the job meanwhile."""
-    processed = int(job.processed_lines) + done.lines
-    total = max(int(job.total_lines), processed)
-    # cursor_unchanged + lease_is_ours: a duplicate or stale worker can never count a batch twice.
-    cursor_unchanged = Job.cursor == old_cursor
-    lease_is_ours = Job.lease_owner == lease.owner
-    still_running = Job.status.is_in(*status_values(WORKED))
-    try:
-        job.update(actions=[
-            Job.cursor.set(new_cursor), Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
-            Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
-            Job.total_lines.set(total), Job.heartbeat_at.set(clock.iso(clock.now())), Job.reap_count.set(0),
-            Job.updated_at.set(clock.iso(clock.now())),
-            Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
-            Job.status_message.set(f"Categorized {processed} of {total} lines"),
-        ], condition=cursor_unchanged & lease_is_ours & still_running)
-        return True
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            job.refresh(consistent_read=True)
-            return False
-        raise
+    """Advance cursor and counters together; False if someone else moved the job meanwhile (store.cursor_unchanged,
+    store.lease_is_ours, store.still_worked)."""
+    return store.current().checkpoint(job, lease, old_cursor, new_cursor, done, eta)
 
 
 def hand_back(job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
@@ -128,16 +79,7 @@ def hand_back(job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
     Hand-over before send: a continuation sent while we still held the lease could reach a worker at once,
     find the lease held, be dropped as a duplicate, and leave the job without a message until the reaper.
     """
-    due = clock.iso(clock.now() + timedelta(seconds=resume_in))
-    try:
-        job.update(actions=[Job.retry_count.add(retries), Job.heartbeat_at.set(due), Job.lease_owner.remove(),
-                            Job.lease_until.remove()],
-                   condition=Job.lease_owner == lease.owner)
-        return True
-    except UpdateError as err:
-        if err.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
+    return store.current().hand_back(job, lease, retries, resume_in)
 
 
 def note_wait(job_id: str, seconds: float, ends_at: float) -> float:
@@ -146,31 +88,12 @@ def note_wait(job_id: str, seconds: float, ends_at: float) -> float:
     Only the part of the wait past the job's `limitedUntil` adds time: chunks of one job, or the invocations
     that follow each other, waiting out the same provider window count it once. Returns the seconds added.
     """
-    ends_at = round(ends_at, 3)  # as stored
-    starts_at = ends_at - max(0.0, seconds)
-    for _ in range(8):
-        job = load(job_id)
-        if job is None:
-            return 0.0
-        seen = float(job.limited_until) if job.limited_until is not None else None
-        added = max(0.0, ends_at - max(starts_at, seen or starts_at))
-        if added <= 0:
-            return 0.0
-        # limited_until_unchanged: two chunks noting overlapping waits at once; the second recomputes its share.
-        unchanged = Job.limited_until.does_not_exist() if seen is None else (Job.limited_until == seen)
-        try:
-            job.update(actions=[Job.rate_limited_seconds.add(round(added, 3)),
-                                Job.limited_until.set(round(ends_at, 3))], condition=unchanged)
-            return added
-        except UpdateError as err:
-            if err.cause_response_code != "ConditionalCheckFailedException":
-                raise
-    return 0.0
+    return store.current().note_wait(job_id, seconds, ends_at)
 
 
 def count_retries(job_id: str, retries: int) -> None:
     """Retries a chunk spent before it handed itself back (its checkpoint counts the rest)."""
-    Job(job_id).update(actions=[Job.retry_count.add(retries)], condition=Job.job_id.exists())
+    store.current().count_retries(job_id, retries)
 
 
 def lease_is_live(owner: str | None, until: float | None, now: float | None = None) -> bool:
@@ -178,10 +101,7 @@ def lease_is_live(owner: str | None, until: float | None, now: float | None = No
 
 
 def release(job: Job, lease: Lease) -> None:
-    try:
-        job.update(actions=[Job.lease_owner.remove(), Job.lease_until.remove()],
-                   condition=Job.lease_owner == lease.owner)
-    except UpdateError:
+    if not store.current().release(job, lease):
         log.info("lease already gone", extra={"jobId": job.job_id})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 from chalicelib import clock, paging
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
@@ -82,7 +82,8 @@ def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, to
     condition = Job.expires_at > now
     if status:
         condition = condition & (Job.status == status)
-    after = _index_key(owner_id, start["createdAt"], start["jobId"]) if start else None
+    after: dict[str, dict[str, str]] | Literal[False] | None = (_index_key(owner_id, start["createdAt"], start["jobId"])
+                                                      if start else None)
     skip = 0 if start else (page - 1) * size
     items: list[Job] = []
     if skip > SKIP_IN_ONE_READ:
@@ -109,7 +110,7 @@ def _index_key(owner_id: str, created_at: str, job_id: str) -> dict[str, dict[st
     return {"ownerId": {"S": owner_id}, "createdAt": {"S": created_at}, "jobId": {"S": job_id}}
 
 
-def _skip(owner_id: str, condition: Any, n: int) -> dict[str, dict[str, str]] | bool:
+def _skip(owner_id: str, condition: Any, n: int) -> dict[str, dict[str, str]] | Literal[False]:
     """The index key of the `n`th job (newest first), read by keys only; False when there are fewer."""
     # As few requests as DynamoDB allows (it stops a page at 1 MB read anyway): each is a round trip.
     keys = Job.by_owner.query(owner_id, filter_condition=condition, scan_index_forward=False,

@@ -11,6 +11,7 @@ from typing import Any
 
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
 
 from chalicelib import clock, paging
 from chalicelib.auth import Principal, sub_of
@@ -382,7 +383,7 @@ def update_report(principal: Principal, report_id: str, body: Any,
         extra = [ReportConfig.webhook_secrets.set(secrets), ReportConfig.secret_version.add(1)]
     if "deliveryTargets" in body and report.disabled_targets:
         extra.append(ReportConfig.disabled_targets.remove())
-    actions = [*extra,
+    actions: list[Action] = [*extra,
         ReportConfig.name.set(fields["name"]),
         ReportConfig.delivery_targets.set(fields["deliveryTargets"]),
         ReportConfig.allowed_roles.set(fields["allowedRoles"]),
@@ -400,10 +401,10 @@ def update_report(principal: Principal, report_id: str, body: Any,
         if not _failed_condition(err):
             raise
         _forget(report.tenant, report.report_id)
-        current = _get(report.tenant, report.report_id, keep=False)
-        if current is None:
+        stored = _get(report.tenant, report.report_id, keep=False)
+        if stored is None:
             raise NotFound(f"Report '{shown_id(report_id)}' was not found.") from err
-        if version_of(current) == version and not still_there(report.tenant, report.report_id):
+        if version_of(stored) == version and not still_there(report.tenant, report.report_id):
             raise Conflict("The report is being deleted; it was not changed.") from err
         raise PreconditionFailed("The report changed while this PATCH ran; read it again and reapply your "
                                  "change.") from err

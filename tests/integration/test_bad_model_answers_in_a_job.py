@@ -55,3 +55,22 @@ def test_a_refused_request_flags_its_lines_and_the_job_completes(api, sim, model
     drain({job_id}, model_settings)
     assert_flagged_exactly(api, job_id, lines, set(names))
     assert sim.stats()["faults"]["refusal"] == sim.stats()["requests"] == 4  # 2 requests of 10 + 2, each twice
+
+
+def test_refused_requests_flag_only_their_lines_and_count_each_line_once(api, sim, model_settings):
+    """One vendor a request (model_batch_size=1): the requests about three vendors are always refused. Their
+    lines, and only theirs, are flagged; a refusal is asked again once by the pipeline, never retried by the retry
+    policy on top; the job's counts and the report agree, each line counted once."""
+    settings = dataclasses.replace(model_settings, model_batch_size=1)
+    names = vendors(12)
+    refused = set(names[::4])
+    sim.configure(refusal_vendors=sorted(refused))
+    lines = expense_lines(60, names)
+    job_id = api.start(lines)
+    drain({job_id}, settings)
+    assert_flagged_exactly(api, job_id, lines, refused)
+    stats = sim.stats()
+    asked, faults = stats["requests_by_vendor"], stats["faults"]
+    assert all(asked[v.lower()] % 2 == 0 for v in refused)  # each time asked: once, then once again
+    assert faults["refusal"] == sum(asked[v.lower()] for v in refused)
+    assert api.job(job_id)["retryCount"] == 0  # a refusal is a bad answer, not a failed request

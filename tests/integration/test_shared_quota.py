@@ -89,10 +89,10 @@ class Refusing:
     """The slice of the openai client provider.ask uses, answering every request with `error`."""
 
     def __init__(self, error: Exception) -> None:
-        def create(**kwargs):
+        def parse(**kwargs):
             raise error
 
-        self.chat = SimpleNamespace(completions=SimpleNamespace(with_raw_response=SimpleNamespace(create=create)))
+        self.chat = SimpleNamespace(completions=SimpleNamespace(with_raw_response=SimpleNamespace(parse=parse)))
 
 
 def _rate_limit_error(headers: dict, code: str = "rate_limit_exceeded") -> openai.RateLimitError:

@@ -16,6 +16,7 @@ import openai
 import pytest
 import requests
 
+from chalicelib.categorize import provider
 from local.simulator import DEFAULT_TAXONOMY, Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ ITEMS = [
 
 
 def schema(categories: list[str]) -> dict[str, Any]:
-    """The response_format the categorize worker sends."""
+    """A response_format with the row schema inline (the worker's, provider.answer_model, puts it in `$defs`)."""
     item = {"type": "object", "additionalProperties": False, "required": ["id", "category", "confidence"],
             "properties": {"id": {"type": "string"}, "category": {"type": "string", "enum": categories},
                            "confidence": {"type": "number"}}}
@@ -81,6 +82,35 @@ def test_answers_only_use_categories_of_the_request_enum() -> None:
         rows = answers(ask(client(sim), categories=enum))
     assert rows["v2"]["category"] == "Lodging"
     assert rows["v1"]["category"] in enum and rows["v1"]["confidence"] == 0.6
+
+
+def parse(api: openai.OpenAI, categories: list[str], items: list[dict[str, str]] = ITEMS) -> Any:
+    """What the categorize worker asks: the SDK's structured-output parse with the taxonomy's pydantic model."""
+    return api.chat.completions.parse(
+        model="gpt-4o-mini", temperature=0,
+        messages=[{"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
+                  {"role": "user", "content": json.dumps(items)}],
+        response_format=provider.answer_model(tuple(categories)))
+
+
+def test_the_sdk_s_parse_with_the_worker_s_model_gets_answers_of_the_request_taxonomy() -> None:
+    """The pydantic model's schema keeps the row in `$defs` behind a `$ref`: the simulator follows it to the enum."""
+    enum = ["Lodging", "Rides & Taxis"]
+    assert "$defs" in provider.answer_schema(enum)["json_schema"]["schema"]
+    with Simulator() as sim:
+        completion = parse(client(sim), enum)
+    answer = completion.choices[0].message.parsed
+    assert isinstance(answer, provider.ModelAnswer)
+    rows = {row.id: row for row in answer.items}
+    assert sorted(rows) == ["v1", "v2", "v3"]
+    assert rows["v2"].category == "Lodging" and rows["v2"].confidence == 0.95
+    assert all(row.category in enum for row in rows.values())
+
+
+def test_a_refusal_through_the_sdk_s_parse_has_no_parsed_answer() -> None:
+    with Simulator(prefusal=1.0) as sim:
+        message = parse(client(sim), list(DEFAULT_TAXONOMY)).choices[0].message
+    assert message.refusal and message.parsed is None and message.content is None
 
 
 def test_rpm_limit_answers_429_that_the_sdk_raises_with_retry_headers() -> None:

@@ -18,11 +18,12 @@ from chalicelib import clock, observability
 @pytest.fixture
 def emf(monkeypatch):
     """Metrics switched on as in Lambda; yields the metric set, cleared afterwards."""
-    monkeypatch.setattr(observability, "metrics_on", True)
+    telemetry = observability.telemetry()
+    monkeypatch.setattr(telemetry, "metrics_on", True)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
-    observability.metrics.clear_metrics()
-    yield observability.metrics
-    observability.metrics.clear_metrics()
+    telemetry.metrics.clear_metrics()
+    yield telemetry.metrics
+    telemetry.metrics.clear_metrics()
 
 
 @pytest.fixture
@@ -38,16 +39,17 @@ def json_logs():
 
 
 def test_tests_run_without_metrics_tracing_or_json_logs():
-    assert observability.metrics_on is False
-    assert observability.tracer is None  # the X-Ray SDK is not even imported
+    assert observability.telemetry().metrics_on is False
+    assert observability.telemetry().tracer is None  # the X-Ray SDK is not even imported
     assert logging.getLogger("chalicelib").propagate is True
 
 
 def test_nothing_is_recorded_when_metrics_are_off():
-    observability.metrics.clear_metrics()
+    metrics = observability.telemetry().metrics
+    metrics.clear_metrics()
     observability.job_created()
     observability.lines_done(100, 3)
-    assert not observability.metrics.metric_set
+    assert not metrics.metric_set
 
 
 def test_job_metrics_serialize_as_emf(emf):
@@ -68,7 +70,7 @@ def test_job_metrics_serialize_as_emf(emf):
     assert values[observability.MODEL_REQUESTS] == 2 and values[observability.MODEL_RATE_LIMITED] == 1
     assert set(values) <= observability.METRICS
     (directive,) = doc["_aws"]["CloudWatchMetrics"]
-    assert directive["Namespace"] == observability.metrics.namespace and ["service"] in directive["Dimensions"]
+    assert directive["Namespace"] == emf.namespace and ["service"] in directive["Dimensions"]
 
 
 def test_the_middleware_flushes_once_per_invocation(emf, capsys):

@@ -117,7 +117,7 @@ def run_worker(job_id: str) -> None:
     settings = get_settings()
     try:
         deps.client("s3").head_bucket(Bucket=settings.results_bucket)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pytest.fail(f"results bucket {settings.results_bucket!r} is missing: tests/conftest.py deploys it, "
                     "so a Completed job could not store its result")
     context = SimpleNamespace(get_remaining_time_in_millis=lambda: 300_000, aws_request_id=f"test-{uuid4()}")

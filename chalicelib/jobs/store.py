@@ -1,0 +1,568 @@
+"""The job store port: the lease protocol's writes to jobs and chunks, each an operation, each race named once.
+
+Workers, the reaper and the API move a job and its chunks only through these operations (chalicelib/jobs/runner.py
+and chunks.py are thin, job-shaped wrappers over them). An operation returns whether it happened — False when the
+condition that closes its race refused it — and raises only for a store failure. The conditions are the module's
+named functions below, each with the race it closes; `DynamoJobStore` turns them into condition expressions and
+`MemoryJobStore` checks the same rules directly, so the unit tier runs the protocol without DynamoDB. One contract
+test class (tests/unit/test_job_store.py) runs against both.
+
+A job or chunk is passed and returned as the PynamoDB model instance the caller holds; a successful write updates
+it in place with what the store now holds (as PynamoDB's `update` does).
+
+The status machine itself (jobs/states.transition: status, event, counts, lock and deliveries in one transaction)
+is the one other writer of a job's status; it is not part of this port.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.transactions import TransactWrite
+
+from chalicelib import clock
+from chalicelib.jobs.states import WORKED, ChunkStatus, JobStatus, status_values
+from chalicelib.tables import Job, JobChunk, connection
+
+S, C = JobStatus, ChunkStatus
+
+
+@dataclass(frozen=True)
+class Lease:
+    owner: str
+    until: float  # epoch seconds: the end of the invocation holding it
+
+
+@dataclass(frozen=True)
+class Progress:
+    lines: int = 0
+    failed: int = 0
+    cached: int = 0
+    retries: int = 0
+    rate_limited_seconds: float = 0.0
+
+
+# --- the named conditions (DynamoDB form) ------------------------------------------------------------------------
+
+
+def lease_free(lease: Lease, now: float) -> Condition:
+    """Only one invocation works a job at a time: a duplicate message finds the lease held and is dropped (a
+    dead holder's lease runs out, and the reaper re-enqueues)."""
+    return Job.lease_owner.does_not_exist() | (Job.lease_until < now) | (Job.lease_owner == lease.owner)
+
+
+def lease_is_ours(lease: Lease) -> Condition:
+    """A stale invocation (its lease taken over after it expired) writes nothing more."""
+    return Job.lease_owner == lease.owner
+
+
+def cursor_unchanged(cursor: str) -> Condition:
+    """With lease_is_ours: a duplicate or stale worker can never count a batch twice."""
+    return Job.cursor == cursor
+
+
+def still_worked() -> Condition:
+    """Counts are added to a live job only (a cancel or a failure in between wins)."""
+    return Job.status.is_in(*status_values(WORKED))
+
+
+def not_planned_yet() -> Condition:
+    """Two planners would split the month differently: chunks of two plans overlap and lines count twice."""
+    return Job.chunk_bounds.does_not_exist() & (Job.chunk_count.does_not_exist() | (Job.chunk_count == 0))
+
+
+def no_progress_since(heartbeat: str | None, status: JobStatus) -> Condition:
+    """A worker's checkpoint or a second reaper changes the heartbeat first: one reaper wins, and a live job that
+    just moved is left alone."""
+    return (Job.heartbeat_at == heartbeat) & (Job.status == status.value)
+
+
+def chunk_free(lease: Lease, now: float) -> Condition:
+    """One invocation per chunk; a duplicate message finds the lease held and is dropped."""
+    return (JobChunk.status != C.DONE.value) & (JobChunk.lease_owner.does_not_exist()
+                                                | (JobChunk.lease_until < now)
+                                                | (JobChunk.lease_owner == lease.owner))
+
+
+def chunk_is_ours(lease: Lease) -> Condition:
+    return (JobChunk.lease_owner == lease.owner) & (JobChunk.status == C.RUNNING.value)
+
+
+def _failed_condition(err: Exception) -> bool:
+    return getattr(err, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def _now_iso() -> str:
+    return clock.iso(clock.now()) or ""
+
+
+# --- the port ----------------------------------------------------------------------------------------------------
+
+
+class JobStore(Protocol):
+    def load(self, job_id: str) -> Job | None: ...
+    def take_lease(self, job: Job, lease: Lease) -> bool: ...
+    def checkpoint(self, job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: Progress,
+                   eta: str | None) -> bool: ...
+    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool: ...
+    def release(self, job: Job, lease: Lease) -> bool: ...
+    def heartbeat(self, job: Job, lease: Lease) -> bool: ...
+    def count_retries(self, job_id: str, retries: int) -> None: ...
+    def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float: ...
+    def mark_reaped(self, job: Job, status: JobStatus) -> bool: ...
+    def record_plan(self, job: Job, bounds: list[str], message: str) -> list[str]: ...
+    def create_chunk(self, job: Job, number: int, after: str, upto: str) -> bool: ...
+    def chunks_of(self, job_id: str) -> list[JobChunk]: ...
+    def claim_chunk(self, job_id: str, number: int, lease: Lease) -> JobChunk | None: ...
+    def checkpoint_chunk(self, job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: Progress,
+                         eta: str | None) -> bool: ...
+    def hand_back_chunk(self, chunk: JobChunk, lease: Lease, due_in: int) -> bool: ...
+    def finish_chunk(self, job: Job, chunk: JobChunk, lease: Lease) -> bool: ...
+    def release_chunk(self, chunk: JobChunk, lease: Lease) -> bool: ...
+    def reset_chunk(self, chunk: JobChunk) -> None: ...
+    def set_chunks_done(self, job: Job, seen: int, done: int) -> bool: ...
+    def mark_chunk_reaped(self, chunk: JobChunk) -> bool: ...
+
+
+# --- DynamoDB ----------------------------------------------------------------------------------------------------
+
+
+class DynamoJobStore:
+    """The store on DynamoDB: every write one conditional update (or one transaction for a chunk with its job)."""
+
+    def load(self, job_id: str) -> Job | None:
+        try:
+            return Job.get(job_id, consistent_read=True)
+        except Job.DoesNotExist:
+            return None
+
+    @staticmethod
+    def _update(item: Any, actions: list, condition: Condition) -> bool:
+        try:
+            item.update(actions=actions, condition=condition)
+            return True
+        except UpdateError as err:
+            if _failed_condition(err):
+                return False
+            raise
+
+    def take_lease(self, job: Job, lease: Lease) -> bool:
+        return self._update(job, [Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until),
+                                  Job.heartbeat_at.set(_now_iso())],
+                            lease_free(lease, time.time()) & (Job.status == S.PROCESSING.value))
+
+    def checkpoint(self, job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: Progress,
+                   eta: str | None) -> bool:
+        processed = int(job.processed_lines) + done.lines
+        total = max(int(job.total_lines), processed)
+        stamp = _now_iso()
+        ok = self._update(job, [
+            Job.cursor.set(new_cursor), Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
+            Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.total_lines.set(total),
+            Job.heartbeat_at.set(stamp), Job.reap_count.set(0), Job.updated_at.set(stamp),
+            Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
+            Job.status_message.set(f"Categorized {processed} of {total} lines"),
+        ], cursor_unchanged(old_cursor) & lease_is_ours(lease) & still_worked())
+        if not ok:
+            job.refresh(consistent_read=True)
+        return ok
+
+    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
+        due = clock.iso(clock.now() + timedelta(seconds=resume_in))
+        return self._update(job, [Job.retry_count.add(retries), Job.heartbeat_at.set(due),
+                                  Job.lease_owner.remove(), Job.lease_until.remove()], lease_is_ours(lease))
+
+    def release(self, job: Job, lease: Lease) -> bool:
+        return self._update(job, [Job.lease_owner.remove(), Job.lease_until.remove()], lease_is_ours(lease))
+
+    def heartbeat(self, job: Job, lease: Lease) -> bool:
+        return self._update(job, [Job.heartbeat_at.set(_now_iso())], lease_is_ours(lease))
+
+    def count_retries(self, job_id: str, retries: int) -> None:
+        self._update(Job(job_id), [Job.retry_count.add(retries)], Job.job_id.exists())
+
+    def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float:
+        ends_at = round(ends_at, 3)  # as stored
+        starts_at = ends_at - max(0.0, seconds)
+        for _ in range(8):
+            job = self.load(job_id)
+            if job is None:
+                return 0.0
+            seen = float(job.limited_until) if job.limited_until is not None else None
+            added = max(0.0, ends_at - max(starts_at, seen or starts_at))
+            if added <= 0:
+                return 0.0
+            # limited_until_unchanged: two chunks noting overlapping waits at once; the second recomputes its share.
+            unchanged = Job.limited_until.does_not_exist() if seen is None else (Job.limited_until == seen)
+            if self._update(job, [Job.rate_limited_seconds.add(round(added, 3)),
+                                  Job.limited_until.set(ends_at)], unchanged):
+                return added
+        return 0.0
+
+    def mark_reaped(self, job: Job, status: JobStatus) -> bool:
+        # Only a Processing job a worker held counts towards giving up; a Queued one, or one re-sent and not yet
+        # taken up, may just be waiting behind a backlog.
+        stalled = 1 if status is S.PROCESSING and job.lease_owner else 0
+        return self._update(job, [Job.reap_count.add(stalled), Job.heartbeat_at.set(_now_iso()),
+                                  Job.lease_owner.remove(), Job.lease_until.remove()],
+                            no_progress_since(job.heartbeat_at, status))
+
+    def record_plan(self, job: Job, bounds: list[str], message: str) -> list[str]:
+        if not self._update(job, [Job.chunk_bounds.set(bounds), Job.chunk_count.set(len(bounds)),
+                                  Job.chunks_done.set(0), Job.heartbeat_at.set(_now_iso()),
+                                  Job.status_message.set(message)],
+                            not_planned_yet() & (Job.status == S.PROCESSING.value)):
+            job.refresh(consistent_read=True)
+        return list(job.chunk_bounds or [])
+
+    def create_chunk(self, job: Job, number: int, after: str, upto: str) -> bool:
+        try:
+            # chunk_is_new: a second planner (a redelivered or reaped start) must never reset a chunk that
+            # already started, or its lines would be counted again.
+            JobChunk(job.job_id, number, after=after, upto=upto, cursor=after, status=C.PENDING.value,
+                     heartbeat_at=_now_iso(), expires_at=job.expires_at).save(
+                condition=JobChunk.job_id.does_not_exist())
+            return True
+        except PutError as err:
+            if _failed_condition(err):
+                return False
+            raise
+
+    def chunks_of(self, job_id: str) -> list[JobChunk]:
+        return list(JobChunk.query(job_id, consistent_read=True))
+
+    def claim_chunk(self, job_id: str, number: int, lease: Lease) -> JobChunk | None:
+        chunk = JobChunk(job_id, number)
+        if not self._update(chunk, [JobChunk.status.set(C.RUNNING.value), JobChunk.lease_owner.set(lease.owner),
+                                    JobChunk.lease_until.set(lease.until), JobChunk.heartbeat_at.set(_now_iso())],
+                            chunk_free(lease, time.time()) & JobChunk.job_id.exists()):
+            return None
+        return chunk
+
+    def _with_job(self, chunk: JobChunk, chunk_actions: list, chunk_condition: Condition, job: Job,
+                  job_actions: list) -> bool:
+        try:
+            with TransactWrite(connection=connection()) as tx:
+                tx.update(chunk, actions=chunk_actions, condition=chunk_condition)
+                tx.update(job, actions=job_actions, condition=still_worked())
+            return True
+        except TransactWriteError:
+            return False
+
+    def checkpoint_chunk(self, job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: Progress,
+                         eta: str | None) -> bool:
+        stamp = _now_iso()
+        ok = self._with_job(
+            chunk, [JobChunk.cursor.set(new_cursor), JobChunk.processed.add(done.lines),
+                    JobChunk.heartbeat_at.set(stamp), JobChunk.reap_count.set(0)],
+            (JobChunk.cursor == chunk.cursor) & chunk_is_ours(lease),  # cursor_unchanged + chunk_is_ours
+            job, [Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
+                  Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.heartbeat_at.set(stamp),
+                  Job.updated_at.set(stamp), Job.reap_count.set(0),
+                  Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove()])
+        if ok:
+            chunk.cursor = new_cursor
+        return ok
+
+    def hand_back_chunk(self, chunk: JobChunk, lease: Lease, due_in: int) -> bool:
+        due = clock.iso(clock.now() + timedelta(seconds=due_in))
+        return self._update(chunk, [JobChunk.status.set(C.PENDING.value), JobChunk.lease_owner.remove(),
+                                    JobChunk.lease_until.remove(), JobChunk.heartbeat_at.set(due)],
+                            chunk_is_ours(lease))
+
+    def finish_chunk(self, job: Job, chunk: JobChunk, lease: Lease) -> bool:
+        if not self._with_job(chunk, [JobChunk.status.set(C.DONE.value), JobChunk.lease_owner.remove(),
+                                      JobChunk.lease_until.remove()], chunk_is_ours(lease),
+                              job, [Job.chunks_done.add(1), Job.heartbeat_at.set(_now_iso())]):
+            return False
+        job.refresh(consistent_read=True)
+        return int(job.chunks_done) >= int(job.chunk_count)
+
+    def release_chunk(self, chunk: JobChunk, lease: Lease) -> bool:
+        return self._update(chunk, [JobChunk.status.set(C.PENDING.value), JobChunk.lease_owner.remove(),
+                                    JobChunk.lease_until.remove()], chunk_is_ours(lease))
+
+    def reset_chunk(self, chunk: JobChunk) -> None:
+        chunk.update(actions=[JobChunk.status.set(C.PENDING.value), JobChunk.lease_owner.remove(),
+                              JobChunk.lease_until.remove(), JobChunk.reap_count.set(0),
+                              JobChunk.heartbeat_at.set(_now_iso())])
+
+    def set_chunks_done(self, job: Job, seen: int, done: int) -> bool:
+        # done_count_unchanged: a chunk of the run before a retry finishing between the count and this write would
+        # have its increment overwritten, and the job would never be assembled.
+        return self._update(job, [Job.chunks_done.set(done)], Job.chunks_done == seen)
+
+    def mark_chunk_reaped(self, chunk: JobChunk) -> bool:
+        stalled = 1 if chunk.status == C.RUNNING else 0
+        # no_progress_since (of the chunk): a checkpoint or another reaper changes the heartbeat first.
+        return self._update(chunk, [JobChunk.reap_count.add(stalled), JobChunk.heartbeat_at.set(_now_iso()),
+                                    JobChunk.status.set(C.PENDING.value), JobChunk.lease_owner.remove(),
+                                    JobChunk.lease_until.remove()],
+                            (JobChunk.heartbeat_at == chunk.heartbeat_at) & (JobChunk.status != C.DONE.value))
+
+
+# --- in memory -----------------------------------------------------------------------------------------------------
+
+
+class MemoryJobStore:
+    """The same operations and rules on plain records in memory (the unit tier, and the store's contract tests).
+
+    Each rule is checked as written in the named conditions above; one lock makes each operation atomic, as one
+    conditional write (or transaction) is on DynamoDB.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.chunks: dict[tuple[str, int], JobChunk] = {}
+        self._lock = threading.RLock()
+
+    # seeding and reading, for tests
+    def put(self, job: Job) -> None:
+        with self._lock:
+            self.jobs[job.job_id] = copy.deepcopy(job)
+
+    def load(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            return copy.deepcopy(job) if job is not None else None
+
+    @staticmethod
+    def _copy_into(target: Any, source: Any) -> None:
+        for name in type(source).get_attributes():
+            setattr(target, name, copy.deepcopy(getattr(source, name)))
+
+    def _apply(self, job: Job, rule: Callable[[Job], bool], change: Callable[[Job], None]) -> bool:
+        with self._lock:
+            stored = self.jobs.get(job.job_id)
+            if stored is None or not rule(stored):
+                if stored is not None:
+                    self._copy_into(job, stored)
+                return False
+            change(stored)
+            self._copy_into(job, stored)
+            return True
+
+    def _apply_chunk(self, chunk: JobChunk, rule: Callable[[JobChunk], bool],
+                     change: Callable[[JobChunk], None]) -> bool:
+        with self._lock:
+            stored = self.chunks.get((chunk.job_id, int(chunk.chunk)))
+            if stored is None or not rule(stored):
+                return False
+            change(stored)
+            self._copy_into(chunk, stored)
+            return True
+
+    @staticmethod
+    def _lease_free(job: Job, lease: Lease, now: float) -> bool:
+        return not job.lease_owner or float(job.lease_until or 0) < now or job.lease_owner == lease.owner
+
+    @staticmethod
+    def _worked(job: Job) -> bool:
+        return S(job.status) in WORKED
+
+    def take_lease(self, job: Job, lease: Lease) -> bool:
+        now = time.time()
+
+        def change(j: Job) -> None:
+            j.lease_owner, j.lease_until, j.heartbeat_at = lease.owner, lease.until, _now_iso()
+
+        return self._apply(job, lambda j: self._lease_free(j, lease, now) and j.status == S.PROCESSING.value,
+                           change)
+
+    def checkpoint(self, job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: Progress,
+                   eta: str | None) -> bool:
+        def change(j: Job) -> None:
+            processed = int(j.processed_lines) + done.lines
+            total = max(int(j.total_lines), processed)
+            j.cursor, j.processed_lines, j.total_lines = new_cursor, processed, total
+            j.failed_lines = int(j.failed_lines) + done.failed
+            j.cached_lines = int(j.cached_lines) + done.cached
+            j.retry_count = int(j.retry_count) + done.retries
+            j.heartbeat_at = j.updated_at = _now_iso()
+            j.reap_count, j.estimated_completion_at = 0, eta
+            j.status_message = f"Categorized {processed} of {total} lines"
+
+        return self._apply(job, lambda j: j.cursor == old_cursor and j.lease_owner == lease.owner
+                           and self._worked(j), change)
+
+    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
+        def change(j: Job) -> None:
+            j.retry_count = int(j.retry_count) + retries
+            j.heartbeat_at = clock.iso(clock.now() + timedelta(seconds=resume_in))
+            j.lease_owner = j.lease_until = None
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner, change)
+
+    def release(self, job: Job, lease: Lease) -> bool:
+        def change(j: Job) -> None:
+            j.lease_owner = j.lease_until = None
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner, change)
+
+    def heartbeat(self, job: Job, lease: Lease) -> bool:
+        def change(j: Job) -> None:
+            j.heartbeat_at = _now_iso()
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner, change)
+
+    def count_retries(self, job_id: str, retries: int) -> None:
+        def change(j: Job) -> None:
+            j.retry_count = int(j.retry_count) + retries
+
+        self._apply(Job(job_id), lambda j: True, change)
+
+    def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float:
+        ends_at = round(ends_at, 3)
+        starts_at = ends_at - max(0.0, seconds)
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return 0.0
+            seen = float(job.limited_until) if job.limited_until is not None else None
+            added = max(0.0, ends_at - max(starts_at, seen or starts_at))
+            if added <= 0:
+                return 0.0
+            job.rate_limited_seconds = float(job.rate_limited_seconds) + round(added, 3)
+            job.limited_until = ends_at
+            return added
+
+    def mark_reaped(self, job: Job, status: JobStatus) -> bool:
+        seen = job.heartbeat_at
+        stalled = 1 if status is S.PROCESSING and job.lease_owner else 0
+
+        def change(j: Job) -> None:
+            j.reap_count = int(j.reap_count) + stalled
+            j.heartbeat_at, j.lease_owner, j.lease_until = _now_iso(), None, None
+
+        return self._apply(job, lambda j: j.heartbeat_at == seen and j.status == status.value, change)
+
+    def record_plan(self, job: Job, bounds: list[str], message: str) -> list[str]:
+        def change(j: Job) -> None:
+            j.chunk_bounds, j.chunk_count, j.chunks_done = list(bounds), len(bounds), 0
+            j.heartbeat_at, j.status_message = _now_iso(), message
+
+        self._apply(job, lambda j: not j.chunk_bounds and not int(j.chunk_count or 0)
+                    and j.status == S.PROCESSING.value, change)
+        return list(job.chunk_bounds or [])
+
+    def create_chunk(self, job: Job, number: int, after: str, upto: str) -> bool:
+        with self._lock:
+            if (job.job_id, number) in self.chunks:
+                return False
+            self.chunks[(job.job_id, number)] = JobChunk(job.job_id, number, after=after, upto=upto, cursor=after,
+                                                         status=C.PENDING.value, heartbeat_at=_now_iso(),
+                                                         expires_at=job.expires_at)
+            return True
+
+    def chunks_of(self, job_id: str) -> list[JobChunk]:
+        with self._lock:
+            return [copy.deepcopy(c) for (j, _), c in sorted(self.chunks.items()) if j == job_id]
+
+    def claim_chunk(self, job_id: str, number: int, lease: Lease) -> JobChunk | None:
+        now = time.time()
+        chunk = JobChunk(job_id, number)
+
+        def free(c: JobChunk) -> bool:
+            return c.status != C.DONE.value and (not c.lease_owner or float(c.lease_until or 0) < now
+                                                 or c.lease_owner == lease.owner)
+
+        def change(c: JobChunk) -> None:
+            c.status, c.lease_owner, c.lease_until, c.heartbeat_at = C.RUNNING.value, lease.owner, lease.until, \
+                _now_iso()
+
+        return chunk if self._apply_chunk(chunk, free, change) else None
+
+    @staticmethod
+    def _ours(c: JobChunk, lease: Lease) -> bool:
+        return c.lease_owner == lease.owner and c.status == C.RUNNING.value
+
+    def checkpoint_chunk(self, job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: Progress,
+                         eta: str | None) -> bool:
+        with self._lock:
+            stored_chunk = self.chunks.get((chunk.job_id, int(chunk.chunk)))
+            stored_job = self.jobs.get(job.job_id)
+            if stored_chunk is None or stored_job is None or stored_chunk.cursor != chunk.cursor \
+                    or not self._ours(stored_chunk, lease) or not self._worked(stored_job):
+                return False
+            stamp = _now_iso()
+            stored_chunk.cursor, stored_chunk.heartbeat_at, stored_chunk.reap_count = new_cursor, stamp, 0
+            stored_chunk.processed = int(stored_chunk.processed) + done.lines
+            stored_job.processed_lines = int(stored_job.processed_lines) + done.lines
+            stored_job.failed_lines = int(stored_job.failed_lines) + done.failed
+            stored_job.cached_lines = int(stored_job.cached_lines) + done.cached
+            stored_job.retry_count = int(stored_job.retry_count) + done.retries
+            stored_job.heartbeat_at = stored_job.updated_at = stamp
+            stored_job.reap_count, stored_job.estimated_completion_at = 0, eta
+            chunk.cursor = new_cursor
+            return True
+
+    def hand_back_chunk(self, chunk: JobChunk, lease: Lease, due_in: int) -> bool:
+        def change(c: JobChunk) -> None:
+            c.status, c.lease_owner, c.lease_until = C.PENDING.value, None, None
+            c.heartbeat_at = clock.iso(clock.now() + timedelta(seconds=due_in))
+
+        return self._apply_chunk(chunk, lambda c: self._ours(c, lease), change)
+
+    def finish_chunk(self, job: Job, chunk: JobChunk, lease: Lease) -> bool:
+        with self._lock:
+            stored_chunk = self.chunks.get((chunk.job_id, int(chunk.chunk)))
+            stored_job = self.jobs.get(job.job_id)
+            if stored_chunk is None or stored_job is None or not self._ours(stored_chunk, lease) \
+                    or not self._worked(stored_job):
+                return False
+            stored_chunk.status, stored_chunk.lease_owner, stored_chunk.lease_until = C.DONE.value, None, None
+            stored_job.chunks_done = int(stored_job.chunks_done) + 1
+            stored_job.heartbeat_at = _now_iso()
+            self._copy_into(job, stored_job)
+            return int(job.chunks_done) >= int(job.chunk_count)
+
+    def release_chunk(self, chunk: JobChunk, lease: Lease) -> bool:
+        def change(c: JobChunk) -> None:
+            c.status, c.lease_owner, c.lease_until = C.PENDING.value, None, None
+
+        return self._apply_chunk(chunk, lambda c: self._ours(c, lease), change)
+
+    def reset_chunk(self, chunk: JobChunk) -> None:
+        def change(c: JobChunk) -> None:
+            c.status, c.lease_owner, c.lease_until, c.reap_count = C.PENDING.value, None, None, 0
+            c.heartbeat_at = _now_iso()
+
+        self._apply_chunk(chunk, lambda c: True, change)
+
+    def set_chunks_done(self, job: Job, seen: int, done: int) -> bool:
+        def change(j: Job) -> None:
+            j.chunks_done = done
+
+        return self._apply(job, lambda j: int(j.chunks_done) == seen, change)
+
+    def mark_chunk_reaped(self, chunk: JobChunk) -> bool:
+        seen, stalled = chunk.heartbeat_at, 1 if chunk.status == C.RUNNING else 0
+
+        def change(c: JobChunk) -> None:
+            c.reap_count = int(c.reap_count) + stalled
+            c.heartbeat_at, c.status, c.lease_owner, c.lease_until = _now_iso(), C.PENDING.value, None, None
+
+        return self._apply_chunk(chunk, lambda c: c.heartbeat_at == seen and c.status != C.DONE.value, change)
+
+
+_current: JobStore = DynamoJobStore()
+
+
+def current() -> JobStore:
+    """The store in use: DynamoDB, unless a test put another in (use_store)."""
+    return _current
+
+
+def use_store(store: JobStore) -> JobStore:
+    """Put `store` in use; returns the one it replaces (tests put it back)."""
+    global _current
+    previous, _current = _current, store
+    return previous

@@ -1,0 +1,218 @@
+"""The job store's contract: each operation's rule, the same for the in-memory store and for DynamoDB.
+
+`StoreContract` is run here against `MemoryJobStore` (no moto, no network) and, subclassed, against DynamoDB on
+the moto server in tests/integration/test_job_store_dynamo.py: the fake cannot drift from the real store without a
+test failing on one side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from chalicelib import clock
+from chalicelib.jobs.states import ChunkStatus, JobStatus
+from chalicelib.jobs.store import Lease, MemoryJobStore, Progress
+from chalicelib.tables import Job
+
+OLD = "2020-01-01T00:00:00.00Z"  # a heartbeat no write of the test can repeat
+
+
+def new_job(status: JobStatus = JobStatus.PROCESSING, **fields) -> Job:
+    stamp = clock.iso(clock.now())
+    return Job(f"job-{uuid.uuid4()}", owner_id="owner-1", tenant="tenant-1", report_id="report-1", period="2026-01",
+               status=status.value, created_at=stamp, updated_at=stamp, heartbeat_at=OLD, lock_key="lock#x",
+               total_lines=100, expires_at=clock.expiry(days=1), **fields)
+
+
+def lease(owner: str = "worker-a", seconds: float = 60) -> Lease:
+    return Lease(owner, time.time() + seconds)
+
+
+class StoreContract:
+    """Subclasses give `store` (a fixture) and `seed(store, job)` (the job stored, as a create would leave it)."""
+
+    def seed(self, store, job: Job) -> Job:
+        raise NotImplementedError
+
+    # --- the job's lease ----------------------------------------------------------------------------------------
+
+    def test_one_live_lease_at_a_time_and_a_dead_one_is_taken_over(self, store):
+        job = self.seed(store, new_job())
+        assert store.take_lease(job, lease("a"))
+        assert job.lease_owner == "a"  # the caller's record follows the store
+        assert not store.take_lease(store.load(job.job_id), lease("b"))  # lease_free: a's is live
+        assert store.take_lease(store.load(job.job_id), lease("a"))  # its own holder may take it again
+        expired = self.seed(store, new_job(lease_owner="dead", lease_until=time.time() - 1))
+        assert store.take_lease(expired, lease("b")) and store.load(expired.job_id).lease_owner == "b"
+
+    def test_only_a_processing_job_is_leased(self, store):
+        for status in (JobStatus.QUEUED, JobStatus.CANCELLATION_REQUESTED, JobStatus.CANCELLED):
+            job = self.seed(store, new_job(status))
+            assert not store.take_lease(job, lease()) and store.load(job.job_id).lease_owner is None
+
+    def test_two_invocations_racing_for_one_job_one_wins(self, store):
+        for _ in range(5):
+            job = self.seed(store, new_job())
+            start, won = threading.Barrier(2), []
+
+            def take(owner: str, job_id: str = job.job_id, start: threading.Barrier = start,
+                     won: list = won) -> None:
+                record = store.load(job_id)
+                start.wait()
+                if store.take_lease(record, lease(owner)):
+                    won.append(owner)
+
+            threads = [threading.Thread(target=take, args=(o,)) for o in ("a", "b")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            assert len(won) == 1 and store.load(job.job_id).lease_owner == won[0]
+
+    def test_a_checkpoint_counts_a_batch_once_and_only_for_the_lease_holder(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine)
+        batch = Progress(lines=20, failed=2, cached=5, retries=1)
+        assert store.checkpoint(job, mine, "", "line-20", batch, None)
+        stored = store.load(job.job_id)
+        assert (stored.cursor, int(stored.processed_lines), int(stored.failed_lines), int(stored.cached_lines),
+                int(stored.retry_count)) == ("line-20", 20, 2, 5, 1)
+        # cursor_unchanged: the same batch again (a redelivered message) counts nothing.
+        assert not store.checkpoint(store.load(job.job_id), mine, "", "line-20", batch, None)
+        # lease_is_ours: a stale invocation counts nothing.
+        assert not store.checkpoint(store.load(job.job_id), lease("b"), "line-20", "line-40", batch, None)
+        assert int(store.load(job.job_id).processed_lines) == 20
+        assert job.cursor == "line-20"  # a refused checkpoint leaves the caller holding what the store holds
+
+    def test_a_checkpoint_lands_on_a_live_job_only(self, store):
+        job = self.seed(store, new_job(JobStatus.CANCELLED, lease_owner="a", lease_until=time.time() + 60))
+        assert not store.checkpoint(job, lease("a"), "", "line-20", Progress(lines=20), None)
+        assert int(store.load(job.job_id).processed_lines) == 0
+
+    def test_hand_back_gives_up_the_lease_counts_retries_and_pushes_the_heartbeat(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine)
+        assert not store.hand_back(store.load(job.job_id), lease("b"), 3, 60)  # not b's to give
+        assert store.hand_back(job, mine, 3, 60)
+        stored = store.load(job.job_id)
+        assert stored.lease_owner is None and int(stored.retry_count) == 3
+        assert stored.heartbeat_at > clock.iso(clock.now() + timedelta(seconds=50))
+        assert store.take_lease(stored, lease("b"))  # free for the continuation's receiver at once
+
+    def test_release_and_heartbeat_need_the_lease(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine)
+        assert not store.heartbeat(store.load(job.job_id), lease("b"))
+        assert store.heartbeat(job, mine) and store.load(job.job_id).heartbeat_at != OLD
+        assert not store.release(store.load(job.job_id), lease("b"))
+        assert store.release(job, mine) and store.load(job.job_id).lease_owner is None
+
+    def test_waits_that_overlap_count_once(self, store):
+        job = self.seed(store, new_job())
+        end = time.time()
+        assert store.note_wait(job.job_id, 10, end) == pytest.approx(10, abs=0.01)
+        assert store.note_wait(job.job_id, 10, end) == 0  # the same window, noted by a second chunk
+        assert store.note_wait(job.job_id, 15, end + 5) == pytest.approx(5, abs=0.01)
+        assert float(store.load(job.job_id).rate_limited_seconds) == pytest.approx(15, abs=0.01)
+
+    def test_one_reaper_wins_and_a_job_that_moved_is_left_alone(self, store):
+        job = self.seed(store, new_job(lease_owner="dead", lease_until=time.time() - 1))
+        seen = store.load(job.job_id)
+        assert store.mark_reaped(seen, JobStatus.PROCESSING)
+        stored = store.load(job.job_id)
+        assert int(stored.reap_count) == 1 and stored.lease_owner is None
+        assert not store.mark_reaped(seen_copy(job, OLD), JobStatus.PROCESSING)  # a second reaper, same view
+        moved = self.seed(store, new_job())
+        stale_view = store.load(moved.job_id)
+        mine = lease("a")
+        assert store.take_lease(store.load(moved.job_id), mine)  # a worker moved it (heartbeat) since the sweep
+        assert not store.mark_reaped(stale_view, JobStatus.PROCESSING)
+        assert store.load(moved.job_id).lease_owner == "a"
+
+    # --- chunks -------------------------------------------------------------------------------------------------
+
+    def test_the_first_plan_stands(self, store):
+        job = self.seed(store, new_job())
+        assert store.record_plan(job, ["l-10", ""], "2 chunks") == ["l-10", ""]
+        assert store.record_plan(store.load(job.job_id), ["l-5", "l-15", ""], "3 chunks") == ["l-10", ""]
+        assert int(store.load(job.job_id).chunk_count) == 2
+
+    def test_a_chunk_is_made_once_and_worked_by_one_invocation(self, store):
+        job = self.seed(store, new_job())
+        store.record_plan(job, ["l-10", ""], "2 chunks")
+        assert store.create_chunk(job, 0, "", "l-10") and store.create_chunk(job, 1, "l-10", "")
+        first = store.claim_chunk(job.job_id, 0, lease("a"))
+        assert first is not None and first.status == ChunkStatus.RUNNING.value
+        assert not store.create_chunk(job, 0, "", "l-10")  # chunk_is_new: never reset a started chunk
+        assert store.chunks_of(job.job_id)[0].status == ChunkStatus.RUNNING.value
+        assert store.claim_chunk(job.job_id, 0, lease("b")) is None  # chunk_free: a's is live
+
+    def test_a_chunk_checkpoint_adds_to_the_job_once(self, store):
+        job = self.seed(store, new_job())
+        store.record_plan(job, [""], "1 chunk")
+        store.create_chunk(job, 0, "", "")
+        mine = lease("a")
+        chunk = store.claim_chunk(job.job_id, 0, mine)
+        stale = store.chunks_of(job.job_id)[0]  # read before the checkpoint: its cursor is ""
+        assert store.checkpoint_chunk(job, chunk, mine, "l-20", Progress(lines=20, failed=1), None)
+        assert not store.checkpoint_chunk(job, stale, mine, "l-20", Progress(lines=20, failed=1), None)
+        assert not store.checkpoint_chunk(job, chunk, lease("b"), "l-40", Progress(lines=20), None)
+        stored = store.load(job.job_id)
+        assert (int(stored.processed_lines), int(stored.failed_lines)) == (20, 1)
+        assert int(store.chunks_of(job.job_id)[0].processed) == 20
+
+    def test_the_last_chunk_to_finish_says_so(self, store):
+        job = self.seed(store, new_job())
+        store.record_plan(job, ["l-10", ""], "2 chunks")
+        for number, (after, upto) in enumerate([("", "l-10"), ("l-10", "")]):
+            store.create_chunk(job, number, after, upto)
+        a, b = lease("a"), lease("b")
+        first, second = store.claim_chunk(job.job_id, 0, a), store.claim_chunk(job.job_id, 1, b)
+        assert not store.finish_chunk(job, first, b)  # not b's chunk
+        assert store.finish_chunk(job, first, a) is False  # done, but one chunk is left
+        assert store.finish_chunk(store.load(job.job_id), second, b) is True
+        assert int(store.load(job.job_id).chunks_done) == 2
+        assert store.claim_chunk(job.job_id, 0, lease("c")) is None  # a done chunk is never worked again
+
+    def test_a_chunk_handed_back_or_reaped_is_pending_and_free(self, store):
+        job = self.seed(store, new_job())
+        store.record_plan(job, [""], "1 chunk")
+        store.create_chunk(job, 0, "", "")
+        mine = lease("a")
+        chunk = store.claim_chunk(job.job_id, 0, mine)
+        assert not store.hand_back_chunk(chunk, lease("b"), 30)
+        assert store.hand_back_chunk(chunk, mine, 30)
+        assert store.chunks_of(job.job_id)[0].status == ChunkStatus.PENDING.value
+        # Two reapers read the chunk (due back in 30 s, as handed back); the first to write wins.
+        first_view, second_view = store.chunks_of(job.job_id)[0], store.chunks_of(job.job_id)[0]
+        assert store.mark_chunk_reaped(first_view)
+        reaped = store.chunks_of(job.job_id)[0]
+        assert (reaped.status, reaped.lease_owner, int(reaped.reap_count)) == (ChunkStatus.PENDING.value, None, 0)
+        assert not store.mark_chunk_reaped(second_view)
+        assert store.claim_chunk(job.job_id, 0, lease("b")) is not None  # free for the message the reaper sends
+
+
+def seen_copy(job: Job, heartbeat: str) -> Job:
+    """A sweep's view of the job: the heartbeat it read."""
+    view = Job(job.job_id, **{k: getattr(job, k) for k in ("owner_id", "report_id", "period", "status", "created_at",
+                                                           "updated_at", "lock_key", "expires_at")})
+    view.heartbeat_at, view.lease_owner = heartbeat, "dead"
+    return view
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    def store(self):
+        return MemoryJobStore()
+
+    def seed(self, store, job: Job) -> Job:
+        store.put(job)
+        return store.load(job.job_id)
