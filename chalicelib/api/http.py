@@ -99,6 +99,12 @@ def query(request: Request, name: str) -> str | None:
     return params.get(name)
 
 
+def query_params(request: Request) -> dict[str, str]:
+    """The query string, one value per name (the last one given, as `query` reads it), for a query model."""
+    params = request.query_params or {}
+    return {name: params.get(name) for name in params}
+
+
 def base_url(request: Request) -> str:
     configured = get_settings().public_base_url
     if configured:

@@ -7,14 +7,13 @@ from typing import Any
 
 from chalice import Blueprint, Response
 
-from chalicelib import clock, paging
-from chalicelib.api import http
+from chalicelib import clock
+from chalicelib.api import http, models
 from chalicelib.api.routes import NO_BODY, handled
 from chalicelib.errors import NotAsyncReport, ValidationFailed
 from chalicelib.jobs import idempotency, service
 from chalicelib.jobs.create import create_job
 from chalicelib.jobs.states import TERMINAL, JobStatus
-from chalicelib.lines.validation import check_period
 from chalicelib.reports import service as reports
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
@@ -44,9 +43,8 @@ def _generate(request: dict[str, Any]) -> dict[str, Any]:
 def generate(reportId: str) -> Response:  # noqa: N803
     req = http.current()
     body = http.json_body(req, required=False)
-    if body is not None and (not isinstance(body, dict) or not set(body) <= {"period"}):
-        raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
-    period = check_period(body["period"]) if body and "period" in body else clock.now().strftime("%Y-%m")
+    asked = models.parse(models.GenerateRequest, body).period if body is not None else None
+    period = asked or clock.now().strftime("%Y-%m")
     who = http.principal(req)
     request = {"principal": who, "userId": who.user_id, "reportId": reportId, "period": period,
                "baseUrl": http.base_url(req), "body": body}
@@ -71,12 +69,9 @@ def get_job(jobId: str) -> Response:  # noqa: N803
 @handled
 def list_jobs() -> dict:
     req = http.current()
-    size = paging.page_size(http.query(req, "pageSize"))
-    raw_page = http.query(req, "page")
-    if raw_page is not None and (not re.fullmatch(r"[0-9]{1,5}", raw_page) or not 1 <= int(raw_page) <= 10_000):
-        raise ValidationFailed("page: must be an integer from 1 to 10000.", field="page")
-    out = service.list_jobs(http.principal(req).user_id, http.query(req, "status"), size,
-                            int(raw_page) if raw_page else None, http.query(req, "nextToken"))
+    params = models.parse(models.JobListQuery, http.query_params(req))
+    out = service.list_jobs(http.principal(req).user_id, params.status, params.page_size, params.page,
+                            params.next_token)
     base = http.base_url(req)
     return {**out, "items": [service.to_dict(job, base) for job in out["items"]]}
 
@@ -94,8 +89,8 @@ def cancel_job(jobId: str) -> dict:  # noqa: N803
 def job_events(jobId: str) -> dict:  # noqa: N803
     req = http.current()
     # Paged like every list: pageSize 1-1000 (default 1000, a whole trail in one page for almost every job).
-    size = paging.page_size(http.query(req, "pageSize"), default=EVENTS_PAGE_MAX, maximum=EVENTS_PAGE_MAX)
-    return service.events(http.principal(req).user_id, jobId, size, http.query(req, "nextToken"))
+    params = models.parse(models.EventListQuery, http.query_params(req))
+    return service.events(http.principal(req).user_id, jobId, params.page_size, params.next_token)
 
 
 @bp.route("/jobs/{jobId}/deliveries/{n}/retry", methods=["POST"], content_types=NO_BODY)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from chalice import Blueprint, Response
 
-from chalicelib import paging
-from chalicelib.api import http
+from chalicelib.api import http, models
 from chalicelib.api.routes import NO_BODY, created, handled
-from chalicelib.errors import UnsupportedMediaType, ValidationFailed
+from chalicelib.errors import UnsupportedMediaType
 from chalicelib.lines import store, validation
 from chalicelib.reports import service
 from chalicelib.settings import get_settings
@@ -30,8 +29,8 @@ def create_report() -> Response:
 @handled
 def list_reports() -> dict:
     request = http.current()
-    size = paging.page_size(http.query(request, "pageSize"))
-    out = service.list_reports(http.principal(request), size, http.query(request, "nextToken"))
+    params = models.parse(models.ReportListQuery, http.query_params(request))
+    out = service.list_reports(http.principal(request), params.page_size, params.next_token)
     return {"items": [service.to_dict(r) for r in out["items"]], "nextToken": out["nextToken"]}
 
 
@@ -80,11 +79,7 @@ def import_expenses() -> Response:
     if kind == "text/csv":
         lines = validation.parse_csv(http.raw_text(request), limit)
     elif kind == "application/json":
-        body = http.json_body(request)
-        if not isinstance(body, dict) or set(body) != {"lines"}:
-            raise ValidationFailed("The body must be a JSON object with one member, lines: an array of expense "
-                                   "lines.", field="lines")
-        lines = validation.validate_lines(body["lines"], limit)
+        lines = models.parse(models.ExpenseImport, http.json_body(request), max_lines=limit).stored()
     else:
         raise UnsupportedMediaType("Send application/json or text/csv.")
     return created(store.import_lines(http.principal(request), lines))
@@ -94,6 +89,5 @@ def import_expenses() -> Response:
 @handled
 def list_expenses() -> dict:
     request = http.current()
-    period = validation.check_period(http.query(request, "period"))
-    size = paging.page_size(http.query(request, "pageSize"), default=100, maximum=1000)
-    return store.list_lines(http.principal(request), period, size, http.query(request, "nextToken"))
+    params = models.parse(models.ExpenseListQuery, http.query_params(request))
+    return store.list_lines(http.principal(request), params.period, params.page_size, params.next_token)

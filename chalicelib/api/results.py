@@ -5,9 +5,9 @@ from __future__ import annotations
 from chalice import Blueprint, Response
 
 from chalicelib import results
-from chalicelib.api import http
+from chalicelib.api import http, models
 from chalicelib.api.routes import NO_BODY, handled
-from chalicelib.errors import Conflict, ValidationFailed
+from chalicelib.errors import Conflict
 from chalicelib.jobs import actions, service
 from chalicelib.jobs.states import JobStatus
 from chalicelib.settings import get_settings
@@ -19,9 +19,7 @@ bp = Blueprint(__name__)
 @handled
 def get_result(jobId: str) -> Response:  # noqa: N803
     req = http.current()
-    fmt = http.query(req, "format") or "json"
-    if fmt not in ("json", "csv"):
-        raise ValidationFailed("format: must be json or csv.", field="format")
+    fmt = models.parse(models.ResultQuery, http.query_params(req)).format
     job = service.get_job(http.principal(req).user_id, jobId)
     if job.status != JobStatus.COMPLETED.value or not job.result_key:
         raise Conflict(f"The result is available once the job is Completed; it is {job.status}.",

@@ -165,14 +165,23 @@ def _amount(value: Any, fail: Any) -> str:
     return text
 
 
-def validate_line(raw: Any, where: str, line: str | None = None) -> dict[str, str]:
-    """Return the canonical line or raise ValidationFailed naming `where` (in words), the field and what was
+def line_failure(where: str, line: str | None = None) -> Any:
+    """`fail(field, message)` for one line: a ValidationFailed naming `where` (in words), the field and what was
     expected; `line` is the machine-readable position for the problem's `line` member (`lines[i]`, `row N`)."""
     line = line or where
 
     def fail(field: str, message: str) -> ValidationFailed:
         return ValidationFailed(f"{where}: {field} {message}", line=line, field=field)
 
+    return fail
+
+
+# The rules of an expense line, one per member: each returns the member's canonical value or raises `fail(...)`.
+# chalicelib/api/models.ExpenseLineInput runs them, in this order, after check_line_members.
+
+
+def check_line_members(raw: Any, where: str, line: str | None = None) -> None:
+    line = line or where
     if not isinstance(raw, dict):
         raise ValidationFailed(f"{where} must be an object with the fields date, vendor, amount and currency "
                                f"(lineId and description are optional), not {kind_of(raw)}.", line=line)
@@ -180,13 +189,18 @@ def validate_line(raw: Any, where: str, line: str | None = None) -> dict[str, st
     if unknown:
         raise ValidationFailed(f"{where}: {shown(unknown[0])} is not a known field; a line has the fields "
                                f"{in_words(CSV_COLUMNS)}.", line=line, field=shown(unknown[0]))
-    line_id = raw.get("lineId")
+
+
+def line_id_rule(line_id: Any, fail: Any) -> str:
     if line_id in (None, ""):
-        line_id = str(uuid.uuid4())
-    elif not isinstance(line_id, str) or not LINE_ID.fullmatch(line_id):
+        return str(uuid.uuid4())
+    if not isinstance(line_id, str) or not LINE_ID.fullmatch(line_id):
         raise fail("lineId", f"must be 1 to {MAX_LINE_ID_CHARS} characters of letters, digits and . _ : - "
                              f"(starting with a letter or digit), or left out{_but(line_id)}")
-    day = raw.get("date")
+    return line_id
+
+
+def date_rule(day: Any, fail: Any) -> str:
     try:
         if not isinstance(day, str) or not DATE.fullmatch(day):
             raise ValueError
@@ -195,7 +209,10 @@ def validate_line(raw: Any, where: str, line: str | None = None) -> dict[str, st
         if day is None or day == "":
             raise fail("date", "is required: a calendar date written YYYY-MM-DD, such as 2026-01-15.") from None
         raise fail("date", f"must be a calendar date written YYYY-MM-DD, such as 2026-01-15{_but(day)}") from None
-    raw_vendor = raw.get("vendor")
+    return day
+
+
+def vendor_rule(raw_vendor: Any, fail: Any) -> str:
     if raw_vendor is not None and not isinstance(raw_vendor, str):
         raise fail("vendor", f"must be text (printable, up to 200 characters), not {kind_of(raw_vendor)}.")
     if raw_vendor is None or not raw_vendor.strip():
@@ -204,46 +221,76 @@ def validate_line(raw: Any, where: str, line: str | None = None) -> dict[str, st
     if not vendor:
         raise fail("vendor", "must be printable text of up to 200 characters (no control characters or line "
                              "breaks).")
-    amount = _amount(raw.get("amount"), fail)
-    currency = raw.get("currency")
+    return vendor
+
+
+amount_rule = _amount
+
+
+def currency_rule(currency: Any, fail: Any) -> str:
     if not isinstance(currency, str) or not CURRENCY.fullmatch(currency):
         rule = "a three-letter ISO 4217 code in capitals, such as USD"
         if currency is None or currency == "":
             raise fail("currency", f"is required: {rule}.")
         raise fail("currency", f"must be {rule}{_but(currency)}")
-    raw_description = raw.get("description")
+    return currency
+
+
+def description_rule(raw_description: Any, fail: Any) -> str:
     description = _text(raw_description, 500, False)
     if raw_description not in (None, "") and description is None:
         raise fail("description", "must be printable text of up to 500 characters (no control characters or "
                                   f"line breaks){_but(raw_description)}")
-    return {"lineId": line_id, "date": day, "vendor": vendor, "amount": amount,
-            "currency": currency, "description": description or ""}
+    return description or ""
 
 
-def _validate_all(items: list[tuple[Any, str, str, str]]) -> list[dict[str, str]]:
-    """Each (raw line, where, line, short) validated; a lineId given twice is refused naming both places."""
-    lines: list[dict[str, str]] = []
+def check_line(raw: Any, where: str, line: str | None = None) -> Any:
+    """The line read through its model (chalicelib/api/models.ExpenseLineInput), or ValidationFailed."""
+    from chalicelib.api import models  # not at the top: models imports this module
+
+    return models.parse(models.ExpenseLineInput, raw, where=where, line=line or where,
+                        fail=line_failure(where, line))
+
+
+def validate_line(raw: Any, where: str, line: str | None = None) -> dict[str, str]:
+    """Return the canonical line or raise ValidationFailed naming `where` (in words), the field and what was
+    expected; `line` is the machine-readable position for the problem's `line` member (`lines[i]`, `row N`)."""
+    return check_line(raw, where, line).stored()
+
+
+def _check_all(items: list[tuple[Any, str, str, str]]) -> list[Any]:
+    """Each (raw line, where, line, short) read; a lineId given twice is refused naming both places."""
+    lines: list[Any] = []
     seen: dict[str, str] = {}
     for raw, where, line, short in items:
-        valid = validate_line(raw, where, line)
-        first = seen.get(valid["lineId"])
+        valid = check_line(raw, where, line)
+        first = seen.get(valid.line_id)
         if first is not None:
-            raise ValidationFailed(f"{where}: lineId {valid['lineId']} appears twice in this request (also at "
+            raise ValidationFailed(f"{where}: lineId {valid.line_id} appears twice in this request (also at "
                                    f"{first}); a lineId identifies one line.", line=line, field="lineId")
-        seen[valid["lineId"]] = short
+        seen[valid.line_id] = short
         lines.append(valid)
     return lines
 
 
-def validate_lines(raws: Any, max_lines: int) -> list[dict[str, str]]:
-    """The lines of a JSON import (`{"lines": [...]}`)."""
+def _validate_all(items: list[tuple[Any, str, str, str]]) -> list[dict[str, str]]:
+    return [valid.stored() for valid in _check_all(items)]
+
+
+def check_lines(raws: Any, max_lines: int) -> list[Any]:
+    """The lines of a JSON import (`{"lines": [...]}`), each read through its model."""
     if not isinstance(raws, list) or not raws:
         got = "an empty array" if isinstance(raws, list) else kind_of(raws)
         raise ValidationFailed(f"lines must be a non-empty array of expense lines, not {got}.", field="lines")
     if len(raws) > max_lines:
         raise ValidationFailed(f"lines holds {len(raws)} lines; at most {max_lines} are taken per request: "
                                "split the import.", field="lines")
-    return _validate_all([(raw, *json_line(i)) for i, raw in enumerate(raws)])
+    return _check_all([(raw, *json_line(i)) for i, raw in enumerate(raws)])
+
+
+def validate_lines(raws: Any, max_lines: int) -> list[dict[str, str]]:
+    """The lines of a JSON import (`{"lines": [...]}`)."""
+    return [valid.stored() for valid in check_lines(raws, max_lines)]
 
 
 _CSV_ERRORS = [  # csv.Error texts, in words

@@ -133,33 +133,72 @@ def _schedule(value: Any) -> dict[str, Any] | None:
     return {"type": "monthly", "day": value["day"]}
 
 
-def parse_config(body: Any) -> dict[str, Any]:
+# The rules of a configuration, one per member: each returns the canonical value or raises ValidationFailed.
+# chalicelib/api/models.ReportConfigInput runs them, after check_config_members, in the order it declares them:
+# reportId, name, categories, deliveryTargets, allowedRoles, schedule.
+
+
+def check_config_members(body: Any) -> None:
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise ValidationFailed(f"{shown(unknown[0])} is not a known field; a report configuration has "
                                f"{in_words(sorted(_FIELDS, key=_FIELD_ORDER.index))}.", field=shown(unknown[0]))
-    report_id = body.get("reportId")
+
+
+def check_report_id(report_id: Any) -> str | None:
     if report_id is not None and (not isinstance(report_id, str) or not REPORT_ID.fullmatch(report_id)):
         raise _fail("reportId", "must be 3 to 64 characters of lowercase letters, digits and hyphens, starting "
                                 "with a letter or digit, or left out" + ("." if isinstance(report_id, str)
                                                                          else f", not {_kind(report_id)}."))
-    name = body.get("name")
+    return report_id
+
+
+def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > 200 or not name.isprintable():
         raise _fail("name", "is required: printable text of 1 to 200 characters (no control characters or line "
                             "breaks).")
-    categories = _strings("categories", body.get("categories"), DEFAULT_CATEGORIES, 50)
+    return name.strip()
+
+
+def check_categories(value: Any) -> list[str]:
+    categories = _strings("categories", value, DEFAULT_CATEGORIES, 50)
     if not categories:
         raise _fail("categories", "must name at least one category.")
-    return {
-        "reportId": report_id or f"report-{uuid.uuid4()}",
-        "name": name.strip(),
-        "deliveryTargets": _targets(body.get("deliveryTargets")),
-        "allowedRoles": _strings("allowedRoles", body.get("allowedRoles"), [], 20),
-        "categories": categories,
-        "schedule": _schedule(body.get("schedule")),
-    }
+    return categories
+
+
+def check_roles(value: Any) -> list[str]:
+    return _strings("allowedRoles", value, [], 20)
+
+
+check_targets = _targets
+check_schedule = _schedule
+
+
+def mint_report_id() -> str:
+    return f"report-{uuid.uuid4()}"
+
+
+def parse_config(body: Any) -> dict[str, Any]:
+    """The configuration to store, read through its model (chalicelib/api/models.ReportConfigInput)."""
+    from chalicelib.api import models
+
+    return models.parse(models.ReportConfigInput, body).fields()
+
+
+def check_patch_members(body: Any) -> None:
+    """A PATCH's own rules; its members are then checked on the configuration as it would be (parse_config)."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.")
+    fixed = [f for f in IMMUTABLE if f in body]
+    if fixed:
+        raise ValidationFailed(f"{fixed[0]} cannot be changed; a PATCH may set name, deliveryTargets, "
+                               "allowedRoles, categories and schedule.", field=fixed[0])
+    if not body:
+        raise ValidationFailed("The body must set at least one of name, deliveryTargets, allowedRoles, categories "
+                               "and schedule.")
 
 
 def _has_webhook(targets: list[dict[str, Any]]) -> bool:
@@ -361,15 +400,9 @@ def update_report(principal: Principal, report_id: str, body: Any,
     deliveryTargets enables again every webhook a 410 Gone had disabled: the owner has looked at them."""
     report = _owned(principal, report_id)
     _check_if_match(report, if_match, required=True)
-    if not isinstance(body, dict):
-        raise ValidationFailed("The body must be a JSON object.")
-    fixed = [f for f in IMMUTABLE if f in body]
-    if fixed:
-        raise ValidationFailed(f"{fixed[0]} cannot be changed; a PATCH may set name, deliveryTargets, "
-                               "allowedRoles, categories and schedule.", field=fixed[0])
-    if not body:
-        raise ValidationFailed("The body must set at least one of name, deliveryTargets, allowedRoles, categories "
-                               "and schedule.")
+    from chalicelib.api import models
+
+    models.parse(models.ReportConfigPatch, body)
     current = {"reportId": report.report_id, "name": report.name, "deliveryTargets": report.delivery_targets,
                "allowedRoles": list(report.allowed_roles or []), "categories": list(report.categories),
                "schedule": report.schedule}

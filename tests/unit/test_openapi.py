@@ -1,5 +1,8 @@
 """The OpenAPI document: valid, in step with the routes Chalice registers, and true of real responses.
 
+The document is generated (`make openapi`: chalicelib/api/spec.py, from the pydantic models of
+chalicelib/api/models.py); tests/unit/test_openapi_generated.py holds the file to what that writes.
+
 Requests go through `chalice.test.Client(app)` in process. The tables, queue and bucket come from the stack
 that tests/conftest.py deploys when AWS_ENDPOINT_URL is set; without it, this module deploys
 infra/template.yaml into moto's in-process `mock_aws`. Every test uses fresh user and report ids.
