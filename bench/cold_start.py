@@ -6,8 +6,9 @@ Import time is measured in fresh interpreters (median of 5), with the environmen
 (AWS_LAMBDA_FUNCTION_NAME set, so JSON logs and, for the workers, the X-Ray SDK are on; the API stage turns
 tracing off). Two layouts: the source tree with this .venv, and, when `make package` has run, the unzipped
 package with the SDK beside it as Lambda's runtime provides it (the bytecode `make package` adds included).
-Both wall and CPU time are shown; on a busy machine CPU time is the steadier figure. Lambda's own init adds
-its runtime start (~100-200 ms) on top, and runs on a fraction of a vCPU below 1769 MB of memory.
+Both wall and CPU time are shown; on a busy machine CPU time is the steadier figure, and the budgets are in it
+(the API function 300 ms, the worker 500 ms). Lambda's own init adds its runtime start (~100-200 ms) on top, and
+runs on a fraction of a vCPU below 1769 MB of memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "build" / "package" / "dev"
 API_BUDGET_MS = 300.0
+# The worker (app + chalicelib.worker, tracing on): openai and pydantic are imported at the first model request
+# (chalicelib/worker/deferred.py), so a cold start pays only for what every message needs.
+WORKER_BUDGET_MS = 500.0
 ZIP_BUDGET_MB = 15.0
 RUNS = 5
 # handler -> (modules imported in order, extra environment): what each deployed function imports on a cold start.
@@ -79,7 +83,7 @@ def import_rows(pythonpath: list[str] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_imports(title: str, rows: list[dict[str, Any]]) -> bool:
+def _print_imports(title: str, rows: list[dict[str, Any]]) -> None:
     from bench.common import table
 
     print(f"\n  {title}")
@@ -87,8 +91,15 @@ def _print_imports(title: str, rows: list[dict[str, Any]]) -> bool:
     print("  " + table(["handler", "imports", "wall ms", "CPU ms", "openai", "X-Ray SDK"],
                        [[r["handler"], r["modules"], f"{r['wall']:.0f}", f"{r['cpu']:.0f}", yes[r["openai"]],
                          yes[r["xray"]]] for r in rows]).replace("\n", "\n  "))
-    api = rows[0]
+
+
+def _api_ok(rows: list[dict[str, Any]]) -> bool:
+    api = _row(rows, "api_handler")
     return api["cpu"] <= API_BUDGET_MS and not api["openai"] and not api["xray"]
+
+
+def _row(rows: list[dict[str, Any]], handler: str) -> dict[str, Any]:
+    return next(r for r in rows if r["handler"] == handler)
 
 
 def package_sizes(package: Path = PACKAGE) -> dict[str, float] | None:
@@ -101,7 +112,10 @@ def main() -> int:
 
     heading("Cold start: handler import time and deployment package size")
     _warm_bytecode()
-    ok = _print_imports("source tree (.venv)", import_rows(None))
+    rows = import_rows(None)
+    _print_imports("source tree (.venv)", rows)
+    ok = _api_ok(rows)
+    layout = "source tree"
     sizes = package_sizes()
     if sizes is None:
         note("no build/package/dev: run make package first for the package's sizes and its import times")
@@ -109,13 +123,18 @@ def main() -> int:
         from infra.package import deployed_pythonpath
 
         with tempfile.TemporaryDirectory(prefix="cold-start-") as work:
-            ok = _print_imports("unzipped package (build/package/dev), the runtime's SDK beside it",
-                                import_rows(deployed_pythonpath(PACKAGE, Path(work)))) and ok
+            rows = import_rows(deployed_pythonpath(PACKAGE, Path(work)))
+        _print_imports("unzipped package (build/package/dev), the runtime's SDK beside it", rows)
+        ok, layout = _api_ok(rows) and ok, "unzipped package"
         print()
         for name, mb in sizes.items():
             target(f"{name} zipped", mb <= ZIP_BUDGET_MB, f"{mb:.2f} MB (budget {ZIP_BUDGET_MB:.0f} MB)")
     target("API function import (CPU)", ok, f"<= {API_BUDGET_MS:.0f} ms, without openai or the X-Ray SDK")
-    note("worker handlers have no import budget; they pay for openai, pydantic and the X-Ray SDK once per instance")
+    work = _row(rows, "process_work")  # the package's figures when there is one: that is what Lambda runs
+    target(f"worker import, {layout} (CPU)", work["cpu"] <= WORKER_BUDGET_MS and not work["openai"],
+           f"{work['cpu']:.0f} ms (wall {work['wall']:.0f} ms), budget {WORKER_BUDGET_MS:.0f} ms, without openai")
+    note("the worker imports openai and pydantic at its first model request, and the X-Ray SDK while tracing is "
+         "on (as deployed); the reaper and the scheduler pay for the X-Ray SDK alone")
     return 0
 
 

@@ -286,7 +286,7 @@ class Job(_Model):
     chunk_bounds = _texts(null=True, attr_name="chunkBounds")
     # Wall-clock rate-limit accounting (runner.note_wait): the end of the latest wait counted, epoch seconds.
     limited_until = NumberAttribute(null=True, attr_name="limitedUntil")
-    # Recheck after a retry (worker._recheck_flagged): the last flagged lineId asked again.
+    # Recheck after a retry (worker/recheck.py): the last flagged lineId asked again.
     recheck_after = UnicodeAttribute(null=True, attr_name="recheckAfter")
     # Set by retry: flagged lines before the cursor are tried again once on resume.
     recheck_flagged = BooleanAttribute(default=False, attr_name="recheckFlagged")
@@ -341,7 +341,7 @@ class LineResult(_Model):
     confidence = NumberAttribute(default=0)
     source = UnicodeAttribute()
     needs_review = BooleanAttribute(default=False, attr_name="needsReview")
-    # The expense line's import order, copied by the worker (worker._result); the report lists lines by it.
+    # The expense line's import order, copied by the worker (worker/rows.py); the report lists lines by it.
     import_seq = UnicodeAttribute(null=True, attr_name="importSeq")
     expires_at = TTLAttribute(attr_name="expiresAt")
 

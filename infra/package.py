@@ -42,7 +42,8 @@ CHALICE_CONFIG = ROOT / ".chalice" / "config.json"
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "python_dateutil", "six", "urllib3")
 BUDGET_MB = 15.0
 HANDLER_MODULES = ("app", "chalicelib.worker", "chalicelib.reaper", "chalicelib.schedules")
-PRECOMPILE = ("app",)  # bytecode for what the API function imports (see precompile)
+# Bytecode for what the API function and the worker import (see precompile), the X-Ray SDK included.
+PRECOMPILE = ("app", "chalicelib.worker")
 
 
 def stage_prefix(stage: str) -> str:
@@ -323,7 +324,8 @@ def precompile(out: Path, pythonpath: list[str], modules: tuple[str, ...]) -> in
     import py_compile
 
     done = subprocess.run([sys.executable, "-S", "-c", LIST_PROBE, *modules], capture_output=True, text=True,
-                          env=_probe_env(pythonpath), timeout=120, cwd=pythonpath[0])
+                          env=_probe_env(pythonpath, {"POWERTOOLS_TRACE_DISABLED": "false"}), timeout=120,
+                          cwd=pythonpath[0])
     if done.returncode:
         raise RuntimeError(f"importing {modules} from the package failed:\n{done.stderr[-3000:]}")
     loaded = [Path(f) for f in json.loads(done.stdout.strip().splitlines()[-1]) if f.endswith(".py")]

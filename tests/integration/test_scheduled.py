@@ -134,7 +134,8 @@ def test_stale_queued_job_is_requeued_and_stale_cancellation_is_finished(api):
 
 def test_poison_message_reaches_the_dlq_and_its_job_becomes_failed(api, monkeypatch):
     job_id = api.start(expense_lines(5, vendors(2)))
-    monkeypatch.setattr(worker, "run_job", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("poison")))
+    # The handler's own name for it: handle_record calls run_job from chalicelib.worker.handler.
+    monkeypatch.setattr(worker.handler, "run_job", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("poison")))
     sqs = deps.client("sqs")
     dlq = sqs.get_queue_url(QueueName=f"{get_settings().prefix}-work-dlq")["QueueUrl"]
     for _ in range(5):

@@ -30,7 +30,7 @@ def test_two_batches_handled_at_once_each_report_only_their_own_failures(monkeyp
             raise RuntimeError("this record fails")
         failing_answered.wait(10)  # the passing batch ends after the failing one has answered
 
-    monkeypatch.setattr(worker, "handle_record", handle_record)
+    monkeypatch.setattr(worker.handler, "handle_record", handle_record)  # what handle_batch calls
     answers: dict[str, dict] = {}
     failing, passing = _event({"jobId": "a", "fail": True}), _event({"jobId": "b"})
 
