@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak bench lint clean package deploy mail openapi
+.PHONY: run test unit soak bench lint clean package deploy mail openapi
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q -rs -n 2
+
+# The unit tier alone (tests/unit): no moto, no network, seconds. `make test` runs it too, with the rest.
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 # The long chaos soak (tests/hardening/test_chaos.py); `make test` runs a short one. CHAOS_SEED=N replays a run.
 soak: $(STAMP)

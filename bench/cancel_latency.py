@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import tests.support as support
 from bench.api import InProcessApi, in_process_worker, new_user, wait_idle
 from bench.common import heading, percentile, secs, table, target
 from bench.env import Run
 from chalicelib.settings import get_settings
+from local import testkit as support
 from local.simulator import Simulator
 
 REPEATS = 3

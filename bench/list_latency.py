@@ -16,7 +16,7 @@ import uuid
 from bench.api import InProcessApi, bearer
 from bench.common import heading, percentile, ratio, table, target, times
 from bench.env import Run
-from tests.support import seed_jobs
+from local.testkit import seed_jobs
 
 SIZES = (100, 10_000)
 REPEATS = 10

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import chalicelib.worker  # noqa: F401 - the app's handler imports it on first use: keep those 0.4 s off the clock
-import tests.support as support
 from bench.api import InProcessApi, in_process_worker, new_user
 from bench.common import aws_calls, heading, note, ratio, secs, table, target, times
 from bench.env import PREFIX, ROOT, STAGE, Run
@@ -27,6 +26,7 @@ from chalicelib import clock, reaper
 from chalicelib.jobs.states import JobStatus
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job
+from local import testkit as support
 from local.stack import ManagedProcess
 
 LINES = 200

@@ -24,11 +24,11 @@ from typing import Any
 
 import botocore.client
 
-import tests.support as support
 from bench.api import TERMINAL_STATES, InProcessApi, new_user, quiesce
 from bench.common import heading, note, table, target
 from bench.env import PREFIX, ROOT, STAGE, Run
 from chalicelib import clock
+from local import testkit as support
 from local.simulator import Simulator
 from local.stack import ManagedProcess
 

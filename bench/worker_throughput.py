@@ -25,7 +25,6 @@ from typing import Any
 
 import openai
 
-import tests.support as support
 from bench.api import HttpApi, in_process_worker, new_user, wait_idle
 from bench.common import aws_calls, heading, note, ratio, secs, table, target, times
 from bench.env import Run
@@ -36,6 +35,7 @@ from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.types import Item
 from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import Settings, get_settings
+from local import testkit as support
 from local.simulator import Simulator
 
 LINES, VENDORS = 300, 90

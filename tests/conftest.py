@@ -1,12 +1,15 @@
 """Shared fixtures. The suite runs offline: AWS is a moto server subprocess, reached over the real wire.
 
-Settings are read from the environment once per process, at first use (the PynamoDB models and the
-observability module too), but the moto server's URL is only known once it runs. So this file sets the test
-environment when it is imported and, in `pytest_configure` (before any test module is collected, hence before
-anything reads the settings), starts one moto server per process on a free port, points AWS_ENDPOINT_URL at it
-and deploys infra/template.yaml into it. With
-pytest-xdist every worker process gets its own server; the controller starts none. Tests isolate their state
-with fresh random user ids and report ids, never by resetting moto.
+Settings are read from the environment once per process, at first use (the PynamoDB models and the observability
+module too), but a moto server's URL is only known once it runs. So this file sets the test environment when it
+is imported and, in `pytest_configure` (before any test module is collected, hence before anything reads the
+settings), reserves a free port and points AWS_ENDPOINT_URL (and the queue and bucket names the stack will have)
+at it. The server itself starts lazily: the first test that needs AWS (through `aws_endpoint`, which `client`,
+`api_stack`, `worker`... depend on, and which every test outside tests/unit gets) starts it on that port and
+deploys infra/template.yaml into it. The unit tier (tests/unit, `make unit`) never starts one: its conftest fails
+a test that asks for it or touches the network. With pytest-xdist every worker process gets its own server, when
+it first needs it; the controller starts none. Tests isolate their state with fresh random user ids and report
+ids, never by resetting moto.
 
 Fixtures: aws_endpoint, settings, token_for, client, api_stack, worker, sim, api.
 """
@@ -51,7 +54,60 @@ os.environ.setdefault("WEBHOOK_ALLOW_LOOPBACK", "1")
 # would force reports-dev onto the app).
 TEST_STAGE = "pytest"
 
-_moto: Any = None
+UNIT_TIER = ROOT / "tests" / "unit"
+MOTO_ACCOUNT = "123456789012"  # moto's default account: the queue URLs and bucket name contain it
+
+
+class LazyMoto:
+    """This process's moto server: its URL (and the stack's names) are fixed at configure time, it starts at the
+    first `start()`. The port stays bound by a placeholder socket until then, so nothing else takes it."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._placeholder: Any = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._placeholder.bind(("127.0.0.1", 0))
+        self.port = self._placeholder.getsockname()[1]
+        self.server: Any = None
+
+    def expected_env(self) -> dict[str, str]:
+        """What local.deploy.deploy will answer for this port (checked when it does)."""
+        url, prefix = f"http://127.0.0.1:{self.port}", os.environ["APP_PREFIX"]
+        account = os.environ.get("MOTO_ACCOUNT_ID", MOTO_ACCOUNT)
+        return {"AWS_ENDPOINT_URL": url, "WORK_QUEUE_URL": f"{url}/{account}/{prefix}-work",
+                "DLQ_URL": f"{url}/{account}/{prefix}-work-dlq", "RESULTS_BUCKET": f"{prefix}-results-{account}"}
+
+    def start(self) -> str:
+        if self.server is not None:
+            return self.server.url
+        from local.deploy import deploy
+        from local.stack import MotoServer
+
+        self._placeholder.close()
+        server = MotoServer(self.port).start_and_wait(deadline_seconds=30.0)
+        try:
+            env = deploy(server.url, os.environ["APP_PREFIX"])["env"]
+        except BaseException:
+            server.stop()
+            raise
+        self.server = server
+        from chalicelib.settings import Settings  # reads nothing at import
+
+        announced = Settings.from_env()
+        os.environ.update(env)
+        if Settings.from_env() != announced and _chalicelib_read_settings():
+            raise RuntimeError(f"the test stack ({env}) differs from what tests/conftest.py announced, and the "
+                               "settings were read already: they would not point at this moto server")
+        return server.url
+
+    def stop(self) -> None:
+        self._placeholder.close()
+        if self.server is not None:
+            self.server.stop(timeout=3.0)
+            self.server = None
+
+
+_moto: LazyMoto | None = None
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -60,31 +116,27 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "numprocesses", None)) and getattr(config.option, "dist", "no") != "no"
 
 
+def _chalicelib_read_settings() -> bool:
+    settings_module = sys.modules.get("chalicelib.settings")
+    return bool(settings_module and settings_module.get_settings.cache_info().currsize)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _moto
+    config.addinivalue_line("markers", "sim(**knobs): the `sim` fixture's SimConfig knobs (latency, rpm, seed...)")
     if _moto is not None or _is_xdist_controller(config) or config.option.help or config.option.version:
         return
-    settings_module = sys.modules.get("chalicelib.settings")
-    if settings_module and settings_module.get_settings.cache_info().currsize:
+    if _chalicelib_read_settings():
         raise pytest.UsageError("the settings were read before tests/conftest.py set AWS_ENDPOINT_URL: "
                                 "settings are read once per process, so it would not point at the test moto server")
-    from local.deploy import deploy
-    from local.stack import MotoServer
-
-    server = MotoServer().start_and_wait(deadline_seconds=30.0)
-    try:
-        env = deploy(server.url, os.environ["APP_PREFIX"])["env"]
-    except BaseException:
-        server.stop()
-        raise
-    os.environ.update(env)
-    _moto = server
+    _moto = LazyMoto()
+    os.environ.update(_moto.expected_env())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _moto
     if _moto is not None:
-        _moto.stop(timeout=3.0)
+        _moto.stop()
         _moto = None
 
 
@@ -105,8 +157,17 @@ class Token(str):
 
 @pytest.fixture(scope="session")
 def aws_endpoint() -> str:
-    """The URL of this process's moto server."""
-    return os.environ["AWS_ENDPOINT_URL"]
+    """The URL of this process's moto server, started (and the stack deployed) at the first test that needs it."""
+    if _moto is None:
+        raise pytest.UsageError("tests/conftest.py configured no moto server in this process")
+    return _moto.start()
+
+
+@pytest.fixture(autouse=True)
+def _aws_outside_the_unit_tier(request: pytest.FixtureRequest) -> None:
+    """Every test outside tests/unit may talk to AWS: start moto for it (once per process)."""
+    if UNIT_TIER not in Path(str(request.node.path)).parents:
+        request.getfixturevalue("aws_endpoint")
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +195,7 @@ def token_for(settings: Any) -> Any:
 
 
 @pytest.fixture
-def client() -> Iterator[Any]:
+def client(aws_endpoint: str) -> Iterator[Any]:
     """The API in-process (chalice.test.Client) against this process's moto server.
 
     Chalice quirk: the test client swaps os.environ for a copy patched with the stage's environment_variables
@@ -159,7 +220,7 @@ def _check_stage() -> None:
 
 
 @pytest.fixture(scope="session")
-def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api_stack(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `chalice local` subprocess against this process's moto server; yields its base URL."""
     from local.stack import ChaliceLocal, StartupError, free_port
 
@@ -183,7 +244,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def worker(settings: Any) -> Iterator[Any]:
+def worker(aws_endpoint: str, settings: Any) -> Iterator[Any]:
     """A local.poller thread feeding the work queue to the real SQS handler for this test; yields the poller.
 
     `worker.stats` counts invocations, deletions and failures. Long polls are 1 s, so teardown is quick.
@@ -207,18 +268,23 @@ def worker(settings: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def sim() -> Iterator[Any]:
-    """The provider simulator (local/simulator.py) on a free port, answering at once; `sim.configure(...)`."""
+def sim(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The provider simulator (local/simulator.py) on a free port; `sim.configure(...)` changes it mid-test.
+
+    It answers at once unless the test asks otherwise with `@pytest.mark.sim(**knobs)` (or its module with
+    `pytestmark = pytest.mark.sim(...)`): any SimConfig knob, e.g. `latency=0.3, rpm=600, seed=7, p500=0.1`.
+    """
     from local.simulator import Simulator
 
-    simulator = Simulator(latency=0.0).start()
+    marker = request.node.get_closest_marker("sim")
+    simulator = Simulator(**{"latency": 0.0, **(marker.kwargs if marker else {})}).start()
     yield simulator
     simulator.stop()
 
 
 @pytest.fixture
 def api(client: Any, token_for: Any) -> Any:
-    """A fresh user's side of the API through the in-process client (tests.integration.test_worker.Api)."""
-    from tests.integration.test_worker import Api
+    """A fresh user's side of the API through the in-process client (tests/driver.py)."""
+    from tests.driver import Driver
 
-    return Api(client, token_for())
+    return Driver(client, token_for())

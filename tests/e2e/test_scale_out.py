@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RPM = 600
 
 
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(latency=0.2, rpm=RPM).start()
-    yield simulator
-    simulator.stop()
+pytestmark = pytest.mark.sim(latency=0.2, rpm=RPM)  # the `sim` fixture (tests/conftest.py) with these knobs
 
 
 def start_workers(aws_endpoint: str, sim: Simulator, n: int, crash_first: bool = False) -> list[subprocess.Popen]:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,6 @@ from chalicelib.api.routes import store_unavailable
 from chalicelib.jobs.states import TERMINAL, JobStatus
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
-from local.simulator import Simulator
 from local.stack import free_port
 from tests.integration.test_worker import Api, assert_every_line_once
 from tests.support import drain, expense_lines, vendors
@@ -110,11 +108,7 @@ class Workers:
         return "\n".join(out)
 
 
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(seed=SEED, **FAULTS).start()
-    yield simulator
-    simulator.stop()
+pytestmark = pytest.mark.sim(seed=SEED, **FAULTS)  # the `sim` fixture (tests/conftest.py) with these knobs
 
 
 def _reap_every(interval: float, stop: threading.Event, errors: list[BaseException]) -> None:

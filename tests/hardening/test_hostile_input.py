@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import uuid
 
 import pytest
 import requests
 
 from chalicelib import paging
+from tests.driver import Driver
 from tests.hardening.common import assert_problem
 from tests.support import drain
 
@@ -23,18 +23,8 @@ LINE = {"lineId": "tx-1", "date": "2026-01-15", "vendor": "UBER *TRIP", "amount"
         "description": "ride"}
 
 
-class Caller:
+class Caller(Driver):
     """One fresh user, through the in-process Chalice client."""
-
-    def __init__(self, client, token) -> None:
-        self.client, self.token = client, token
-
-    def send(self, method: str, path: str, body: object = None, content_type: str = "application/json",
-             **headers: str):
-        raw = body if isinstance(body, (bytes, str)) else (json.dumps(body) if body is not None else "")
-        raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        return self.client.http.request(method, path, body=raw, headers={
-            **self.token.headers, "Content-Type": content_type, **headers})
 
     def rejected(self, response, status: int) -> dict:
         assert response.status_code < 500, response.body[:300]

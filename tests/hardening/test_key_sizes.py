@@ -8,7 +8,6 @@ deployed API would answer, and which key values would have reached DynamoDB at a
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -18,6 +17,7 @@ from pynamodb.connection.base import Connection
 
 from chalicelib import paging
 from chalicelib.lines.validation import LINE_ID, MAX_HASH_KEY_BYTES, MAX_LINE_ID_CHARS, MAX_RANGE_KEY_BYTES
+from tests.driver import Driver
 from tests.hardening.common import assert_problem
 from tests.support import drain
 
@@ -78,14 +78,7 @@ def dynamodb_key_limits(monkeypatch) -> KeyLimits:
     return limits
 
 
-class Caller:
-    def __init__(self, client, token) -> None:
-        self.client, self.token = client, token
-
-    def send(self, method: str, path: str, body: object = None):
-        return self.client.http.request(method, path, body=json.dumps(body).encode() if body is not None else b"",
-                                        headers={**self.token.headers, "Content-Type": "application/json"})
-
+class Caller(Driver):
     def lines(self) -> list[dict]:
         response = self.send("GET", "/api/v1/expenses?period=2026-01&pageSize=100")
         assert response.status_code == 200, response.body[:300]

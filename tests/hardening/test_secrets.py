@@ -27,7 +27,6 @@ import requests
 from chalicelib.api import middleware
 from chalicelib.auth import mint_token
 from chalicelib.settings import get_settings
-from local.simulator import Simulator
 from local.stack import ChaliceLocal, free_port
 from tests.support import drain, expense_lines, vendors, wait_for
 
@@ -69,13 +68,6 @@ class Secrets:
 
 def _fresh_secrets() -> Secrets:
     return Secrets(jwt_secret="jwt-" + secrets.token_urlsafe(32), openai_key="sk-test-" + secrets.token_hex(20))
-
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(latency=0.0).start()
-    yield simulator
-    simulator.stop()
 
 
 FAST_RETRIES = ({"ErrorEquals": ["Provider.ServerError", "Provider.Timeout", "Provider.Connection"],

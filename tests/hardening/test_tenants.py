@@ -24,6 +24,7 @@ from chalicelib.categorize import pipeline, warmer
 from chalicelib.categorize.types import Answer
 from chalicelib.errors import Unauthorized
 from chalicelib.settings import get_settings
+from tests.driver import Driver
 from tests.support import drain, expense_lines, vendors
 
 # No `Other`: a line the offline rules cannot place is flagged for review, the line a person settles.
@@ -35,18 +36,8 @@ def _letters(n: int = 8) -> str:
     return "".join(random.choices(string.ascii_uppercase, k=n))
 
 
-class Caller:
+class Caller(Driver):
     """One user of one tenant, through the in-process Chalice client."""
-
-    def __init__(self, client, token) -> None:
-        self.client, self.token = client, token
-        self.headers = {**token.headers, "Content-Type": "application/json"}
-
-    def call(self, method: str, path: str, body: object = None, headers: dict | None = None):
-        response = self.client.http.request(method.upper(), f"/api/v1{path}",
-                                            headers={**self.headers, **(headers or {})},
-                                            body=json.dumps(body).encode() if body is not None else b"")
-        return response.status_code, json.loads(response.body) if response.body else None
 
     def report(self, report_id: str, categories: list[str] | None = None, roles: tuple[str, ...] = (),
                name: str = "Monthly") -> tuple[int, dict]:

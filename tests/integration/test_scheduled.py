@@ -13,7 +13,6 @@ from chalicelib import clock, deps, faults, reaper, schedules, worker
 from chalicelib.jobs import runner
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
-from local.simulator import Simulator
 from tests.integration.test_worker import Api, assert_every_line_once
 from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
 
@@ -21,13 +20,6 @@ from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, 
 @pytest.fixture
 def api(client, token_for):
     return Api(client, token_for())
-
-
-@pytest.fixture
-def sim():
-    simulator = Simulator().start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture

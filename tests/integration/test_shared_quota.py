@@ -22,7 +22,6 @@ from chalicelib.categorize.types import Answer, Item
 from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job
-from local.simulator import Simulator
 from tests.integration.test_worker import Api, assert_every_line_once
 from tests.support import Ctx, deliver, expense_lines, receive, vendors, wait_for
 
@@ -245,11 +244,7 @@ def test_a_lapsed_claim_is_taken_over():
     assert claims.take(job, CATS, [vendor], "chunk-3", hold_seconds=60) == ([], [vendor])
 
 
-@pytest.fixture
-def sim():
-    simulator = Simulator(latency=0.3).start()
-    yield simulator
-    simulator.stop()
+pytestmark = pytest.mark.sim(latency=0.3)  # the `sim` fixture (tests/conftest.py) with these knobs
 
 
 def test_chunks_working_at_once_ask_the_model_about_each_vendor_once(sim):

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import threading
 import time
-import uuid
 from decimal import Decimal
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from chalicelib import faults
 from chalicelib.settings import get_settings
 from chalicelib.tables import LineResult
+from tests.driver import Driver as Api  # the name these tests, and the modules importing it from here, use
 from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
 
 
@@ -22,36 +22,6 @@ def model_settings(sim):
     return dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
                                line_batch_size=40, line_read_ahead=4, model_batch_size=10, model_concurrency=3,
                                inline_wait_max_seconds=3.0)
-
-
-class Api:
-    """The caller's side, through the in-process Chalice client."""
-
-    def __init__(self, client, token: str) -> None:
-        self.client, self.headers = client, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-
-    def call(self, method: str, path: str, body=None):
-        response = getattr(self.client.http, method)(f"/api/v1{path}", headers=self.headers,
-                                                     body=json.dumps(body) if body is not None else None)
-        return response.status_code, json.loads(response.body) if response.body else None
-
-    def job(self, job_id: str) -> dict:
-        return self.call("get", f"/jobs/{job_id}")[1]
-
-    def start(self, lines: list[dict], period: str = "2026-01") -> str:
-        report_id = f"r-{uuid.uuid4().hex[:12]}"
-        assert self.call("post", "/reports", {"reportId": report_id, "name": "Test",
-                                              "deliveryTargets": [{"type": "api", "mode": "async"}]})[0] == 201
-        for start in range(0, len(lines), 5000):
-            assert self.call("post", "/expenses", {"lines": lines[start:start + 5000]})[0] == 201
-        status, body = self.call("post", f"/reports/{report_id}/generate", {"period": period})
-        assert status == 202, body
-        return body["jobId"]
-
-    def result(self, job_id: str) -> dict:
-        status, body = self.call("get", f"/jobs/{job_id}/result")
-        assert status == 200, body
-        return body
 
 
 def assert_every_line_once(api: Api, job_id: str, lines: list[dict]) -> dict:

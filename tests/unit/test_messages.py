@@ -109,8 +109,3 @@ def test_the_chunk_sender_keeps_its_error(sqs):
     assert [e["Id"] for e in sqs.calls[0][1]["Entries"]] == ["1", "2", "3"]
 
 
-def test_the_dead_letter_handler_drops_what_names_no_job(aws_endpoint):
-    from chalicelib import reaper
-
-    for body in ("not json", '{"kind": "warm", "after": ""}', '{"jobId": "no-such-job", "reason": "start"}'):
-        assert reaper.dead_letter(body, "5") == {"outcome": "unknown"}

@@ -10,10 +10,13 @@ per function, and alarms and a dashboard that use the metric names the code emit
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +49,25 @@ WILDCARD_SUFFIXES = {
 }
 
 
+# stage -> a pristine copy of its first packaging in this process: six modules package dev or prod, and each
+# packaging (a subprocess) costs about a second of the unit tier's budget.
+_PACKAGED: dict[str, Path] = {}
+
+
 def package_template(stage: str, out: Path) -> Path:
-    """`python -m infra.package --stage STAGE --template-only --out OUT`; returns OUT (sam.json is in it)."""
+    """`python -m infra.package --stage STAGE --template-only --out OUT`; returns OUT (sam.json is in it).
+
+    A stage is packaged once per test process; later calls get a copy of that packaging in OUT."""
+    if stage in _PACKAGED:
+        shutil.copytree(_PACKAGED[stage], out, dirs_exist_ok=True)
+        return out
     done = subprocess.run([sys.executable, "-m", "infra.package", "--stage", stage, "--template-only", "--out",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(out.parent), "AWS_DEFAULT_REGION": "us-east-1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    keep = Path(tempfile.mkdtemp(prefix=f"packaged-{stage}-"))
+    atexit.register(shutil.rmtree, keep, True)
+    _PACKAGED[stage] = Path(shutil.copytree(out, keep / stage))
     return out
 
 

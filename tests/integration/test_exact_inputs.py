@@ -6,13 +6,13 @@ Through the in-process Chalice client against this process's moto server; each t
 
 from __future__ import annotations
 
-import json
 import uuid
 from decimal import Decimal
 
 import pytest
 
 from chalicelib import paging
+from tests.driver import Driver
 from tests.hardening.common import assert_problem
 
 LINE = {"lineId": "tx-1", "date": "2026-01-15", "vendor": "UBER *TRIP", "amount": "23.50", "currency": "USD",
@@ -20,16 +20,7 @@ LINE = {"lineId": "tx-1", "date": "2026-01-15", "vendor": "UBER *TRIP", "amount"
 CSV_HEAD = "lineId,date,vendor,amount,currency,description\n"
 
 
-class Caller:
-    def __init__(self, client, token) -> None:
-        self.client, self.token = client, token
-
-    def send(self, method: str, path: str, body: object = None, content_type: str = "application/json"):
-        raw = body if isinstance(body, (bytes, str)) else (json.dumps(body) if body is not None else "")
-        raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        return self.client.http.request(method, path, body=raw,
-                                        headers={**self.token.headers, "Content-Type": content_type})
-
+class Caller(Driver):
     def problem(self, response, status: int = 400) -> dict:
         return assert_problem(response.status_code, response.headers, response.body, status)
 
