@@ -1173,348 +1173,82 @@ PATHS = {
 }
 
 
+_RETRIED = (
+    "Sent to every webhook target of the report that lists this event, as `POST <url>` with `content-type: "
+    "application/json`; the request times out after 15 s and redirects are not followed. A 2xx answer is success. "
+    "Any other answer, or none, is retried with backoff (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±10%: 8 attempts "
+    "in about a day); a `Retry-After` on a 429 or 503 is honoured when it is longer. A 410 Gone disables the target "
+    "(the report's `disabledTargets`) until its owner sets `deliveryTargets` or retries the delivery. Verify the "
+    "signature before trusting the body."
+)
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}}}
+_RETRIED_ANSWERS = {
+    "2XX": {"description": "Received: the delivery is `Delivered`. The answer's body is not read beyond 64 kB and "
+                           "never used."},
+    "410": {"description": "Gone: the delivery becomes `Disabled` and the report's target is disabled; nothing more is "
+                           "sent to it."},
+    "429": {"description": "Slow down: retried after the later of the backoff and `Retry-After`.",
+            "headers": _RETRY_AFTER},
+    "503": {"description": "Unavailable: retried after the later of the backoff and `Retry-After`.",
+            "headers": _RETRY_AFTER},
+    "default": {"description": "Any other answer (a 3xx included: redirects are not followed), a timeout or a "
+                               "connection failure: retried with backoff."},
+}
+_PROGRESS_ANSWERS = {
+    "2XX": {"description": "Received."},
+    "410": {"description": "Gone: the report's target is disabled."},
+    "default": {"description": "Anything else: logged; not retried."},
+}
+_JOB_URL = "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11"
+# The job of the examples, Completed; each event's example changes what differs.
+_EXAMPLE_JOB = {
+    "jobId": "9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11", "reportId": "report-123", "period": "2026-01",
+    "type": "expense_report", "status": "Completed", "statusMessage": "Categorized 300 of 300 lines",
+    "progressPercent": 100, "totalLines": 300, "processedLines": 300, "failedLines": 2, "cachedLines": 64,
+    "retryCount": 0, "trigger": "schedule", "createdAt": "2026-01-31T10:00:00.000Z",
+    "startedAt": "2026-01-31T10:00:01.000Z", "updatedAt": "2026-01-31T10:00:35.000Z",
+    "completedAt": "2026-01-31T10:00:35.000Z", "estimatedCompletionAt": None, "errorMessage": None,
+    "statusUrl": _JOB_URL, "resultUrl": f"{_JOB_URL}/result", "allowedActions": ["result", "settle"],
+}
+_STOPPED = {"statusMessage": "Categorized 120 of 300 lines", "progressPercent": 40, "processedLines": 120,
+            "resultUrl": None}
+
+
+def _webhook(event: str, operation_id: str, what: str, description: str, answers: dict[str, Any],
+             **job: Any) -> dict[str, Any]:
+    """One event of the `webhooks` section: the same request (signed headers, the job as payload) for each."""
+    return {"post": {
+        "operationId": operation_id, "tags": ["webhooks"], "summary": f"`{event}`: {what}",
+        "description": description, "security": [],
+        "parameters": [{"$ref": f"#/components/parameters/{name}"}
+                       for name in ("WebhookId", "WebhookTimestamp", "WebhookSignature", "WebhookUserAgent")],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"allOf": [ref(m.WebhookPayload)], "properties": {"type": {"const": event}}},
+            "example": {"type": event, "timestamp": "2026-01-31T10:00:36.000Z", "data": {**_EXAMPLE_JOB, **job}},
+        }}},
+        "responses": answers,
+    }}
+
+
 WEBHOOKS = {
-    "job.completed": {
-        "post": {
-            "operationId": "webhookJobCompleted",
-            "tags": ["webhooks"],
-            "summary": "`job.completed`: A job of the report became `Completed`",
-            "description": (
-                "A job of the report became `Completed`. Sent to every webhook target of the report that lists this "
-                "event, as `POST <url>` with `content-type: application/json`; the request times out after 15 s and "
-                "redirects are not followed. A 2xx answer is success. Any other answer, or none, is retried with "
-                "backoff (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±10%: 8 attempts in about a day); a `Retry-After` "
-                "on a 429 or 503 is honoured when it is longer. A 410 Gone disables the target (the report's "
-                "`disabledTargets`) until its owner sets `deliveryTargets` or retries the delivery. Verify the "
-                "signature before trusting the body."
-            ),
-            "security": [],
-            "parameters": [
-                {"$ref": "#/components/parameters/WebhookId"},
-                {"$ref": "#/components/parameters/WebhookTimestamp"},
-                {"$ref": "#/components/parameters/WebhookSignature"},
-                {"$ref": "#/components/parameters/WebhookUserAgent"},
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "allOf": [ref(m.WebhookPayload)],
-                            "properties": {"type": {"const": "job.completed"}},
-                        },
-                        "example": {
-                            "type": "job.completed",
-                            "timestamp": "2026-01-31T10:00:36.000Z",
-                            "data": {
-                                "jobId": "9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "reportId": "report-123",
-                                "period": "2026-01",
-                                "type": "expense_report",
-                                "status": "Completed",
-                                "statusMessage": "Categorized 300 of 300 lines",
-                                "progressPercent": 100,
-                                "totalLines": 300,
-                                "processedLines": 300,
-                                "failedLines": 2,
-                                "cachedLines": 64,
-                                "retryCount": 0,
-                                "trigger": "schedule",
-                                "createdAt": "2026-01-31T10:00:00.000Z",
-                                "startedAt": "2026-01-31T10:00:01.000Z",
-                                "updatedAt": "2026-01-31T10:00:35.000Z",
-                                "completedAt": "2026-01-31T10:00:35.000Z",
-                                "estimatedCompletionAt": None,
-                                "errorMessage": None,
-                                "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "resultUrl": (
-                                    "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11/result"
-                                ),
-                                "allowedActions": ["result", "settle"],
-                            },
-                        },
-                    },
-                },
-            },
-            "responses": {
-                "2XX": {
-                    "description": (
-                        "Received: the delivery is `Delivered`. The answer's body is not read beyond 64 kB and never "
-                        "used."
-                    ),
-                },
-                "410": {
-                    "description": (
-                        "Gone: the delivery becomes `Disabled` and the report's target is disabled; nothing more is "
-                        "sent to it."
-                    ),
-                },
-                "429": {
-                    "description": "Slow down: retried after the later of the backoff and `Retry-After`.",
-                    "headers": {
-                        "Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}},
-                    },
-                },
-                "503": {
-                    "description": "Unavailable: retried after the later of the backoff and `Retry-After`.",
-                    "headers": {
-                        "Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}},
-                    },
-                },
-                "default": {
-                    "description": (
-                        "Any other answer (a 3xx included: redirects are not followed), a timeout or a connection "
-                        "failure: retried with backoff."
-                    ),
-                },
-            },
-        },
-    },
-    "job.failed": {
-        "post": {
-            "operationId": "webhookJobFailed",
-            "tags": ["webhooks"],
-            "summary": "`job.failed`: A job of the report became `Failed` (`data.errorMessage` says why)",
-            "description": (
-                "A job of the report became `Failed` (`data.errorMessage` says why). Sent to every webhook target of "
-                "the report that lists this event, as `POST <url>` with `content-type: application/json`; the request "
-                "times out after 15 s and redirects are not followed. A 2xx answer is success. Any other answer, or "
-                "none, is retried with backoff (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±10%: 8 attempts in about a "
-                "day); a `Retry-After` on a 429 or 503 is honoured when it is longer. A 410 Gone disables the target "
-                "(the report's `disabledTargets`) until its owner sets `deliveryTargets` or retries the delivery. "
-                "Verify the signature before trusting the body."
-            ),
-            "security": [],
-            "parameters": [
-                {"$ref": "#/components/parameters/WebhookId"},
-                {"$ref": "#/components/parameters/WebhookTimestamp"},
-                {"$ref": "#/components/parameters/WebhookSignature"},
-                {"$ref": "#/components/parameters/WebhookUserAgent"},
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"allOf": [ref(m.WebhookPayload)], "properties": {"type": {"const": "job.failed"}}},
-                        "example": {
-                            "type": "job.failed",
-                            "timestamp": "2026-01-31T10:00:36.000Z",
-                            "data": {
-                                "jobId": "9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "reportId": "report-123",
-                                "period": "2026-01",
-                                "type": "expense_report",
-                                "status": "Failed",
-                                "statusMessage": "Categorized 120 of 300 lines",
-                                "progressPercent": 40,
-                                "totalLines": 300,
-                                "processedLines": 120,
-                                "failedLines": 2,
-                                "cachedLines": 64,
-                                "retryCount": 0,
-                                "trigger": "schedule",
-                                "createdAt": "2026-01-31T10:00:00.000Z",
-                                "startedAt": "2026-01-31T10:00:01.000Z",
-                                "updatedAt": "2026-01-31T10:00:35.000Z",
-                                "completedAt": "2026-01-31T10:00:35.000Z",
-                                "estimatedCompletionAt": None,
-                                "errorMessage": "The model provider refused the API key.",
-                                "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "resultUrl": None,
-                                "allowedActions": ["retry"],
-                            },
-                        },
-                    },
-                },
-            },
-            "responses": {
-                "2XX": {
-                    "description": (
-                        "Received: the delivery is `Delivered`. The answer's body is not read beyond 64 kB and never "
-                        "used."
-                    ),
-                },
-                "410": {
-                    "description": (
-                        "Gone: the delivery becomes `Disabled` and the report's target is disabled; nothing more is "
-                        "sent to it."
-                    ),
-                },
-                "429": {
-                    "description": "Slow down: retried after the later of the backoff and `Retry-After`.",
-                    "headers": {
-                        "Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}},
-                    },
-                },
-                "503": {
-                    "description": "Unavailable: retried after the later of the backoff and `Retry-After`.",
-                    "headers": {
-                        "Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}},
-                    },
-                },
-                "default": {
-                    "description": (
-                        "Any other answer (a 3xx included: redirects are not followed), a timeout or a connection "
-                        "failure: retried with backoff."
-                    ),
-                },
-            },
-        },
-    },
-    "job.cancelled": {
-        "post": {
-            "operationId": "webhookJobCancelled",
-            "tags": ["webhooks"],
-            "summary": "`job.cancelled`: A job of the report became `Cancelled`",
-            "description": (
-                "A job of the report became `Cancelled`. Sent to every webhook target of the report that lists this "
-                "event, as `POST <url>` with `content-type: application/json`; the request times out after 15 s and "
-                "redirects are not followed. A 2xx answer is success. Any other answer, or none, is retried with "
-                "backoff (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±10%: 8 attempts in about a day); a `Retry-After` "
-                "on a 429 or 503 is honoured when it is longer. A 410 Gone disables the target (the report's "
-                "`disabledTargets`) until its owner sets `deliveryTargets` or retries the delivery. Verify the "
-                "signature before trusting the body."
-            ),
-            "security": [],
-            "parameters": [
-                {"$ref": "#/components/parameters/WebhookId"},
-                {"$ref": "#/components/parameters/WebhookTimestamp"},
-                {"$ref": "#/components/parameters/WebhookSignature"},
-                {"$ref": "#/components/parameters/WebhookUserAgent"},
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "allOf": [ref(m.WebhookPayload)],
-                            "properties": {"type": {"const": "job.cancelled"}},
-                        },
-                        "example": {
-                            "type": "job.cancelled",
-                            "timestamp": "2026-01-31T10:00:36.000Z",
-                            "data": {
-                                "jobId": "9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "reportId": "report-123",
-                                "period": "2026-01",
-                                "type": "expense_report",
-                                "status": "Cancelled",
-                                "statusMessage": "Categorized 120 of 300 lines",
-                                "progressPercent": 40,
-                                "totalLines": 300,
-                                "processedLines": 120,
-                                "failedLines": 2,
-                                "cachedLines": 64,
-                                "retryCount": 0,
-                                "trigger": "schedule",
-                                "createdAt": "2026-01-31T10:00:00.000Z",
-                                "startedAt": "2026-01-31T10:00:01.000Z",
-                                "updatedAt": "2026-01-31T10:00:35.000Z",
-                                "completedAt": "2026-01-31T10:00:35.000Z",
-                                "estimatedCompletionAt": None,
-                                "errorMessage": None,
-                                "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "resultUrl": None,
-                                "allowedActions": ["retry"],
-                            },
-                        },
-                    },
-                },
-            },
-            "responses": {
-                "2XX": {
-                    "description": (
-                        "Received: the delivery is `Delivered`. The answer's body is not read beyond 64 kB and never "
-                        "used."
-                    ),
-                },
-                "410": {
-                    "description": (
-                        "Gone: the delivery becomes `Disabled` and the report's target is disabled; nothing more is "
-                        "sent to it."
-                    ),
-                },
-                "429": {
-                    "description": "Slow down: retried after the later of the backoff and `Retry-After`.",
-                    "headers": {
-                        "Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}},
-                    },
-                },
-                "503": {
-                    "description": "Unavailable: retried after the later of the backoff and `Retry-After`.",
-                    "headers": {
-                        "Retry-After": {"description": "Seconds, or an HTTP date.", "schema": {"type": "string"}},
-                    },
-                },
-                "default": {
-                    "description": (
-                        "Any other answer (a 3xx included: redirects are not followed), a timeout or a connection "
-                        "failure: retried with backoff."
-                    ),
-                },
-            },
-        },
-    },
-    "job.progress": {
-        "post": {
-            "operationId": "webhookJobProgress",
-            "tags": ["webhooks"],
-            "summary": "`job.progress`: A job of the report checkpointed while it runs",
-            "description": (
-                "A job of the report checkpointed while it runs: at most one every 10 s per job, sent once and never "
-                "retried (a later one says more), not listed in the job's `deliveries`. Signed and shaped like the "
-                "other events; a 410 Gone disables the target."
-            ),
-            "security": [],
-            "parameters": [
-                {"$ref": "#/components/parameters/WebhookId"},
-                {"$ref": "#/components/parameters/WebhookTimestamp"},
-                {"$ref": "#/components/parameters/WebhookSignature"},
-                {"$ref": "#/components/parameters/WebhookUserAgent"},
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"allOf": [ref(m.WebhookPayload)], "properties": {"type": {"const": "job.progress"}}},
-                        "example": {
-                            "type": "job.progress",
-                            "timestamp": "2026-01-31T10:00:36.000Z",
-                            "data": {
-                                "jobId": "9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "reportId": "report-123",
-                                "period": "2026-01",
-                                "type": "expense_report",
-                                "status": "Processing",
-                                "statusMessage": "Categorized 120 of 300 lines",
-                                "progressPercent": 40,
-                                "totalLines": 300,
-                                "processedLines": 120,
-                                "failedLines": 2,
-                                "cachedLines": 64,
-                                "retryCount": 0,
-                                "trigger": "schedule",
-                                "createdAt": "2026-01-31T10:00:00.000Z",
-                                "startedAt": "2026-01-31T10:00:01.000Z",
-                                "updatedAt": "2026-01-31T10:00:35.000Z",
-                                "completedAt": None,
-                                "estimatedCompletionAt": "2026-01-31T10:00:50.000Z",
-                                "errorMessage": None,
-                                "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-                                "resultUrl": None,
-                                "allowedActions": ["cancel"],
-                            },
-                        },
-                    },
-                },
-            },
-            "responses": {
-                "2XX": {"description": "Received."},
-                "410": {"description": "Gone: the report's target is disabled."},
-                "default": {"description": "Anything else: logged; not retried."},
-            },
-        },
-    },
+    "job.completed": _webhook("job.completed", "webhookJobCompleted", "A job of the report became `Completed`",
+                              f"A job of the report became `Completed`. {_RETRIED}", _RETRIED_ANSWERS),
+    "job.failed": _webhook(
+        "job.failed", "webhookJobFailed", "A job of the report became `Failed` (`data.errorMessage` says why)",
+        f"A job of the report became `Failed` (`data.errorMessage` says why). {_RETRIED}", _RETRIED_ANSWERS,
+        status="Failed", **_STOPPED, errorMessage="The model provider refused the API key.",
+        allowedActions=["retry"]),
+    "job.cancelled": _webhook(
+        "job.cancelled", "webhookJobCancelled", "A job of the report became `Cancelled`",
+        f"A job of the report became `Cancelled`. {_RETRIED}", _RETRIED_ANSWERS,
+        status="Cancelled", **_STOPPED, allowedActions=["retry"]),
+    "job.progress": _webhook(
+        "job.progress", "webhookJobProgress", "A job of the report checkpointed while it runs",
+        "A job of the report checkpointed while it runs: at most one every 10 s per job, sent once and never "
+        "retried (a later one says more), not listed in the job's `deliveries`. Signed and shaped like the other "
+        "events; a 410 Gone disables the target.", _PROGRESS_ANSWERS,
+        status="Processing", **_STOPPED, completedAt=None, estimatedCompletionAt="2026-01-31T10:00:50.000Z",
+        allowedActions=["cancel"]),
 }
 
 

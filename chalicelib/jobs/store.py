@@ -106,6 +106,13 @@ def chunk_is_ours(lease: Lease) -> Condition:
     return (JobChunk.lease_owner == lease.owner) & (JobChunk.status == C.RUNNING.value)
 
 
+def _wait_share(seen: float | None, seconds: float, ends_at: float) -> float:
+    """The part of a wait of `seconds` ending at `ends_at` past the job's `limitedUntil` (`seen`): the only part a
+    wait adds to the job's rate-limited time (waits that overlap count once)."""
+    starts_at = ends_at - max(0.0, seconds)
+    return max(0.0, ends_at - max(starts_at, seen or starts_at))
+
+
 def _failed_condition(err: Exception) -> bool:
     return getattr(err, "cause_response_code", None) == "ConditionalCheckFailedException"
 
@@ -205,13 +212,12 @@ class DynamoJobStore:
 
     def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float:
         ends_at = round(ends_at, 3)  # as stored
-        starts_at = ends_at - max(0.0, seconds)
         for _ in range(8):
             job = self.load(job_id)
             if job is None:
                 return 0.0
             seen = float(job.limited_until) if job.limited_until is not None else None
-            added = max(0.0, ends_at - max(starts_at, seen or starts_at))
+            added = _wait_share(seen, seconds, ends_at)
             if added <= 0:
                 return 0.0
             # limited_until_unchanged: two chunks noting overlapping waits at once; the second recomputes its share.
@@ -453,13 +459,11 @@ class MemoryJobStore:
 
     def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float:
         ends_at = round(ends_at, 3)
-        starts_at = ends_at - max(0.0, seconds)
         with self._lock:
             job = self.jobs.get(job_id)
             if job is None:
                 return 0.0
-            seen = float(job.limited_until) if job.limited_until is not None else None
-            added = max(0.0, ends_at - max(starts_at, seen or starts_at))
+            added = _wait_share(float(job.limited_until) if job.limited_until is not None else None, seconds, ends_at)
             if added <= 0:
                 return 0.0
             job.rate_limited_seconds = float(job.rate_limited_seconds) + round(added, 3)

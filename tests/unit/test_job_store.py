@@ -178,12 +178,16 @@ class StoreContract:
         assert store.chunks_of(job.job_id)[0].status == ChunkStatus.RUNNING.value
         assert store.claim_chunk(job.job_id, 0, lease("b")) is None  # chunk_free: a's is live
 
-    def test_a_chunk_checkpoint_adds_to_the_job_once(self, store):
+    def one_chunk_claimed(self, store, mine: Lease):
+        """A job planned as one chunk, that chunk claimed under `mine`."""
         job = self.seed(store, new_job())
         store.record_plan(job, [""], "1 chunk")
         store.create_chunk(job, 0, "", "")
+        return job, store.claim_chunk(job.job_id, 0, mine)
+
+    def test_a_chunk_checkpoint_adds_to_the_job_once(self, store):
         mine = lease("a")
-        chunk = store.claim_chunk(job.job_id, 0, mine)
+        job, chunk = self.one_chunk_claimed(store, mine)
         stale = store.chunks_of(job.job_id)[0]  # read before the checkpoint: its cursor is ""
         assert store.checkpoint_chunk(job, chunk, mine, "l-20", Progress(lines=20, failed=1), None)
         assert not store.checkpoint_chunk(job, stale, mine, "l-20", Progress(lines=20, failed=1), None)
@@ -206,11 +210,8 @@ class StoreContract:
         assert store.claim_chunk(job.job_id, 0, lease("c")) is None  # a done chunk is never worked again
 
     def test_a_chunk_handed_back_or_reaped_is_pending_and_free(self, store):
-        job = self.seed(store, new_job())
-        store.record_plan(job, [""], "1 chunk")
-        store.create_chunk(job, 0, "", "")
         mine = lease("a")
-        chunk = store.claim_chunk(job.job_id, 0, mine)
+        job, chunk = self.one_chunk_claimed(store, mine)
         assert not store.hand_back_chunk(chunk, lease("b"), 30)
         assert store.hand_back_chunk(chunk, mine, 30)
         assert store.chunks_of(job.job_id)[0].status == ChunkStatus.PENDING.value

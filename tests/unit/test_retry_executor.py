@@ -4,7 +4,6 @@ records (tenacity's attempts). Driven with a fake clock: no real waiting, no mot
 
 from __future__ import annotations
 
-import random
 import threading
 
 import httpx2 as httpx
@@ -13,42 +12,15 @@ import pytest
 
 from chalicelib.categorize import provider
 from chalicelib.categorize.errors import LongWait, ProviderError, RetriesExhausted
-from chalicelib.categorize.retry import Gate, RetryLoop
+from chalicelib.categorize.retry import RetryLoop
+from tests.unit import retry_fakes as fakes
+from tests.unit.retry_fakes import FakeClock, failing
 
 SERVER_ERROR = ProviderError("Provider.ServerError", "500")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self.lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
-
 def make_loop(clock: FakeClock, policy=None, **kw) -> RetryLoop:
-    args = {"deadline": clock.now + 300, "inline_wait_max": 30, "ceiling_seconds": 600}
-    args.update(kw)
-    return RetryLoop(*([policy] if policy else []), gate=Gate(clock, clock.sleep), rng=random.Random(7), **args)
-
-
-def failing(errors: list[BaseException], result: str = "ok"):
-    calls = {"n": 0}
-
-    def call() -> str:
-        calls["n"] += 1
-        if errors:
-            raise errors.pop(0)
-        return result
-
-    return call, calls
+    return fakes.make_loop(clock, policy, seed=7, **{"inline_wait_max": 30, **kw})
 
 
 def rate_limited(headers: dict[str, str]) -> ProviderError:

@@ -9,38 +9,8 @@ import pytest
 
 from chalicelib.categorize import provider
 from chalicelib.categorize.errors import LongWait, ProviderError, RateLimitCeiling, RetriesExhausted
-from chalicelib.categorize.retry import RATE_LIMIT_FLOOR_SECONDS, Gate, Retrier, RetryLoop
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def make_loop(clock: FakeClock, policy=None, **kw) -> RetryLoop:
-    args = {"deadline": clock.now + 300, "inline_wait_max": 10, "ceiling_seconds": 600}
-    args.update(kw)
-    return RetryLoop(*([policy] if policy else []), gate=Gate(clock, clock.sleep), rng=random.Random(1), **args)
-
-
-def failing(errors: list[Exception], result: str = "ok"):
-    calls = {"n": 0}
-
-    def call() -> str:
-        calls["n"] += 1
-        if errors:
-            raise errors.pop(0)
-        return result
-
-    return call, calls
+from chalicelib.categorize.retry import RATE_LIMIT_FLOOR_SECONDS, Gate, Retrier
+from tests.unit.retry_fakes import FakeClock, failing, make_loop
 
 
 def test_server_errors_retry_three_times_with_1_2_4_second_waits():
