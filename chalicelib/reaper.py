@@ -17,8 +17,8 @@ from chalicelib.jobs.states import (
     TransitionRaced,
     event_item,
     in_order,
-    transition,
 )
+from chalicelib.jobs.store import moves
 from chalicelib.messages import NotAWorkMessage, WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job, JobChunk
@@ -83,11 +83,8 @@ def _reap_one(job: Job, status: JobStatus) -> str:
         if status is JobStatus.PROCESSING and job.lease_owner and int(job.reap_count) >= MAX_REAPS:
             message = (f"The job stopped making progress {MAX_REAPS} times in a row and was stopped. "
                        "Retry it; if it stops again, contact support with the job id.")
-            # as_seen: fail only the job this sweep judged, never what it became since (say, retried).
-            as_seen = (Job.heartbeat_at == job.heartbeat_at) & (Job.reap_count == job.reap_count)
-            transition(job, JobStatus.FAILED, "failed", {"reason": message, "reaps": int(job.reap_count)},
-                       actions=[Job.error_message.set(message), Job.status_message.set("Failed")],
-                       condition=as_seen)
+            # store/moves.as_seen: fail only the job this sweep judged, never what it became since (say, retried).
+            moves.fail(job, message, {"reaps": int(job.reap_count)}, judged=True)
             return "failed"
         if not _mark_reaped(job, status):
             return "skipped"

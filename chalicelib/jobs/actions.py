@@ -8,14 +8,15 @@ from typing import Any
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
-from chalicelib import clock, results
+from chalicelib import results
 from chalicelib.categorize import cache
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from chalicelib.jobs import store
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.service import get_job
-from chalicelib.jobs.states import JobAction, JobStatus, TransitionRaced, allowed_actions, transition
+from chalicelib.jobs.states import JobAction, JobStatus, TransitionRaced, allowed_actions
+from chalicelib.jobs.store import moves
 from chalicelib.lines.validation import shown_id
 from chalicelib.reports import service as reports
 from chalicelib.tables import Job, LineResult, ReportConfig
@@ -32,16 +33,10 @@ def retry_job(owner_id: str, job_id: str) -> Job:
         # A deleted report's jobs stay readable until they expire, but none becomes active again.
         raise Conflict("This job's report was deleted, so the job cannot be retried.", jobStatus=job.status)
     try:
-        job = transition(job, JobStatus.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
-            Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),
-            Job.rate_limited_seconds.set(0), Job.limited_until.remove(), Job.recheck_after.remove(),
-            Job.recheck_flagged.set(int(job.failed_lines) > 0),
-            # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
-            Job.heartbeat_at.set(clock.iso(clock.now())),
-            Job.status_message.set("Queued again; resuming from checkpoint")],
-            # report_not_deleted: a delete that marked the report after our read above must not find, once its
-            # job check is done, a job of the report active again.
-            checks=[(ReportConfig, job.tenant or job.owner_id, job.report_id, reports.job_condition())])
+        # report_not_deleted: a delete that marked the report after our read above must not find, once its job
+        # check is done, a job of the report active again.
+        job = moves.requeue_for_retry(job, (ReportConfig, job.tenant or job.owner_id, job.report_id,
+                                            reports.job_condition()))
     except TransitionRaced as err:
         if not reports.still_there(job.tenant or job.owner_id, job.report_id):
             raise Conflict("This job's report was deleted, so the job cannot be retried.",
@@ -51,8 +46,7 @@ def retry_job(owner_id: str, job_id: str) -> Job:
         enqueue(job.job_id, reason="retried")
     except Exception as err:
         log.warning("work queue unavailable during retry", extra={"jobId": job.job_id})
-        transition(job, JobStatus.FAILED, "failed", {"reason": "could not be queued"},
-                   actions=[Job.error_message.set("The job could not be queued again; retry it shortly.")])
+        moves.fail_unqueued(job)
         raise ServiceUnavailable("The work queue is unavailable; the job was not retried.") from err
     return job
 

@@ -6,12 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from chalicelib import clock
 from chalicelib.jobs import store
-from chalicelib.jobs.states import ACTIVE, JobStatus, TransitionRaced, event_item, transition
-from chalicelib.jobs.store import Lease, Progress
+from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
+from chalicelib.jobs.store import Lease, Progress, moves
 from chalicelib.lines.store import count_lines
 from chalicelib.tables import Job
 
@@ -34,13 +33,8 @@ def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | 
     status = S(job.status)
     try:
         if status is S.QUEUED:
-            stamp = clock.iso(clock.now())
             total = count(job) if count else count_lines(job.owner_id, job.period)
-            return transition(job, S.PROCESSING, "started", {"totalLines": total}, actions=[
-                Job.started_at.set(job.started_at or stamp), Job.heartbeat_at.set(stamp),
-                Job.total_lines.set(max(total, int(job.processed_lines))),
-                Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until), Job.reap_count.set(0),
-                Job.status_message.set(f"Categorizing {total} lines")])
+            return moves.start(job, lease, total)
         if status is S.CANCELLATION_REQUESTED:
             cancel(job)
             return None
@@ -114,40 +108,11 @@ def eta(remaining_lines: int, started_at: str | None, done: int) -> str | None:
     return clock.iso(clock.now() + timedelta(seconds=per_line * remaining_lines))
 
 
-def _stopped_message(job: Job) -> str:
-    return f"Cancelled after {int(job.processed_lines)} of {int(job.total_lines)} lines"
-
-
-def cancel(job: Job, condition: Any = None, by: str | None = None) -> Job:
-    """Cancelled, with the counts the job holds at that moment.
-
-    counts_as_read: a chunk's checkpoint landing between our read and this write would make the message's
-    "after N lines" stale; the write is refused and made again from a fresh read (TransitionRaced only when
-    the status itself moved).
-    """
-    for _ in range(5):
-        counts_as_read = Job.processed_lines == int(job.processed_lines)
-        guard = counts_as_read if condition is None else counts_as_read & condition
-        try:
-            return transition(job, S.CANCELLED, "cancelled",
-                              {"processedLines": int(job.processed_lines), **({"by": by} if by else {})},
-                              actions=[Job.status_message.set(_stopped_message(job))], condition=guard)
-        except TransitionRaced:
-            status, processed = job.status, int(job.processed_lines)
-            job.refresh(consistent_read=True)
-            if job.status != status or int(job.processed_lines) == processed:
-                raise  # the status moved, or the caller's own condition refused
-    raise TransitionRaced("The job kept moving while it was being cancelled.")
+def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:
+    """Cancelled, with the counts the job holds at that moment (store/moves.cancel says how)."""
+    return moves.cancel(job, by, unleased_only)
 
 
 def fail(job: Job, message: str, detail: dict | None = None) -> None:
     """Fail a live job with a message a user can act on (no-op if it is already terminal)."""
-    for _ in range(3):
-        if S(job.status) not in ACTIVE:
-            return
-        try:
-            transition(job, S.FAILED, "failed", {"reason": message, **(detail or {})},
-                       actions=[Job.error_message.set(message), Job.status_message.set("Failed")])
-            return
-        except TransitionRaced:
-            job.refresh(consistent_read=True)
+    moves.fail(job, message, detail)

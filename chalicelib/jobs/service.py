@@ -9,7 +9,8 @@ from typing import Any, Literal
 from chalicelib import clock, paging
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.jobs import chunks, counts, runner
-from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, allowed_actions, transition
+from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, allowed_actions
+from chalicelib.jobs.store import moves
 from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits, shown_id
 from chalicelib.tables import Job, JobEvent
 
@@ -131,19 +132,16 @@ def cancel_job(owner_id: str, job_id: str) -> Job:
             raise Conflict(f"The job is already {status.value}.", jobStatus=status.value)
         try:
             if status is JobStatus.QUEUED:
-                return transition(job, JobStatus.CANCELLED, "cancelled", {"by": "user"},
-                                  actions=[Job.status_message.set("Cancelled before it started")])
+                return moves.cancel_queued(job)
             if not _worked_now(job):
                 # no_live_lease: the job waits in the queue (a delayed re-enqueue, a hand-over between
                 # invocations) or its worker is gone; a worker taking the lease meanwhile refuses this write,
                 # and we look again. A chunk that starts after it finds the job Cancelled; a checkpoint racing
                 # it is refused (the job is no longer live), so the counts stay those of the cancel.
-                no_live_lease = Job.lease_owner.does_not_exist() | (Job.lease_until < time.time())
-                return runner.cancel(job, condition=no_live_lease, by="user")
+                return runner.cancel(job, by="user", unleased_only=True)
             if status is JobStatus.CANCELLATION_REQUESTED:
                 return job
-            job = transition(job, JobStatus.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
-                             actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
+            job = moves.request_cancel(job)
             return _complete_if_let_go(job)
         except TransitionRaced:
             continue  # the worker moved it meanwhile: look again
@@ -157,8 +155,7 @@ def _complete_if_let_go(job: Job) -> Job:
     if _worked_now(job):
         return job
     try:
-        no_live_lease = Job.lease_owner.does_not_exist() | (Job.lease_until < time.time())
-        return runner.cancel(job, condition=no_live_lease, by="user")
+        return runner.cancel(job, by="user", unleased_only=True)  # store/moves.no_live_lease
     except TransitionRaced:
         job.refresh(consistent_read=True)  # a worker took it meanwhile, or completed the cancel itself
         return job

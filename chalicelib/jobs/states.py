@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import logging
-import random
-import time
 import uuid
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
-from pynamodb.exceptions import TransactWriteError
-from pynamodb.expressions.condition import Condition
-from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
-
-from chalicelib import clock, faults, observability
-from chalicelib.errors import ActiveJobExists, InvalidTransition
+from chalicelib import clock
+from chalicelib.errors import InvalidTransition
 from chalicelib.settings import get_settings
-from chalicelib.tables import Control, Job, JobEvent, connection
+from chalicelib.tables import Control, Job, JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -151,96 +144,11 @@ def lock_key(owner_id: str, report_id: str, period: str) -> str:
     return f"lock#{owner_id}#{report_id}#{period}"
 
 
-def transition(
-    job: Job,
-    to: JobStatus,
-    event: str,
-    detail: dict[str, Any] | None = None,
-    actions: Iterable[Action] = (),
-    condition: Condition | None = None,
-    checks: Iterable[tuple[Any, Any, Any, Condition]] = (),
-) -> Job:
-    """Move `job` to `to` with one conditional write that also appends `event`.
+def transition(job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None = None, **options: Any) -> Job:
+    """Move `job` to `to` (the job store writes it: jobs/store/moves.transition, which says what it raises)."""
+    from chalicelib.jobs.store import moves  # the store reads this module's rules
 
-    `checks` are (model class, hash key, range key, condition) that must hold of other items in the same
-    transaction (a retry checks that the job's report was not deleted meanwhile).
-
-    Raises InvalidTransition when the move is not allowed from the job's status,
-    and TransitionRaced when another writer changed the status first.
-    """
-    from chalicelib.jobs import counts  # counts reads JobStatus from here
-
-    current = JobStatus(job.status)
-    if to not in TRANSITIONS[current]:
-        raise InvalidTransition(f"A {current.value} job cannot become {to.value}.")
-    stamp = clock.iso(clock.now())
-    updates: list[Action] = [Job.status.set(to.value), Job.updated_at.set(stamp), *actions]
-    deliver = False
-    if to in TERMINAL:
-        from chalicelib.delivery import service as delivery  # reads the job's report: only on a final move
-
-        # The deliveries are planned in the same write as the final status (an outbox): none is lost to a crash.
-        final, deliver = delivery.final_actions(job, to)
-        updates += [Job.lease_owner.remove(), Job.lease_until.remove(), *final]
-    else:
-        updates += [Job.active_status.set(to.value)]
-        if current in TERMINAL:
-            from chalicelib.delivery import service as delivery
-
-            updates += delivery.leaving_final_actions()
-    # status_unchanged: closes the race with any other writer (API, worker, reaper)
-    # that moved the job after we read it; exactly one of them wins.
-    status_unchanged = Job.status == current.value
-    for attempt in range(CONFLICT_ATTEMPTS):
-        try:
-            _write_transition(job, current, to, updates, event, detail, condition, status_unchanged, counts,
-                              tuple(checks))
-            break
-        except TransactWriteError as err:
-            if _only_conflicts(err) and attempt + 1 < CONFLICT_ATTEMPTS:
-                # A transaction touching the same item at that moment (the user's day count, another job's
-                # transition): nothing was written; the same write, still guarded by `status_unchanged`, again.
-                time.sleep(random.uniform(0.005, 0.03) * (attempt + 1))
-                continue
-            raise _explain(err, job, current, to) from err
-    job.refresh(consistent_read=True)
-    observability.job_finished(to.value, job.created_at)  # counts terminal states only
-    if deliver:
-        faults.point("after_final_status")
-        try:
-            delivery.enqueue(job)
-        except Exception:  # the status has moved: a delivery left unqueued is queued by the reaper
-            log.exception("could not queue the job's deliveries", extra={"jobId": job.job_id})
-    return job
-
-
-CONFLICT_ATTEMPTS = 5
-
-
-def _only_conflicts(err: TransactWriteError) -> bool:
-    """The transaction was cancelled only because another one was writing one of its items."""
-    codes = {r.code for r in (err.cancellation_reasons or []) if r and r.code and r.code != "None"}
-    return codes == {"TransactionConflict"}
-
-
-def _write_transition(job: Job, current: JobStatus, to: JobStatus, updates: list[Action], event: str,
-                      detail: dict[str, Any] | None, condition: Condition | None, status_unchanged: Condition,
-                      counts: Any, checks: tuple[tuple[Any, Any, Any, Condition], ...] = ()) -> None:
-    with TransactWrite(connection=connection()) as tx:
-        for model, hash_key, range_key, must_hold in checks:
-            tx.condition_check(model, hash_key, range_key=range_key, condition=must_hold)
-        guard = status_unchanged if condition is None else status_unchanged & condition
-        tx.update(job, actions=updates, condition=guard)
-        tx.save(event_item(job.job_id, event, detail))
-        counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
-        if to in TERMINAL:
-            # lock_is_ours: never release a lock another job now holds.
-            lock_is_ours = Control.pk.does_not_exist() | (Control.job_id == job.job_id)
-            tx.delete(Control(job.lock_key), condition=lock_is_ours)
-        elif current in TERMINAL:
-            # Leaving a terminal state re-takes the active-job lock.
-            tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
-                    condition=Control.pk.does_not_exist())
+    return moves.transition(job, to, event, detail, **options)
 
 
 def lock_holder(key: str) -> str | None:
@@ -248,19 +156,3 @@ def lock_holder(key: str) -> str | None:
         return Control.get(key, consistent_read=True).job_id
     except Control.DoesNotExist:
         return None
-
-
-def _explain(err: TransactWriteError, job: Job, current: JobStatus, to: JobStatus) -> Exception:
-    """Name why a transition's transaction was refused, from the state it left behind.
-
-    (PynamoDB sends deletes, puts and updates in that order, not ours, so the position
-    of a cancellation reason does not say which of our writes failed.)
-    """
-    codes = {r.code for r in (err.cancellation_reasons or []) if r}
-    if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
-        return err
-    if current in TERMINAL and to not in TERMINAL:
-        holder = lock_holder(job.lock_key)
-        if holder and holder != job.job_id:
-            return ActiveJobExists("Another job for this report and period is active.", existingJobId=holder)
-    return TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")

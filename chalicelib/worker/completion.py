@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
-from chalicelib import clock, faults, observability, results
+from chalicelib import faults, observability, results
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import runner, store
-from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, transition
-from chalicelib.tables import Job, LineResult
+from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced
+from chalicelib.jobs.store import moves
+from chalicelib.tables import LineResult
 from chalicelib.worker import rows, seams
 from chalicelib.worker.cancel import CancelWatch, stop
 from chalicelib.worker.invocation import Counted, Invocation, progress
@@ -66,8 +66,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
     """
     job = run.job
     version = int(job.result_version) + 1
-    counted: list = []
-    condition = None
+    batch: moves.LastBatch | None = None
     if last is None:
         report = _report(run, version)
         processed = int(job.processed_lines)
@@ -76,10 +75,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
         before = run.counted
         done = progress(run, last.answers)
         processed = int(job.processed_lines) + done.lines
-        counted = [Job.cursor.set(last.lines[-1].line_id), Job.processed_lines.set(processed),
-                   Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries),
-                   Job.heartbeat_at.set(clock.iso(clock.now()))]
-        condition = Job.cursor == job.cursor
+        batch = moves.LastBatch(job.cursor, last.lines[-1].line_id, processed, done.cached, done.retries)
     if report.lines != processed:
         # The report is the truth a user reads: counts that disagree with it would hide a lost or doubled line.
         log.error("report and counts disagree", extra={"jobId": job.job_id, "reported": report.lines,
@@ -89,7 +85,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
                     {"reportedLines": report.lines, "processedLines": processed})
         return True
     try:
-        _completed(run, version, report, counted, condition)
+        _completed(run, version, report, batch)
     except TransitionRaced:
         job.refresh(consistent_read=True)
         if last is not None:
@@ -145,18 +141,13 @@ def _in_order(written: dict[str, LineResult]) -> list[LineResult]:
     return [written[k] for k in sorted(written)]  # lineId order, as the table gives them
 
 
-def _completed(run: Invocation, version: int, report: _Report, counted: list, condition: Any) -> None:
+def _completed(run: Invocation, version: int, report: _Report, batch: moves.LastBatch | None) -> None:
     """The Completed transition (TransitionRaced if the job moved meanwhile or the lease is gone)."""
     job = run.job
     message = (f"Categorized {report.lines} lines; {report.needs_review} need review" if report.lines
                else f"No expense lines for {job.period}; the report is empty")
-    lease_is_ours = Job.lease_owner == run.lease.owner
-    transition(job, JobStatus.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
-               actions=[Job.completed_at.set(clock.iso(clock.now())), Job.result_key.set(report.key),
-                        Job.result_version.set(version), Job.needs_review.set(report.needs_review),
-                        Job.failed_lines.set(report.needs_review), Job.total_lines.set(report.lines),
-                        Job.estimated_completion_at.remove(), Job.status_message.set(message), *counted],
-               condition=lease_is_ours if condition is None else lease_is_ours & condition)
+    moves.complete(job, run.lease, moves.Report(version, report.key, report.lines, report.needs_review), message,
+                   batch)
 
 
 def _heartbeat(run: Invocation) -> None:

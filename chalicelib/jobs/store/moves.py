@@ -1,0 +1,315 @@
+"""The status machine's writes: each move of a job's status is one transaction with its event, its day counts,
+its report lock and, for a final status, its deliveries (jobs/states.py holds the rules, this module the writes).
+
+The named moves (start, cancel, fail, requeue_for_retry, complete...) are what the worker, the reaper and the API
+call; each builds its own update and condition here, so no caller writes an expression against a job item.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.exceptions import TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from chalicelib import clock, faults, observability
+from chalicelib.errors import ActiveJobExists, InvalidTransition
+from chalicelib.jobs.states import (
+    ACTIVE,
+    TERMINAL,
+    TRANSITIONS,
+    JobStatus,
+    TransitionRaced,
+    event_item,
+    lock_holder,
+)
+from chalicelib.jobs.store.lease import Lease, lease_is_ours
+from chalicelib.tables import Control, Job, connection
+
+log = logging.getLogger(__name__)
+S = JobStatus
+CONFLICT_ATTEMPTS = 5
+
+
+# --- named conditions of the moves -------------------------------------------------------------------------------
+
+
+def status_unchanged(status: JobStatus) -> Condition:
+    """Closes the race with any other writer (API, worker, reaper) that moved the job after we read it: exactly
+    one of them wins."""
+    return Job.status == status.value
+
+
+def no_live_lease(now: float) -> Condition:
+    """The job waits in the queue (a delayed re-enqueue, a hand-over between invocations) or its worker is gone;
+    a worker taking the lease meanwhile refuses the write."""
+    return Job.lease_owner.does_not_exist() | (Job.lease_until < now)
+
+
+def counts_as_read(processed: int) -> Condition:
+    """A chunk's checkpoint landing between the read and the write would make "after N lines" stale."""
+    return Job.processed_lines == processed
+
+
+def as_seen(job: Job) -> Condition:
+    """Fail only the job a sweep judged, never what it became since (say, retried)."""
+    return (Job.heartbeat_at == job.heartbeat_at) & (Job.reap_count == job.reap_count)
+
+
+# --- the generic move --------------------------------------------------------------------------------------------
+
+
+def transition(
+    job: Job,
+    to: JobStatus,
+    event: str,
+    detail: dict[str, Any] | None = None,
+    actions: Iterable[Action] = (),
+    condition: Condition | None = None,
+    checks: Iterable[tuple[Any, Any, Any, Condition]] = (),
+) -> Job:
+    """Move `job` to `to` with one conditional write that also appends `event`.
+
+    `checks` are (model class, hash key, range key, condition) that must hold of other items in the same
+    transaction (a retry checks that the job's report was not deleted meanwhile).
+
+    Raises InvalidTransition when the move is not allowed from the job's status,
+    and TransitionRaced when another writer changed the status first.
+    """
+    from chalicelib.jobs import counts  # counts reads JobStatus from the states module
+
+    current = JobStatus(job.status)
+    if to not in TRANSITIONS[current]:
+        raise InvalidTransition(f"A {current.value} job cannot become {to.value}.")
+    stamp = clock.iso(clock.now())
+    updates: list[Action] = [Job.status.set(to.value), Job.updated_at.set(stamp), *actions]
+    deliver = False
+    if to in TERMINAL:
+        from chalicelib.delivery import service as delivery  # reads the job's report: only on a final move
+
+        # The deliveries are planned in the same write as the final status (an outbox): none is lost to a crash.
+        final, deliver = _final_actions(job, to, delivery.plan)
+        updates += [Job.lease_owner.remove(), Job.lease_until.remove(), *final]
+    else:
+        updates += [Job.active_status.set(to.value)]
+        if current in TERMINAL:
+            # A final job taken up again: its deliveries were of the status it leaves; messages still in flight
+            # for them find them gone and stop (the audit trail keeps every attempt).
+            updates += [Job.deliveries.remove(), Job.outbox_id.remove()]
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            _write(job, current, to, updates, event, detail, condition, counts, tuple(checks))
+            break
+        except TransactWriteError as err:
+            if _only_conflicts(err) and attempt + 1 < CONFLICT_ATTEMPTS:
+                # A transaction touching the same item at that moment (the user's day count, another job's
+                # transition): nothing was written; the same write, still guarded by `status_unchanged`, again.
+                time.sleep(random.uniform(0.005, 0.03) * (attempt + 1))
+                continue
+            raise _explain(err, job, current, to) from err
+    job.refresh(consistent_read=True)
+    observability.job_finished(to.value, job.created_at)  # counts terminal states only
+    if deliver:
+        faults.point("after_final_status")
+        try:
+            delivery.enqueue(job)
+        except Exception:  # the status has moved: a delivery left unqueued is queued by the reaper
+            log.exception("could not queue the job's deliveries", extra={"jobId": job.job_id})
+    return job
+
+
+def _final_actions(job: Job, to: JobStatus, plan: Any) -> tuple[list[Action], bool]:
+    """The deliveries of a final move, and the outbox mark when any waits (see chalicelib/delivery/service.py).
+
+    Planning reads the report; if that read fails, the final status is written all the same, marked for the
+    reaper's sweep to plan (a store error must never hold a job's status back). Returns (actions, mark): when
+    `mark`, the writer queues them once the move has landed.
+    """
+    from chalicelib.delivery.service import DELIVERING, UNPLANNED
+    from chalicelib.jobs.states import DeliveryStatus
+
+    token = uuid.uuid4().hex
+    try:
+        planned = plan(job, to)
+    except Exception:
+        log.warning("could not plan the job's deliveries; the sweep will", extra={"jobId": job.job_id},
+                    exc_info=True)
+        return [Job.active_status.set(DELIVERING), Job.outbox_id.set(token + UNPLANNED),
+                Job.deliveries.remove()], False
+    waiting = any(d.status == DeliveryStatus.PENDING.value for d in planned)
+    actions: list[Action] = ([Job.active_status.set(DELIVERING), Job.outbox_id.set(token)] if waiting
+                             else [Job.active_status.remove(), Job.outbox_id.remove()])
+    actions.append(Job.deliveries.set(planned) if planned else Job.deliveries.remove())
+    return actions, waiting
+
+
+def _only_conflicts(err: TransactWriteError) -> bool:
+    """The transaction was cancelled only because another one was writing one of its items."""
+    codes = {r.code for r in (err.cancellation_reasons or []) if r and r.code and r.code != "None"}
+    return codes == {"TransactionConflict"}
+
+
+def _write(job: Job, current: JobStatus, to: JobStatus, updates: list[Action], event: str,
+           detail: dict[str, Any] | None, condition: Condition | None, counts: Any,
+           checks: tuple[tuple[Any, Any, Any, Condition], ...] = ()) -> None:
+    with TransactWrite(connection=connection()) as tx:
+        for model, hash_key, range_key, must_hold in checks:
+            tx.condition_check(model, hash_key, range_key=range_key, condition=must_hold)
+        guard = status_unchanged(current) if condition is None else status_unchanged(current) & condition
+        tx.update(job, actions=updates, condition=guard)
+        tx.save(event_item(job.job_id, event, detail))
+        counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
+        if to in TERMINAL:
+            # lock_is_ours: never release a lock another job now holds.
+            lock_is_ours = Control.pk.does_not_exist() | (Control.job_id == job.job_id)
+            tx.delete(Control(job.lock_key), condition=lock_is_ours)
+        elif current in TERMINAL:
+            # Leaving a terminal state re-takes the active-job lock.
+            tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
+                    condition=Control.pk.does_not_exist())
+
+
+def _explain(err: TransactWriteError, job: Job, current: JobStatus, to: JobStatus) -> Exception:
+    """Name why a transition's transaction was refused, from the state it left behind.
+
+    (PynamoDB sends deletes, puts and updates in that order, not ours, so the position
+    of a cancellation reason does not say which of our writes failed.)
+    """
+    codes = {r.code for r in (err.cancellation_reasons or []) if r}
+    if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
+        return err
+    if current in TERMINAL and to not in TERMINAL:
+        holder = lock_holder(job.lock_key)
+        if holder and holder != job.job_id:
+            return ActiveJobExists("Another job for this report and period is active.", existingJobId=holder)
+    return TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")
+
+
+# --- the named moves ----------------------------------------------------------------------------------------------
+
+
+def start(job: Job, lease: Lease, total: int) -> Job:
+    """Queued -> Processing, leased to the invocation that starts it, with its total."""
+    stamp = clock.iso(clock.now())
+    return transition(job, S.PROCESSING, "started", {"totalLines": total}, actions=[
+        Job.started_at.set(job.started_at or stamp), Job.heartbeat_at.set(stamp),
+        Job.total_lines.set(max(total, int(job.processed_lines))),
+        Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until), Job.reap_count.set(0),
+        Job.status_message.set(f"Categorizing {total} lines")])
+
+
+def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:
+    """Cancelled, with the counts the job holds at that moment (`unleased_only`: only while no live lease holds
+    it, for a cancel the API completes itself).
+
+    counts_as_read: a chunk's checkpoint landing between our read and this write is refused and the write made
+    again from a fresh read (TransitionRaced only when the status itself moved, or no_live_lease refused).
+    """
+    for _ in range(5):
+        guard = counts_as_read(int(job.processed_lines))
+        if unleased_only:
+            guard &= no_live_lease(time.time())
+        try:
+            return transition(job, S.CANCELLED, "cancelled",
+                              {"processedLines": int(job.processed_lines), **({"by": by} if by else {})},
+                              actions=[Job.status_message.set(
+                                  f"Cancelled after {int(job.processed_lines)} of {int(job.total_lines)} lines")],
+                              condition=guard)
+        except TransitionRaced:
+            status, processed = job.status, int(job.processed_lines)
+            job.refresh(consistent_read=True)
+            if job.status != status or int(job.processed_lines) == processed:
+                raise  # the status moved, or the lease condition refused
+    raise TransitionRaced("The job kept moving while it was being cancelled.")
+
+
+def cancel_queued(job: Job) -> Job:
+    """Queued -> Cancelled by its user: nothing ran."""
+    return transition(job, S.CANCELLED, "cancelled", {"by": "user"},
+                      actions=[Job.status_message.set("Cancelled before it started")])
+
+
+def request_cancel(job: Job) -> Job:
+    """Processing -> CancellationRequested: the worker that holds it stops after its batch."""
+    return transition(job, S.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
+                      actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
+
+
+def fail(job: Job, message: str, detail: dict | None = None, judged: bool = False) -> None:
+    """Fail a live job with a message a user can act on (no-op if it is already final). `judged`: only the job
+    as this caller saw it (as_seen), once; else again from a fresh read if it moved."""
+    for _ in range(1 if judged else 3):
+        if S(job.status) not in ACTIVE:
+            return
+        try:
+            transition(job, S.FAILED, "failed", {"reason": message, **(detail or {})},
+                       actions=[Job.error_message.set(message), Job.status_message.set("Failed")],
+                       condition=as_seen(job) if judged else None)
+            return
+        except TransitionRaced:
+            if judged:
+                raise
+            job.refresh(consistent_read=True)
+
+
+def requeue_for_retry(job: Job, report_check: tuple[Any, Any, Any, Condition]) -> Job:
+    """Failed or Cancelled -> Queued, from its checkpoint; `report_check` must hold of its report in the same
+    transaction (a report deleted meanwhile gets no active job)."""
+    return transition(job, S.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
+        Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),
+        Job.rate_limited_seconds.set(0), Job.limited_until.remove(), Job.recheck_after.remove(),
+        Job.recheck_flagged.set(int(job.failed_lines) > 0),
+        # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
+        Job.heartbeat_at.set(clock.iso(clock.now())),
+        Job.status_message.set("Queued again; resuming from checkpoint")], checks=[report_check])
+
+
+def fail_unqueued(job: Job) -> None:
+    """A retry whose message the queue refused: Failed again, saying so."""
+    transition(job, S.FAILED, "failed", {"reason": "could not be queued"},
+               actions=[Job.error_message.set("The job could not be queued again; retry it shortly.")])
+
+
+@dataclass(frozen=True)
+class LastBatch:
+    """The batch a completion also checkpoints: the cursor it read from and ends at, and what it counted."""
+
+    cursor_before: str
+    cursor_after: str
+    processed: int
+    cached: int
+    retries: int
+
+
+@dataclass(frozen=True)
+class Report:
+    version: int
+    key: str
+    lines: int
+    needs_review: int
+
+
+def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBatch | None = None) -> Job:
+    """Processing -> Completed with its report, by the lease holder; with `last`, also that batch's checkpoint
+    (conditioned on the cursor as a checkpoint is, so a redone batch never counts twice)."""
+    counted: list[Action] = []
+    guard = lease_is_ours(lease)
+    if last is not None:
+        counted = [Job.cursor.set(last.cursor_after), Job.processed_lines.set(last.processed),
+                   Job.cached_lines.add(last.cached), Job.retry_count.add(last.retries),
+                   Job.heartbeat_at.set(clock.iso(clock.now()))]
+        guard &= Job.cursor == last.cursor_before
+    return transition(job, S.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
+                      actions=[Job.completed_at.set(clock.iso(clock.now())), Job.result_key.set(report.key),
+                               Job.result_version.set(report.version), Job.needs_review.set(report.needs_review),
+                               Job.failed_lines.set(report.needs_review), Job.total_lines.set(report.lines),
+                               Job.estimated_completion_at.remove(), Job.status_message.set(message), *counted],
+                      condition=guard)
