@@ -11,6 +11,7 @@ import pytest
 
 from chalicelib import clock, deps, faults, reaper, schedules, worker
 from chalicelib.jobs import runner
+from chalicelib.jobs.states import JobStatus, transition
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 from tests.integration.test_worker import Api, assert_every_line_once
@@ -125,7 +126,7 @@ def test_stale_queued_job_is_requeued_and_stale_cancellation_is_finished(api):
     assert reaper.reap()["requeued"] >= 1
     assert len(receive({queued})) == 1
     job = Job.get(queued)
-    runner.transition(job, runner.S.PROCESSING, "started")
+    transition(job, JobStatus.PROCESSING, "started")
     api.call("delete", f"/jobs/{queued}")
     age(queued, 400)
     reaper.reap()
