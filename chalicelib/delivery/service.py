@@ -21,21 +21,19 @@ import time
 import uuid
 from typing import Any
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
-from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import UpdateError
 
 from chalicelib import clock, faults, messages
 from chalicelib.jobs.states import TERMINAL, DeliveryStatus, JobStatus, event_item
+from chalicelib.jobs.store import deliveries as outboxes
+from chalicelib.jobs.store.deliveries import DELIVERING, UNPLANNED
 from chalicelib.messages import Deliver
 from chalicelib.reports import service as reports
 from chalicelib.settings import Settings, get_settings
-from chalicelib.tables import Control, Delivery, Job, ReportConfig, connection
+from chalicelib.tables import Control, Delivery, Job, ReportConfig
 
 log = logging.getLogger(__name__)
 
-DELIVERING = "Delivering"  # Job.activeStatus of a final job with a delivery still Pending
-UNPLANNED = ":unplanned"  # suffix of an outboxId whose deliveries could not be planned yet (the sweep plans them)
 EVENT_OF = {JobStatus.COMPLETED: "job.completed", JobStatus.FAILED: "job.failed",
             JobStatus.CANCELLED: "job.cancelled"}
 PROGRESS_EVENT = "job.progress"
@@ -85,34 +83,6 @@ def plan(job: Job, to: JobStatus) -> list[Delivery]:
     return planned
 
 
-def final_actions(job: Job, to: JobStatus) -> tuple[list[Action], bool]:
-    """Update actions for the final transition: the deliveries, and the outbox mark when any waits.
-
-    Planning reads the report; if that read fails, the final status is written all the same, marked for the
-    sweep to plan (a store error must never hold a job's status back). Returns (actions, mark): when `mark`,
-    the caller calls `enqueue` once its write has landed.
-    """
-    token = uuid.uuid4().hex
-    try:
-        planned = plan(job, to)
-    except Exception:
-        log.warning("could not plan the job's deliveries; the sweep will", extra={"jobId": job.job_id},
-                    exc_info=True)
-        return [Job.active_status.set(DELIVERING), Job.outbox_id.set(token + UNPLANNED),
-                Job.deliveries.remove()], False
-    waiting = any(d.status == D.PENDING.value for d in planned)
-    actions: list[Action] = ([Job.active_status.set(DELIVERING), Job.outbox_id.set(token)] if waiting
-                             else [Job.active_status.remove(), Job.outbox_id.remove()])
-    actions.append(Job.deliveries.set(planned) if planned else Job.deliveries.remove())
-    return actions, waiting
-
-
-def leaving_final_actions() -> list[Action]:
-    """A final job taken up again (retry): its deliveries were of the status it leaves; messages still in flight
-    for them find them gone and stop (the audit trail keeps every attempt)."""
-    return [Job.deliveries.remove(), Job.outbox_id.remove()]
-
-
 def enqueue(job: Job) -> int:
     """Queue the first attempt of every delivery not yet attempted. Safe to repeat: a second message for one
     attempt loses the claim. Returns the number of messages sent; 0 when the queue refused them (the mark stays,
@@ -159,37 +129,16 @@ def sweep(settings: Settings | None = None) -> int:
 
 
 def _plan_late(job: Job) -> Job | None:
-    token = job.outbox_id or ""
     planned = plan(job, JobStatus(job.status))
     waiting = any(d.status == D.PENDING.value for d in planned)
-    actions: list[Action] = [Job.outbox_id.set(token.removesuffix(UNPLANNED))]
-    if planned:
-        actions.append(Job.deliveries.set(planned))
-    if not waiting:
-        actions += [Job.active_status.remove(), Job.outbox_id.remove()]
-    try:
-        # outbox_is_ours: still the same final status's outbox (a retry since would have replaced it).
-        job.update(actions=actions, condition=(Job.outbox_id == token) & (Job.status == job.status))
-    except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
-            raise
-        return None
+    if not outboxes.plan_late(job, planned, waiting, (job.outbox_id or "").removesuffix(UNPLANNED)):
+        return None  # store: outbox_is_ours
     enqueue(job)
     return job if waiting else None
 
 
 def _clear_mark(job: Job) -> None:
-    pending = D.PENDING.value
-    try:
-        # outbox_is_ours: the mark of the outbox we looked at, which has nothing Pending left (a retry of one of
-        # its deliveries since sets one Pending again and keeps the mark).
-        condition = (Job.active_status == DELIVERING) & (Job.outbox_id == job.outbox_id)
-        for n in range(len(job.deliveries or [])):
-            condition &= _path(n).status != pending
-        Job(job.job_id).update(actions=[Job.active_status.remove(), Job.outbox_id.remove()], condition=condition)
-    except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
-            raise
+    outboxes.clear_outbox(job)
 
 
 # --- attempts (the worker, one message each) -------------------------------------------------------------------
@@ -229,25 +178,8 @@ def handle(message: Deliver, settings: Settings | None = None) -> str:
     return _record(job, message.n, d, message.attempt, lease, outcome)
 
 
-def _path(n: int) -> Any:
-    """Delivery `n`'s path in update and condition expressions (its members: `_path(n).status`...)."""
-    deliveries: Any = Job.deliveries  # PynamoDB's stubs do not index a ListAttribute of maps into a path
-    return deliveries[n]
-
-
 def _claim(job: Job, n: int, d: Delivery, lease: int, now: float) -> bool:
-    p = _path(n)
-    # attempt_is_ours: the same delivery (id), still waiting, at the attempt this message is for, and no live
-    # lease (a dead attempt's lease runs out, and the redelivered message takes it over).
-    attempt_is_ours = ((p.id == d.id) & (p.status == D.PENDING.value) & (p.attempts == int(d.attempts))
-                       & (p.lease_until < int(now)))
-    try:
-        Job(job.job_id).update(actions=[p.lease_until.set(lease)], condition=attempt_is_ours)
-        return True
-    except UpdateError as err:
-        if err.cause_response_code != "ConditionalCheckFailedException":
-            raise
-        return False
+    return outboxes.claim(job.job_id, n, d, lease, now)  # store: attempt_is_ours
 
 
 class _Outcome:
@@ -349,26 +281,15 @@ def _record(job: Job, n: int, d: Delivery, attempt: int, lease: int, outcome: _O
     error = outcome.error
     if status is D.FAILED and not outcome.final and error:
         error = f"{error} Gave up after {attempt} attempts."
-    p = _path(n)
     now = time.time()
-    actions = [p.status.set(status.value), p.attempts.set(attempt), p.at.set(clock.iso(clock.now())),
-               p.lease_until.set(0), p.next_at.set(int(now + (delay or 0))),
-               p.last_error.set(error) if error else p.last_error.remove()]
     detail = {"n": n, "target": int(d.target), "type": d.type, "event": d.event, "attempt": attempt,
               "outcome": "delivered" if outcome.ok else "failed", "status": status.value}
     if error:
         detail["error"] = error
     if delay is not None:
         detail["nextAttemptAt"] = clock.iso(clock.from_epoch(now + delay))
-    try:
-        with TransactWrite(connection=connection()) as tx:
-            # lease_is_ours: the attempt we claimed; a later claim (ours ran past its lease) records its own.
-            tx.update(Job(job.job_id), actions=actions, condition=(p.id == d.id) & (p.lease_until == lease))
-            tx.save(event_item(job.job_id, "delivery_attempt", detail))
-    except TransactWriteError as err:
-        codes = {r.code for r in (err.cancellation_reasons or []) if r}
-        if "ConditionalCheckFailed" not in codes:
-            raise
+    if not outboxes.record(job.job_id, n, d, lease, status.value, attempt, error, int(now + (delay or 0)),
+                           detail):  # store: delivery_lease_is_ours
         # Sent, but another claim (ours outlived its lease) or a retry of the job took the delivery over.
         log.warning("delivery attempt outlived its lease; not recorded", extra={"jobId": job.job_id, "n": n})
         event_item(job.job_id, "delivery_attempt", {**detail, "status": "Unrecorded",
@@ -398,21 +319,11 @@ def dead_lettered(message: Deliver) -> dict[str, Any]:
     if job is None or message.n >= len(deliveries) or deliveries[message.n].id != message.id \
             or deliveries[message.n].status != D.PENDING.value:
         return {"outcome": "stale", "jobId": message.job_id}
-    d, p = deliveries[message.n], _path(message.n)
+    d = deliveries[message.n]
     error = "Sending this delivery failed repeatedly (its message was moved to the dead-letter queue)."
-    try:
-        with TransactWrite(connection=connection()) as tx:
-            # still_waiting: not attempted to an end meanwhile (a redelivery that succeeded, a user's retry).
-            tx.update(Job(job.job_id), actions=[p.status.set(D.FAILED.value), p.last_error.set(error),
-                                                p.at.set(clock.iso(clock.now())), p.lease_until.set(0)],
-                      condition=(p.id == d.id) & (p.status == D.PENDING.value) & (p.attempts == d.attempts))
-            tx.save(event_item(job.job_id, "delivery_attempt", {
-                "n": message.n, "target": int(d.target), "type": d.type, "event": d.event,
-                "attempt": int(d.attempts) + 1, "outcome": "failed", "status": D.FAILED.value, "error": error}))
-    except TransactWriteError as err:
-        codes = {r.code for r in (err.cancellation_reasons or []) if r}
-        if "ConditionalCheckFailed" not in codes:
-            raise
+    detail = {"n": message.n, "target": int(d.target), "type": d.type, "event": d.event,
+              "attempt": int(d.attempts) + 1, "outcome": "failed", "status": D.FAILED.value, "error": error}
+    if not outboxes.fail_waiting(job.job_id, message.n, d, error, detail):  # store: still_waiting
         return {"outcome": "stale", "jobId": message.job_id}
     return {"outcome": "failed", "jobId": message.job_id}
 
@@ -498,23 +409,9 @@ def retry(owner_id: str, job_id: str, n: int) -> Job:
     if d.status == D.PENDING.value and not stuck:
         raise Conflict(f"Delivery {n} is still being attempted ({int(d.attempts)} attempts so far); its outcome "
                        "will show here.", deliveryStatus=d.status)
-    p = _path(n)
-    try:
-        with TransactWrite(connection=connection()) as tx:
-            # delivery_unchanged: two retries at once, or an attempt recorded meanwhile: one wins, the other 409.
-            tx.update(Job(job.job_id), actions=[
-                p.status.set(D.PENDING.value), p.attempts.set(0), p.next_at.set(int(now)), p.lease_until.set(0),
-                p.last_error.remove(), Job.active_status.set(DELIVERING),
-                Job.outbox_id.set(job.outbox_id or uuid.uuid4().hex)],
-                condition=(p.id == d.id) & (p.status == d.status) & (p.attempts == d.attempts)
-                & (Job.status == job.status))
-            tx.save(event_item(job.job_id, "delivery_retry_requested",
-                               {"n": n, "target": int(d.target), "type": d.type, "from": d.status, "by": "user"}))
-    except TransactWriteError as err:
-        codes = {r.code for r in (err.cancellation_reasons or []) if r}
-        if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
-            raise
-        raise Conflict("The delivery or the job changed while this ran; look at the job again.") from err
+    detail = {"n": n, "target": int(d.target), "type": d.type, "from": d.status, "by": "user"}
+    if not outboxes.reopen(job, n, d, now, job.outbox_id or uuid.uuid4().hex, detail):  # store: delivery_unchanged
+        raise Conflict("The delivery or the job changed while this ran; look at the job again.")
     if d.status == D.DISABLED.value:
         report = reports.report_of(job.tenant or job.owner_id, job.report_id, fresh=True)
         if report is not None and report.owner_id == owner_id:

@@ -8,6 +8,10 @@ so assembly happens exactly once.
 
 from __future__ import annotations
 
+import logging
+
+from pynamodb.exceptions import PynamoDBException
+
 from chalicelib import clock, messages
 from chalicelib.jobs import store
 from chalicelib.jobs.states import ChunkStatus
@@ -16,6 +20,7 @@ from chalicelib.lines.store import owner_period, read_lines
 from chalicelib.messages import RunChunk
 from chalicelib.tables import ExpenseLine, Job, JobChunk
 
+log = logging.getLogger(__name__)
 # The chunk statuses by their old names (the members of ChunkStatus, which holds the transitions).
 PENDING, RUNNING, DONE = ChunkStatus.PENDING, ChunkStatus.RUNNING, ChunkStatus.DONE
 
@@ -137,5 +142,10 @@ def finish(job: Job, chunk: JobChunk, lease: Lease) -> bool:
 
 
 def release(chunk: JobChunk, lease: Lease) -> None:
-    """Hand the chunk back (Pending): its continuation or a later message picks it up."""
-    store.current().release_chunk(chunk, lease)
+    """Hand the chunk back (Pending): its continuation or a later message picks it up. Best effort: a chunk left
+    Running only waits for its lease to run out (a store error is logged, never raised over the outcome)."""
+    try:
+        store.current().release_chunk(chunk, lease)
+    except PynamoDBException:
+        log.warning("could not release a chunk; its lease runs out by itself",
+                    extra={"jobId": chunk.job_id, "chunk": int(chunk.chunk)}, exc_info=True)

@@ -14,13 +14,13 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 
 from chalicelib import clock, messages, observability
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
-from chalicelib.jobs import counts
-from chalicelib.jobs.states import JobStatus, event_item, lock_holder, lock_key
+from chalicelib.jobs.states import JobStatus, lock_holder, lock_key
+from chalicelib.jobs.store import moves
 from chalicelib.messages import StartJob
 from chalicelib.reports import service as reports
 from chalicelib.reports.service import ReportConfig
 from chalicelib.settings import get_settings
-from chalicelib.tables import Control, Job, JobEvent, connection
+from chalicelib.tables import Control, Job
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3600
@@ -54,18 +54,9 @@ def _new_job(owner_id: str, report: ReportConfig, period: str, trigger: str) -> 
 
 
 def _commit(job: Job, add_to_window: Callable[[TransactWrite], None]) -> None:
-    """The job, its lock, its rate-window entry and its `created` event, all or nothing."""
+    """The job, its lock, its rate-window entry and its `created` event, all or nothing (store/moves.create)."""
     try:
-        with TransactWrite(connection=connection()) as tx:
-            tx.save(job, condition=Job.job_id.does_not_exist())
-            # lock_is_free: one active job per (user, report, period), however many creates race.
-            tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
-                    condition=Control.pk.does_not_exist())
-            add_to_window(tx)
-            tx.save(event_item(job.job_id, "created", {"trigger": job.trigger, "period": job.period}))
-            counts.created(tx, job)
-            # report_accepts_jobs: not deleted, nor being deleted (reports.service.delete_report checks for jobs).
-            tx.condition_check(ReportConfig, job.tenant, job.report_id, condition=reports.job_condition())
+        moves.create(job, add_to_window, reports.job_condition())
     except TransactWriteError as err:
         codes = {r.code for r in (err.cancellation_reasons or []) if r}
         if not codes & {"ConditionalCheckFailed", "TransactionConflict"}:
@@ -128,17 +119,8 @@ def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Jo
 
 
 def _undo(job: Job) -> None:
-    """Remove every trace of a job whose message could not be sent."""
-    with TransactWrite(connection=connection()) as tx:
-        # still_queued: a send that timed out may have been delivered after all; a job a worker has taken is
-        # left alone (and counted) rather than deleted under it.
-        tx.delete(job, condition=Job.status == JobStatus.QUEUED.value)
-        tx.delete(Control(job.lock_key), condition=Control.pk.does_not_exist() | (Control.job_id == job.job_id))
-        tx.update(Control(f"rate#{job.owner_id}"), actions=[Control.stamps[job.job_id].remove()])
-        counts.undone(tx, job)
-    with JobEvent.batch_write() as batch:
-        for event in JobEvent.query(job.job_id):
-            batch.delete(event)
+    """Remove every trace of a job whose message could not be sent (store/moves.undo_create)."""
+    moves.undo_create(job)
 
 
 def create_job(owner_id: str, report: ReportConfig, period: str, trigger: str = "api") -> Job:

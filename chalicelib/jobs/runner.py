@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from pynamodb.exceptions import PynamoDBException
+
 from chalicelib import clock
 from chalicelib.jobs import store
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
@@ -95,8 +97,14 @@ def lease_is_live(owner: str | None, until: float | None, now: float | None = No
 
 
 def release(job: Job, lease: Lease) -> None:
-    if not store.current().release(job, lease):
-        log.info("lease already gone", extra={"jobId": job.job_id})
+    """Best effort, at an invocation's end: a lease left behind only runs out (a store error is logged, never
+    allowed to hide the invocation's own outcome)."""
+    try:
+        if not store.current().release(job, lease):
+            log.info("lease already gone", extra={"jobId": job.job_id})
+    except PynamoDBException:
+        log.warning("could not release the lease; it runs out by itself", extra={"jobId": job.job_id},
+                    exc_info=True)
 
 
 def eta(remaining_lines: int, started_at: str | None, done: int) -> str | None:

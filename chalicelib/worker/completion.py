@@ -15,6 +15,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from pynamodb.exceptions import PynamoDBException
+
 from chalicelib import faults, observability, results
 from chalicelib.categorize.types import Answer
 from chalicelib.jobs import runner, store
@@ -80,9 +82,10 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
         # The report is the truth a user reads: counts that disagree with it would hide a lost or doubled line.
         log.error("report and counts disagree", extra={"jobId": job.job_id, "reported": report.lines,
                                                        "processed": processed})
-        runner.fail(job, f"The job counted {processed} lines but its report holds {report.lines}, so "
-                         "it was stopped rather than report wrong totals. Contact support with the job id.",
-                    {"reportedLines": report.lines, "processedLines": processed})
+        # Under our lease only: a stale invocation that got this far must not fail a job another one runs.
+        moves.fail(job, f"The job counted {processed} lines but its report holds {report.lines}, so it was "
+                        "stopped rather than report wrong totals. Contact support with the job id.",
+                   {"reportedLines": report.lines, "processedLines": processed}, lease=run.lease)
         return True
     try:
         _completed(run, version, report, batch)
@@ -152,7 +155,10 @@ def _completed(run: Invocation, version: int, report: _Report, batch: moves.Last
 
 def _heartbeat(run: Invocation) -> None:
     """Assembling a large report takes a while: show the reaper it is still moving."""
-    store.current().heartbeat(run.job, run.lease)  # lease lost: the completing transition will say so
+    try:
+        store.current().heartbeat(run.job, run.lease)  # lease lost: the completing transition will say so
+    except PynamoDBException:  # a heartbeat is a hint to the reaper: never worth losing the report over
+        log.warning("could not write the assembler's heartbeat", extra={"jobId": run.job.job_id}, exc_info=True)
 
 
 def complete_if_due(run: Invocation) -> None:

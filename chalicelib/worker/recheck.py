@@ -37,8 +37,10 @@ def recheck_flagged(run: Invocation) -> bool:
         after = job.recheck_after or ""
         flagged = read_flagged(job.job_id, after, run.settings.line_batch_size)
         if not flagged:
-            store.current().end_recheck(job, run.lease, after)  # store: lease_is_ours, recheck_unchanged
-            return True
+            if store.current().end_recheck(job, run.lease, after):  # store: lease_is_ours, recheck_unchanged
+                return True
+            job.refresh(consistent_read=True)  # someone else holds the job now (or moved the recheck): stop
+            return False
         with CancelWatch(job.job_id):
             answers = categorize(run, JobScope(run), flagged)
         if answers is None:

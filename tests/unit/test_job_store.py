@@ -115,6 +115,30 @@ class StoreContract:
         assert not store.release(store.load(job.job_id), lease("b"))
         assert store.release(job, mine) and store.load(job.job_id).lease_owner is None
 
+    def test_a_refused_write_leaves_the_callers_record_as_it_was(self, store):
+        job = self.seed(store, new_job())
+        assert store.take_lease(job, lease("a"))
+        stale = store.load(job.job_id)
+        stale.lease_owner = "b"  # an invocation that believes it holds the job
+        for refused in (lambda: store.hand_back(stale, lease("b"), 1, 60), lambda: store.release(stale, lease("b")),
+                        lambda: store.heartbeat(stale, lease("b")), lambda: store.end_recheck(stale, lease("b"), "")):
+            assert not refused()
+            assert stale.lease_owner == "b"  # not silently turned into the store's view: it reads again itself
+        assert store.load(job.job_id).lease_owner == "a"
+
+    def test_an_owner_without_an_end_holds_the_lease(self, store):
+        job = self.seed(store, new_job(lease_owner="someone"))  # lease_until never written
+        assert not store.take_lease(job, lease("b"))
+
+    def test_retries_counted_on_a_job_and_chunks_done_set_only_from_the_count_read(self, store):
+        job = self.seed(store, new_job())
+        store.count_retries(job.job_id, 3)
+        assert int(store.load(job.job_id).retry_count) == 3
+        store.record_plan(job, ["l-1", ""], "2 chunks")
+        assert store.set_chunks_done(store.load(job.job_id), 0, 1)
+        assert not store.set_chunks_done(store.load(job.job_id), 0, 2)  # done_count_unchanged: it is 1 now
+        assert int(store.load(job.job_id).chunks_done) == 1
+
     def test_waits_that_overlap_count_once(self, store):
         job = self.seed(store, new_job())
         end = time.time()
@@ -221,7 +245,14 @@ class StoreContract:
         reaped = store.chunks_of(job.job_id)[0]
         assert (reaped.status, reaped.lease_owner, int(reaped.reap_count)) == (ChunkStatus.PENDING.value, None, 0)
         assert not store.mark_chunk_reaped(second_view)
-        assert store.claim_chunk(job.job_id, 0, lease("b")) is not None  # free for the message the reaper sends
+        claimed = store.claim_chunk(job.job_id, 0, lease("b"))  # free for the message the reaper sends
+        assert claimed is not None
+        assert not store.release_chunk(claimed, lease("c")) and store.release_chunk(claimed, lease("b"))
+        assert store.chunks_of(job.job_id)[0].status == ChunkStatus.PENDING.value
+        again = store.claim_chunk(job.job_id, 0, lease("c"))
+        store.reset_chunk(again)  # a retry: Pending, no lease, reaps forgotten
+        reset = store.chunks_of(job.job_id)[0]
+        assert (reset.status, reset.lease_owner, int(reset.reap_count)) == (ChunkStatus.PENDING.value, None, 0)
 
 
 def seen_copy(job: Job, heartbeat: str) -> Job:
@@ -240,3 +271,21 @@ class TestMemoryStore(StoreContract):
     def seed(self, store, job: Job) -> Job:
         store.put(job)
         return store.load(job.job_id)
+
+
+def test_no_module_outside_the_store_writes_a_job_or_a_chunk_item():
+    """Every write of a job or chunk item is one of the store's operations, where its condition is named: an
+    update expression against them (Job.x.set(...), job.update(...), a transaction's update of a job) anywhere
+    else would be a race closed outside the one place that closes them."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "chalicelib"
+    store = root / "jobs" / "store"
+    writes = re.compile(r"\b(Job|JobChunk)\.\w+\.(set|add|remove|append|prepend|delete)\(|\b(job|chunk|fresh|"
+                        r"fanned)\.(update|save|delete)\(|\b(Job|JobChunk)\([^)]*\)\.(update|save|delete)\(|"
+                        r"tx\.(update|save|delete)\((job|chunk|Job\(|JobChunk\()")
+    found = [f"{path.relative_to(root)}:{n}: {line.strip()}" for path in sorted(root.rglob("*.py"))
+             if store not in path.parents and path.name != "tables.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if writes.search(line)]
+    assert found == []

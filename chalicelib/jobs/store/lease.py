@@ -17,6 +17,7 @@ is the one other writer of a job's status; it is not part of this port.
 from __future__ import annotations
 
 import copy
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -269,13 +270,23 @@ class DynamoJobStore:
 
     def _with_job(self, chunk: JobChunk, chunk_actions: list, chunk_condition: Condition, job: Job,
                   job_actions: list) -> bool:
-        try:
-            with TransactWrite(connection=connection()) as tx:
-                tx.update(chunk, actions=chunk_actions, condition=chunk_condition)
-                tx.update(job, actions=job_actions, condition=still_worked())
-            return True
-        except TransactWriteError:
-            return False
+        """The chunk's write and the job's, together. False when a condition refused them; a transaction that
+        only met another one on the same item (a sibling chunk's checkpoint on the job) is made again; any
+        other failure raises."""
+        for attempt in range(5):
+            try:
+                with TransactWrite(connection=connection()) as tx:
+                    tx.update(chunk, actions=chunk_actions, condition=chunk_condition)
+                    tx.update(job, actions=job_actions, condition=still_worked())
+                return True
+            except TransactWriteError as err:
+                codes = {r.code for r in (err.cancellation_reasons or []) if r and r.code and r.code != "None"}
+                if "ConditionalCheckFailed" in codes:
+                    return False
+                if codes != {"TransactionConflict"} or attempt == 4:
+                    raise
+                time.sleep(random.uniform(0.005, 0.03) * (attempt + 1))
+        return False
 
     def checkpoint_chunk(self, job: Job, chunk: JobChunk, lease: Lease, new_cursor: str, done: Progress,
                          eta: str | None) -> bool:
@@ -377,11 +388,14 @@ class MemoryJobStore:
         for name in type(source).get_attributes():
             setattr(target, name, copy.deepcopy(getattr(source, name)))
 
-    def _apply(self, job: Job, rule: Callable[[Job], bool], change: Callable[[Job], None]) -> bool:
+    def _apply(self, job: Job, rule: Callable[[Job], bool], change: Callable[[Job], None],
+               refresh: bool = False) -> bool:
+        """One conditional write. A refused one leaves the caller's record as it was, as on DynamoDB, unless
+        `refresh` (the operations whose DynamoDB form reads the job again after a refusal)."""
         with self._lock:
             stored = self.jobs.get(job.job_id)
             if stored is None or not rule(stored):
-                if stored is not None:
+                if stored is not None and refresh:
                     self._copy_into(job, stored)
                 return False
             change(stored)
@@ -400,7 +414,9 @@ class MemoryJobStore:
 
     @staticmethod
     def _lease_free(job: Job, lease: Lease, now: float) -> bool:
-        return not job.lease_owner or float(job.lease_until or 0) < now or job.lease_owner == lease.owner
+        # As `lease_free` reads on DynamoDB: an owner without an end (never written so) holds the lease.
+        return (not job.lease_owner or (job.lease_until is not None and float(job.lease_until) < now)
+                or job.lease_owner == lease.owner)
 
     @staticmethod
     def _worked(job: Job) -> bool:
@@ -429,7 +445,7 @@ class MemoryJobStore:
             j.status_message = f"Categorized {processed} of {total} lines"
 
         return self._apply(job, lambda j: j.cursor == old_cursor and j.lease_owner == lease.owner
-                           and self._worked(j), change)
+                           and self._worked(j), change, refresh=True)
 
     def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
         def change(j: Job) -> None:
@@ -478,15 +494,17 @@ class MemoryJobStore:
             j.reap_count = int(j.reap_count) + stalled
             j.heartbeat_at, j.lease_owner, j.lease_until = _now_iso(), None, None
 
-        return self._apply(job, lambda j: j.heartbeat_at == seen and j.status == status.value, change)
+        # A heartbeat of None never matches on DynamoDB (`= NULL` is not a missing attribute): nor here.
+        return self._apply(job, lambda j: seen is not None and j.heartbeat_at == seen and j.status == status.value,
+                           change)
 
     def record_plan(self, job: Job, bounds: list[str], message: str) -> list[str]:
         def change(j: Job) -> None:
             j.chunk_bounds, j.chunk_count, j.chunks_done = list(bounds), len(bounds), 0
             j.heartbeat_at, j.status_message = _now_iso(), message
 
-        self._apply(job, lambda j: not j.chunk_bounds and not int(j.chunk_count or 0)
-                    and j.status == S.PROCESSING.value, change)
+        self._apply(job, lambda j: j.chunk_bounds is None and not int(j.chunk_count or 0)
+                    and j.status == S.PROCESSING.value, change, refresh=True)
         return list(job.chunk_bounds or [])
 
     def create_chunk(self, job: Job, number: int, after: str, upto: str) -> bool:
@@ -507,7 +525,8 @@ class MemoryJobStore:
         chunk = JobChunk(job_id, number)
 
         def free(c: JobChunk) -> bool:
-            return c.status != C.DONE.value and (not c.lease_owner or float(c.lease_until or 0) < now
+            return c.status != C.DONE.value and (not c.lease_owner or (c.lease_until is not None
+                                                                         and float(c.lease_until) < now)
                                                  or c.lease_owner == lease.owner)
 
         def change(c: JobChunk) -> None:
@@ -588,18 +607,22 @@ class MemoryJobStore:
 
         return self._apply_chunk(chunk, lambda c: c.heartbeat_at == seen and c.status != C.DONE.value, change)
 
+    @staticmethod
+    def _recheck_at(job: Job, after: str) -> bool:
+        return job.recheck_after == after if after else job.recheck_after is None  # as recheck_unchanged reads
+
     def end_recheck(self, job: Job, lease: Lease, after: str) -> bool:
         def change(j: Job) -> None:
             j.recheck_flagged, j.recheck_after = False, None
 
-        return self._apply(job, lambda j: j.lease_owner == lease.owner and (j.recheck_after or "") == after, change)
+        return self._apply(job, lambda j: j.lease_owner == lease.owner and self._recheck_at(j, after), change)
 
     def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool:
         def change(j: Job) -> None:
             j.failed_lines, j.recheck_after = int(j.failed_lines) - fixed, last
             j.retry_count, j.heartbeat_at, j.reap_count = int(j.retry_count) + retries, _now_iso(), 0
 
-        return self._apply(job, lambda j: j.lease_owner == lease.owner and (j.recheck_after or "") == after
+        return self._apply(job, lambda j: j.lease_owner == lease.owner and self._recheck_at(j, after)
                            and j.status == S.PROCESSING.value, change)
 
     def next_result_version(self, job: Job, fixed: int) -> int:

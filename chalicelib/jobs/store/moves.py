@@ -26,11 +26,13 @@ from chalicelib.jobs.states import (
     ACTIVE,
     TERMINAL,
     TRANSITIONS,
+    DeliveryStatus,
     JobStatus,
     TransitionRaced,
     event_item,
     lock_holder,
 )
+from chalicelib.jobs.store.deliveries import DELIVERING, UNPLANNED
 from chalicelib.jobs.store.lease import Lease, lease_is_ours
 from chalicelib.tables import Control, Job, connection
 
@@ -133,8 +135,6 @@ def _final_actions(job: Job, to: JobStatus, plan: Any) -> tuple[list[Action], bo
     reaper's sweep to plan (a store error must never hold a job's status back). Returns (actions, mark): when
     `mark`, the writer queues them once the move has landed.
     """
-    from chalicelib.delivery.service import DELIVERING, UNPLANNED
-    from chalicelib.jobs.states import DeliveryStatus
 
     token = uuid.uuid4().hex
     try:
@@ -243,16 +243,20 @@ def request_cancel(job: Job) -> Job:
                       actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
 
 
-def fail(job: Job, message: str, detail: dict | None = None, judged: bool = False) -> None:
+def fail(job: Job, message: str, detail: dict | None = None, judged: bool = False,
+         lease: Lease | None = None) -> None:
     """Fail a live job with a message a user can act on (no-op if it is already final). `judged`: only the job
-    as this caller saw it (as_seen), once; else again from a fresh read if it moved."""
-    for _ in range(1 if judged else 3):
+    as this caller saw it (as_seen), once; `lease`: only while that lease holds it (lease_is_ours), once; else
+    again from a fresh read if it moved."""
+    once = judged or lease is not None
+    for _ in range(1 if once else 3):
         if S(job.status) not in ACTIVE:
             return
+        condition = as_seen(job) if judged else lease_is_ours(lease) if lease is not None else None
         try:
             transition(job, S.FAILED, "failed", {"reason": message, **(detail or {})},
                        actions=[Job.error_message.set(message), Job.status_message.set("Failed")],
-                       condition=as_seen(job) if judged else None)
+                       condition=condition)
             return
         except TransitionRaced:
             if judged:
@@ -313,3 +317,42 @@ def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBat
                                Job.failed_lines.set(report.needs_review), Job.total_lines.set(report.lines),
                                Job.estimated_completion_at.remove(), Job.status_message.set(message), *counted],
                       condition=guard)
+
+
+# --- creation ----------------------------------------------------------------------------------------------------
+
+
+def create(job: Job, add_to_window: Any, report_condition: Condition) -> None:
+    """A new job with its lock, its place in the caller's hourly window (`add_to_window` adds it to the
+    transaction), its day count and its `created` event, all or nothing; raises TransactWriteError when refused
+    (jobs/create explains which write was, from the state it left)."""
+    from chalicelib.jobs import counts
+    from chalicelib.tables import ReportConfig
+
+    with TransactWrite(connection=connection()) as tx:
+        tx.save(job, condition=Job.job_id.does_not_exist())
+        # lock_is_free: one active job per (user, report, period), however many creates race.
+        tx.save(Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at),
+                condition=Control.pk.does_not_exist())
+        add_to_window(tx)
+        tx.save(event_item(job.job_id, "created", {"trigger": job.trigger, "period": job.period}))
+        counts.created(tx, job)
+        # report_accepts_jobs: not deleted, nor being deleted (reports.service.delete_report checks for jobs).
+        tx.condition_check(ReportConfig, job.tenant, job.report_id, condition=report_condition)
+
+
+def undo_create(job: Job) -> None:
+    """Every trace of a job whose message could not be sent, gone."""
+    from chalicelib.jobs import counts
+    from chalicelib.tables import JobEvent
+
+    with TransactWrite(connection=connection()) as tx:
+        # still_queued: a send that timed out may have been delivered after all; a job a worker has taken is
+        # left alone (and counted) rather than deleted under it.
+        tx.delete(job, condition=Job.status == S.QUEUED.value)
+        tx.delete(Control(job.lock_key), condition=Control.pk.does_not_exist() | (Control.job_id == job.job_id))
+        tx.update(Control(f"rate#{job.owner_id}"), actions=[Control.stamps[job.job_id].remove()])
+        counts.undone(tx, job)
+    with JobEvent.batch_write() as batch:
+        for event in JobEvent.query(job.job_id):
+            batch.delete(event)
