@@ -1,4 +1,5 @@
-"""The job state machine: the only code that writes a job's status."""
+"""The job state machine: its statuses, the moves allowed between them and what each allows a user to do (the
+writes are the job store's: chalicelib/jobs/store/)."""
 
 from __future__ import annotations
 

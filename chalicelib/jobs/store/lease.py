@@ -10,8 +10,8 @@ test class (tests/unit/test_job_store.py) runs against both.
 A job or chunk is passed and returned as the PynamoDB model instance the caller holds; a successful write updates
 it in place with what the store now holds (as PynamoDB's `update` does).
 
-The status machine itself (jobs/states.transition: status, event, counts, lock and deliveries in one transaction)
-is the one other writer of a job's status; it is not part of this port.
+The status moves (status, event, counts, lock and deliveries in one transaction) are in moves.py beside this
+module, the delivery writes in deliveries.py; neither is behind this port yet (they have no in-memory twin).
 """
 
 from __future__ import annotations
