@@ -133,7 +133,7 @@ class Settings:
     openai_timeout_seconds: float = field(default=30.0, metadata=_float("OPENAI_TIMEOUT_SECONDS"))
     line_batch_size: int = field(default=100, metadata=_int("LINE_BATCH_SIZE"))
     # A batch may take up to this many times line_batch_size lines when they need no more model requests
-    # than one wave (worker._next_batch); 1 makes every batch exactly line_batch_size lines (at least 1).
+    # than one wave (worker/loop.next_batch); 1 makes every batch exactly line_batch_size lines (at least 1).
     line_read_ahead: int = field(default=4, metadata=_env("LINE_READ_AHEAD", parse=_read_ahead, keep_blank=True))
     # Jobs with more lines than this fan out into chunks of `chunk_lines`, each worked in parallel.
     fanout_threshold_lines: int = field(default=2000, metadata=_int("FANOUT_THRESHOLD_LINES"))

@@ -124,7 +124,7 @@ def _skip(owner_id: str, condition: Any, n: int) -> dict[str, dict[str, str]] | 
 
 def cancel_job(owner_id: str, job_id: str) -> Job:
     """Cancel: final at once where no one works the job, else asked of the worker that does (it stops within
-    a second or two: it looks at the job while it waits on the model, see worker._CancelWatch)."""
+    a second or two: it looks at the job while it waits on the model, see worker/cancel.CancelWatch)."""
     for _ in range(3):
         job = get_job(owner_id, job_id)
         status = JobStatus(job.status)
