@@ -108,15 +108,20 @@ class Gate:
         not slept: LongWait, which the worker turns into a checkpoint and a delayed message. A sibling's wait is
         sat through only when it fits, or Lambda kills the invocation mid-batch.
         """
-        with self._lock:
-            now = self.clock()
-            pause = self._not_before - now
-        if pause <= 0:
-            return 0.0
-        if (deadline is not None and now + pause > deadline) or (longest is not None and pause > longest):
-            raise LongWait(pause)
-        self.sleep(pause)
-        return pause
+        slept, waited_for = 0.0, None
+        while True:
+            # Looked at again after each sleep: a sibling's 429 during it may have moved the hold further out, and
+            # a request leaving at the end of the shorter hold would reach the provider inside the new one.
+            with self._lock:
+                now = self.clock()
+                target = self._not_before
+                pause = target - now
+            if pause <= 0 or (waited_for is not None and target <= waited_for):
+                return slept
+            if (deadline is not None and now + pause > deadline) or (longest is not None and pause > longest):
+                raise LongWait(pause)
+            self.sleep(pause)
+            slept, waited_for = slept + pause, target
 
 
 @dataclass

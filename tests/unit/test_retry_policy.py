@@ -261,3 +261,21 @@ def test_retrier_rejects_invalid_specs(spec):
 def test_retrier_delay_respects_max_delay():
     r = Retrier.from_asl({"ErrorEquals": ["X"], "IntervalSeconds": 1, "BackoffRate": 3, "MaxDelaySeconds": 5})
     assert [r.delay(n, random.Random()) for n in (1, 2, 3)] == [1, 3, 5]
+
+
+def test_a_hold_moved_further_out_while_a_request_sleeps_is_waited_out_too():
+    """A sibling's 429 during the sleep moves the process's hold: leaving at the end of the shorter one would
+    reach the provider inside the window it has just announced."""
+    clock = FakeClock()
+    gate = Gate(clock, clock.sleep)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 1:
+            gate.hold_until(clock.now + 5)  # another thread's 429, answered while this one slept
+
+    gate.sleep = sleep
+    gate.hold_until(clock.now + 2)
+    start = clock.now
+    assert gate.wait() == 7
+    assert (clock.now - start, clock.sleeps) == (7, [2, 5])
