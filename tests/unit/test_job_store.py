@@ -15,8 +15,9 @@ from datetime import timedelta
 import pytest
 
 from chalicelib import clock
-from chalicelib.jobs.states import ChunkStatus, JobStatus
-from chalicelib.jobs.store import Lease, MemoryJobStore, Progress
+from chalicelib.errors import ActiveJobExists, InvalidTransition
+from chalicelib.jobs.states import ChunkStatus, JobStatus, TransitionRaced
+from chalicelib.jobs.store import Lease, MemoryJobStore, Progress, moves, use_store
 from chalicelib.tables import Job
 
 OLD = "2020-01-01T00:00:00.00Z"  # a heartbeat no write of the test can repeat
@@ -24,9 +25,10 @@ OLD = "2020-01-01T00:00:00.00Z"  # a heartbeat no write of the test can repeat
 
 def new_job(status: JobStatus = JobStatus.PROCESSING, **fields) -> Job:
     stamp = clock.iso(clock.now())
+    fields.setdefault("lock_key", f"lock#{uuid.uuid4().hex}")  # its own report and period unless a test shares one
     return Job(f"job-{uuid.uuid4()}", owner_id="owner-1", tenant="tenant-1", report_id="report-1", period="2026-01",
-               status=status.value, created_at=stamp, updated_at=stamp, heartbeat_at=OLD, lock_key="lock#x",
-               total_lines=100, expires_at=clock.expiry(days=1), **fields)
+               status=status.value, created_at=stamp, updated_at=stamp, heartbeat_at=OLD, total_lines=100,
+               expires_at=clock.expiry(days=1), **fields)
 
 
 def lease(owner: str = "worker-a", seconds: float = 60) -> Lease:
@@ -183,6 +185,76 @@ class StoreContract:
         assert store.set_result(store.load(job.job_id), second, "v2.json", "2 settled")
         assert not store.set_result(store.load(job.job_id), first, "v1.json", "1 settled")  # older: refused
         assert store.load(job.job_id).result_key == "v2.json"
+
+    # --- status moves (store.move, through the named moves of store/moves.py) ---------------------------------
+
+    @pytest.fixture
+    def in_use(self, store):
+        previous = use_store(store)
+        yield store
+        use_store(previous)
+
+    def test_a_start_leases_the_job_and_a_second_start_from_the_same_view_loses(self, in_use):
+        job = self.seed(in_use, new_job(JobStatus.QUEUED))
+        stale = in_use.load(job.job_id)
+        started = moves.start(job, lease("a"), total=40)
+        assert (started.status, started.lease_owner, int(started.total_lines)) == ("Processing", "a", 40)
+        with pytest.raises(InvalidTransition):
+            moves.start(started, lease("b"), total=40)  # Processing cannot start again
+        with pytest.raises(TransitionRaced):
+            moves.start(stale, lease("b"), total=40)  # status_unchanged: it is no longer Queued
+        assert in_use.load(job.job_id).lease_owner == "a"
+
+    def test_a_cancel_the_api_completes_waits_for_no_live_lease(self, in_use):
+        job = self.seed(in_use, new_job(lease_owner="a", lease_until=time.time() + 60))
+        with pytest.raises(TransitionRaced):
+            moves.cancel(job, by="user", unleased_only=True)  # no_live_lease: a worker holds it
+        dead = self.seed(in_use, new_job(lease_owner="a", lease_until=time.time() - 1, processed_lines=20))
+        cancelled = moves.cancel(dead, by="user", unleased_only=True)
+        assert (cancelled.status, cancelled.lease_owner, cancelled.status_message) == (
+            "Cancelled", None, "Cancelled after 20 of 100 lines")
+
+    def test_a_reaper_fails_only_the_job_it_judged(self, in_use):
+        job = self.seed(in_use, new_job(lease_owner="dead", lease_until=time.time() - 1))
+        judged = in_use.load(job.job_id)
+        assert in_use.take_lease(in_use.load(job.job_id), lease("a"))  # a worker moved it since (heartbeat)
+        with pytest.raises(TransitionRaced):
+            moves.fail(judged, "stopped making progress", judged=True)  # as_seen
+        assert in_use.load(job.job_id).status == "Processing"
+        moves.fail(in_use.load(job.job_id), "bad key")
+        assert (in_use.load(job.job_id).status, in_use.load(job.job_id).error_message) == ("Failed", "bad key")
+
+    def test_only_the_lease_holder_completes_and_a_last_batch_counts_once(self, in_use):
+        job = self.seed(in_use, new_job(processed_lines=80, cursor="l-80"))
+        mine = lease("a")
+        assert in_use.take_lease(job, mine)
+        report = moves.Report(version=1, key="results/v1.json", lines=100, needs_review=3)
+        last = moves.LastBatch("l-80", "l-100", processed=100, cached=5, retries=1)
+        with pytest.raises(TransitionRaced):
+            moves.complete(in_use.load(job.job_id), lease("b"), report, "done", last)  # lease_is_ours
+        with pytest.raises(TransitionRaced):
+            moves.complete(in_use.load(job.job_id), mine, report, "done",
+                           moves.LastBatch("l-60", "l-80", 80, 0, 0))  # cursor_unchanged: a redone batch
+        done = moves.complete(in_use.load(job.job_id), mine, report, "done", last)
+        assert (done.status, done.cursor, int(done.processed_lines), int(done.cached_lines),
+                done.result_key, done.lease_owner) == ("Completed", "l-100", 100, 5, "results/v1.json", None)
+
+    def test_a_retry_takes_the_lock_back_and_a_second_live_job_is_refused(self, in_use):
+        shared = f"lock#{uuid.uuid4().hex}"  # one user, report and period
+        first = self.seed(in_use, new_job(JobStatus.FAILED, error_message="boom", lock_key=shared))
+        queued = moves.requeue_for_retry(first, self.report_check())
+        assert (queued.status, queued.error_message) == ("Queued", None)
+        moves.cancel_queued(queued)
+        again = moves.requeue_for_retry(in_use.load(first.job_id), self.report_check())
+        assert again.status == "Queued"
+        other = self.seed(in_use, new_job(JobStatus.CANCELLED, lock_key=shared))
+        with pytest.raises(ActiveJobExists):
+            moves.requeue_for_retry(other, self.report_check())
+        assert in_use.load(other.job_id).status == "Cancelled"
+
+    def report_check(self):
+        """The report condition a retry checks in its transaction (DynamoDB: a report item that exists)."""
+        return None
 
     # --- chunks -------------------------------------------------------------------------------------------------
 

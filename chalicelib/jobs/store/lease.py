@@ -10,8 +10,9 @@ test class (tests/unit/test_job_store.py) runs against both.
 A job or chunk is passed and returned as the PynamoDB model instance the caller holds; a successful write updates
 it in place with what the store now holds (as PynamoDB's `update` does).
 
-The status moves (status, event, counts, lock and deliveries in one transaction) are in moves.py beside this
-module, the delivery writes in deliveries.py; neither is behind this port yet (they have no in-memory twin).
+A status move is `move(job, to, event, detail, Change)`: on DynamoDB one transaction with its event, day counts,
+lock and deliveries (moves.transition); in memory the same rules on the records. The named moves (moves.py) build
+their Change and call the store in use. The delivery writes (deliveries.py) are on DynamoDB only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock
-from chalicelib.jobs.states import WORKED, ChunkStatus, JobStatus, status_values
+from chalicelib.jobs.states import TERMINAL, WORKED, ChunkStatus, JobStatus, status_values
 from chalicelib.tables import Job, JobChunk, connection
 
 S, C = JobStatus, ChunkStatus
@@ -49,6 +50,24 @@ class Progress:
     cached: int = 0
     retries: int = 0
     rate_limited_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a status move writes besides the status (attribute names as on the model) and the conditions it
+    needs, each one of the named conditions: `lease` lease_is_ours, `unleased_at` no_live_lease, `processed`
+    counts_as_read, `seen` as_seen (heartbeat, reap count), `cursor` cursor_unchanged; `report_check` is a
+    condition on the job's report in the same transaction (DynamoDB: (model, hash key, range key, condition))."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    add: dict[str, int] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+    lease: Lease | None = None
+    unleased_at: float | None = None
+    processed: int | None = None
+    seen: tuple[str | None, int] | None = None
+    cursor: str | None = None
+    report_check: tuple[Any, Any, Any, Condition] | None = None
 
 
 # --- the named conditions (DynamoDB form) ------------------------------------------------------------------------
@@ -127,6 +146,8 @@ def _now_iso() -> str:
 
 class JobStore(Protocol):
     def load(self, job_id: str) -> Job | None: ...
+    def reload(self, job: Job) -> None: ...
+    def move(self, job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None, change: Change) -> Job: ...
     def take_lease(self, job: Job, lease: Lease) -> bool: ...
     def checkpoint(self, job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: Progress,
                    eta: str | None) -> bool: ...
@@ -165,6 +186,28 @@ class DynamoJobStore:
             return Job.get(job_id, consistent_read=True)
         except Job.DoesNotExist:
             return None
+
+    def reload(self, job: Job) -> None:
+        job.refresh(consistent_read=True)
+
+    def move(self, job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None, change: Change) -> Job:
+        """The status move as one DynamoDB transaction (moves.transition), its change turned into expressions."""
+        from chalicelib.jobs.store import moves
+
+        actions = ([getattr(Job, name).set(value) for name, value in change.set.items()]
+                   + [getattr(Job, name).add(n) for name, n in change.add.items()]
+                   + [getattr(Job, name).remove() for name in change.remove])
+        guards = [lease_is_ours(change.lease) if change.lease else None,
+                  moves.no_live_lease(change.unleased_at) if change.unleased_at is not None else None,
+                  moves.counts_as_read(change.processed) if change.processed is not None else None,
+                  moves.as_seen_values(*change.seen) if change.seen is not None else None,
+                  cursor_unchanged(change.cursor) if change.cursor is not None else None]
+        condition: Condition | None = None
+        for guard in guards:
+            if guard is not None:
+                condition = guard if condition is None else condition & guard
+        return moves.transition(job, to, event, detail, actions=actions, condition=condition,
+                                checks=[change.report_check] if change.report_check else [])
 
     @staticmethod
     def _update(item: Any, actions: list, condition: Condition) -> bool:
@@ -371,12 +414,66 @@ class MemoryJobStore:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
         self.chunks: dict[tuple[str, int], JobChunk] = {}
+        self.locks: dict[str, str] = {}  # lock key -> the live job holding it (one per user, report and period)
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
         self._lock = threading.RLock()
 
     # seeding and reading, for tests
     def put(self, job: Job) -> None:
+        """A job as its creation leaves it: a live one holds its lock."""
         with self._lock:
             self.jobs[job.job_id] = copy.deepcopy(job)
+            if JobStatus(job.status) not in TERMINAL:
+                self.locks[job.lock_key] = job.job_id
+
+    def reload(self, job: Job) -> None:
+        with self._lock:
+            self._copy_into(job, self.jobs[job.job_id])
+
+    def move(self, job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None, change: Change) -> Job:
+        """The same rules as moves.transition's transaction: allowed by the machine, status_unchanged, each of the
+        change's named conditions, the lock taken back on leaving a final status (ActiveJobExists when another
+        job holds it) and let go on reaching one, and the event. (Deliveries need the report: not planned here.)"""
+        from chalicelib.errors import ActiveJobExists, InvalidTransition
+        from chalicelib.jobs.states import TRANSITIONS, TransitionRaced
+
+        current = JobStatus(job.status)
+        if to not in TRANSITIONS[current]:
+            raise InvalidTransition(f"A {current.value} job cannot become {to.value}.")
+        with self._lock:
+            stored = self.jobs[job.job_id]
+            now = time.time()
+            held = bool(stored.lease_owner) and (stored.lease_until is None or float(stored.lease_until) >= now)
+            refused = (stored.status != current.value
+                       or (change.lease is not None and stored.lease_owner != change.lease.owner)
+                       or (change.unleased_at is not None and held)
+                       or (change.processed is not None and int(stored.processed_lines) != change.processed)
+                       or (change.seen is not None and (stored.heartbeat_at, int(stored.reap_count)) != change.seen)
+                       or (change.cursor is not None and stored.cursor != change.cursor))
+            if refused:
+                raise TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")
+            if current in TERMINAL and to not in TERMINAL:
+                holder = self.locks.get(job.lock_key)
+                if holder and holder != job.job_id:
+                    raise ActiveJobExists("Another job for this report and period is active.", existingJobId=holder)
+                self.locks[job.lock_key] = job.job_id
+                stored.deliveries = None
+            stored.status, stored.updated_at = to.value, _now_iso()
+            for name, value in change.set.items():
+                setattr(stored, name, copy.deepcopy(value))
+            for name, n in change.add.items():
+                setattr(stored, name, (getattr(stored, name) or 0) + n)
+            for name in change.remove:
+                setattr(stored, name, None)
+            if to in TERMINAL:
+                stored.lease_owner = stored.lease_until = stored.active_status = None
+                if self.locks.get(job.lock_key) == job.job_id:
+                    del self.locks[job.lock_key]
+            else:
+                stored.active_status = to.value
+            self.events.append((job.job_id, event, dict(detail or {})))
+            self._copy_into(job, stored)
+            return job
 
     def load(self, job_id: str) -> Job | None:
         with self._lock:

@@ -33,7 +33,7 @@ from chalicelib.jobs.states import (
     lock_holder,
 )
 from chalicelib.jobs.store.deliveries import DELIVERING, UNPLANNED
-from chalicelib.jobs.store.lease import Lease, lease_is_ours
+from chalicelib.jobs.store.lease import Change, Lease
 from chalicelib.tables import Control, Job, connection
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def counts_as_read(processed: int) -> Condition:
     return Job.processed_lines == processed
 
 
-def as_seen(job: Job) -> Condition:
-    """Fail only the job a sweep judged, never what it became since (say, retried)."""
-    return (Job.heartbeat_at == job.heartbeat_at) & (Job.reap_count == job.reap_count)
+def as_seen_values(heartbeat: str | None, reap_count: int) -> Condition:
+    """as_seen: fail only the job a sweep judged, never what it became since (say, retried)."""
+    return (Job.heartbeat_at == heartbeat) & (Job.reap_count == reap_count)
 
 
 # --- the generic move --------------------------------------------------------------------------------------------
@@ -193,17 +193,28 @@ def _explain(err: TransactWriteError, job: Job, current: JobStatus, to: JobStatu
     return TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")
 
 
-# --- the named moves ----------------------------------------------------------------------------------------------
+# --- the named moves: each a Change through the store in use (DynamoDB, or the in-memory twin) ----------------
+
+
+def _move(job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None, change: Change) -> Job:
+    from chalicelib.jobs.store.lease import current
+
+    return current().move(job, to, event, detail, change)
+
+
+def _reload(job: Job) -> None:
+    from chalicelib.jobs.store.lease import current
+
+    current().reload(job)
 
 
 def start(job: Job, lease: Lease, total: int) -> Job:
     """Queued -> Processing, leased to the invocation that starts it, with its total."""
     stamp = clock.iso(clock.now())
-    return transition(job, S.PROCESSING, "started", {"totalLines": total}, actions=[
-        Job.started_at.set(job.started_at or stamp), Job.heartbeat_at.set(stamp),
-        Job.total_lines.set(max(total, int(job.processed_lines))),
-        Job.lease_owner.set(lease.owner), Job.lease_until.set(lease.until), Job.reap_count.set(0),
-        Job.status_message.set(f"Categorizing {total} lines")])
+    return _move(job, S.PROCESSING, "started", {"totalLines": total}, Change(set={
+        "started_at": job.started_at or stamp, "heartbeat_at": stamp,
+        "total_lines": max(total, int(job.processed_lines)), "lease_owner": lease.owner, "lease_until": lease.until,
+        "reap_count": 0, "status_message": f"Categorizing {total} lines"}))
 
 
 def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:
@@ -214,18 +225,14 @@ def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:
     again from a fresh read (TransitionRaced only when the status itself moved, or no_live_lease refused).
     """
     for _ in range(5):
-        guard = counts_as_read(int(job.processed_lines))
-        if unleased_only:
-            guard &= no_live_lease(time.time())
+        processed = int(job.processed_lines)
         try:
-            return transition(job, S.CANCELLED, "cancelled",
-                              {"processedLines": int(job.processed_lines), **({"by": by} if by else {})},
-                              actions=[Job.status_message.set(
-                                  f"Cancelled after {int(job.processed_lines)} of {int(job.total_lines)} lines")],
-                              condition=guard)
+            return _move(job, S.CANCELLED, "cancelled", {"processedLines": processed, **({"by": by} if by else {})},
+                         Change(set={"status_message": f"Cancelled after {processed} of {int(job.total_lines)} lines"},
+                                processed=processed, unleased_at=time.time() if unleased_only else None))
         except TransitionRaced:
-            status, processed = job.status, int(job.processed_lines)
-            job.refresh(consistent_read=True)
+            status = job.status
+            _reload(job)
             if job.status != status or int(job.processed_lines) == processed:
                 raise  # the status moved, or the lease condition refused
     raise TransitionRaced("The job kept moving while it was being cancelled.")
@@ -233,14 +240,14 @@ def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:
 
 def cancel_queued(job: Job) -> Job:
     """Queued -> Cancelled by its user: nothing ran."""
-    return transition(job, S.CANCELLED, "cancelled", {"by": "user"},
-                      actions=[Job.status_message.set("Cancelled before it started")])
+    return _move(job, S.CANCELLED, "cancelled", {"by": "user"},
+                 Change(set={"status_message": "Cancelled before it started"}))
 
 
 def request_cancel(job: Job) -> Job:
     """Processing -> CancellationRequested: the worker that holds it stops after its batch."""
-    return transition(job, S.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
-                      actions=[Job.status_message.set("Cancellation requested; stopping after this batch")])
+    return _move(job, S.CANCELLATION_REQUESTED, "cancel_requested", {"by": "user"},
+                 Change(set={"status_message": "Cancellation requested; stopping after this batch"}))
 
 
 def fail(job: Job, message: str, detail: dict | None = None, judged: bool = False,
@@ -252,34 +259,31 @@ def fail(job: Job, message: str, detail: dict | None = None, judged: bool = Fals
     for _ in range(1 if once else 3):
         if S(job.status) not in ACTIVE:
             return
-        condition = as_seen(job) if judged else lease_is_ours(lease) if lease is not None else None
         try:
-            transition(job, S.FAILED, "failed", {"reason": message, **(detail or {})},
-                       actions=[Job.error_message.set(message), Job.status_message.set("Failed")],
-                       condition=condition)
+            _move(job, S.FAILED, "failed", {"reason": message, **(detail or {})},
+                  Change(set={"error_message": message, "status_message": "Failed"}, lease=lease,
+                         seen=(job.heartbeat_at, int(job.reap_count)) if judged else None))
             return
         except TransitionRaced:
             if judged:
                 raise
-            job.refresh(consistent_read=True)
+            _reload(job)
 
 
 def requeue_for_retry(job: Job, report_check: tuple[Any, Any, Any, Condition]) -> Job:
     """Failed or Cancelled -> Queued, from its checkpoint; `report_check` must hold of its report in the same
     transaction (a report deleted meanwhile gets no active job)."""
-    return transition(job, S.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, actions=[
-        Job.error_message.remove(), Job.completed_at.remove(), Job.reap_count.set(0),
-        Job.rate_limited_seconds.set(0), Job.limited_until.remove(), Job.recheck_after.remove(),
-        Job.recheck_flagged.set(int(job.failed_lines) > 0),
-        # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
-        Job.heartbeat_at.set(clock.iso(clock.now())),
-        Job.status_message.set("Queued again; resuming from checkpoint")], checks=[report_check])
+    return _move(job, S.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, Change(
+        set={"reap_count": 0, "rate_limited_seconds": 0, "recheck_flagged": int(job.failed_lines) > 0,
+             # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
+             "heartbeat_at": clock.iso(clock.now()), "status_message": "Queued again; resuming from checkpoint"},
+        remove=("error_message", "completed_at", "limited_until", "recheck_after"), report_check=report_check))
 
 
 def fail_unqueued(job: Job) -> None:
     """A retry whose message the queue refused: Failed again, saying so."""
-    transition(job, S.FAILED, "failed", {"reason": "could not be queued"},
-               actions=[Job.error_message.set("The job could not be queued again; retry it shortly.")])
+    _move(job, S.FAILED, "failed", {"reason": "could not be queued"},
+          Change(set={"error_message": "The job could not be queued again; retry it shortly."}))
 
 
 @dataclass(frozen=True)
@@ -304,19 +308,17 @@ class Report:
 def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBatch | None = None) -> Job:
     """Processing -> Completed with its report, by the lease holder; with `last`, also that batch's checkpoint
     (conditioned on the cursor as a checkpoint is, so a redone batch never counts twice)."""
-    counted: list[Action] = []
-    guard = lease_is_ours(lease)
+    values = {"completed_at": clock.iso(clock.now()), "result_key": report.key, "result_version": report.version,
+              "needs_review": report.needs_review, "failed_lines": report.needs_review, "total_lines": report.lines,
+              "status_message": message}
+    adds: dict[str, int] = {}
     if last is not None:
-        counted = [Job.cursor.set(last.cursor_after), Job.processed_lines.set(last.processed),
-                   Job.cached_lines.add(last.cached), Job.retry_count.add(last.retries),
-                   Job.heartbeat_at.set(clock.iso(clock.now()))]
-        guard &= Job.cursor == last.cursor_before
-    return transition(job, S.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
-                      actions=[Job.completed_at.set(clock.iso(clock.now())), Job.result_key.set(report.key),
-                               Job.result_version.set(report.version), Job.needs_review.set(report.needs_review),
-                               Job.failed_lines.set(report.needs_review), Job.total_lines.set(report.lines),
-                               Job.estimated_completion_at.remove(), Job.status_message.set(message), *counted],
-                      condition=guard)
+        values |= {"cursor": last.cursor_after, "processed_lines": last.processed,
+                   "heartbeat_at": clock.iso(clock.now())}
+        adds = {"cached_lines": last.cached, "retry_count": last.retries}
+    return _move(job, S.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
+                 Change(set=values, add=adds, remove=("estimated_completion_at",), lease=lease,
+                        cursor=last.cursor_before if last is not None else None))
 
 
 # --- creation ----------------------------------------------------------------------------------------------------
