@@ -10,26 +10,16 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.worker_gate import WorkerGate, hold_worker
+from tests.e2e.worker_gate import WorkerGate
 from tests.support import Receiver, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 60
-
-
-@pytest.fixture
-def gate(worker: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerGate]:
-    held = hold_worker(monkeypatch)
-    try:
-        yield held
-    finally:
-        held.open()
 
 
 def cli_env(base: str | None, token: str | None) -> dict[str, str]:

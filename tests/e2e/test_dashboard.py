@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.worker_gate import WorkerGate, hold_worker
+from tests.e2e.worker_gate import WorkerGate
 from tests.support import Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,15 +87,6 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     finally:
         shot(tab, f"{request.node.name}-last")  # what the page showed at the end, passed or failed
         context.close()
-
-
-@pytest.fixture
-def gate(worker: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerGate]:
-    held = hold_worker(monkeypatch)
-    try:
-        yield held
-    finally:
-        held.open()
 
 
 def shot(tab: Any, name: str) -> Path:

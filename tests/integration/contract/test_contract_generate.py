@@ -96,25 +96,8 @@ def test_more_than_20_jobs_an_hour_is_429_with_retry_after(api, monkeypatch):
     assert new_job(api, user(), "2025-04")  # another user has a window of their own
 
 
-def test_queue_failure_is_503_and_leaves_no_job(api, monkeypatch):
-    from chalicelib.jobs import create
-
-    owner = user()
-    report_id = new_report(api, owner)
-
-    def queue_down(*args: Any, **kwargs: Any) -> None:
-        raise ConnectionError("queue down")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(create, "enqueue", queue_down)
-        response = generate(api, owner, report_id, {"period": "2026-01"})
-        problem(response, 503)
-        assert int(response.headers["Retry-After"]) >= 1
-    assert jobs_of(api, owner) == {"items": [], "page": 1, "pageSize": 100, "totalCount": 0, "nextToken": None}
-    assert generate(api, owner, report_id, {"period": "2026-01"}).status_code == 202  # no lock left behind
-
-
-def test_job_store_failure_is_503_and_leaves_no_job(api, monkeypatch):
+@pytest.mark.parametrize("down", ["queue", "job store"])
+def test_a_queue_or_job_store_failure_is_503_and_leaves_no_job(api, monkeypatch, down):
     from pynamodb.exceptions import PynamoDBException
 
     from chalicelib.jobs import create
@@ -122,13 +105,16 @@ def test_job_store_failure_is_503_and_leaves_no_job(api, monkeypatch):
     owner = user()
     report_id = new_report(api, owner)
 
-    def store_down(*args: Any, **kwargs: Any) -> None:
-        raise PynamoDBException("store down")
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("queue down") if down == "queue" else PynamoDBException("store down")
 
     with monkeypatch.context() as patch:
-        patch.setattr(create, "_write", store_down)
-        problem(generate(api, owner, report_id, {"period": "2026-01"}), 503)
-    assert jobs_of(api, owner)["totalCount"] == 0
+        patch.setattr(create, "enqueue" if down == "queue" else "_write", failing)
+        response = generate(api, owner, report_id, {"period": "2026-01"})
+        problem(response, 503)
+        assert int(response.headers["Retry-After"]) >= 1
+    assert jobs_of(api, owner) == {"items": [], "page": 1, "pageSize": 100, "totalCount": 0, "nextToken": None}
+    assert generate(api, owner, report_id, {"period": "2026-01"}).status_code == 202  # no lock left behind
 
 
 def test_idempotency_key_replay_returns_first_response_and_creates_nothing(api):
