@@ -35,6 +35,21 @@ def ref(shape: Any) -> dict[str, str]:
     return m.ref(shape.__name__)
 
 
+def _ref(response: str) -> dict[str, str]:
+    """One of the document's shared responses (components.responses)."""
+    return {"$ref": f"#/components/responses/{response}"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    """A problem+json answer the operation describes in its own words."""
+    return {"description": description, "content": {"application/problem+json": {"schema": ref(m.Problem)}}}
+
+
+def _json(shape: Any, description: str) -> dict[str, Any]:
+    """A JSON answer of one of the models."""
+    return {"description": description, "content": {"application/json": {"schema": ref(shape)}}}
+
+
 class _Schemas(GenerateJsonSchema):
     """pydantic's JSON Schema, without what the document never had: generated titles, keys re-sorted."""
 
@@ -429,18 +444,11 @@ RESPONSES = {
         "content": {"application/problem+json": {"schema": ref(m.Problem)}},
         "headers": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
     },
-    "NotFound": {
-        "description": "Not found: it does not exist, or it belongs to another user (the two are not distinguished).",
-        "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-    },
-    "PayloadTooLarge": {
-        "description": "The request body is larger than 6 MiB; nothing was stored.",
-        "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-    },
-    "UnsupportedMediaType": {
-        "description": "The request's `Content-Type` is not one this operation accepts; nothing was stored.",
-        "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-    },
+    "NotFound": _problem("Not found: it does not exist, or it belongs to another user (the two are not "
+                         "distinguished)."),
+    "PayloadTooLarge": _problem("The request body is larger than 6 MiB; nothing was stored."),
+    "UnsupportedMediaType": _problem("The request's `Content-Type` is not one this operation accepts; nothing was "
+                                     "stored."),
     "InternalError": {
         "description": (
             "An unexpected fault of the service (never the answer to bad input); no stack trace is included."
@@ -475,10 +483,8 @@ RESPONSES = {
             },
         },
     },
-    "PreconditionRequired": {
-        "description": "No `If-Match`: a PATCH must name the version (ETag) it read. Nothing was changed.",
-        "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-    },
+    "PreconditionRequired": _problem("No `If-Match`: a PATCH must name the version (ETag) it read. Nothing was "
+                                     "changed."),
 }
 
 
@@ -523,10 +529,7 @@ PATHS = {
                 "`service-unavailable` whose `checks` member names each part's answer."
             ),
             "responses": {
-                "200": {
-                    "description": "The table, the queue and the bucket answer.",
-                    "content": {"application/json": {"schema": ref(m.Readiness)}},
-                },
+                "200": _json(m.Readiness, "The table, the queue and the bucket answer."),
                 "503": {
                     "description": "A part the API needs did not answer; `checks` says which.",
                     "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
@@ -562,14 +565,11 @@ PATHS = {
             ),
             "parameters": [*query(m.ReportListQuery)],
             "responses": {
-                "200": {
-                    "description": "One page of reports.",
-                    "content": {"application/json": {"schema": ref(m.ReportList)}},
-                },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "200": _json(m.ReportList, "One page of reports."),
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
         "post": {
@@ -614,7 +614,7 @@ PATHS = {
                         },
                     },
                 },
-                "401": {"$ref": "#/components/responses/Unauthorized"},
+                "401": _ref("Unauthorized"),
                 "409": {
                     "description": (
                         "A report with this `reportId` already exists in the caller's tenant (it is not changed); "
@@ -622,10 +622,10 @@ PATHS = {
                     ),
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                 },
-                "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -649,10 +649,10 @@ PATHS = {
                     "description": "Not modified: `If-None-Match` matched the current ETag. No body.",
                     "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                 },
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
             "parameters": [{"$ref": "#/components/parameters/IfNoneMatch"}],
         },
@@ -679,19 +679,16 @@ PATHS = {
                     "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                     "content": {"application/json": {"schema": ref(m.ReportConfig)}},
                 },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "403": {
-                    "description": "The caller holds one of the report's roles (so sees it) but does not own it.",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "412": {"$ref": "#/components/responses/PreconditionFailed"},
-                "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
-                "428": {"$ref": "#/components/responses/PreconditionRequired"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "403": _problem("The caller holds one of the report's roles (so sees it) but does not own it."),
+                "404": _ref("NotFound"),
+                "412": _ref("PreconditionFailed"),
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
+                "428": _ref("PreconditionRequired"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
         "delete": {
@@ -708,21 +705,18 @@ PATHS = {
             "parameters": [{"$ref": "#/components/parameters/IfMatchOptional"}],
             "responses": {
                 "204": {"description": "Deleted. No body."},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "403": {
-                    "description": "The caller holds one of the report's roles (so sees it) but does not own it.",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "404": {"$ref": "#/components/responses/NotFound"},
+                "401": _ref("Unauthorized"),
+                "403": _problem("The caller holds one of the report's roles (so sees it) but does not own it."),
+                "404": _ref("NotFound"),
                 "409": {
                     "description": (
                         "A job of the report is active (extension `jobStatus`), or another request is deleting it."
                     ),
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                 },
-                "412": {"$ref": "#/components/responses/PreconditionFailed"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "412": _ref("PreconditionFailed"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -739,16 +733,10 @@ PATHS = {
                 "rotate (a role holder gets 403, anyone else 404)."
             ),
             "responses": {
-                "200": {
-                    "description": "The new secret, and until when the previous one still signs.",
-                    "content": {"application/json": {"schema": ref(m.WebhookSecretRotation)}},
-                },
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "403": {
-                    "description": "The caller holds one of the report's roles (so sees it) but does not own it.",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "404": {"$ref": "#/components/responses/NotFound"},
+                "200": _json(m.WebhookSecretRotation, "The new secret, and until when the previous one still signs."),
+                "401": _ref("Unauthorized"),
+                "403": _problem("The caller holds one of the report's roles (so sees it) but does not own it."),
+                "404": _ref("NotFound"),
                 "409": {
                     "description": (
                         "The report has no webhook target, or another rotation (or a delete) of the report ran at the "
@@ -756,8 +744,8 @@ PATHS = {
                     ),
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                 },
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -801,12 +789,12 @@ PATHS = {
             },
             "responses": {
                 "201": {"description": "Stored.", "content": {"application/json": {"schema": ref(m.ImportResult)}}},
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
         "get": {
@@ -815,14 +803,11 @@ PATHS = {
             "summary": "The caller's lines of one month",
             "parameters": [*query(m.ExpenseListQuery)],
             "responses": {
-                "200": {
-                    "description": "One page of lines, in `lineId` order.",
-                    "content": {"application/json": {"schema": ref(m.ExpenseLinePage)}},
-                },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "200": _json(m.ExpenseLinePage, "One page of lines, in `lineId` order."),
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -847,15 +832,12 @@ PATHS = {
                     },
                     "content": {"application/json": {"schema": ref(m.Job)}},
                 },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "403": {
-                    "description": (
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "403": _problem(
                         "A report of the caller's tenant that the caller neither owns nor holds one of its "
                         "`allowedRoles` for."
                     ),
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
                 "404": {
                     "description": (
                         "Unknown report: no report with this id in the caller's tenant (another tenant's report with "
@@ -883,19 +865,16 @@ PATHS = {
                         },
                     },
                 },
-                "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
-                "422": {
-                    "description": "The Idempotency-Key was used (within 24 h) with another report or body.",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
+                "422": _problem("The Idempotency-Key was used (within 24 h) with another report or body."),
                 "429": {
                     "description": "More than 20 jobs created by the caller in the last hour.",
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                     "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
                 },
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -906,14 +885,11 @@ PATHS = {
             "summary": "The caller's jobs, newest first",
             "parameters": [*query(m.JobListQuery)],
             "responses": {
-                "200": {
-                    "description": "One page of jobs.",
-                    "content": {"application/json": {"schema": ref(m.JobList)}},
-                },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "200": _json(m.JobList, "One page of jobs."),
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -940,10 +916,10 @@ PATHS = {
                         "Retry-After": {"$ref": "#/components/headers/Retry-After-While-Active"},
                     },
                 },
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
         "delete": {
@@ -956,18 +932,12 @@ PATHS = {
                 "200 with the job unchanged."
             ),
             "responses": {
-                "200": {
-                    "description": "The job after the cancellation.",
-                    "content": {"application/json": {"schema": ref(m.Job)}},
-                },
-                "409": {
-                    "description": "The job is already terminal (extension `jobStatus`).",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "200": _json(m.Job, "The job after the cancellation."),
+                "409": _problem("The job is already terminal (extension `jobStatus`)."),
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -997,11 +967,11 @@ PATHS = {
                     ),
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                 },
-                "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "500": {"$ref": "#/components/responses/InternalError"},
+                "415": _ref("UnsupportedMediaType"),
+                "503": _ref("ServiceUnavailable"),
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
+                "500": _ref("InternalError"),
             },
         },
     },
@@ -1035,9 +1005,9 @@ PATHS = {
                     "headers": {"Location": {"$ref": "#/components/headers/Location-Job"}},
                     "content": {"application/json": {"schema": ref(m.Job)}},
                 },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
                 "409": {
                     "description": (
                         "The delivery is still `Pending` (extension `deliveryStatus`), the job is running again (its "
@@ -1059,8 +1029,8 @@ PATHS = {
                         },
                     },
                 },
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -1106,15 +1076,12 @@ PATHS = {
                     "description": "Not modified: `If-None-Match` equals the current ETag. No body.",
                     "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                 },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "409": {
-                    "description": "The job is not `Completed` (extension `jobStatus`).",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "400": _ref("BadRequest"),
+                "409": _problem("The job is not `Completed` (extension `jobStatus`)."),
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -1132,24 +1099,15 @@ PATHS = {
             ),
             "requestBody": {"required": True, "content": {"application/json": {"schema": ref(m.LinePatch)}}},
             "responses": {
-                "200": {
-                    "description": "The updated line.",
-                    "content": {"application/json": {"schema": ref(m.ResultLine)}},
-                },
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "404": {
-                    "description": "Unknown job, or no such line in this job's result.",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "409": {
-                    "description": "The job is not `Completed`.",
-                    "content": {"application/problem+json": {"schema": ref(m.Problem)}},
-                },
-                "413": {"$ref": "#/components/responses/PayloadTooLarge"},
-                "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "200": _json(m.ResultLine, "The updated line."),
+                "400": _ref("BadRequest"),
+                "404": _problem("Unknown job, or no such line in this job's result."),
+                "409": _problem("The job is not `Completed`."),
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
+                "401": _ref("Unauthorized"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
         },
     },
@@ -1161,11 +1119,11 @@ PATHS = {
             "summary": "The job's audit trail, oldest first",
             "responses": {
                 "200": {"description": "The events.", "content": {"application/json": {"schema": ref(m.EventList)}}},
-                "400": {"$ref": "#/components/responses/BadRequest"},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-                "404": {"$ref": "#/components/responses/NotFound"},
-                "500": {"$ref": "#/components/responses/InternalError"},
-                "503": {"$ref": "#/components/responses/ServiceUnavailable"},
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "404": _ref("NotFound"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
             },
             "parameters": [*query(m.EventListQuery)],
         },
