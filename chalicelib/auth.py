@@ -58,6 +58,21 @@ def owner_key(tenant_claim: str | None, sub: str) -> str:
     return f"{tenant_key(tenant_claim, sub)}#{sub}" if tenant_claim is not None else sub
 
 
+def system_owner(tenant: str) -> str:
+    """The owner key of a tenant's own jobs (a `cache_warm` job: no user started it), shown to its `admin`s.
+
+    `tenant#%system%<escaped tenant key>` is no user's owner key: a member's is `tenant#<T>#<sub>` (a second
+    `#`, which this never has) and a bare `sub` never starts with `tenant#`; `%s` is no escape `_escape` writes,
+    so it is no tenant key either.
+    """
+    if not tenant:
+        raise ValueError("a tenant is required")
+    return f"{TENANT_PREFIX}%system%{_escape(tenant)}"
+
+
+ADMIN_ROLE = "admin"  # sees (and may cancel) its tenant's own jobs (system_owner)
+
+
 def sub_of(owner: str, tenant: str) -> str:
     """The `sub` inside an owner key of `tenant` (the inverse of `owner_key`)."""
     return owner if owner == tenant else owner.removeprefix(f"{tenant}#")

@@ -295,6 +295,10 @@ class Job(_Model):
     # Set with activeStatus "Delivering" at the final transition: whose mark it is (a later final status makes
     # its own), so only that outbox's writer or sweep clears it. "<id>:unplanned" when planning failed.
     outbox_id = UnicodeAttribute(null=True, attr_name="outboxId")
+    # A cache_warm job's vendors (categorize/warm_jobs.py): asked and cached, asked and not cached, seen but not due.
+    vendors_refreshed = NumberAttribute(null=True, attr_name="vendorsRefreshed")
+    vendors_failed = NumberAttribute(null=True, attr_name="vendorsFailed")
+    vendors_skipped = NumberAttribute(null=True, attr_name="vendorsSkipped")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()

@@ -61,7 +61,8 @@ def generate(reportId: str) -> Response:  # noqa: N803
 @handled
 def get_job(jobId: str) -> Response:  # noqa: N803
     req = http.current()
-    job = service.get_job(http.principal(req).user_id, jobId)
+    who = http.principal(req)
+    job = service.get_job(who.user_id, jobId, service.tenant_owner(who))
     return http.cached_json(req, service.to_dict(job, http.base_url(req)), _poll_headers(job))
 
 
@@ -70,8 +71,9 @@ def get_job(jobId: str) -> Response:  # noqa: N803
 def list_jobs() -> dict:
     req = http.current()
     params = models.parse(models.JobListQuery, http.query_params(req))
-    out = service.list_jobs(http.principal(req).user_id, params.status, params.page_size, params.page,
-                            params.next_token)
+    who = http.principal(req)
+    out = service.list_jobs(who.user_id, params.status, params.page_size, params.page, params.next_token,
+                            service.tenant_owner(who))
     base = http.base_url(req)
     return {**out, "items": [service.to_dict(job, base) for job in out["items"]]}
 
@@ -80,7 +82,8 @@ def list_jobs() -> dict:
 @handled
 def cancel_job(jobId: str) -> dict:  # noqa: N803
     req = http.current()
-    job = service.cancel_job(http.principal(req).user_id, jobId)
+    who = http.principal(req)
+    job = service.cancel_job(who.user_id, jobId, service.tenant_owner(who))
     return service.to_dict(job, http.base_url(req))
 
 
@@ -90,7 +93,8 @@ def job_events(jobId: str) -> dict:  # noqa: N803
     req = http.current()
     # Paged like every list: pageSize 1-1000 (default 1000, a whole trail in one page for almost every job).
     params = models.parse(models.EventListQuery, http.query_params(req))
-    return service.events(http.principal(req).user_id, jobId, params.page_size, params.next_token)
+    who = http.principal(req)
+    return service.events(who.user_id, jobId, params.page_size, params.next_token, service.tenant_owner(who))
 
 
 @bp.route("/jobs/{jobId}/deliveries/{n}/retry", methods=["POST"], content_types=NO_BODY)

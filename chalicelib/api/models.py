@@ -528,12 +528,24 @@ class GenerateRequest(Model):
 _Count = Annotated[int, Field(ge=0)]
 
 
+class WarmCounts(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "What a `cache_warm` job did with its tenant's vendors seen in the last 30 days.",
+        "example": {"vendorsRefreshed": 40, "vendorsFailed": 2, "vendorsSkipped": 118}})
+    vendors_refreshed: _Count = Field(description="Asked again and cached (a confident answer).")
+    vendors_failed: _Count = Field(description="Asked again without a cacheable answer (flagged, unsure, or "
+                                               "refused); asked again by the next run.")
+    vendors_skipped: _Count = Field(description="Not due: a fresh cache entry, or a person's answer.")
+
+
 class WebhookJob(Model):
     # The job representation (as `GET /jobs/{jobId}` answers it) without `deliveries`.
     job_id: str = Field(json_schema_extra={"format": "uuid"}, description="Random UUID v4.")
     report_id: ReportId
     period: Period
-    type: Annotated[Literal["expense_report"], WithJsonSchema({"type": "string", "enum": ["expense_report"]})]
+    # merge note (issue 14): `cache_warm` added here; the job types registry (jobs/types.py) widens this list.
+    type: Annotated[Literal["expense_report", "cache_warm"],
+                    WithJsonSchema({"type": "string", "enum": ["expense_report", "cache_warm"]})]
     status: JobStatus
     status_message: NullableText = Field(description="Human-readable progress.")
     progress_percent: int = Field(ge=0, le=100, description="processedLines / totalLines, at most 99 until "
@@ -568,6 +580,11 @@ class WebhookJob(Model):
         "`Processing`; `retry` (POST /retry) once `Failed` or `Cancelled`; `result` (GET /result) and `settle` "
         "(PATCH a line) once `Completed`; none while `CancellationRequested`. Clients decide which actions to offer "
         "from this list, not from the status."))
+    warm: WarmCounts | None = Field(default=None, description=(
+        "A `cache_warm` job's vendors (null for every other type). Such a job is the tenant's own (one per tenant "
+        "a warm run finds vendors due for, `trigger: schedule`): its `admin`s see it in `GET /jobs` and may cancel "
+        "it; it is never retried and has no result. `reportId` is `cache-warm`, `period` the month it ran in, "
+        "and `totalLines`/`processedLines` count its due vendors and those asked so far."))
 
 
 class Delivery(Model):

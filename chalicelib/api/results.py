@@ -41,7 +41,8 @@ def get_result(jobId: str) -> Response:  # noqa: N803
 @handled
 def retry_job(jobId: str) -> Response:  # noqa: N803
     req = http.current()
-    job = actions.retry_job(http.principal(req).user_id, jobId)
+    who = http.principal(req)
+    job = actions.retry_job(who.user_id, jobId, service.tenant_owner(who))
     body = service.to_dict(job, http.base_url(req))
     return Response(body=body, status_code=202,
                     headers={"Location": body["statusUrl"], "Retry-After": str(get_settings().poll_interval_seconds)})

@@ -24,9 +24,12 @@ from chalicelib.tables import Job, LineResult, ReportConfig
 log = logging.getLogger(__name__)
 
 
-def retry_job(owner_id: str, job_id: str) -> Job:
+def retry_job(owner_id: str, job_id: str, also: str | None = None) -> Job:
     """A Failed or Cancelled job is queued again and resumes from its checkpoint."""
-    job = get_job(owner_id, job_id)
+    job = get_job(owner_id, job_id, also)
+    if job.type == "cache_warm":
+        raise Conflict("A cache_warm job is not retried: the next warm run refreshes the vendors it left.",
+                       jobStatus=job.status)
     if JobAction.RETRY not in allowed_actions(job.status):
         raise Conflict(f"Only a Failed or Cancelled job can be retried; this one is {job.status}.")
     if not reports.still_there(job.tenant or job.owner_id, job.report_id):

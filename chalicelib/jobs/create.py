@@ -142,3 +142,31 @@ def create_job(owner_id: str, report: ReportConfig, period: str, trigger: str = 
         raise ServiceUnavailable("The work queue is unavailable; no job was created. Try again shortly.") from err
     observability.job_created()
     return job
+
+
+# --- cache_warm (issue 14, point 5; merge note: beside the job_type parameter of create_job) -------------------
+
+
+def create_tenant_job(tenant: str, job_type: str, period: str, total: int, trigger: str = "schedule") -> Job:
+    """A tenant's own job (auth.system_owner; no report, no rate window, no work message: its creator works it).
+
+    One active job per tenant and type (its lock, `lock#<system owner>#<type>#any`): raises ActiveJobExists
+    naming the holder otherwise.
+    """
+    from chalicelib.auth import system_owner
+
+    owner = system_owner(tenant)
+    stamp = clock.iso(clock.now())
+    job = Job(str(uuid.uuid4()), owner_id=owner, tenant=tenant, report_id=job_type.replace("_", "-"), period=period,
+              type=job_type, status=JobStatus.QUEUED.value, active_status=JobStatus.QUEUED.value, trigger=trigger,
+              categories=[], created_at=stamp, updated_at=stamp, heartbeat_at=stamp, total_lines=total,
+              status_message="Selecting vendors", lock_key=lock_key(owner, job_type, "any"),
+              expires_at=clock.expiry(get_settings().retention_days))
+    try:
+        moves.create(job, lambda tx: None, None)
+    except TransactWriteError as err:
+        holder = lock_holder(job.lock_key)
+        if holder and holder != job.job_id:
+            raise ActiveJobExists("An active job of this type exists for the tenant.", existingJobId=holder) from err
+        raise
+    return job

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from itertools import islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib import clock, paging
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
-from chalicelib.jobs import chunks, counts, runner
-from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced, allowed_actions
+from chalicelib.jobs import chunks, counts, runner, tenant_jobs
+from chalicelib.jobs.states import TERMINAL, JobAction, JobStatus, TransitionRaced, allowed_actions
 from chalicelib.jobs.store import moves
+from chalicelib.jobs.types import JobType
 from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits, shown_id
 from chalicelib.tables import Job, JobEvent
 
@@ -23,14 +24,26 @@ def delivery_dicts(job: Job) -> list[dict[str, Any]]:
     return to_dicts(job)
 
 
-def get_job(owner_id: str, job_id: str) -> Job:
-    """The caller's job, or 404 whether it is missing, someone else's or past retention."""
+if TYPE_CHECKING:
+    from chalicelib.auth import Principal
+
+
+def tenant_owner(principal: Principal) -> str | None:
+    """The owner key of the tenant's own jobs (cache_warm) when the caller is one of its admins, else None."""
+    from chalicelib.auth import ADMIN_ROLE, system_owner  # the API's: the worker never needs the token code
+
+    return system_owner(principal.tenant) if ADMIN_ROLE in principal.roles else None
+
+
+def get_job(owner_id: str, job_id: str, also: str | None = None) -> Job:
+    """The caller's job (or, with `also`, one of the tenant's own jobs: tenant_owner), or 404 whether it is
+    missing, someone else's or past retention."""
     try:
         job = Job.get(job_id, consistent_read=True) if _plausible_id(job_id) else None
     except Job.DoesNotExist:
         job = None
     # DynamoDB deletes expired items days late; an expired job must already read as gone.
-    if job is None or job.owner_id != owner_id or job.expires_at.timestamp() < time.time():
+    if job is None or job.owner_id not in (owner_id, also) or job.expires_at.timestamp() < time.time():
         raise NotFound(f"Job '{shown_id(job_id)}' was not found.")
     return job
 
@@ -55,15 +68,35 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         "createdAt": job.created_at, "startedAt": job.started_at, "updatedAt": job.updated_at,
         "completedAt": job.completed_at, "estimatedCompletionAt": job.estimated_completion_at,
         "errorMessage": job.error_message, "statusUrl": status_url,
-        "resultUrl": f"{status_url}/result" if job.status == JobStatus.COMPLETED.value else None,
+        "resultUrl": f"{status_url}/result" if job.status == JobStatus.COMPLETED.value
+        and job.type != JobType.CACHE_WARM.value else None,
         # What the caller may do next, from the state machine: the dashboard and the CLI read this, not the status.
-        "allowedActions": [a.value for a in allowed_actions(job.status)],
+        "allowedActions": _actions(job),
         # One per report target the final status was sent to (email, webhook); [] until the job is final.
         "deliveries": delivery_dicts(job),
+        "warm": _warm_counts(job),
     }
 
 
-def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, token: str | None) -> dict[str, Any]:
+def _actions(job: Job) -> list[str]:
+    actions = [a.value for a in allowed_actions(job.status)]
+    if job.type == JobType.CACHE_WARM.value:
+        # An admin may cancel a tenant's warm run; it is never retried (the next run refreshes what it left) and
+        # has no result.
+        return [a for a in actions if a == JobAction.CANCEL.value]
+    return actions
+
+
+def _warm_counts(job: Job) -> dict[str, int] | None:
+    """A cache_warm job's vendors (categorize/warm_jobs.py); null for every other type."""
+    if job.type != JobType.CACHE_WARM.value:
+        return None
+    return {"vendorsRefreshed": int(job.vendors_refreshed or 0), "vendorsFailed": int(job.vendors_failed or 0),
+            "vendorsSkipped": int(job.vendors_skipped or 0)}
+
+
+def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, token: str | None,
+              also: str | None = None) -> dict[str, Any]:
     """The caller's jobs, newest first: one index query for the page, counters for `totalCount` (jobs/counts.py).
 
     A page by number skips the jobs before it reading their keys only; `nextToken` resumes after the last job
@@ -83,6 +116,8 @@ def list_jobs(owner_id: str, status: str | None, size: int, page: int | None, to
     condition = Job.expires_at > now
     if status:
         condition = condition & (Job.status == status)
+    if also is not None:
+        return tenant_jobs.merged(owner_id, also, condition, size, page, start, JobStatus(status) if status else None)
     after: dict[str, dict[str, str]] | Literal[False] | None = (_index_key(owner_id, start["createdAt"], start["jobId"])
                                                       if start else None)
     skip = 0 if start else (page - 1) * size
@@ -122,11 +157,11 @@ def _skip(owner_id: str, condition: Any, n: int) -> dict[str, dict[str, str]] | 
     return _index_key(owner_id, skipped[-1].created_at, skipped[-1].job_id)
 
 
-def cancel_job(owner_id: str, job_id: str) -> Job:
+def cancel_job(owner_id: str, job_id: str, also: str | None = None) -> Job:
     """Cancel: final at once where no one works the job, else asked of the worker that does (it stops within
     a second or two: it looks at the job while it waits on the model, see worker/cancel.CancelWatch)."""
     for _ in range(3):
-        job = get_job(owner_id, job_id)
+        job = get_job(owner_id, job_id, also)
         status = JobStatus(job.status)
         if status in TERMINAL:
             raise Conflict(f"The job is already {status.value}.", jobStatus=status.value)
@@ -169,12 +204,12 @@ def _worked_now(job: Job) -> bool:
     return bool(int(job.chunk_count)) and chunks.live_lease(job.job_id, now)
 
 
-def events(owner_id: str, job_id: str, size: int, token: str | None) -> dict[str, Any]:
+def events(owner_id: str, job_id: str, size: int, token: str | None, also: str | None = None) -> dict[str, Any]:
     """One page of the job's audit trail, oldest first; `nextToken` names the last event of the page."""
     start = paging.decode(token)
     if start is not None and (set(start) != {"eventKey"} or not key_fits(start["eventKey"], MAX_RANGE_KEY_BYTES)):
         raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
-    get_job(owner_id, job_id)
+    get_job(owner_id, job_id, also)
     last = {"jobId": {"S": job_id}, "eventKey": {"S": start["eventKey"]}} if start else None
     page = JobEvent.query(job_id, consistent_read=True, limit=size, last_evaluated_key=last)
     found = list(page)

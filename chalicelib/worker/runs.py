@@ -11,6 +11,7 @@ from chalicelib import messages
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.runner import Lease
 from chalicelib.jobs.states import TERMINAL, WORKED, JobStatus
+from chalicelib.jobs.types import JobType
 from chalicelib.lines.store import count_lines, whole_period
 from chalicelib.messages import WarmCache
 from chalicelib.settings import Settings, get_settings
@@ -48,6 +49,14 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
     if run is None:
         return
     job = run.job
+    if job.type == JobType.CACHE_WARM.value:
+        # The warm run works its jobs itself (categorize/warm_jobs.py); a job message for one comes only from the
+        # reaper, for a run that died: it is failed, and the next run takes the tenant over.
+        from chalicelib.categorize.warm_jobs import STOPPED
+        from chalicelib.jobs.store import moves
+
+        moves.fail(job, STOPPED, lease=run.lease)
+        return
     if count.lines and len(count.lines) == int(job.total_lines) and not job.cursor and not int(job.processed_lines):
         # Every line the job had when it started: the job is those lines (its total was counted from them).
         run.ahead.hold_whole(count.lines)

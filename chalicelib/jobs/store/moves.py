@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import TransactWriteError
+from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
@@ -321,13 +321,51 @@ def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBat
                         cursor=last.cursor_before if last is not None else None))
 
 
+def start_warm(job: Job, due: int, skipped: int) -> Job:
+    """A cache_warm job, Queued -> Processing by the warm run that made it (no lease: categorize/warm_jobs.py),
+    its counts from zero and the vendors `select` found not due."""
+    stamp = clock.iso(clock.now())
+    return transition(job, S.PROCESSING, "started", {"vendorsDue": due, "vendorsSkipped": skipped}, actions=[
+        Job.started_at.set(stamp), Job.heartbeat_at.set(stamp), Job.vendors_refreshed.set(0),
+        Job.vendors_failed.set(0), Job.vendors_skipped.set(skipped),
+        Job.status_message.set(f"Refreshing {due} vendors")])
+
+
+def complete_warm(job: Job) -> Job:
+    """A cache_warm job, Processing -> Completed, with a message naming its counts."""
+    refreshed, failed, skipped = (int(job.vendors_refreshed or 0), int(job.vendors_failed or 0),
+                                  int(job.vendors_skipped or 0))
+    return transition(job, S.COMPLETED, "completed",
+                      {"vendorsRefreshed": refreshed, "vendorsFailed": failed, "vendorsSkipped": skipped},
+                      actions=[Job.completed_at.set(clock.iso(clock.now())), Job.status_message.set(
+                          f"Refreshed {refreshed} vendors; {failed} failed, {skipped} skipped (not due)")])
+
+
+def add_warm_counts(job: Job, refreshed: int, failed: int, message: str) -> bool:
+    """A cache_warm job's request group: its vendors counted (categorize/warm_jobs.py). False when the job is no
+    longer Processing."""
+    stamp = clock.iso(clock.now())
+    try:
+        # still_processing: an admin's cancel that landed since keeps the counts it was made with.
+        job.update(condition=status_unchanged(S.PROCESSING), actions=[
+            Job.processed_lines.add(refreshed + failed), Job.vendors_refreshed.add(refreshed),
+            Job.vendors_failed.add(failed), Job.heartbeat_at.set(stamp), Job.updated_at.set(stamp),
+            Job.status_message.set(message)])
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
 # --- creation ----------------------------------------------------------------------------------------------------
 
 
-def create(job: Job, add_to_window: Any, report_condition: Condition) -> None:
+def create(job: Job, add_to_window: Any, report_condition: Condition | None) -> None:
     """A new job with its lock, its place in the caller's hourly window (`add_to_window` adds it to the
     transaction), its day count and its `created` event, all or nothing; raises TransactWriteError when refused
-    (jobs/create explains which write was, from the state it left)."""
+    (jobs/create explains which write was, from the state it left). `report_condition` None: a tenant's own job
+    (cache_warm), of no report."""
     from chalicelib.jobs import counts
     from chalicelib.tables import ReportConfig
 
@@ -339,8 +377,9 @@ def create(job: Job, add_to_window: Any, report_condition: Condition) -> None:
         add_to_window(tx)
         tx.save(event_item(job.job_id, "created", {"trigger": job.trigger, "period": job.period}))
         counts.created(tx, job)
-        # report_accepts_jobs: not deleted, nor being deleted (reports.service.delete_report checks for jobs).
-        tx.condition_check(ReportConfig, job.tenant, job.report_id, condition=report_condition)
+        if report_condition is not None:
+            # report_accepts_jobs: not deleted, nor being deleted (reports.service.delete_report checks for jobs).
+            tx.condition_check(ReportConfig, job.tenant, job.report_id, condition=report_condition)
 
 
 def undo_create(job: Job) -> None:
