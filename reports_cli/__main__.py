@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from reports_cli import __version__
+from reports_cli import __version__, upload
 from reports_cli.client import ApiError, Client, dumps, finished
 from reports_cli.display import Watch, describe, label, outcome, report_table, table
 from reports_cli.targets import TARGET_HELP, target, warn_secret
@@ -50,15 +51,38 @@ def note(args: argparse.Namespace, message: str) -> None:
 
 
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
+    """JSON files and CSV files within one request's limit: POST /expenses. Larger CSV files, and any import with
+    --replace, --period or --report: POST /imports, the file PUT to its upload URL, the job followed in rows."""
+    if args.period is not None and not PERIOD.fullmatch(args.period):
+        raise Usage(f"--period must be a month as YYYY-MM, not {args.period!r}")
+    via_imports = bool(args.replace or args.period or args.report)
+    source: IO[bytes]
     if args.file == "-":
-        text, name = sys.stdin.read(), "<stdin>"
+        raw = sys.stdin.buffer.read()
+        source, name, size = io.BytesIO(raw), "<stdin>", len(raw)
     else:
-        path = Path(args.file)
         try:
-            text, name = path.read_text(encoding="utf-8-sig"), str(path)
+            source, name = open(args.file, "rb"), args.file  # closed below, after the upload
+            size = upload.size_of(Path(args.file))
         except OSError as exc:
             raise Usage(f"cannot read {args.file}: {exc.strerror or exc}") from exc
-    is_json = args.format == "json" or (args.format is None and (name.endswith(".json") or text.lstrip()[:1] == "{"))
+    with source:
+        start = source.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        source.seek(0)
+        is_json = args.format == "json" or (args.format is None and (name.endswith(".json") or start == b"{"))
+        if is_json and via_imports:
+            raise Usage("--replace, --period and --report import a CSV file through /imports; this file is JSON")
+        if not is_json and (via_imports or not upload.fits_one_request(source, size)):
+            return import_large(client, args, source, name, size)
+        try:
+            text = source.read().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise Usage(f"cannot read {name}: it is not UTF-8 ({exc.reason})") from exc
+    return import_small(client, args, text, name, is_json)
+
+
+def import_small(client: Client, args: argparse.Namespace, text: str, name: str, is_json: bool) -> int:
+    """One POST /expenses (a CSV of up to 5,000 lines, or a JSON file)."""
     chunks = [(text, "application/json")] if is_json else [(c, "text/csv") for c in csv_chunks(text)]
     imported, periods = 0, set()
     for number, (body, kind) in enumerate(chunks, 1):
@@ -76,6 +100,29 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
     else:
         print(f"Imported {imported} lines from {name} (periods: {', '.join(sorted(periods)) or '-'})")
     return EXIT_OK
+
+
+def import_large(client: Client, args: argparse.Namespace, source: Any, name: str, size: int) -> int:
+    """POST /imports, PUT the file (streamed) to its upload URL, follow the job in rows to its end."""
+    mode = "replace" if args.replace else "merge"
+    answer = client.start_import(upload.request_body(mode, args.period, args.report))
+    job: dict[str, Any] = answer["job"] if isinstance(answer.get("job"), dict) else answer
+    if not answer.get("uploadUrl") or not job.get("jobId"):
+        raise ApiError("the API's answer to POST /imports has no uploadUrl or job")
+    note(args, f"Uploading {name} ({size} bytes) for import job {job['jobId']} ({mode})")
+    client.upload(answer["uploadUrl"], source, size)
+
+    def done(final: dict[str, Any]) -> None:
+        if args.json:
+            print(dumps(final))
+        elif final.get("status") == "Completed":
+            then = f"; report Completed. Result: reports result {final['jobId']}" if args.report else ""
+            print(f"Imported {upload.imported_count(final)} lines from {name} (job {final['jobId']}){then}")
+        if final.get("status") != "Completed":
+            err(f"import of {name} {str(final.get('status')).lower()}: "
+                f"{final.get('errorMessage') or final.get('statusMessage') or 'no reason given'}")
+
+    return follow(client, args, job, unit="rows", on_final=done)
 
 
 def csv_chunks(text: str, size: int = IMPORT_CHUNK) -> list[str]:
@@ -194,19 +241,25 @@ def cmd_delete_report(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def follow(client: Client, args: argparse.Namespace, job: dict[str, Any]) -> int:
-    """Wait for a job with live progress; print its outcome; the exit code of its final status."""
+def follow(client: Client, args: argparse.Namespace, job: dict[str, Any], unit: str = "lines",
+           on_final: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Wait for a job with live progress (polling its statusUrl); print its outcome (or hand it to `on_final`);
+    the exit code of its final status."""
     job_id = job["jobId"]
     try:
-        with Watch(quiet=args.quiet) as watch:
+        with Watch(quiet=args.quiet, unit=unit) as watch:
             watch.update(job)
-            final = client.wait(job_id, on_update=watch.update, timeout=args.timeout, job=job)
+            final = client.wait(job_id, on_update=watch.update, timeout=args.timeout, job=job,
+                                url=job.get("statusUrl"))
     except TimeoutError:
         err(f"job {job_id} is still running after {args.timeout:g} s; follow it with: reports status {job_id} --wait")
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
         err(f"stopped waiting; job {job_id} goes on (reports status {job_id} --wait, or reports cancel {job_id})")
         return EXIT_INTERRUPTED
+    if on_final is not None:
+        on_final(final)
+        return status_code(final)
     if args.json:
         print(dumps(final))
     note(args, outcome(final))
@@ -214,7 +267,7 @@ def follow(client: Client, args: argparse.Namespace, job: dict[str, Any]) -> int
 
 
 def cmd_submit(client: Client, args: argparse.Namespace) -> int:
-    job = client.generate(args.report, args.period, args.idempotency_key)
+    job = client.generate(args.report, args.period, args.idempotency_key)  # --period is required (argparse)
     if not args.wait:
         print(dumps(job) if args.json else job["jobId"])
         return EXIT_OK
@@ -308,6 +361,15 @@ def delivery_number(value: str) -> int:
     return int(value)
 
 
+PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+
+
+def period(value: str) -> str:
+    if not PERIOD.fullmatch(value):
+        raise argparse.ArgumentTypeError("must be a month as YYYY-MM, e.g. 2026-01")
+    return value
+
+
 def page_size(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 100:
         raise argparse.ArgumentTypeError("must be an integer from 1 to 100")
@@ -345,10 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    sub = add("import", cmd_import, "import expense lines from a CSV (or JSON) file; '-' reads stdin")
+    sub = add("import", cmd_import,
+              "import expense lines from a CSV (or JSON) file; '-' reads stdin. A CSV above one request's limit "
+              "(5,000 lines or 6 MB) is uploaded through /imports and followed with progress in rows", [wait])
     sub.add_argument("file", metavar="FILE")
     sub.add_argument("--format", choices=("csv", "json"), default=None,
                      help="file format (default: from the name or content)")
+    sub.add_argument("--replace", action="store_true",
+                     help="replace the period's lines with the file's (through /imports; default: merge)")
+    sub.add_argument("--period", metavar="YYYY-MM", help="the file's month (through /imports)")
+    sub.add_argument("--report", metavar="REPORT_ID", help="then generate this report on the imported period "
+                                                           "(through /imports)")
 
     sub = add("create-report", cmd_create_report,
               "create a report configuration (prints its webhook signing secret, once, if it has a webhook)")
@@ -392,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("submit", cmd_submit, "start a report job; prints the job id", [wait])
     sub.add_argument("report", metavar="REPORT_ID")
-    sub.add_argument("--period", metavar="YYYY-MM", help="month to report (default: the current UTC month)")
+    sub.add_argument("--period", metavar="YYYY-MM", type=period, required=True,
+                     help="month to report (required: no silent default that spends one of the hour's jobs on an "
+                          "empty month)")
     sub.add_argument("--wait", action="store_true", help="show live progress until the job ends")
     sub.add_argument("--idempotency-key", metavar="KEY", help="send Idempotency-Key (safe to repeat)")
 

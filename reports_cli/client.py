@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 
@@ -18,8 +19,13 @@ STOPPED_ACTIONS = frozenset({"retry", "result"})
 
 
 def finished(job: dict[str, Any]) -> bool:
-    """The job has stopped (nothing moves it but a retry): the API allows retrying it or reading its result."""
-    return not STOPPED_ACTIONS.isdisjoint(job.get("allowedActions") or ())
+    """The job has stopped (nothing moves it but a retry): the API allows retrying it or reading its result, or,
+    for a type that has neither (an import, a cache warm run), allows nothing at all while no cancel is under way
+    (a running job allows `cancel`)."""
+    actions = job.get("allowedActions") or ()
+    if not STOPPED_ACTIONS.isdisjoint(actions):
+        return True
+    return "allowedActions" in job and not actions and job.get("status") != "CancellationRequested"
 
 
 class ApiError(Exception):
@@ -121,6 +127,23 @@ class Client:
         return self.json("POST", "/expenses", data=body.encode("utf-8"),
                          headers={"Content-Type": f"{content_type}; charset=utf-8"})
 
+    def start_import(self, request: dict[str, Any]) -> dict[str, Any]:
+        """POST /imports: 202 with the import job and `uploadUrl` (a presigned PUT, 15 minutes)."""
+        return self.json("POST", "/imports", json=request)
+
+    def upload(self, url: str, body: BinaryIO, size: int) -> None:
+        """PUT the file to a presigned URL, streamed from `body` (`size` bytes: S3 takes no chunked upload). The
+        URL carries its own signature: our bearer token is not sent."""
+        try:
+            response = requests.put(url, data=body, timeout=(self.timeout, None),
+                                    headers={"Content-Type": "text/csv", "Content-Length": str(size)})
+        except requests.RequestException as err:
+            raise ApiError(f"uploading the file failed ({_reason(err)})") from err
+        if response.status_code >= 400:
+            code = re.search(r"<Code>([^<]+)</Code>", response.text or "")
+            raise ApiError(f"uploading the file failed: HTTP {response.status_code}"
+                           + (f" ({code.group(1)})" if code else ""), response.status_code)
+
     def create_report(self, config: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", "/reports", json=config)
 
@@ -186,8 +209,9 @@ class Client:
 
     def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
              timeout: float | None = None, sleep: Callable[[float], None] = time.sleep,
-             job: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Poll until the job is terminal, honouring Retry-After and sending If-None-Match; the final job.
+             job: dict[str, Any] | None = None, url: str | None = None) -> dict[str, Any]:
+        """Poll until the job is terminal (at `url`, its statusUrl, when given), honouring Retry-After and sending
+        If-None-Match; the final job.
 
         Raises ApiError for a 4xx other than 429, or after NETWORK_RETRIES consecutive transport/5xx failures;
         TimeoutError when `timeout` seconds pass first.
@@ -201,7 +225,7 @@ class Client:
                 return job
             headers = {"If-None-Match": etag} if etag else {}
             try:
-                response = self.send("GET", f"/jobs/{_segment(job_id)}", headers=headers, ok=(429,))
+                response = self.send("GET", url or f"/jobs/{_segment(job_id)}", headers=headers, ok=(429,))
                 failures = 0
                 if response.status_code == 200:
                     job = response.json()

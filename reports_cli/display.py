@@ -41,9 +41,11 @@ def eta_text(job: dict[str, Any], now: datetime | None = None) -> str:
     return f"~{seconds / 3600:.1f}h"
 
 
-def counts(job: dict[str, Any]) -> str:
+def counts(job: dict[str, Any], unit: str = "lines") -> str:
     total, done = int(job.get("totalLines") or 0), int(job.get("processedLines") or 0)
     percent = int(job.get("progressPercent") or 0)
+    if unit == "rows":  # an import: the file's rows checked and stored, nothing flagged
+        return f"{done}/{total or '?'} rows ({percent}%)"
     return f"{done}/{total} lines ({percent}%), {int(job.get('failedLines') or 0)} flagged"
 
 
@@ -134,8 +136,10 @@ def outcome(job: dict[str, Any]) -> str:
 class Watch:
     """Shows a job's progress while `Client.wait` polls: a live bar on a terminal, else a line per change."""
 
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False, live: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False, live: bool | None = None,
+                 unit: str = "lines") -> None:
         self.stream = stream or sys.stderr
+        self.unit = unit  # "rows" for an import job
         self.quiet = quiet
         self.live = self.stream.isatty() if live is None else live
         self.progress: Progress | None = None
@@ -146,8 +150,9 @@ class Watch:
         if self.live and not self.quiet:
             self.progress = Progress(
                 SpinnerColumn(), TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(),
-                TextColumn("{task.completed:>.0f}/{task.fields[total_lines]} lines"),
-                TextColumn("{task.fields[flagged]} flagged"), TextColumn("ETA {task.fields[eta]}"),
+                TextColumn("{task.completed:>.0f}/{task.fields[total_lines]} " + self.unit),
+                *([] if self.unit == "rows" else [TextColumn("{task.fields[flagged]} flagged")]),
+                TextColumn("ETA {task.fields[eta]}"),
                 TimeElapsedColumn(), console=Console(file=self.stream), transient=False)
             self.progress.start()
             self.task = self.progress.add_task("job", total=None, status="Queued", total_lines="?", flagged=0,
@@ -163,7 +168,7 @@ class Watch:
                                  status=label(job.get("status")), total_lines=total or "?",
                                  flagged=int(job.get("failedLines") or 0), eta=eta_text(job))
             return
-        line = f"{label(job.get('status'))}: {counts(job)}, ETA {eta_text(job)}"
+        line = f"{label(job.get('status'))}: {counts(job, self.unit)}, ETA {eta_text(job)}"
         if line != self.last:
             self.last = line
             print(line, file=self.stream, flush=True)
