@@ -163,8 +163,8 @@ def test_cancel_racing_the_worker_still_cancels(api, monkeypatch):
     stale = [Job.get(job["jobId"], consistent_read=True)]  # what the API reads: Queued...
     move(job["jobId"], "Processing")  # ...then the worker claims the job before the API writes
     real_get_job = service.get_job
-    monkeypatch.setattr(service, "get_job", lambda owner_id, job_id: stale.pop() if stale
-                        else real_get_job(owner_id, job_id))
+    monkeypatch.setattr(service, "get_job", lambda owner_id, job_id, also=None: stale.pop() if stale
+                        else real_get_job(owner_id, job_id, also))
     response = api.delete(f"/api/v1/jobs/{job['jobId']}", headers=owner)
     assert (response.status_code, response.json_body["status"]) == (200, "CancellationRequested")
 
