@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import string
 import uuid
@@ -10,7 +11,7 @@ import uuid
 import pytest
 
 from chalicelib import worker
-from chalicelib.auth import tenant_key
+from chalicelib.auth import tenant_key, tenant_scope
 from chalicelib.categorize import cache, seen, warm_jobs
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.reports.service import DEFAULT_CATEGORIES
@@ -132,3 +133,25 @@ def test_an_admins_list_pages_through_own_and_tenant_jobs_newest_first(client, t
     assert [j["jobId"] for j in admin.call("get", "/jobs?pageSize=2&page=2")[1]["items"]] == expected[2:]
     member = Driver(client, token_for(tenant=tenant))
     assert warm.job_id not in [j["jobId"] for j in member.call("get", "/jobs?pageSize=100")[1]["items"]]
+
+
+def test_a_continuation_goes_on_with_the_same_tenant_job(client, token_for, sim, model_settings):
+    salt = _letters()
+    # Keys begin with the tenant's scope (a hash): a tenant whose scope sorts first is warmed first.
+    tenant = next(t for t in (f"warm-{salt}-{n}" for n in itertools.count())
+                  if tenant_scope(tenant_key(t, "x")) < "0004")
+    _seed(tenant, refreshed=12, failed=0, skipped=0, model=model_settings.openai_model)
+    sim.configure(latency=0.4)  # groups of 2 vendors, 0.4 s each: the 1 s budget ends after a few
+    slow = dataclasses.replace(model_settings, model_batch_size=2, model_concurrency=1)
+    outcome = worker.warm_cache(Ctx(remaining_ms=2_000), slow)
+    assert outcome["after"], outcome
+    admin = Driver(client, token_for(tenant=tenant, roles=["admin"]))
+    (running,) = _warm_jobs(admin)
+    assert running["status"] == "Processing" and 0 < running["processedLines"] < 12, running
+    sim.configure(latency=0.0)
+    while outcome["after"]:  # what the continuation message would do
+        outcome = worker.warm_cache(Ctx(), model_settings, after=outcome["after"])
+    (done,) = _warm_jobs(admin)
+    assert done["jobId"] == running["jobId"]
+    assert (done["status"], done["processedLines"], done["warm"]) == (
+        "Completed", 12, {"vendorsRefreshed": 12, "vendorsFailed": 0, "vendorsSkipped": 0}), done
