@@ -1,7 +1,9 @@
 """Step marks: how a worker says where a job is within its type's steps (chalicelib/jobs/types.py).
 
-The one interface every worker path calls; the writes (the step's status, times, attempts, progress and its audit
-event) are the job store's, in the same transaction, so a step's history is as exact as the job's.
+The one interface every worker path calls. On this build the marks record nothing yet (the job representation has
+no `steps`): the store-backed steps (status, times, attempts, progress and an audit event per transition, written in
+one transaction with the job) arrive with the rest of the job types work. Callers mark now so that nothing changes
+on their side then.
 """
 
 from __future__ import annotations
