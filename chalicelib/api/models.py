@@ -437,7 +437,9 @@ class ExpenseLineInput(Model):
     line_id: Annotated[str, _line_rule(validation.line_id_rule), WithJsonSchema({
         "oneOf": [ref("LineId"), {"type": "string", "maxLength": 0}, {"type": "null"}]})] = Field(
         default_factory=str,
-        description="Optional (a UUID v4 is minted when absent or empty). Identifies the line within its month: "
+        description="Optional. When absent or empty the line is named by its content and its occurrence among "
+                    "identical lines of the request or file (24 hex digits of a SHA-256, `-1`, `-2`...), so "
+                    "importing the same lines again stores nothing new. Identifies the line within its month: "
                     "re-importing it with a date in the same month replaces the stored line, which then takes the "
                     "place of this import in report order. Unique within one request. Reports list lines in import "
                     "order, not by lineId.")

@@ -13,6 +13,7 @@ from chalicelib.jobs.runner import Lease
 from chalicelib.jobs.states import TERMINAL, WORKED, JobStatus
 from chalicelib.jobs.types import JobType
 from chalicelib.lines.store import count_lines, whole_period
+from chalicelib.lines.versions import job_partition
 from chalicelib.messages import WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job
@@ -37,9 +38,10 @@ class LineCount:
 
     def __call__(self, job: Job) -> int:
         # A claim that raced counts again: only the latest read may stand.
-        lines = whole_period(job.owner_id, job.period, self.fits)
+        part = job_partition(job)  # runner.claim pinned the version this job reads
+        lines = whole_period(part, self.fits)
         self.lines = lines or []
-        return count_lines(job.owner_id, job.period) if lines is None else len(lines)
+        return count_lines(part) if lines is None else len(lines)
 
 
 def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
