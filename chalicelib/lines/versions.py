@@ -181,6 +181,10 @@ def keys(part: str, after: str = "", page: int = 1000) -> Iterator[str]:
         yield line.line_id
 
 
+def count(part: str) -> int:
+    return ExpenseLine.count(part, consistent_read=True)
+
+
 def lines(part: str, page: int = 500) -> Iterator[ExpenseLine]:
     yield from ExpenseLine.query(part, consistent_read=True, page_size=page)
 

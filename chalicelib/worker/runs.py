@@ -45,6 +45,13 @@ class LineCount:
 
 
 def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
+    from chalicelib.lines import importer
+
+    loaded = runner.load(job_id)
+    if loaded is not None and importer.is_import(loaded):
+        # An import (or the import part of import_and_report): its own steps (lines/importer.py). Past its commit
+        # an import_and_report job is a report job and goes on below.
+        return importer.run(job_id, reason, context, settings)
     known = settings or get_settings()
     count = LineCount(known.line_batch_size * known.line_read_ahead)
     run = start(context, settings, lambda lease: runner.claim(job_id, lease, reason, count))
