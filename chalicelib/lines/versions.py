@@ -193,9 +193,9 @@ def lines(part: str, page: int = 500) -> Iterator[ExpenseLine]:
 
 
 def pinned(item: LinesGarbage) -> bool:
-    """An active job still reads this version."""
+    """An active job still reads this version (of this period: "0" names every period's unversioned lines)."""
     found = Job.by_owner.query(item.owner_id, filter_condition=Job.active_status.exists()
-                               & (Job.lines_version == item.version), limit=1)
+                               & (Job.period == item.period) & (Job.lines_version == item.version))
     return any(True for _ in found)
 
 
