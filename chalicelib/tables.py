@@ -236,6 +236,18 @@ class Delivery(MapAttribute):
     report_created_at = UnicodeAttribute(null=True, attr_name="reportCreatedAt")
 
 
+class JobStep(MapAttribute):
+    """One of a job's ordered steps (chalicelib/jobs/stepplan.py): written only by the job store (store/steps.py)."""
+
+    name = UnicodeAttribute()  # a jobs.types.Step
+    status = UnicodeAttribute(default="Pending")  # a jobs.states.StepStatus
+    started_at = UnicodeAttribute(null=True, attr_name="startedAt")
+    completed_at = UnicodeAttribute(null=True, attr_name="completedAt")
+    attempts = NumberAttribute(default=0)
+    progress = NumberAttribute(null=True, attr_name="progressPercent")  # only a step that counts its work
+    error = UnicodeAttribute(null=True, attr_name="errorMessage")  # user-safe
+
+
 class OwnerIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "byOwner"
@@ -320,6 +332,10 @@ class Job(_Model):
     # A lines_import / import_and_report job's file and progress (lines/importer.py): {"key", "mode", "stage",
     # "version", "rows", "stored", "new", "errors", "errorCount", ...}. None for every other type.
     lines_import = JSONAttribute(null=True, attr_name="linesImport")
+    # The job's ordered steps and a version every steps write checks and bumps (store/steps.steps_unchanged);
+    # absent on a job from before steps.
+    steps = ListAttribute(of=JobStep, null=True)
+    steps_version = NumberAttribute(default=0, attr_name="stepsVersion")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()
@@ -446,4 +462,8 @@ class Control(_Model):
     n_cancelled = NumberAttribute(null=True, attr_name="nCancelled")
     # A period's lines pointer (`lines#<owner>#<period>`, lines/versions.py): the version its lines are read from.
     lines_version = UnicodeAttribute(null=True, attr_name="linesVersion")
+    # Fair shares' demand registry (chalicelib/fair/demand.py), one item: "tenant|message" -> when it is visible,
+    # "tenant|invocation" -> when that invocation's entry lapses.
+    fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")
+    fair_running: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRunning")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

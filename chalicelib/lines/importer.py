@@ -72,7 +72,7 @@ def _claim(job_id: str, lease: runner.Lease) -> Job | None:
         return None
     status = S(job.status)
     if status is S.QUEUED:
-        if uploads.head(job.lines_import["key"]) is None:
+        if uploads.head(uploads.object_key(job.job_id)) is None:
             return None  # a message before the file (the reaper's): the file's own notification starts it
         return moves.start(job, lease, 0, message="Checking the file's rows")
     if status is S.CANCELLATION_REQUESTED:
@@ -87,26 +87,25 @@ def _claim(job_id: str, lease: runner.Lease) -> Job | None:
 def _work(run_: Invocation) -> None:
     job, state = run_.job, dict(run_.job.lines_import or {})
     if state.get("stage") in (None, "upload"):
-        steps.begin(job.job_id, Step.UPLOAD)
-        head = uploads.head(state["key"])
+        steps.begin(run_.job, Step.UPLOAD)
+        head = uploads.head(uploads.object_key(job.job_id))
         if head is None:
             raise _Stop()
         state.update(stage="validate", etag=head["ETag"], bytes=int(head["ContentLength"]))
-        steps.complete(job.job_id, Step.UPLOAD)
         _save(run_, state, f"Checking the file's rows ({state['bytes']} bytes)")
+        steps.advance(run_.job, Step.UPLOAD, Step.VALIDATE)
     if state["stage"] == "validate":
-        steps.begin(job.job_id, Step.VALIDATE)
+        steps.begin(run_.job, Step.VALIDATE)  # writes nothing when advance did (a mark is safe to repeat)
         rows = _validate(run_, state)
         if rows is None:
             return
-        steps.complete(job.job_id, Step.VALIDATE)
         state.update(stage="stage", rows=rows.rows, period=rows.period, version=versions.new_version(),
                      moment=clock.iso(clock.now()), stagedRows=0)
         if not job.period:
             job.period = str(rows.period)  # the file's month: the job reads and locks by it from now on
         _save(run_, state, f"{rows.rows} rows checked; storing them", processed=0, total=rows.rows,
               period=job.period)
-        steps.begin(job.job_id, Step.STAGE)
+        steps.advance(run_.job, Step.VALIDATE, Step.STAGE)
         garbage = versions.garbage(job.owner_id, job.period, state["version"],
                                    time.time() + versions.STAGED_GC_SECONDS)
         garbage.save()  # an import that never commits leaves no lines behind for good
@@ -114,12 +113,12 @@ def _work(run_: Invocation) -> None:
     if state["stage"] == "stage":
         if not _stage(run_, state):
             return
-        steps.complete(job.job_id, Step.STAGE)
         state["stage"] = "commit"
         _save(run_, state, f"Stored {state['rows']} rows; making them the lines of {job.period}",
               processed=state["rows"])
+        steps.advance(run_.job, Step.STAGE, Step.COMMIT)
     if state["stage"] == "commit":
-        steps.begin(job.job_id, Step.COMMIT)
+        steps.begin(run_.job, Step.COMMIT)
         _commit(run_, state)
 
 
@@ -149,7 +148,7 @@ def _validate(run_: Invocation, state: dict[str, Any]) -> Rows | None:
     """Every row checked; None when the job failed (its errors recorded) or was handed over."""
     job = run_.job
     rows = Rows(job.period or None)
-    for _row, _line in rows.read(uploads.open_body(state["key"], state["etag"])):
+    for _row, _line in rows.read(uploads.open_body(uploads.object_key(job.job_id), state["etag"])):
         if rows.rows % PROGRESS_ROWS == 0:
             if not store.save(job, run_.lease, state, f"Checked {rows.rows} rows", processed=0):
                 raise _Stop()
@@ -161,7 +160,6 @@ def _validate(run_: Invocation, state: dict[str, Any]) -> Rows | None:
                                                      if more else ""))
         state.update(errors=[e.to_dict() for e in rows.errors], errorCount=rows.error_count, rows=rows.rows)
         _save(run_, state, "Invalid rows")
-        steps.fail(job.job_id, Step.VALIDATE, message)
         moves.fail(job, message, {"errorCount": rows.error_count, "firstErrorRow": first.row}, lease=run_.lease)
         run_.job = runner.load(job.job_id) or job
         return None
@@ -176,7 +174,7 @@ def _stage(run_: Invocation, state: dict[str, Any]) -> bool:
     stamp, expires = state["moment"], line_expiry(job.period, moment)
     done = int(state.get("stagedRows", 0))
     rows = Rows(job.period)
-    stream = rows.read(uploads.open_body(state["key"], state["etag"]))
+    stream = rows.read(uploads.open_body(uploads.object_key(job.job_id), state["etag"]))
     for _ in islice(stream, done):
         pass  # written by an earlier invocation: the same rows, the same ids
     while True:
@@ -188,7 +186,7 @@ def _stage(run_: Invocation, state: dict[str, Any]) -> bool:
             done += len(batch)
             state["stagedRows"] = done
             _save(run_, state, f"Stored {done} of {state['rows']} rows", processed=done)
-            steps.progress(job.job_id, Step.STAGE, done * 100 // max(1, int(state["rows"])))
+            steps.progress(run_.job, Step.STAGE, done * 100 // max(1, int(state["rows"])))
         if len(batch) < PROGRESS_ROWS:
             break
         if time.monotonic() > run_.deadline:
@@ -201,7 +199,7 @@ def _stage(run_: Invocation, state: dict[str, Any]) -> bool:
 def _hand_over(run_: Invocation) -> bool:
     """Out of time: give the job up, then send the message that continues it (hand-over before send)."""
     if runner.hand_back(run_.job, run_.lease, 0, resume_in=0):
-        enqueue(run_.job.job_id, reason="continuation")
+        enqueue(run_.job.job_id, reason="continuation", tenant=run_.job.tenant or run_.job.owner_id)
     return False
 
 
@@ -263,7 +261,8 @@ def _finish(run_: Invocation, state: dict[str, Any]) -> None:
     total = versions.count(part)
     state.update(stage="done", storedLines=total, new=max(0, total - int(state.get("replacedLines", 0)))
                  if state.get("mode", "merge") == "merge" else None)
-    steps.complete(job.job_id, Step.COMMIT)
+    if job.type == JobType.IMPORT_AND_REPORT.value:
+        steps.complete(run_.job, Step.COMMIT)  # (a lines_import job's Completed move completes it)
     summary = (f"Imported {state['rows']} rows into {job.period}: the period has {total} lines"
                + (f", {state['new']} new" if state.get("new") is not None else " (replaced)"))
     if job.type == JobType.IMPORT_AND_REPORT.value:
@@ -278,7 +277,6 @@ def _finish(run_: Invocation, state: dict[str, Any]) -> None:
 
 def _fail(run_: Invocation, state: dict[str, Any], message: str) -> None:
     _drop_staged(run_.job)
-    steps.fail(run_.job.job_id, Step.COMMIT, message)
     moves.fail(run_.job, message, {"stage": state.get("stage")}, lease=run_.lease)
     run_.job = runner.load(run_.job.job_id) or run_.job
 
@@ -288,11 +286,11 @@ def reap_waiting(job: Job, now: float | None = None) -> str:
     still within its upload time (leave it), or never came (fail it, saying so)."""
     state = job.lines_import or {}
     try:
-        arrived = uploads.head(state.get("key", "")) is not None
+        arrived = uploads.head(uploads.object_key(job.job_id)) is not None
     except ClientError:
         return "skipped"
     if arrived:
-        enqueue(job.job_id, reason="uploaded")
+        enqueue(job.job_id, reason="uploaded", tenant=job.tenant or job.owner_id)
         return "requeued"
     deadline = clock.parse(state.get("uploadExpiresAt"))
     now = time.time() if now is None else now

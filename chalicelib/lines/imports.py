@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from pynamodb.exceptions import PynamoDBException, TransactWriteError
+from pynamodb.exceptions import PynamoDBException
 
 from chalicelib import clock
 from chalicelib.auth import Principal
 from chalicelib.errors import ActiveJobExists, NotAsyncReport, ServiceUnavailable
-from chalicelib.jobs.states import JobStatus, lock_holder, lock_key
-from chalicelib.jobs.store import moves
+from chalicelib.jobs.create import create_job
+from chalicelib.jobs.states import lock_holder, lock_key
 from chalicelib.jobs.types import JobType
 from chalicelib.lines import uploads, versions
 from chalicelib.reports import service as reports
-from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 
-IMPORT_REPORT_ID = "lines-import"  # the reportId of an import without a report: it names the type (no report)
+IMPORT_REPORT_ID = "lines-import"  # an import without a report is named by its type (jobs/create._new_job)
 MODES = ("merge", "replace")
 
 
@@ -35,50 +34,37 @@ class Created:
     upload_expires_at: datetime
 
 
-def import_lock(owner_id: str, period: str) -> str:
-    """One active import per user and period (report ids have no `_`, so no report's lock is this one)."""
-    return lock_key(owner_id, JobType.LINES_IMPORT.value, period)
-
-
 def create_import(principal: Principal, mode: str, period: str | None, report_id: str | None) -> Created:
     """A Queued import job and the URL to PUT its file to. 409 (existingJobId) while another import of the same
-    period is active; with `report_id`, what generating that report needs (permission, async target)."""
+    period is active; 429 past the hour's imports (per user and type); with `report_id`, what generating that
+    report needs (permission, async target)."""
     owner = principal.user_id
-    job_id = str(uuid.uuid4())
-    stamp = clock.iso(clock.now())
-    url, expires = uploads.presign(job_id)
-    condition = None
+    report = None
     if report_id is not None:
         report = reports.get_for_generation(principal, report_id)
         if {"type": "api", "mode": "async"} not in report.delivery_targets:
             raise NotAsyncReport("Report is not configured for asynchronous generation.")
-        job_type, tenant, categories = JobType.IMPORT_AND_REPORT, report.tenant, list(report.categories)
-        condition = reports.job_condition()
-    else:
-        job_type, tenant, categories = JobType.LINES_IMPORT, principal.tenant, []
-        report_id = IMPORT_REPORT_ID
-    # Without a period the file names it (its first row): the lock is then the job's own, and two such imports of
-    # one month are kept apart by the commit's conditions instead (lines/versions.pointer_unmoved).
-    lock = import_lock(owner, period) if period else import_lock(owner, f"job-{job_id}")
-    job = Job(job_id, owner_id=owner, tenant=tenant, report_id=report_id, period=period or "", type=job_type.value,
-              status=JobStatus.QUEUED.value, active_status=JobStatus.QUEUED.value, trigger="api",
-              categories=categories, created_at=stamp, updated_at=stamp, heartbeat_at=stamp,
-              status_message="Waiting for the file to be uploaded", lock_key=lock,
-              lines_import={"key": uploads.object_key(job_id), "mode": mode, "stage": "upload",
-                            "uploadExpiresAt": clock.iso(expires), "periodGiven": bool(period)},
-              expires_at=clock.expiry(get_settings().retention_days))
+    job_type = JobType.IMPORT_AND_REPORT if report is not None else JobType.LINES_IMPORT
+    expires = clock.now() + timedelta(seconds=uploads.UPLOAD_SECONDS)
+    # Without a period the file names it (its first row): the lock is then the job's own (a fresh id), and two
+    # such imports of one month are kept apart by the commit's conditions instead (lines/versions.pointer_unmoved).
+    lock = import_lock(owner, period or f"job-{uuid.uuid4()}")
+    fields = {"lock_key": lock, "status_message": "Waiting for the file to be uploaded",
+              "lines_import": {"mode": mode, "stage": "upload", "uploadExpiresAt": clock.iso(expires),
+                               "periodGiven": bool(period)}}
     try:
-        moves.create(job, lambda tx: None, condition)
-    except TransactWriteError as err:
-        holder = lock_holder(lock)
-        if holder and holder != job_id:
-            raise ActiveJobExists(f"An import of {period} is already running.", existingJobId=holder) from err
-        if condition is not None:
-            reports.explain_refused_job(tenant, report_id)
-        raise ServiceUnavailable("The job store is unavailable; no job was created. Try again shortly.") from err
-    except PynamoDBException as err:
-        raise ServiceUnavailable("The job store is unavailable; no job was created. Try again shortly.") from err
+        job = create_job(owner, report, period or "", job_type=job_type.value, tenant=principal.tenant,
+                         fields=fields, start=False)  # its file's arrival starts it (the bucket's notification)
+    except ActiveJobExists as err:
+        raise ActiveJobExists(f"An import of {period} is already running.", **err.extensions) from err
+    url = uploads.presign(job.job_id)
     return Created(job, url, expires)
+
+
+def import_lock(owner_id: str, period: str) -> str:
+    """One active import per user and period: every import job's lock, whatever its type (an import_and_report
+    job too), so DELETE /expenses finds it."""
+    return lock_key(owner_id, IMPORT_REPORT_ID, period, JobType.LINES_IMPORT.value)
 
 
 def reader_of(owner_id: str, period: str) -> str | None:

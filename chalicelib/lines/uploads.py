@@ -5,9 +5,8 @@ local/deploy.py sets it on moto)."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
 
-from chalicelib import clock, deps
+from chalicelib import deps
 from chalicelib.settings import get_settings
 
 UPLOAD_SECONDS = 15 * 60  # the presigned PUT's life (the API contract)
@@ -29,16 +28,14 @@ def job_of(key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def presign(job_id: str) -> tuple[str, datetime]:
-    """The URL to PUT the job's file to (with `Content-Type: text/csv`), and when it stops working.
+def presign(job_id: str) -> str:
+    """The URL to PUT the job's file to (with `Content-Type: text/csv`), valid UPLOAD_SECONDS.
 
     The key is the server's, named by the job: the URL allows a PUT of that one object and nothing else.
     """
-    expires = clock.now() + timedelta(seconds=UPLOAD_SECONDS)
-    url = deps.client("s3").generate_presigned_url(
+    return deps.client("s3").generate_presigned_url(
         "put_object", ExpiresIn=UPLOAD_SECONDS,
         Params={"Bucket": get_settings().results_bucket, "Key": object_key(job_id), "ContentType": CONTENT_TYPE})
-    return url, expires
 
 
 def head(key: str) -> dict | None:

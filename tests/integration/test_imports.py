@@ -105,6 +105,10 @@ def test_a_20000_line_import_is_one_job_with_progress_in_rows(imports: Imports, 
     assert done["import"] | {"errors": None} == {
         "mode": "merge", "stage": "done", "rows": 20_000, "storedLines": 20_000, "newLines": 20_000,
         "errors": None, "errorCount": 0, "uploadExpiresAt": job["uploadExpiresAt"]}
+    assert done["typeLabel"] == "Import expense lines"
+    assert [(s["name"], s["status"], s["attempts"]) for s in done["steps"]] == [
+        ("upload", "Completed", 1), ("validate", "Completed", 1), ("stage", "Completed", 1),
+        ("commit", "Completed", 1)]
     stored = imports.stored("2026-02")
     assert len(stored) == 20_000 and len({line["lineId"] for line in stored}) == 20_000
     assert {line["description"] for line in stored} == {f"row {i}" for i in range(20_000)}
@@ -119,6 +123,8 @@ def test_an_import_failing_at_row_150000_leaves_the_previous_lines_untouched(imp
     failed = imports.run(write(tmp_path / "bad.csv", rows(149_999, "2026-03", bad_at=150_000)), period="2026-03",
                          mode="replace")
     assert failed["status"] == "Failed"
+    assert [(s["name"], s["status"]) for s in failed["steps"]] == [
+        ("upload", "Completed"), ("validate", "Failed"), ("stage", "Pending"), ("commit", "Pending")]
     assert failed["errorMessage"].startswith("The file has 1 invalid row; nothing was stored. Row 150000 of the "
                                              "CSV (the header is row 1): amount must be")
     assert failed["import"]["errors"] == [{"row": 150_000, "field": "amount",
@@ -238,6 +244,8 @@ def test_import_and_report_imports_then_generates(imports: Imports, tmp_path: Pa
     done = imports.run(write(tmp_path / "r.csv", rows(120, "2027-01")), period="2027-01", report=report_id)
     assert done["type"] == "import_and_report" and done["status"] == "Completed", done
     assert done["reportId"] == report_id and done["import"]["storedLines"] == 120
+    assert [(s["name"], s["status"]) for s in done["steps"]] == [
+        (name, "Completed") for name in ("upload", "validate", "stage", "commit", "collect", "categorize", "assemble")]
     result = imports.result(done["jobId"])
     assert len(result["lines"]) == 120 and sum(t["lines"] for t in result["totals"]) == 120
 

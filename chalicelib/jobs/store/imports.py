@@ -10,8 +10,8 @@ from pynamodb.expressions.condition import Condition
 
 from chalicelib import clock
 from chalicelib.jobs.states import JobStatus
-from chalicelib.jobs.store.lease import Lease
-from chalicelib.jobs.store.moves import transition
+from chalicelib.jobs.store.lease import Change, Lease
+from chalicelib.jobs.store.moves import _move
 from chalicelib.tables import Job
 
 
@@ -51,9 +51,9 @@ def begin_report(job: Job, lease: Lease, state: dict[str, Any], version: str, to
 
 
 def complete(job: Job, lease: Lease, state: dict[str, Any], message: str, stored: int) -> Job:
-    """Processing -> Completed by the invocation that committed the import (lease_is_ours)."""
-    return transition(job, JobStatus.COMPLETED, "completed", {"storedLines": stored, "newLines": state.get("new")},
-                      actions=[Job.completed_at.set(clock.iso(clock.now())), Job.lines_import.set(state),
-                               Job.status_message.set(message), Job.processed_lines.set(stored),
-                               Job.total_lines.set(stored), Job.estimated_completion_at.remove()],
-                      condition=Job.lease_owner == lease.owner)
+    """Processing -> Completed by the invocation that committed the import (lease_is_ours); the move settles the
+    steps."""
+    return _move(job, JobStatus.COMPLETED, "completed", {"storedLines": stored, "newLines": state.get("new")},
+                 Change(set={"completed_at": clock.iso(clock.now()), "lines_import": state, "status_message": message,
+                             "processed_lines": stored, "total_lines": stored},
+                        remove=("estimated_completion_at",), lease=lease))
