@@ -284,3 +284,38 @@ def test_the_sweep_deletes_replaced_versions_but_never_the_current_one(imports: 
     assert versions.count(versions.partition(owner, "2027-03", first)) == 0
     assert versions.count(versions.partition(owner, "2027-03", second)) == 20
     assert len(imports.stored("2027-03")) == 20
+
+
+def test_a_small_import_landing_while_a_merge_commits_is_kept(imports: Imports, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    line = {"date": "2027-05-02", "vendor": "LATE", "amount": "9.00", "currency": "USD"}
+    assert imports.call("post", "/expenses", {"lines": [{**line, "lineId": "early"}]})[0] == 201
+    real_move, landed = versions.move, []
+
+    def small_import_first(*args: Any, **kwargs: Any) -> None:
+        if not landed:  # between the merge's copy and its commit: base_unchanged refuses, the merge copies again
+            landed.append(imports.call("post", "/expenses", {"lines": [{**line, "lineId": "late"}]})[0])
+        real_move(*args, **kwargs)
+
+    monkeypatch.setattr(versions, "move", small_import_first)
+    done = imports.run(write(tmp_path / "m.csv", rows(10, "2027-05", ids=True)), period="2027-05")
+    assert landed == [201] and done["status"] == "Completed", done
+    assert {line["lineId"] for line in imports.stored("2027-05")} == {"early", "late", *(f"tx-{i}" for i in range(10))}
+
+
+def test_a_merge_whose_month_was_deleted_meanwhile_fails_and_stores_nothing(imports: Imports, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    assert imports.call("post", "/expenses", {"lines": [
+        {"date": "2027-06-02", "vendor": "GONE", "amount": "9.00", "currency": "USD"}]})[0] == 201
+    real_move, deleted = versions.move, []
+
+    def delete_first(owner: str, period: str, *args: Any, **kwargs: Any) -> None:
+        if not deleted:
+            deleted.append(period)  # first: delete_period moves the pointer through this same function
+            versions.delete_period(owner, period)  # (the API would refuse it while the import runs: a race)
+        real_move(owner, period, *args, **kwargs)
+
+    monkeypatch.setattr(versions, "move", delete_first)
+    failed = imports.run(write(tmp_path / "d.csv", rows(10, "2027-06", ids=True)), period="2027-06")
+    assert failed["status"] == "Failed" and "were replaced or deleted while this import ran" in failed["errorMessage"]
+    assert imports.stored("2027-06") == []  # the delete stands; nothing of the import was stored
