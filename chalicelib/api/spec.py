@@ -156,9 +156,9 @@ _ORDER = [
     "JobStatus", "ApiDeliveryTarget", "EmailDeliveryTarget", "WebhookEvent", "WebhookDeliveryTarget",
     "DeliveryTarget", "Schedule", "ReportConfigInput", "ReportConfig", "DisabledTarget", "WebhookSecret",
     "WebhookSecretRotation", "ExpenseLineInput", "ExpenseImport", "ExpenseLine", "ImportResult", "ExpenseLinePage",
-    "GenerateRequest", "Job", "WebhookJob", "WarmCounts", "WebhookPayload", "Delivery", "DeliveryStatus", "JobList",
-    "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health", "Readiness", "ReadinessChecks",
-    "ReportConfigPatch", "ReportList",
+    "GenerateRequest", "Job", "WebhookJob", "WarmCounts", "Usage", "WebhookPayload", "Delivery", "DeliveryStatus",
+    "JobList", "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health", "Readiness",
+    "ReadinessChecks", "ReportConfigPatch", "ReportList",
 ]
 
 

@@ -13,6 +13,7 @@ from pynamodb.transactions import TransactWrite
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from chalicelib import clock, messages, observability
+from chalicelib.categorize.prices import DEFAULT_LANE, SCHEDULED_LANE
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
 from chalicelib.jobs.states import JobStatus, lock_holder, lock_key
 from chalicelib.jobs.store import moves
@@ -40,14 +41,20 @@ def _live_stamps(window: Control | None, now: float) -> dict[str, float]:
     return {k: float(v) for k, v in stamps.items() if float(v) > now - WINDOW_SECONDS}
 
 
-def _new_job(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Job:
+def lane_of(report: ReportConfig, trigger: str, asked: str | None = None) -> str:
+    """The job's cost lane: the one asked for, else the report's, else its trigger's default (scheduled: batch)."""
+    return asked or report.lane or (SCHEDULED_LANE if trigger == "schedule" else DEFAULT_LANE)
+
+
+def _new_job(owner_id: str, report: ReportConfig, period: str, trigger: str, lane: str | None = None) -> Job:
     stamp = clock.iso(clock.now())
     return Job(
         # The report's tenant is the caller's: a report is only found within the caller's tenant
         # (reports.service._get), and a scheduled job is its owner's. The worker scopes the vendor cache by it.
         str(uuid.uuid4()), owner_id=owner_id, tenant=report.tenant, report_id=report.report_id, period=period,
         status=JobStatus.QUEUED.value, active_status=JobStatus.QUEUED.value, trigger=trigger,
-        categories=list(report.categories), created_at=stamp, updated_at=stamp, heartbeat_at=stamp,
+        categories=list(report.categories), lane=lane_of(report, trigger, lane), created_at=stamp, updated_at=stamp,
+        heartbeat_at=stamp,
         status_message="Waiting for a worker", lock_key=lock_key(owner_id, report.report_id, period),
         expires_at=clock.expiry(get_settings().retention_days),
     )
@@ -107,10 +114,10 @@ def _slow_write(job: Job, limit: int) -> None:
     _commit(job, put)
 
 
-def _write(owner_id: str, report: ReportConfig, period: str, trigger: str) -> Job:
+def _write(owner_id: str, report: ReportConfig, period: str, trigger: str, lane: str | None = None) -> Job:
     """One transaction in the common case; a read of the rate window only when it may be full."""
     limit = get_settings().jobs_per_hour
-    job = _new_job(owner_id, report, period, trigger)
+    job = _new_job(owner_id, report, period, trigger, lane)
     try:
         _commit(job, _fast_window(job, limit))
     except _WindowRaced:
@@ -123,9 +130,10 @@ def _undo(job: Job) -> None:
     moves.undo_create(job)
 
 
-def create_job(owner_id: str, report: ReportConfig, period: str, trigger: str = "api") -> Job:
+def create_job(owner_id: str, report: ReportConfig, period: str, trigger: str = "api",
+               lane: str | None = None) -> Job:
     try:
-        job = _write(owner_id, report, period, trigger)
+        job = _write(owner_id, report, period, trigger, lane)
     except (ActiveJobExists, RateLimited):
         raise
     except (PynamoDBException, _WindowRaced) as err:
