@@ -81,7 +81,7 @@ def submit(run: Any) -> bool:
                                          [Item(f"v{i}", vendor, description)
                                           for i, (_, vendor, description) in enumerate(items)], categories, key)
              for custom_id, items in plan.items()]
-    plan_key = f"batches/{job.job_id}/{int(time.time() * 1000)}/plan.json"
+    plan_key = f"results/batches/{job.job_id}/{int(time.time() * 1000)}/plan.json"
     _put(plan_key, plan)
     batch_id = provider_batch.submit(api, lines, {"jobId": job.job_id})
     message = f"{WAITING} ({len(lines)} requests for {len(misses)} vendors)"
