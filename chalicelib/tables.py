@@ -223,6 +223,18 @@ class Delivery(MapAttribute):
     report_created_at = UnicodeAttribute(null=True, attr_name="reportCreatedAt")
 
 
+class JobStep(MapAttribute):
+    """One of a job's ordered steps (chalicelib/jobs/stepplan.py): written only by the job store (store/steps.py)."""
+
+    name = UnicodeAttribute()  # a jobs.types.Step
+    status = UnicodeAttribute(default="Pending")  # a jobs.states.StepStatus
+    started_at = UnicodeAttribute(null=True, attr_name="startedAt")
+    completed_at = UnicodeAttribute(null=True, attr_name="completedAt")
+    attempts = NumberAttribute(default=0)
+    progress = NumberAttribute(null=True, attr_name="progressPercent")  # only a step that counts its work
+    error = UnicodeAttribute(null=True, attr_name="errorMessage")  # user-safe
+
+
 class OwnerIndex(GlobalSecondaryIndex):
     class Meta:
         index_name = "byOwner"
@@ -318,6 +330,10 @@ class Job(_Model):
     batch_state = UnicodeAttribute(null=True, attr_name="batchState")
     batch_plan_key = UnicodeAttribute(null=True, attr_name="batchPlanKey")
     batch_answers_key = UnicodeAttribute(null=True, attr_name="batchAnswersKey")
+    # The job's ordered steps and a version every steps write checks and bumps (store/steps.steps_unchanged);
+    # absent on a job from before steps.
+    steps = ListAttribute(of=JobStep, null=True)
+    steps_version = NumberAttribute(default=0, attr_name="stepsVersion")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()

@@ -21,7 +21,7 @@ import copy
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -33,7 +33,9 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import clock
 from chalicelib.categorize.usage import Usage
 from chalicelib.jobs.states import TERMINAL, WORKED, ChunkStatus, JobStatus, status_values
-from chalicelib.tables import Job, JobChunk, connection
+from chalicelib.jobs.stepplan import Moved
+from chalicelib.jobs.store import steps as step_writes
+from chalicelib.tables import Job, JobChunk, JobStep, connection
 
 S, C = JobStatus, ChunkStatus
 
@@ -69,8 +71,10 @@ def _add_usage(job: Job, usage: Usage | None) -> None:
 class Change:
     """What a status move writes besides the status (attribute names as on the model) and the conditions it
     needs, each one of the named conditions: `lease` lease_is_ours, `unleased_at` no_live_lease, `processed`
-    counts_as_read, `seen` as_seen (heartbeat, reap count), `cursor` cursor_unchanged; `report_check` is a
-    condition on the job's report in the same transaction (DynamoDB: (model, hash key, range key, condition))."""
+    counts_as_read, `seen` as_seen (heartbeat, reap count), `cursor` cursor_unchanged, `steps_version`
+    steps_unchanged (store/steps.py: the move settles the steps it read); `report_check` is a condition on the
+    job's report in the same transaction (DynamoDB: (model, hash key, range key, condition)); `events` are more
+    audit events (kind, detail) of the same transaction (the steps' transitions)."""
 
     set: dict[str, Any] = field(default_factory=dict)
     add: dict[str, int] = field(default_factory=dict)
@@ -81,6 +85,8 @@ class Change:
     seen: tuple[str | None, int] | None = None
     cursor: str | None = None
     report_check: tuple[Any, Any, Any, Condition] | None = None
+    steps_version: int | None = None
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 # --- the named conditions (DynamoDB form) ------------------------------------------------------------------------
@@ -203,6 +209,10 @@ class JobStore(Protocol):
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool: ...
     def batch_progress(self, job: Job, message: str) -> bool: ...
     def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool: ...
+    # The steps (store/steps.py): the whole list under steps_unchanged (and job_is_live when `live`), with an event
+    # per transition; one step's progress under progress_forward.
+    def write_steps(self, job: Job, seen: int, steps: list[JobStep], moved: Sequence[Moved], live: bool) -> bool: ...
+    def write_progress(self, job: Job, i: int, percent: int) -> bool: ...
 
 
 # --- DynamoDB ----------------------------------------------------------------------------------------------------
@@ -231,13 +241,20 @@ class DynamoJobStore:
                   moves.no_live_lease(change.unleased_at) if change.unleased_at is not None else None,
                   moves.counts_as_read(change.processed) if change.processed is not None else None,
                   moves.as_seen_values(*change.seen) if change.seen is not None else None,
-                  cursor_unchanged(change.cursor) if change.cursor is not None else None]
+                  cursor_unchanged(change.cursor) if change.cursor is not None else None,
+                  step_writes.steps_unchanged(change.steps_version) if change.steps_version is not None else None]
         condition: Condition | None = None
         for guard in guards:
             if guard is not None:
                 condition = guard if condition is None else condition & guard
         return moves.transition(job, to, event, detail, actions=actions, condition=condition,
-                                checks=[change.report_check] if change.report_check else [])
+                                checks=[change.report_check] if change.report_check else [], events=change.events)
+
+    def write_steps(self, job: Job, seen: int, steps: list[JobStep], moved: Sequence[Moved], live: bool) -> bool:
+        return step_writes.write(job, seen, steps, moved, live)
+
+    def write_progress(self, job: Job, i: int, percent: int) -> bool:
+        return step_writes.write_progress(job, i, percent)
 
     @staticmethod
     def _update(item: Any, actions: list, condition: Condition) -> bool:
@@ -461,7 +478,7 @@ class DynamoJobStore:
 # --- in memory -----------------------------------------------------------------------------------------------------
 
 
-class MemoryJobStore:
+class MemoryJobStore(step_writes.MemorySteps):
     """The same operations and rules on plain records in memory (the unit tier, and the store's contract tests).
 
     Each rule is checked as written in the named conditions above; one lock makes each operation atomic, as one
@@ -506,7 +523,9 @@ class MemoryJobStore:
                        or (change.unleased_at is not None and held)
                        or (change.processed is not None and int(stored.processed_lines) != change.processed)
                        or (change.seen is not None and (stored.heartbeat_at, int(stored.reap_count)) != change.seen)
-                       or (change.cursor is not None and stored.cursor != change.cursor))
+                       or (change.cursor is not None and stored.cursor != change.cursor)
+                       or (change.steps_version is not None
+                           and step_writes.version(stored) != change.steps_version))
             if refused:
                 raise TransitionRaced(f"The job is no longer {current.value}; it changed while this request ran.")
             if current in TERMINAL and to not in TERMINAL:
@@ -529,6 +548,7 @@ class MemoryJobStore:
             else:
                 stored.active_status = to.value
             self.events.append((job.job_id, event, dict(detail or {})))
+            self.events += [(job.job_id, kind, dict(more)) for kind, more in change.events]
             self._copy_into(job, stored)
             return job
 
