@@ -598,11 +598,12 @@ class WebhookJob(Model):
         "(after a rate limit or a transient error) while this job ran. Not how many times the job was retried "
         "(POST /retry): that shows in the events (`retried`). 0 offline."))
     trigger: Literal["api", "schedule"]
-    lane: LaneValue = Field(description="The cost lane: `standard`, `flex` or `batch` (README: Lanes and prices). A "
-                                        "`batch` job waits on the provider's batch (`statusMessage` says so) before "
-                                        "its lines are categorized; lines the batch leaves unanswered are asked on "
-                                        "the standard lane.")
-    usage: Usage
+    lane: LaneValue = Field("standard", description=(
+        "The cost lane: `standard`, `flex` or `batch` (README: Lanes and prices). A `batch` job waits on the "
+        "provider's batch (`statusMessage` says so) before its lines are categorized; lines the batch leaves "
+        "unanswered are asked on the standard lane."))
+    usage: Usage | Absent = Field(None, description="What the job's model requests used so far (every job this "
+                                                   "API answers has it).")
     created_at: Timestamp
     started_at: _MaybeTime
     updated_at: Timestamp

@@ -129,7 +129,8 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
     settings = settings or get_settings()
     counts = {"waiting": 0, "collected": 0, "cancelled": 0}
     try:
-        pending = dict(Control.get(PENDING, consistent_read=True).stamps or {})
+        item = Control.get(PENDING, consistent_read=True)
+        pending = item.stamps.as_dict() if item.stamps is not None else {}
     except Control.DoesNotExist:
         return counts
     api = _api(settings) if pending else None
