@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -144,8 +145,10 @@ class TransitionRaced(InvalidTransition):
     """The job's status changed between our read and our conditional write."""
 
 
-def event_item(job_id: str, kind: str, detail: dict[str, Any] | None = None) -> JobEvent:
-    moment = clock.now()
+def event_item(job_id: str, kind: str, detail: dict[str, Any] | None = None, nth: int = 0) -> JobEvent:
+    """An audit event, keyed by its moment; `nth` > 0: the nth event after the first of one write, a microsecond
+    apart each, so the events of one transaction read back in the order they were made."""
+    moment = clock.now() + timedelta(microseconds=nth)
     return JobEvent(
         job_id,
         f"{moment.strftime('%Y-%m-%dT%H:%M:%S.%f')}#{uuid.uuid4().hex[:8]}",

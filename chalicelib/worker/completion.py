@@ -19,9 +19,10 @@ from pynamodb.exceptions import PynamoDBException
 
 from chalicelib import faults, observability, results
 from chalicelib.categorize.types import Answer
-from chalicelib.jobs import runner, store
+from chalicelib.jobs import runner, steps, store
 from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced
 from chalicelib.jobs.store import moves
+from chalicelib.jobs.types import Step
 from chalicelib.tables import LineResult
 from chalicelib.worker import rows, seams
 from chalicelib.worker.cancel import CancelWatch, stop
@@ -67,6 +68,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
     written again or never pointed to. True otherwise.
     """
     job = run.job
+    steps.advance(job, Step.CATEGORIZE, Step.ASSEMBLE)  # the Completed move below completes assemble
     version = int(job.result_version) + 1
     batch: moves.LastBatch | None = None
     if last is None:

@@ -14,9 +14,10 @@ from chalicelib.categorize import pipeline
 from chalicelib.categorize.errors import JobFatal, LongWait, QuotaBusy
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.types import Answer
-from chalicelib.jobs import runner
+from chalicelib.jobs import runner, steps
 from chalicelib.jobs.runner import Progress
 from chalicelib.jobs.states import JobStatus, event_item
+from chalicelib.jobs.types import Step
 from chalicelib.messages import MAX_DELAY_SECONDS
 from chalicelib.tables import Job
 from chalicelib.worker import completion, rows
@@ -91,10 +92,20 @@ def work(run: Invocation, scope: Scope) -> None:
         run.done += done.lines
         remaining = int(job.total_lines) - int(job.processed_lines) - done.lines
         eta = runner.eta(remaining, job.started_at, int(job.processed_lines) + done.lines)
-        if scope.checkpoint(lines[-1].line_id, done, eta):
+        counted = scope.checkpoint(lines[-1].line_id, done, eta)
+        if counted:
             _announce_progress(job)
         faults.point("after_checkpoint")
         job.refresh(consistent_read=True)
+        if counted:
+            _step_progress(job)
+
+
+def _step_progress(job: Job) -> None:
+    """categorize's progress, from the job's counts as the checkpoint left them (all chunks together)."""
+    total = int(job.total_lines)
+    if total:
+        steps.progress(job, Step.CATEGORIZE, min(99, int(job.processed_lines) * 100 // total))
 
 
 def _announce_progress(job: Job) -> None:

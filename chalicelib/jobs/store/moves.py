@@ -171,8 +171,8 @@ def _write(job: Job, current: JobStatus, to: JobStatus, updates: list[Action], e
         guard = status_unchanged(current) if condition is None else status_unchanged(current) & condition
         tx.update(job, actions=updates, condition=guard)
         tx.save(event_item(job.job_id, event, detail))
-        for kind, more in events:
-            tx.save(event_item(job.job_id, kind, more))
+        for n, (kind, more) in enumerate(events, 1):
+            tx.save(event_item(job.job_id, kind, more, nth=n))  # after the move's own event
         counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
         if to in TERMINAL:
             # lock_is_ours: never release a lock another job now holds.

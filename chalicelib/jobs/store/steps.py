@@ -101,8 +101,8 @@ def write(job: Job, seen: int, steps: list[JobStep], moved: Sequence[Moved], liv
         with TransactWrite(connection=connection()) as tx:
             tx.update(job, condition=condition, actions=[
                 Job.steps.set(steps), Job.steps_version.set(seen + 1), Job.updated_at.set(stamp)])
-            for kind, detail in events(moved):
-                tx.save(event_item(job.job_id, kind, detail))
+            for n, (kind, detail) in enumerate(events(moved)):
+                tx.save(event_item(job.job_id, kind, detail, nth=n))
     except TransactWriteError as err:
         if _failed_condition(err):
             return False
