@@ -458,4 +458,8 @@ class Control(_Model):
     n_completed = NumberAttribute(null=True, attr_name="nCompleted")
     n_failed = NumberAttribute(null=True, attr_name="nFailed")
     n_cancelled = NumberAttribute(null=True, attr_name="nCancelled")
+    # Fair shares' demand registry (chalicelib/fair/demand.py), one item: "tenant|message" -> when it is visible,
+    # "tenant|invocation" -> when that invocation's entry lapses.
+    fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")
+    fair_running: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRunning")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

@@ -39,9 +39,9 @@ class _WindowRaced(Exception):
     """Another create for this user changed the rate window between our read and write."""
 
 
-def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start") -> None:
-    """The job's work message (chalicelib.messages.StartJob), visible after `delay_seconds`."""
-    messages.send(StartJob(job_id, reason), delay_seconds)
+def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start", tenant: str = "") -> None:
+    """The job's work message (chalicelib.messages.StartJob) for its `tenant`, visible after `delay_seconds`."""
+    messages.send(StartJob(job_id, reason, tenant), delay_seconds)
 
 
 def _live_stamps(window: Control | None, now: float) -> dict[str, float]:
@@ -172,7 +172,7 @@ def create_job(owner_id: str, report: ReportConfig | None, period: str, trigger:
         observability.job_created()
         return job
     try:
-        enqueue(job.job_id)
+        enqueue(job.job_id, tenant=job.tenant or job.owner_id)
     except Exception as err:  # any send failure: the job must not stay behind without a message
         log.warning("work queue unavailable during create", extra={"jobId": job.job_id, "error": type(err).__name__})
         try:

@@ -74,8 +74,10 @@ class _Client:
         return getattr(self._client, name)
 
 
-def backend(settings: Settings, loop: RetryLoop, lane: str | None = None) -> pipeline.ModelBackend | None:
-    """The model backend, or None without an API key (the offline rules answer).
+def backend(settings: Settings, loop: RetryLoop, tenant: str = "", lane: str | None = None
+            ) -> pipeline.ModelBackend | None:
+    """The model backend, or None without an API key (the offline rules answer). With fair shares, `tenant`'s
+    requests pass the shared limiter through its gate (fair/budget.py).
 
     `lane` is the job's: flex asks for the flex tier; standard and batch ask the standard tier (a batch job's
     lines that its batch left unanswered go back to the standard lane: worker/batchlane.py).
@@ -83,12 +85,17 @@ def backend(settings: Settings, loop: RetryLoop, lane: str | None = None) -> pip
     key = credentials.openai_api_key(settings)  # SSM in deployed stages (cached), OPENAI_API_KEY locally
     if not key:
         return None
-    limiter = None
+    limiter: Any = None  # a SharedLimiter, or a tenant's gate around it
     if settings.openai_rpm or settings.openai_tpm:
         from chalicelib.categorize.limiter import SharedLimiter, key_for
 
         limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm, wait_max=settings.limiter_wait_max_seconds,
                                 key=key_for(settings.openai_base_url, key))
+        if settings.fair_shares and tenant:
+            from chalicelib.fair.budget import TenantGate
+            from chalicelib.worker.fairness import rules
+
+            limiter = TenantGate(limiter, tenant, rules(settings))
     api = _Client(key, settings.openai_base_url, settings.openai_timeout_seconds)
     return pipeline.ModelBackend(api, settings.openai_model, loop, settings.model_batch_size,
                                  settings.model_concurrency, limiter, lane="flex" if lane == "flex" else "standard")
@@ -110,7 +117,8 @@ def start(context: Any, settings: Settings | None, claim: Any) -> Invocation | N
     if job is None:
         return None
     loop = retry_loop(settings, remaining, float(job.rate_limited_seconds))
-    run = Invocation(job, lease, settings, loop.deadline, loop, backend(settings, loop, job.lane), time.time())
+    run = Invocation(job, lease, settings, loop.deadline, loop,
+                     backend(settings, loop, job.tenant or job.owner_id, job.lane), time.time())
     if job.batch_state == "collected":
         from chalicelib.worker import batchlane
 

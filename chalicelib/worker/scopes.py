@@ -69,7 +69,8 @@ class JobScope(_Scope):
         return runner.hand_back(self.run.job, self.run.lease, retries, resume_in=delay, usage=usage)
 
     def send(self, delay: int, reason: str) -> None:
-        enqueue(self.run.job.job_id, delay_seconds=delay, reason=reason)
+        job = self.run.job
+        enqueue(job.job_id, delay_seconds=delay, reason=reason, tenant=job.tenant or job.owner_id)
 
     def complete(self) -> None:
         completion.complete(self.run)
@@ -106,7 +107,8 @@ class ChunkScope(_Scope):
         return chunks.hand_back(self.chunk, self.run.lease, delay)
 
     def send(self, delay: int, reason: str) -> None:
-        chunks.send(self.run.job.job_id, [int(self.chunk.chunk)], reason, delay)
+        job = self.run.job
+        chunks.send(job.job_id, [int(self.chunk.chunk)], reason, delay, tenant=job.tenant or job.owner_id)
 
     def complete(self) -> None:
         chunks.finish(self.run.job, self.chunk, self.run.lease)
