@@ -94,7 +94,7 @@ def list_lines(principal: Principal, period: str, size: int, token: str | None) 
     return {"items": items, "nextToken": paging.encode({"lineId": items[-1]["lineId"]}) if more else None}
 
 
-def iter_lines(part: str, after: str = "", page: int = 100) -> Iterator[ExpenseLine]:
+def iter_lines(part: str, *, after: str = "", page: int = 100) -> Iterator[ExpenseLine]:
     """Lines of a partition (lines/versions.job_partition) in lineId order, strictly after the checkpoint `after`,
     read page by page."""
     condition = ExpenseLine.line_id > after if after else None
