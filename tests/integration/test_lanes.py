@@ -138,7 +138,7 @@ def test_batch_partial_results_and_expiry_go_back_to_the_standard_lane(api, sim,
 
 
 @pytest.mark.sim(batch_delay=3600.0)
-def test_cancel_while_waiting_on_the_batch_is_final_and_forwarded_to_the_batch(api, sim, model_settings):
+def test_cancel_while_waiting_is_final_forwarded_to_the_batch_and_a_retry_loses_no_line(api, sim, model_settings):
     lines = expense_lines(30, vendors(15))
     job_id = generate(api, lines, {"lane": "batch"})
     waiting = _wait_on_batch(job_id, model_settings)
@@ -146,13 +146,38 @@ def test_cancel_while_waiting_on_the_batch_is_final_and_forwarded_to_the_batch(a
     assert "in_progress" in Job.get(job_id).status_message
     status, cancelled = api.call("delete", f"/jobs/{job_id}")
     assert status == 200 and cancelled["status"] == "Cancelled"  # no worker holds it: final at once
-    assert batchlane.poll(model_settings)["cancelled"] == 1
-    assert sim.batches.cancels == [waiting.batch_id]
-    assert sim.batches.batches[waiting.batch_id]["status"] == "cancelling"
+    assert batchlane.poll(model_settings)["cancelling"] == 1
+    assert sim.batches.cancels == [waiting.batch_id]  # the cancel, forwarded to the provider's batch
+    assert batchlane.poll(model_settings)["cancelled"] == 1  # the batch stopped: the job waits on it no more
+    assert sim.batches.cancels == [waiting.batch_id] and sim.batches.batches[waiting.batch_id]["status"] == \
+        "cancelled"
     job = api.job(job_id)
-    assert job["processedLines"] == 0 and job["usage"]["modelRequests"] == 0
-    assert Job.get(job_id).batch_state == "cancelled"
-    assert batchlane.poll(model_settings) == {"waiting": 0, "collected": 0, "cancelled": 0}
+    assert job["status"] == "Cancelled" and job["processedLines"] == 0 and job["usage"]["modelRequests"] == 0
+    assert batchlane.poll(model_settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    # Retried: a new batch, collected, and every line once.
+    sim.configure(batch_delay=0.0)
+    assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202
+    resubmitted = _wait_on_batch(job_id, model_settings)
+    assert resubmitted.batch_id != waiting.batch_id
+    assert batchlane.poll(model_settings)["collected"] == 1
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+    assert api.job(job_id)["usage"]["modelRequests"] == 2  # 15 vendors, 10 a request, in the second batch
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_fanned_out_batch_job_works_its_chunks_from_the_collected_answers(api, sim, model_settings):
+    fanout = dataclasses.replace(model_settings, fanout_threshold_lines=100, chunk_lines=60, line_batch_size=25)
+    lines = expense_lines(300, vendors(40))
+    job_id = generate(api, lines, {"lane": "batch"})
+    _wait_on_batch(job_id, fanout)
+    assert batchlane.poll(fanout)["collected"] == 1
+    drain({job_id}, fanout)
+    assert_every_line_once(api, job_id, lines)
+    job = api.job(job_id)
+    assert int(Job.get(job_id).chunk_count) == 5
+    assert sim.stats(include_log=False)["requests"] == 0  # every chunk answered from the batch
+    assert job["usage"]["modelRequests"] == 4 and job["processedLines"] == 300
 
 
 def test_an_unknown_lane_is_400_and_creates_nothing(api):
