@@ -192,3 +192,23 @@ def test_an_unknown_lane_is_400_and_creates_nothing(api):
     status, body = api.call("post", f"/reports/{report_id}/generate", {"period": "2026-01", "lane": "cheap"})
     assert status == 400 and body["field"] == "lane"
     assert api.call("get", "/jobs")[1]["totalCount"] == 0
+
+
+def test_usage_of_requests_answered_before_a_long_rate_limit_wait_is_counted_with_the_hand_back(
+        api, sim, model_settings):
+    from chalicelib import worker
+    from tests.support import Ctx, deliver
+
+    settings = dataclasses.replace(model_settings, model_concurrency=3)
+    sim.configure(rate_limit_burst=1, burst_retry_after=30)  # one of the three requests: 429, retry in 30 s
+    lines = expense_lines(30, vendors(30))
+    job_id = generate(api, lines)
+    deliver(receive({job_id}), Ctx(), settings)
+    waiting = api.job(job_id)
+    assert waiting["status"] == "Processing" and waiting["processedLines"] == 0
+    assert waiting["usage"]["modelRequests"] == 2  # the two answered: written with the hand-back, not lost
+    worker.run_job(job_id, "rate_limited", Ctx(), settings)  # what SQS hands over 30 s later
+    assert_every_line_once(api, job_id, lines)
+    stats = sim.stats(include_log=False)
+    assert api.job(job_id)["usage"]["modelRequests"] == stats["ok"] == 3
+    assert api.job(job_id)["usage"]["inputTokens"] == stats["tokens"]["prompt"]
