@@ -103,6 +103,10 @@ def test_batch_lane_end_to_end(api, sim, model_settings):
     lines = expense_lines(90, vendors(25))
     job_id = generate(api, lines, {"lane": "batch"})
     waiting = _wait_on_batch(job_id, model_settings)
+    shown = api.job(job_id)
+    assert shown["statusMessage"] == "Waiting on the provider's batch (3 requests for 25 vendors)"
+    assert {s["name"]: s["status"] for s in shown["steps"]} == {"collect": "Completed", "categorize": "Running",
+                                                               "assemble": "Pending"}
     assert batchlane.poll(model_settings)["collected"] == 1
     assert batchlane.poll(model_settings)["collected"] == 0  # collected once
     drain({job_id}, model_settings)
