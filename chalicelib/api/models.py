@@ -136,6 +136,8 @@ StepNameValue = Literal[_Step.UPLOAD, _Step.VALIDATE, _Step.STAGE, _Step.COMMIT,
 # chalicelib.delivery.webhook.EVENTS, and its first three: the final events (a job's deliveries)
 WebhookEventValue = Literal["job.completed", "job.failed", "job.cancelled", "job.progress"]
 FinalEventValue = Literal["job.completed", "job.failed", "job.cancelled"]
+# chalicelib.categorize.prices.LANES
+LaneValue = Literal["standard", "flex", "batch"]
 # The `type` of a job's events (the audit trail): this list is their definition.
 EventType = Literal["created", "started", "rate_limited", "resumed", "cancel_requested", "cancelled", "completed",
                     "failed", "reaped", "retried", "delivery_attempt", "delivery_retry_requested", "step"]
@@ -299,6 +301,11 @@ _Categories = Annotated[_CategoryList | None, _rule(reports.check_categories),
 _Targets = Annotated[list[DeliveryTarget], _rule(reports.check_targets), Field(min_length=1, max_length=10)]
 _Roles = Annotated[_RoleList | None, _rule(reports.check_roles), Field(description=_ROLES)]
 _Schedule = Annotated[Schedule | None, _rule(reports.check_schedule)]
+_LANE = ("The cost lane of the report's jobs: `standard` (interactive requests), `flex` (the provider's flex tier at "
+         "batch prices, slower; falls back to standard when the provider has no flex capacity) or `batch` (the "
+         "provider's Batch API: half price, answers within 24 hours). Default (absent or null): `standard` for jobs "
+         "generated through the API, `batch` for scheduled ones. A `lane` in the generate body wins over this one.")
+_Lane = Annotated[LaneValue | None, _rule(reports.check_lane), Field(description=_LANE)]
 
 
 class ReportConfigInput(Model):
@@ -321,6 +328,7 @@ class ReportConfigInput(Model):
     delivery_targets: _Targets = Field(description=_TARGETS)
     allowed_roles: _Roles = None
     schedule: _Schedule = None
+    lane: _Lane = None
 
     @model_validator(mode="before")
     @classmethod
@@ -337,6 +345,7 @@ class ReportConfigInput(Model):
             "allowedRoles": list(self.allowed_roles or []),
             "categories": list(self.categories or []),
             "schedule": self.schedule.model_dump(mode="json") if self.schedule else None,
+            "lane": self.lane,
         }
 
 
@@ -360,6 +369,7 @@ class ReportConfigPatch(Model):
     allowed_roles: _RoleList | None = Field(None, description=_ROLES)
     categories: _CategoryList | None = Field(None, description=_CATEGORIES)
     schedule: Schedule | None = None
+    lane: LaneValue | None = Field(None, description=_LANE)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -386,6 +396,7 @@ class ReportConfig(Model):
     allowed_roles: list[str]
     categories: list[str] = Field(min_length=1)
     schedule: Schedule | Absent = Field(None, description="Present only when the report has a schedule.")
+    lane: LaneValue | Absent = Field(None, description="Present only when the report names a lane. " + _LANE)
     created_at: Timestamp
     disabled_targets: list[DisabledTarget] | Absent = Field(
         None, json_schema_extra={"readOnly": True},
@@ -523,15 +534,20 @@ class ExpenseLinePage(Model):
 class GenerateRequest(Model):
     # The optional body of `generate`. Known gap, kept as it was: the document allows `"period": null`, but the
     # rule (check_period) refuses it with 400 `field: period`; one of the two has to change, deliberately.
-    model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01"}})
+    model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01", "lane": "flex"}})
     period: Annotated[_MaybePeriod, _rule(validation.check_period)] = Field(
         None, description="The month to report on; absent or `null`: the current UTC month.")
+    lane: Annotated[LaneValue | None, _rule(reports.check_lane)] = Field(
+        None, description="The job's cost lane; absent or `null`: the report's `lane`, else `standard`.")
 
     @model_validator(mode="before")
     @classmethod
     def _members(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not set(data) <= {"period"}:
-            raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
+        if not isinstance(data, dict) or not set(data) <= {"period", "lane"}:
+            field = next((k for k in data if k not in ("period", "lane")), "period") if isinstance(data, dict) \
+                else "period"
+            raise ValidationFailed('The body must be {"period": "YYYY-MM", "lane": "standard|flex|batch"} (both '
+                                   'optional) or empty.', field=field)
         return data
 
 
@@ -574,6 +590,24 @@ class JobStep(Model):
     error_message: NullableText = Field(description="Why it failed (user-safe); null otherwise.")
 
 
+class Usage(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "What the job's model requests used so far, and what that is estimated to cost from the "
+                       "price table of the job's model and lane (README: Lanes and prices). Counted with the "
+                       "job's progress, so it grows while the job runs.",
+        "example": {"modelRequests": 12, "inputTokens": 26112, "cachedTokens": 18432, "outputTokens": 3310,
+                    "estimatedCostUsd": "0.003091", "flexFallbacks": 0}})
+    model_requests: _Count = Field(description="Answered model requests (a batch's answered requests included).")
+    input_tokens: _Count = Field(description="Prompt tokens, cached ones included.")
+    cached_tokens: _Count = Field(description="Prompt tokens the provider served from its prompt cache.")
+    output_tokens: _Count = Field(description="Completion tokens.")
+    estimated_cost_usd: Annotated[str | None, WithJsonSchema({"type": ["string", "null"],
+                                                              "pattern": "^[0-9]+\\.[0-9]{6}$"})] = Field(
+        description="A decimal string in USD, from the price table; null when the job's model is not in it.")
+    flex_fallbacks: _Count = Field(description="Flex-lane requests the provider had no flex capacity for, sent "
+                                               "again on the standard tier (and priced there).")
+
+
 class WebhookJob(Model):
     # The job representation (as `GET /jobs/{jobId}` answers it) without `deliveries`.
     job_id: str = Field(json_schema_extra={"format": "uuid"}, description="Random UUID v4.")
@@ -604,6 +638,12 @@ class WebhookJob(Model):
     trigger: Literal["api", "schedule"] = Field(description=(
         "`api`: a user's request; `schedule`: the report's schedule or the nightly cache warming."))
     steps: list[JobStep] = Field(description="The job's steps in order, each with its status (see JobStep).")
+    lane: LaneValue = Field("standard", description=(
+        "The cost lane: `standard`, `flex` or `batch` (README: Lanes and prices). A `batch` job waits on the "
+        "provider's batch (`statusMessage` says so) before its lines are categorized; lines the batch leaves "
+        "unanswered are asked on the standard lane."))
+    usage: Usage | Absent = Field(None, description="What the job's model requests used so far (every job this "
+                                                   "API answers has it).")
     created_at: Timestamp
     started_at: _MaybeTime
     updated_at: Timestamp

@@ -156,10 +156,9 @@ _ORDER = [
     "JobStatus", "ApiDeliveryTarget", "EmailDeliveryTarget", "WebhookEvent", "WebhookDeliveryTarget",
     "DeliveryTarget", "Schedule", "ReportConfigInput", "ReportConfig", "DisabledTarget", "WebhookSecret",
     "WebhookSecretRotation", "ExpenseLineInput", "ExpenseImport", "ExpenseLine", "ImportResult", "ExpenseLinePage",
-    "GenerateRequest", "Job", "WebhookJob", "JobStep", "WarmCounts", "WebhookPayload", "Delivery", "DeliveryStatus",
-    "JobList",
-    "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health", "Readiness", "ReadinessChecks",
-    "ReportConfigPatch", "ReportList",
+    "GenerateRequest", "Job", "WebhookJob", "JobStep", "WarmCounts", "Usage", "WebhookPayload", "Delivery",
+    "DeliveryStatus", "JobList", "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health",
+    "Readiness", "ReadinessChecks", "ReportConfigPatch", "ReportList",
 ]
 
 
@@ -1178,7 +1177,9 @@ _EXAMPLE_JOB = {
     "type": "expense_report", "typeLabel": "Generate report", "status": "Completed",
     "statusMessage": "Categorized 300 of 300 lines",
     "progressPercent": 100, "totalLines": 300, "processedLines": 300, "failedLines": 2, "cachedLines": 64,
-    "retryCount": 0, "trigger": "schedule", "steps": _EXAMPLE_STEPS,
+    "retryCount": 0, "trigger": "schedule", "steps": _EXAMPLE_STEPS, "lane": "batch",
+    "usage": {"modelRequests": 10, "inputTokens": 21300, "cachedTokens": 16640, "outputTokens": 3460,
+              "estimatedCostUsd": "0.001555", "flexFallbacks": 0},
     "createdAt": "2026-01-31T10:00:00.000Z",
     "startedAt": "2026-01-31T10:00:01.000Z", "updatedAt": "2026-01-31T10:00:35.000Z",
     "completedAt": "2026-01-31T10:00:35.000Z", "estimatedCompletionAt": None, "errorMessage": None,

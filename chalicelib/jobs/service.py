@@ -7,6 +7,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib import clock, paging
+from chalicelib.categorize import usage
+from chalicelib.categorize.prices import DEFAULT_LANE
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.jobs import chunks, counts, runner, tenant_jobs
 from chalicelib.jobs.states import TERMINAL, JobAction, JobStatus, TransitionRaced, allowed_actions
@@ -68,6 +70,7 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         "totalLines": total, "processedLines": processed, "failedLines": int(job.failed_lines),
         "cachedLines": int(job.cached_lines), "retryCount": int(job.retry_count), "trigger": job.trigger,
         "steps": [step.to_dict() for step in step_writes.read(job)],
+        "lane": job.lane or DEFAULT_LANE, "usage": usage.to_dict(job),
         "createdAt": job.created_at, "startedAt": job.started_at, "updatedAt": job.updated_at,
         "completedAt": job.completed_at, "estimatedCompletionAt": job.estimated_completion_at,
         "errorMessage": job.error_message, "statusUrl": status_url,

@@ -20,7 +20,7 @@ from chalicelib.jobs.states import JobStatus, event_item
 from chalicelib.jobs.types import Step
 from chalicelib.messages import MAX_DELAY_SECONDS
 from chalicelib.tables import Job
-from chalicelib.worker import completion, rows
+from chalicelib.worker import completion, fairness, rows
 from chalicelib.worker.cancel import CancelWatch, stop
 from chalicelib.worker.invocation import Invocation, progress
 
@@ -46,7 +46,7 @@ class Scope(Protocol):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         """Count `done` and move the checkpoint to `cursor`, under the lease; False when refused."""
 
-    def hand_back(self, delay: int, retries: int) -> bool:
+    def hand_back(self, delay: int, retries: int, usage: Any = None) -> bool:
         """Give the lease up so that a message `delay` seconds later takes the range up again."""
 
     def send(self, delay: int, reason: str) -> None:
@@ -70,6 +70,11 @@ def work(run: Invocation, scope: Scope) -> None:
         # At least one batch per invocation, so a short budget still makes progress.
         if run.done and time.monotonic() > run.deadline:
             scope.requeue(0, "continuation", progress(run, {}))
+            return None
+        # Fair shares: a tenant holding more workers than its share while another waits gives this one back,
+        # at this checkpoint (worker/fairness.py); its message goes to the back of the queue.
+        if run.done and fairness.must_yield(run.settings, job.tenant or job.owner_id, run.started):
+            scope.requeue(0, "fair_share", progress(run, {}))
             return None
         lines = next_batch(run, scope)
         if not lines:

@@ -58,6 +58,15 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
         moves.fail(job, STOPPED, lease=run.lease)
         return
     _mark_steps(job, reason)
+    if job.lane == "batch" and job.batch_state != "collected":
+        from chalicelib.worker import batchlane
+
+        # Submitted: the poller owns the job until its batch is collected (this message is a duplicate or the
+        # reaper's). Else the batch is sent now, unless the job has nothing to ask (offline, all cached).
+        if job.batch_state == "submitted" or batchlane.submit(run):
+            run.background.wait()
+            runner.release(job, run.lease)
+            return
     if count.lines and len(count.lines) == int(job.total_lines) and not job.cursor and not int(job.processed_lines):
         # Every line the job had when it started: the job is those lines (its total was counted from them).
         run.ahead.hold_whole(count.lines)

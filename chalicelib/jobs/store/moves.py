@@ -21,6 +21,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock, faults, observability
+from chalicelib.categorize.usage import Usage
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.jobs.states import (
     ACTIVE,
@@ -337,6 +338,7 @@ class LastBatch:
     processed: int
     cached: int
     retries: int
+    usage: Usage = Usage()  # the batch's model usage (categorize/usage.py)
 
 
 @dataclass(frozen=True)
@@ -357,7 +359,7 @@ def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBat
     if last is not None:
         values |= {"cursor": last.cursor_after, "processed_lines": last.processed,
                    "heartbeat_at": clock.iso(clock.now())}
-        adds = {"cached_lines": last.cached, "retry_count": last.retries}
+        adds = {"cached_lines": last.cached, "retry_count": last.retries, **last.usage.adds()}
     return _move(job, S.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
                  Change(set=values, add=adds, remove=("estimated_completion_at",), lease=lease,
                         cursor=last.cursor_before if last is not None else None))
