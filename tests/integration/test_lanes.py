@@ -216,3 +216,22 @@ def test_usage_of_requests_answered_before_a_long_rate_limit_wait_is_counted_wit
     stats = sim.stats(include_log=False)
     assert api.job(job_id)["usage"]["modelRequests"] == stats["ok"] == 3
     assert api.job(job_id)["usage"]["inputTokens"] == stats["tokens"]["prompt"]
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_waiting_job_the_poller_lost_is_listed_again_by_the_reapers_message(api, sim, model_settings):
+    from chalicelib import worker
+    from chalicelib.tables import Control
+    from tests.support import Ctx
+
+    lines = expense_lines(20, vendors(8))
+    job_id = generate(api, lines, {"lane": "batch"})
+    _wait_on_batch(job_id, model_settings)
+    # The submitter died between recording the batch on the job and listing it for the poller:
+    Control(batchlane.PENDING).update(actions=[Control.stamps[job_id].remove()])
+    assert batchlane.poll(model_settings)["collected"] == 0
+    worker.run_job(job_id, "reaped", Ctx(), model_settings)  # the reaper re-enqueues the stale job
+    assert Job.get(job_id, consistent_read=True).batch_state == "submitted"  # no second batch
+    assert batchlane.poll(model_settings)["collected"] == 1
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
