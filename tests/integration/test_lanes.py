@@ -235,3 +235,26 @@ def test_a_waiting_job_the_poller_lost_is_listed_again_by_the_reapers_message(ap
     assert batchlane.poll(model_settings)["collected"] == 1
     drain({job_id}, model_settings)
     assert_every_line_once(api, job_id, lines)
+
+
+def test_scheduled_jobs_take_the_batch_lane_unless_their_report_names_one(api):
+    from datetime import UTC, datetime
+
+    from chalicelib import schedules
+
+    reports = {}
+    for lane in (None, "flex"):
+        report_id = f"r-{uuid.uuid4().hex[:12]}"
+        assert api.call("post", "/reports", {"reportId": report_id, "name": "Scheduled", "schedule": {
+            "type": "monthly", "day": 27}, "deliveryTargets": [{"type": "api", "mode": "async"}],
+            **({"lane": lane} if lane else {})})[0] == 201
+        reports[report_id] = lane
+    assert schedules.run_due(datetime(2026, 5, 27, 0, 5, tzinfo=UTC))["created"] >= 2
+    jobs = {j["reportId"]: j for j in api.call("get", "/jobs?pageSize=100")[1]["items"]}
+    assert {r: jobs[r]["lane"] for r in reports} == {r: lane or "batch" for r, lane in reports.items()}
+    assert all(jobs[r]["trigger"] == "schedule" for r in reports)
+    # The same report generated through the API: its own lane, else standard.
+    assert api.call("post", "/expenses", {"lines": expense_lines(2, vendors(2), period="2026-03")})[0] == 201
+    for report_id, lane in reports.items():
+        status, job = api.call("post", f"/reports/{report_id}/generate", {"period": "2026-03"})
+        assert status == 202 and job["lane"] == (lane or "standard")
