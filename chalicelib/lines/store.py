@@ -113,5 +113,10 @@ def whole_period(part: str, n: int) -> list[ExpenseLine] | None:
     return lines if page.last_evaluated_key is None else None
 
 
+def has_lines(owner_id: str, period: str) -> bool:
+    """Whether the month has any line (one read of one key, in its current version)."""
+    return bool(read_lines(versions.current_partition(owner_id, period), "", 1))
+
+
 def count_lines(part: str) -> int:
     return ExpenseLine.count(part, consistent_read=True)

@@ -6,10 +6,12 @@
    lease, refused if a batch is already there) and is listed in the pending-batches item. The invocation ends:
    the job stays Processing with no lease and no message, its status message "Waiting on the provider's batch".
 2. `poll` (the `poll_provider_batches` schedule): for each pending job, a job that became final meanwhile
-   (cancelled) has its batch cancelled at the provider; a finished batch (completed, expired, cancelled, failed)
-   is collected: its answers go to S3 and through to the tenant's cache, its usage to the job at batch prices, in
-   one write conditioned on the batch still being the job's pending one (two pollers collect it once); then the
-   job's work message is sent. A batch still running moves the job's heartbeat and message (the reaper leaves it).
+   (cancelled) has its cancel forwarded to its batch, and once the batch stopped, what it answered before (billed
+   by the provider) is counted on the job and kept in the tenant's cache. A finished batch (completed, expired,
+   cancelled, failed) is collected: its answers go to S3 and through to the tenant's cache, its usage to the job
+   at batch prices, in one write conditioned on the batch still being the job's pending one (two pollers collect
+   it once); then the job's work message is sent. A batch still running moves the job's heartbeat and message
+   (the reaper leaves it).
 3. The job's invocations then start with the batch's answers (`answers`, into the invocation's memo): the lines
    are worked, counted and checkpointed as on every lane, once each. Vendors the batch left unanswered (a failed
    request, an expired batch's unfinished half) are asked on the standard lane then: never lost, never counted
@@ -30,7 +32,6 @@ from chalicelib.categorize import batch as provider_batch
 from chalicelib.categorize import cache, prompt
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.types import Answer, Item
-from chalicelib.categorize.usage import Usage
 from chalicelib.jobs import store
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.states import TERMINAL, JobStatus
@@ -90,13 +91,13 @@ def submit(run: Any) -> bool:
         # Another invocation of the job submitted first (or the job moved on): this batch is not the job's.
         _cancel(api, batch_id)
         return True
-    _list_pending(job.job_id)
+    list_pending(job.job_id)
     log.info("job waits on a provider batch", extra={"jobId": job.job_id, "batchId": batch_id,
                                                      "requests": len(lines)})
     return True
 
 
-def _list_pending(job_id: str) -> None:
+def list_pending(job_id: str) -> None:
     try:
         # pending_item_exists: the map is made once; a second maker's put is refused and it only adds its entry.
         Control(PENDING, stamps={}).save(condition=Control.pk.does_not_exist())
@@ -128,7 +129,7 @@ def answers(job: Job) -> dict[str, Answer]:
 def poll(settings: Settings | None = None) -> dict[str, int]:
     """One round over the jobs waiting on a provider batch (the poll_provider_batches schedule)."""
     settings = settings or get_settings()
-    counts = {"waiting": 0, "collected": 0, "cancelled": 0}
+    counts = {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
     try:
         item = Control.get(PENDING, consistent_read=True)
         pending = item.stamps.as_dict() if item.stamps is not None else {}
@@ -148,28 +149,44 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
 
 
 def _poll_one(api: Any, job: Job, settings: Settings) -> str:
-    if JobStatus(job.status) in TERMINAL:
-        # The job was cancelled (or failed) while it waited: the cancel is forwarded to its batch.
-        _cancel(api, job.batch_id or "")
-        store.current().end_batch(job, "cancelled", None, Usage(), "")
-        _forget(job.job_id)
-        return "cancelled"
     found = api.batches.retrieve(job.batch_id)
+    if JobStatus(job.status) in TERMINAL:
+        return _stop(api, job, found, settings)
     if found.status not in provider_batch.FINISHED:
         counts = found.request_counts
         done = f": {counts.completed} of {counts.total} requests answered" if counts else ""
         store.current().batch_progress(job, f"{WAITING} ({found.status}{done})")
         return "waiting"
-    plan = _get(job.batch_plan_key or "")
-    got = provider_batch.collect(api, found, plan, settings.openai_model, list(job.categories))
-    tenant = job.tenant or job.owner_id
+    got = _collect(api, job, found, settings)
     answers_key = (job.batch_plan_key or "").replace("plan.json", "answers.json")
     _put(answers_key, {vendor: [a.category, a.confidence] for vendor, a in got.answers.items()})
-    cache.remember_many(list(job.categories), [(v, a.category, a.confidence) for v, a in got.answers.items()
-                                               if a.category], settings.openai_model, job.job_id, tenant=tenant)
     left = f"; {got.unanswered} requests unanswered, asked on the standard lane" if got.unanswered else ""
     message = f"The provider's batch {found.status} with answers for {len(got.answers)} vendors{left}"
     if store.current().end_batch(job, "collected", answers_key, got.usage, message):
         enqueue(job.job_id, reason="batch_collected")
     _forget(job.job_id)
     return "collected"
+
+
+def _stop(api: Any, job: Job, found: Any, settings: Settings) -> str:
+    """A job that became final (cancelled, failed) while it waited: its cancel is forwarded to the batch; once the
+    batch has stopped, what it answered before is counted (the provider bills it) and kept in the tenant's cache
+    (a retry asks again only for the rest), and the job no longer waits on it."""
+    if found.status not in provider_batch.FINISHED:
+        if found.status != "cancelling":
+            _cancel(api, job.batch_id or "")
+        return "cancelling"
+    got = _collect(api, job, found, settings)
+    store.current().end_batch(job, "cancelled", None, got.usage, "")
+    _forget(job.job_id)
+    return "cancelled"
+
+
+def _collect(api: Any, job: Job, found: Any, settings: Settings) -> provider_batch.Collected:
+    """A finished batch's answers, written through to the tenant's cache as the job's own model answers are."""
+    got = provider_batch.collect(api, found, _get(job.batch_plan_key or ""), settings.openai_model,
+                                 list(job.categories))
+    cache.remember_many(list(job.categories), [(v, a.category, a.confidence) for v, a in got.answers.items()
+                                               if a.category], settings.openai_model, job.job_id,
+                        tenant=job.tenant or job.owner_id)
+    return got

@@ -103,6 +103,10 @@ def test_batch_lane_end_to_end(api, sim, model_settings):
     lines = expense_lines(90, vendors(25))
     job_id = generate(api, lines, {"lane": "batch"})
     waiting = _wait_on_batch(job_id, model_settings)
+    shown = api.job(job_id)
+    assert shown["statusMessage"] == "Waiting on the provider's batch (3 requests for 25 vendors)"
+    assert {s["name"]: s["status"] for s in shown["steps"]} == {"collect": "Completed", "categorize": "Running",
+                                                               "assemble": "Pending"}
     assert batchlane.poll(model_settings)["collected"] == 1
     assert batchlane.poll(model_settings)["collected"] == 0  # collected once
     drain({job_id}, model_settings)
@@ -138,7 +142,7 @@ def test_batch_partial_results_and_expiry_go_back_to_the_standard_lane(api, sim,
 
 
 @pytest.mark.sim(batch_delay=3600.0)
-def test_cancel_while_waiting_on_the_batch_is_final_and_forwarded_to_the_batch(api, sim, model_settings):
+def test_cancel_while_waiting_is_final_forwarded_to_the_batch_and_a_retry_loses_no_line(api, sim, model_settings):
     lines = expense_lines(30, vendors(15))
     job_id = generate(api, lines, {"lane": "batch"})
     waiting = _wait_on_batch(job_id, model_settings)
@@ -146,13 +150,38 @@ def test_cancel_while_waiting_on_the_batch_is_final_and_forwarded_to_the_batch(a
     assert "in_progress" in Job.get(job_id).status_message
     status, cancelled = api.call("delete", f"/jobs/{job_id}")
     assert status == 200 and cancelled["status"] == "Cancelled"  # no worker holds it: final at once
-    assert batchlane.poll(model_settings)["cancelled"] == 1
-    assert sim.batches.cancels == [waiting.batch_id]
-    assert sim.batches.batches[waiting.batch_id]["status"] == "cancelling"
+    assert batchlane.poll(model_settings)["cancelling"] == 1
+    assert sim.batches.cancels == [waiting.batch_id]  # the cancel, forwarded to the provider's batch
+    assert batchlane.poll(model_settings)["cancelled"] == 1  # the batch stopped: the job waits on it no more
+    assert sim.batches.cancels == [waiting.batch_id] and sim.batches.batches[waiting.batch_id]["status"] == \
+        "cancelled"
     job = api.job(job_id)
-    assert job["processedLines"] == 0 and job["usage"]["modelRequests"] == 0
-    assert Job.get(job_id).batch_state == "cancelled"
-    assert batchlane.poll(model_settings) == {"waiting": 0, "collected": 0, "cancelled": 0}
+    assert job["status"] == "Cancelled" and job["processedLines"] == 0 and job["usage"]["modelRequests"] == 0
+    assert batchlane.poll(model_settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    # Retried: a new batch, collected, and every line once.
+    sim.configure(batch_delay=0.0)
+    assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202
+    resubmitted = _wait_on_batch(job_id, model_settings)
+    assert resubmitted.batch_id != waiting.batch_id
+    assert batchlane.poll(model_settings)["collected"] == 1
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+    assert api.job(job_id)["usage"]["modelRequests"] == 2  # 15 vendors, 10 a request, in the second batch
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_fanned_out_batch_job_works_its_chunks_from_the_collected_answers(api, sim, model_settings):
+    fanout = dataclasses.replace(model_settings, fanout_threshold_lines=100, chunk_lines=60, line_batch_size=25)
+    lines = expense_lines(300, vendors(40))
+    job_id = generate(api, lines, {"lane": "batch"})
+    _wait_on_batch(job_id, fanout)
+    assert batchlane.poll(fanout)["collected"] == 1
+    drain({job_id}, fanout)
+    assert_every_line_once(api, job_id, lines)
+    job = api.job(job_id)
+    assert int(Job.get(job_id).chunk_count) == 5
+    assert sim.stats(include_log=False)["requests"] == 0  # every chunk answered from the batch
+    assert job["usage"]["modelRequests"] == 4 and job["processedLines"] == 300
 
 
 def test_an_unknown_lane_is_400_and_creates_nothing(api):
@@ -167,3 +196,65 @@ def test_an_unknown_lane_is_400_and_creates_nothing(api):
     status, body = api.call("post", f"/reports/{report_id}/generate", {"period": "2026-01", "lane": "cheap"})
     assert status == 400 and body["field"] == "lane"
     assert api.call("get", "/jobs")[1]["totalCount"] == 0
+
+
+def test_usage_of_requests_answered_before_a_long_rate_limit_wait_is_counted_with_the_hand_back(
+        api, sim, model_settings):
+    from chalicelib import worker
+    from tests.support import Ctx, deliver
+
+    settings = dataclasses.replace(model_settings, model_concurrency=3)
+    sim.configure(rate_limit_burst=1, burst_retry_after=30)  # one of the three requests: 429, retry in 30 s
+    lines = expense_lines(30, vendors(30))
+    job_id = generate(api, lines)
+    deliver(receive({job_id}), Ctx(), settings)
+    waiting = api.job(job_id)
+    assert waiting["status"] == "Processing" and waiting["processedLines"] == 0
+    assert waiting["usage"]["modelRequests"] == 2  # the two answered: written with the hand-back, not lost
+    worker.run_job(job_id, "rate_limited", Ctx(), settings)  # what SQS hands over 30 s later
+    assert_every_line_once(api, job_id, lines)
+    stats = sim.stats(include_log=False)
+    assert api.job(job_id)["usage"]["modelRequests"] == stats["ok"] == 3
+    assert api.job(job_id)["usage"]["inputTokens"] == stats["tokens"]["prompt"]
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_waiting_job_the_poller_lost_is_listed_again_by_the_reapers_message(api, sim, model_settings):
+    from chalicelib import worker
+    from chalicelib.tables import Control
+    from tests.support import Ctx
+
+    lines = expense_lines(20, vendors(8))
+    job_id = generate(api, lines, {"lane": "batch"})
+    _wait_on_batch(job_id, model_settings)
+    # The submitter died between recording the batch on the job and listing it for the poller:
+    Control(batchlane.PENDING).update(actions=[Control.stamps[job_id].remove()])
+    assert batchlane.poll(model_settings)["collected"] == 0
+    worker.run_job(job_id, "reaped", Ctx(), model_settings)  # the reaper re-enqueues the stale job
+    assert Job.get(job_id, consistent_read=True).batch_state == "submitted"  # no second batch
+    assert batchlane.poll(model_settings)["collected"] == 1
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+
+
+def test_scheduled_jobs_take_the_batch_lane_unless_their_report_names_one(api):
+    from datetime import UTC, datetime
+
+    from chalicelib import schedules
+
+    reports = {}
+    for lane in (None, "flex"):
+        report_id = f"r-{uuid.uuid4().hex[:12]}"
+        assert api.call("post", "/reports", {"reportId": report_id, "name": "Scheduled", "schedule": {
+            "type": "monthly", "day": 27}, "deliveryTargets": [{"type": "api", "mode": "async"}],
+            **({"lane": lane} if lane else {})})[0] == 201
+        reports[report_id] = lane
+    assert schedules.run_due(datetime(2026, 5, 27, 0, 5, tzinfo=UTC))["created"] >= 2
+    jobs = {j["reportId"]: j for j in api.call("get", "/jobs?pageSize=100")[1]["items"]}
+    assert {r: jobs[r]["lane"] for r in reports} == {r: lane or "batch" for r, lane in reports.items()}
+    assert all(jobs[r]["trigger"] == "schedule" for r in reports)
+    # The same report generated through the API: its own lane, else standard.
+    assert api.call("post", "/expenses", {"lines": expense_lines(2, vendors(2), period="2026-03")})[0] == 201
+    for report_id, lane in reports.items():
+        status, job = api.call("post", f"/reports/{report_id}/generate", {"period": "2026-03"})
+        assert status == 202 and job["lane"] == (lane or "standard")

@@ -279,6 +279,7 @@ def test_poll_provider_batches_policy_allows_what_the_poller_does_and_no_more(ap
     assert api.call("delete", f"/jobs/{cancelled}")[1]["status"] == "Cancelled"
     credentials.reset()  # a cold function: the key is read from SSM
     with iam.recording() as needed:
+        # One collected; the other's batch (done already: delay 0) counted on the cancelled job and let go.
         counts = batchlane.poll(model_settings)
     assert counts["collected"] >= 1 and counts["cancelled"] >= 1, counts
     check("poll_provider_batches", needed)
