@@ -258,3 +258,16 @@ def test_scheduled_jobs_take_the_batch_lane_unless_their_report_names_one(api):
     for report_id, lane in reports.items():
         status, job = api.call("post", f"/reports/{report_id}/generate", {"period": "2026-03"})
         assert status == 202 and job["lane"] == (lane or "standard")
+
+
+@pytest.mark.sim(latency=1.5)
+def test_a_flex_request_may_take_longer_than_the_clients_timeout(api, sim, model_settings):
+    # Flex queues requests (OpenAI advises timeouts of up to 15 minutes): a flex request waits as long as the
+    # invocation can, where a standard one gives up at OPENAI_TIMEOUT_SECONDS.
+    settings = dataclasses.replace(model_settings, openai_timeout_seconds=0.5)
+    lines = expense_lines(10, vendors(5))
+    job_id = generate(api, lines, {"lane": "flex"})
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    job = api.job(job_id)
+    assert job["failedLines"] == 0 and job["retryCount"] == 0 and job["usage"]["modelRequests"] == 1
