@@ -78,11 +78,13 @@ def backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None
     if not key:
         return None
     limiter = None
-    if settings.openai_rpm or settings.openai_tpm:
-        from chalicelib.categorize.limiter import SharedLimiter, key_for
+    if settings.openai_rpm or settings.openai_tpm or settings.openai_limit_learn:
+        from chalicelib.categorize import limiter as pacing
 
-        limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm, wait_max=settings.limiter_wait_max_seconds,
-                                key=key_for(settings.openai_base_url, key))
+        limiter = pacing.SharedLimiter(settings.openai_rpm, settings.openai_tpm, margin=settings.openai_limit_margin,
+                                       lead=pacing.LEAD_SECONDS, check_ahead=pacing.CHECK_AHEAD_SECONDS,
+                                       learn=settings.openai_limit_learn, wait_max=settings.limiter_wait_max_seconds,
+                                       key=pacing.key_for(settings.openai_base_url, key))
     api = _Client(key, settings.openai_base_url, settings.openai_timeout_seconds)
     return pipeline.ModelBackend(api, settings.openai_model, loop, settings.model_batch_size,
                                  settings.model_concurrency, limiter)
