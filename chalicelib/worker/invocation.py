@@ -83,6 +83,7 @@ def backend(settings: Settings, loop: RetryLoop) -> pipeline.ModelBackend | None
 
         limiter = pacing.SharedLimiter(settings.openai_rpm, settings.openai_tpm, margin=settings.openai_limit_margin,
                                        lead=pacing.LEAD_SECONDS, check_ahead=pacing.CHECK_AHEAD_SECONDS,
+                                       late_max=pacing.LATE_MAX_SECONDS,
                                        learn=settings.openai_limit_learn, wait_max=settings.limiter_wait_max_seconds,
                                        key=pacing.key_for(settings.openai_base_url, key))
     api = _Client(key, settings.openai_base_url, settings.openai_timeout_seconds)
