@@ -55,6 +55,14 @@ def run_scheduled_reports(event):
     return schedules.run_due(clock.parse(getattr(event, "time", None)))
 
 
+# The batch lane: jobs waiting on the provider's Batch API are collected (or their cancel forwarded) here.
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def poll_provider_batches(event):
+    from chalicelib.worker import batchlane
+
+    return batchlane.poll()
+
+
 @app.schedule(Cron(0, 2, "*", "*", "?", "*"))
 def warm_vendor_cache(event):
     from chalicelib import worker

@@ -21,7 +21,7 @@ from bench.api import Api, HttpApi, InProcessApi, new_user
 from bench.common import aws_calls, heading, ms, note, percentile, ratio, table, target, times
 from bench.env import Run
 from chalicelib import clock
-from chalicelib.jobs.states import JobStatus, event_item, lock_key
+from chalicelib.jobs.states import JobStatus, event_item, lock_key, rate_key
 from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job
@@ -67,7 +67,8 @@ def floor_items() -> list[dict[str, Any]]:
     lock = Control(job.lock_key, job_id=job.job_id, expires_at=job.expires_at)
     # A rate window holds 0-19 earlier stamps when a create writes it: take the middle, ten.
     stamps = {str(uuid.uuid4()): time.time() for _ in range(10)}
-    window = Control(f"rate#{owner}", stamps=stamps, version=1, expires_at=clock.expiry(seconds=7200))
+    window = Control(rate_key(owner, "expense_report"), stamps=stamps, version=1,
+                     expires_at=clock.expiry(seconds=7200))
     event = event_item(job.job_id, "created", {"trigger": "api", "period": period})
     return [_put(job, "jobId"), _put(lock, "pk"), _put(window, "pk"), _put(event, "jobId")]
 
@@ -97,7 +98,7 @@ def create_reads(slot: Slot) -> list[dict[str, Any]]:
     """The two consistent GetItems a create makes before its transaction: the report, the user's rate window."""
     settings = get_settings()
     return [{"TableName": settings.table("reports"), "Key": {"reportId": {"S": slot.report_id}}},
-            {"TableName": settings.table("control"), "Key": {"pk": {"S": f"rate#{slot.owner}"}}}]
+            {"TableName": settings.table("control"), "Key": {"pk": {"S": rate_key(slot.owner, "expense_report")}}}]
 
 
 class Tidy:

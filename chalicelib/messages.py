@@ -2,8 +2,12 @@
 
 Four kinds travel on the queue: start (or continue) a job, run one chunk of a fanned-out job, warm the vendor
 cache, and deliver a finished job to one target. Their JSON keys are the wire format: a message sent by the code
-before a deploy is read by the code after it, so a key is never renamed (`jobId`, `chunk`, `reason`; `kind:
-warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
+before a deploy is read by the code after it, so a key is never renamed (`jobId`, `chunk`, `reason`, `tenant`;
+`kind: warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
+
+A job's and a chunk's message name the job's tenant (`tenant`, absent in messages from before fair shares): it is
+the message's group on the queue (SQS fair queues: `MessageGroupId`), and what the worker's fair shares go by
+(chalicelib/fair). Such a message is registered as its tenant's demand before it is sent (fair/queue.py).
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ class StartJob:
     """Take up a job: start it, continue it after a hand-back, or resume it after a retry or a reap."""
 
     job_id: str
-    reason: str = "start"  # start | continuation | rate_limited | retried | reaped | fan-out...
+    reason: str = "start"  # start | continuation | rate_limited | retried | reaped | fan-out | fair_share...
+    tenant: str = ""  # "" in a message from before fair shares
 
     def to_body(self) -> str:
-        return json.dumps({"jobId": self.job_id, "reason": self.reason})
+        return json.dumps({"jobId": self.job_id, "reason": self.reason,
+                           **({"tenant": self.tenant} if self.tenant else {})})
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,11 @@ class RunChunk:
     job_id: str
     chunk: int
     reason: str
+    tenant: str = ""
 
     def to_body(self) -> str:
-        return json.dumps({"jobId": self.job_id, "chunk": self.chunk, "reason": self.reason})
+        return json.dumps({"jobId": self.job_id, "chunk": self.chunk, "reason": self.reason,
+                           **({"tenant": self.tenant} if self.tenant else {})})
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,10 @@ def parse(body: str) -> Message:
         if data.get("kind") == "deliver":
             return Deliver(str(data["jobId"]), int(data["n"]), str(data["id"]), int(data.get("attempt", 1)),
                            str(data.get("event") or ""))
-        job_id, reason = str(data["jobId"]), str(data.get("reason", "start"))
+        job_id, reason, tenant = str(data["jobId"]), str(data.get("reason", "start")), str(data.get("tenant") or "")
         if "chunk" in data:
-            return RunChunk(job_id, int(data["chunk"]), reason)
-        return StartJob(job_id, reason)
+            return RunChunk(job_id, int(data["chunk"]), reason, tenant)
+        return StartJob(job_id, reason, tenant)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise NotAWorkMessage(f"not a work message: {body[:80]!r}") from err
 
@@ -109,10 +117,20 @@ def capped(delay_seconds: float) -> int:
     return max(0, min(MAX_DELAY_SECONDS, int(delay_seconds)))
 
 
+def group(message: Message) -> dict[str, str]:
+    """The message's fair-queue group as send arguments: its tenant (SQS serves the groups of a standard queue
+    fairly, so one tenant's backlog does not hold another's messages back); none for a message without one."""
+    tenant = getattr(message, "tenant", "")
+    return {"MessageGroupId": tenant} if tenant else {}
+
+
 def send(message: Message, delay_seconds: float = 0) -> None:
     """Put one message on the work queue, visible after `delay_seconds` (capped at MAX_DELAY_SECONDS)."""
+    from chalicelib.fair import queue  # registers a job's or chunk's message as its tenant's demand
+
+    queue.sending([message], capped(delay_seconds))
     deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(), MessageBody=message.to_body(),
-                                    DelaySeconds=capped(delay_seconds))
+                                    DelaySeconds=capped(delay_seconds), **group(message))
 
 
 def send_batch(messages: Sequence[Message], delay_seconds: float = 0, ids: Sequence[str] | None = None) -> None:
@@ -120,10 +138,13 @@ def send_batch(messages: Sequence[Message], delay_seconds: float = 0, ids: Seque
 
     Raises SendFailed naming every message the queue refused.
     """
+    from chalicelib.fair import queue
+
     names = [str(i) for i in range(len(messages))] if ids is None else [str(i) for i in ids]
     sqs, url, delay = deps.client("sqs"), deps.work_queue_url(), capped(delay_seconds)
+    queue.sending(messages, delay)
     for start in range(0, len(messages), BATCH_MAX):
-        entries = [{"Id": name, "DelaySeconds": delay, "MessageBody": message.to_body()}
+        entries = [{"Id": name, "DelaySeconds": delay, "MessageBody": message.to_body(), **group(message)}
                    for name, message in zip(names[start:start + BATCH_MAX], messages[start:start + BATCH_MAX],
                                             strict=True)]
         failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")

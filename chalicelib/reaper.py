@@ -88,7 +88,7 @@ def _reap_one(job: Job, status: JobStatus) -> str:
             return "failed"
         if not _mark_reaped(job, status):
             return "skipped"
-        enqueue(job.job_id, reason="reaped")
+        enqueue(job.job_id, reason="reaped", tenant=job.tenant or job.owner_id)
         return "requeued"
     except TransitionRaced:
         return "skipped"
@@ -124,7 +124,7 @@ def _reap_chunks(job: Job, cutoff: str) -> list[str]:
     unmade = len(parts) < int(job.chunk_count)
     if (all_done or unmade) and (job.heartbeat_at or "") < cutoff:
         if _mark_reaped(job, JobStatus.PROCESSING):
-            enqueue(job.job_id, reason="reaped")
+            enqueue(job.job_id, reason="reaped", tenant=job.tenant or job.owner_id)
             outcomes.append("requeued")
     return outcomes
 
@@ -135,7 +135,7 @@ def _reap_chunk(job: Job, chunk: JobChunk) -> bool:
         return False
     event_item(job.job_id, "reaped", {"chunk": int(chunk.chunk), "lastHeartbeat": seen,
                                       "reaps": int(chunk.reap_count)}).save()
-    chunks.send(job.job_id, [int(chunk.chunk)], reason="reaped")
+    chunks.send(job.job_id, [int(chunk.chunk)], reason="reaped", tenant=job.tenant or job.owner_id)
     return True
 
 

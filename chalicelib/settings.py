@@ -54,6 +54,12 @@ def _read_ahead(value: str) -> int:
     return max(1, int(value))
 
 
+def _weights(value: str) -> tuple[tuple[str, float], ...]:
+    from chalicelib.fair.shares import parse_weights  # the format is the fairness module's
+
+    return tuple(parse_weights(value).items())
+
+
 def _env(*names: str, parse: Callable[[str], Any] = str, keep_blank: bool = False) -> dict[str, Any]:
     """Read from the first of `names` that is set and not blank; `keep_blank`: a set but blank value is parsed."""
     return {"env": names, "parse": parse, "keep_blank": keep_blank}
@@ -136,6 +142,14 @@ class Settings:
     # At 20,000 lines, 3 s handed chunks back 70 times (SQS messages per 1,000 lines tripled); 6 s did it
     # 8 times at the same throughput.
     limiter_wait_max_seconds: float = field(default=6.0, metadata=_float("LIMITER_WAIT_MAX_SECONDS"))
+    # Fair shares between tenants (chalicelib/fair): off unless FAIR_SHARES says on (the deployed template does).
+    # TENANT_WEIGHTS "acme=3,globex=1" (a tenant not named weighs 1); FAIR_MIN_SLOTS workers a waiting tenant is
+    # given back from a tenant holding more; FAIR_QUANTUM_SECONDS, how long an invocation works before it takes
+    # turns with a tenant waiting for a worker that an equal split cannot give (fewer workers than tenants).
+    fair_shares: bool = field(default=False, metadata=_env("FAIR_SHARES", parse=_switch))
+    tenant_weights: tuple[tuple[str, float], ...] = field(default=(), metadata=_env("TENANT_WEIGHTS", parse=_weights))
+    fair_min_slots: int = field(default=1, metadata=_int("FAIR_MIN_SLOTS"))
+    fair_quantum_seconds: float = field(default=30.0, metadata=_float("FAIR_QUANTUM_SECONDS"))
     openai_timeout_seconds: float = field(default=30.0, metadata=_float("OPENAI_TIMEOUT_SECONDS"))
     line_batch_size: int = field(default=100, metadata=_int("LINE_BATCH_SIZE"))
     # A batch may take up to this many times line_batch_size lines when they need no more model requests

@@ -183,6 +183,8 @@ class ReportConfig(_Model):
     secret_version = NumberAttribute(null=True, attr_name="secretVersion")
     # Webhook URLs whose receiver answered 410 Gone: {url: iso time}. Not sent to until re-enabled.
     disabled_targets = JSONAttribute(null=True, attr_name="disabledTargets")
+    # The cost lane of its jobs (categorize/prices.LANES); None: the default of the job's trigger.
+    lane = UnicodeAttribute(null=True)
     by_schedule = ScheduleIndex()
 
 
@@ -219,6 +221,18 @@ class Delivery(MapAttribute):
     # The report's createdAt when planned: an attempt goes out only while the same report (not one deleted and
     # made again with that id, by someone else and with another secret) still has this destination.
     report_created_at = UnicodeAttribute(null=True, attr_name="reportCreatedAt")
+
+
+class JobStep(MapAttribute):
+    """One of a job's ordered steps (chalicelib/jobs/stepplan.py): written only by the job store (store/steps.py)."""
+
+    name = UnicodeAttribute()  # a jobs.types.Step
+    status = UnicodeAttribute(default="Pending")  # a jobs.states.StepStatus
+    started_at = UnicodeAttribute(null=True, attr_name="startedAt")
+    completed_at = UnicodeAttribute(null=True, attr_name="completedAt")
+    attempts = NumberAttribute(default=0)
+    progress = NumberAttribute(null=True, attr_name="progressPercent")  # only a step that counts its work
+    error = UnicodeAttribute(null=True, attr_name="errorMessage")  # user-safe
 
 
 class OwnerIndex(GlobalSecondaryIndex):
@@ -299,6 +313,27 @@ class Job(_Model):
     vendors_refreshed = NumberAttribute(null=True, attr_name="vendorsRefreshed")
     vendors_failed = NumberAttribute(null=True, attr_name="vendorsFailed")
     vendors_skipped = NumberAttribute(null=True, attr_name="vendorsSkipped")
+    # The cost lane (categorize/prices.LANES); None on a job from before lanes: standard.
+    lane = UnicodeAttribute(null=True)
+    # What the job's model requests used (categorize/usage.py), added with the checkpoints' counts. The cost in
+    # billionths of a USD, so that it adds exactly; `usageUnpriced` counts answers the price table cannot price.
+    usage_requests = NumberAttribute(null=True, attr_name="usageRequests")
+    usage_input_tokens = NumberAttribute(null=True, attr_name="usageInputTokens")
+    usage_cached_tokens = NumberAttribute(null=True, attr_name="usageCachedTokens")
+    usage_output_tokens = NumberAttribute(null=True, attr_name="usageOutputTokens")
+    usage_cost_nanos = NumberAttribute(null=True, attr_name="usageCostNanos")
+    usage_unpriced = NumberAttribute(null=True, attr_name="usageUnpriced")
+    flex_fallbacks = NumberAttribute(null=True, attr_name="flexFallbacks")
+    # The batch lane (worker/batchlane.py): the provider's batch, its state (submitted -> collected, or
+    # cancelled) and the S3 keys of the request plan and of the collected answers.
+    batch_id = UnicodeAttribute(null=True, attr_name="batchId")
+    batch_state = UnicodeAttribute(null=True, attr_name="batchState")
+    batch_plan_key = UnicodeAttribute(null=True, attr_name="batchPlanKey")
+    batch_answers_key = UnicodeAttribute(null=True, attr_name="batchAnswersKey")
+    # The job's ordered steps and a version every steps write checks and bumps (store/steps.steps_unchanged);
+    # absent on a job from before steps.
+    steps = ListAttribute(of=JobStep, null=True)
+    steps_version = NumberAttribute(default=0, attr_name="stepsVersion")
     expires_at = TTLAttribute(attr_name="expiresAt")
     by_owner = OwnerIndex()
     by_active = ActiveIndex()
@@ -429,4 +464,8 @@ class Control(_Model):
     n_completed = NumberAttribute(null=True, attr_name="nCompleted")
     n_failed = NumberAttribute(null=True, attr_name="nFailed")
     n_cancelled = NumberAttribute(null=True, attr_name="nCancelled")
+    # Fair shares' demand registry (chalicelib/fair/demand.py), one item: "tenant|message" -> when it is visible,
+    # "tenant|invocation" -> when that invocation's entry lapses.
+    fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")
+    fair_running: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRunning")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,10 +122,18 @@ class SimConfig:
     refusal_vendors: list[str] | None = _knob(None, _names, "vendors (comma list, any case): a request asking "
                                               "about any of them is always refused")
     quota_exhausted: bool = _knob(False, _flag, "answer 429 insufficient_quota (no retry-after)")
+    pflex_unavailable: float = _knob(0.0, float, "probability that a service_tier=flex request is answered 429 "
+                                     "resource_unavailable (flex has no capacity; a client falls back to standard)")
+    cache_min_tokens: int = _knob(1024, int, "smallest prompt prefix the prompt cache keeps (OpenAI: 1024 tokens)")
+    batch_delay: float = _knob(2.0, float, "seconds from a batch's creation to its completion")
+    batch_expire_after: float | None = _knob(None, _optional_float, "seconds after which a batch not yet complete "
+                                             "expires: the requests done by then are answered, the rest expired")
+    batch_failed_ids: list[str] | None = _knob(None, _names, "custom_ids (comma list) a batch answers with an error")
     auth_error: bool = _knob(False, _flag, "answer 401 invalid_api_key")
 
     def __post_init__(self) -> None:
-        for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory", "pbadrow", "prefusal"):
+        for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory", "pbadrow", "prefusal",
+                     "pflex_unavailable"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability between 0 and 1")
         for name in ("rpm", "tpm"):
@@ -223,6 +231,8 @@ class ChatRequest:
     taxonomy: list[str]
     tokens: int  # estimate charged to the tokens-per-minute bucket
     problem: str | None = None  # why the request is invalid (400)
+    flex: bool = False  # service_tier "flex"
+    cache_key: str = ""  # prompt_cache_key
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ChatRequest:
@@ -238,7 +248,8 @@ class ChatRequest:
         elif body.get("stream"):
             problem = "stream=true is not supported by the simulator"
         return cls(str(body.get("model") or ""), messages if isinstance(messages, list) else [], items,
-                   taxonomy_from(body), max(1, prompt + int(wanted)), problem)
+                   taxonomy_from(body), max(1, prompt + int(wanted)), problem, body.get("service_tier") == "flex",
+                   str(body.get("prompt_cache_key") or ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,6 +355,7 @@ class Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a body that is not JSON (a file's content), sent as is
     fault: str | None = None  # which fault or limit produced it, for the stats
     rate_limited: bool = False  # a 429 rate_limit_exceeded (not insufficient_quota)
 
@@ -386,7 +398,8 @@ class Stats:
     def __init__(self, now: float) -> None:
         self.started, self.started_at = now, time.time()
         self.requests = self.ok = self.rate_limited = self.items = self.items_answered = self.early_retries = 0
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self.flex_unavailable = 0
         self.charged_tokens = 0  # what accepted requests took from the tokens-per-minute bucket (prompt + budget)
         self.settled_tokens = 0  # what answers gave back of it (settle_tokens)
         self.status_counts: Counter[str] = Counter()
@@ -431,7 +444,9 @@ class Stats:
                "requests_by_vendor": dict(self.by_vendor), "answered_by_vendor": dict(self.answered_by_vendor),
                "faults": dict(self.faults),
                "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                          "charged": self.charged_tokens, "settled": self.settled_tokens},
+                          "charged": self.charged_tokens, "cached": self.cached_tokens,
+                          "settled": self.settled_tokens},
+               "flex_unavailable": self.flex_unavailable,
                "started_at": self.started_at, "elapsed": round(now - self.started, 6)}
         if include_log:
             out["log"] = list(self.log)
@@ -535,6 +550,10 @@ class Simulator:
         self._rngs: dict[str, random.Random] = {}
         self._fail_first_left = self._config.fail_first
         self._burst_left = self._config.rate_limit_burst
+        self._prefixes: OrderedDict[tuple[str, str], None] = OrderedDict()  # the prompt cache (see _cached)
+        from local.sim_batches import Batches
+
+        self.batches = Batches(self)
         # limiter -> (first 429 of the open window, moment its retry-after elapses)
         self._retry_windows: dict[str, tuple[float, float]] = {}
 
@@ -546,9 +565,11 @@ class Simulator:
 
     # -- routing -----------------------------------------------------------------------------------------------
 
-    def _route(self, method: str, target: str, raw: bytes) -> Reply:
+    def _route(self, method: str, target: str, raw: bytes, content_type: str = "application/json") -> Reply:
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
+        if path.startswith("/v1/files") or path.startswith("/v1/batches"):
+            return self.batches.route(method, path, raw, content_type)
         body, problem = _json_body(raw) if method == "POST" else ({}, None)
         if problem:
             return error_reply(400, problem, "invalid_request_error", None)
@@ -600,13 +621,38 @@ class Simulator:
             reply.headers = {**headers, **reply.headers}
             return reply
         self._stopping.wait(cfg.latency + (cfg.timeout_seconds if faults.timeout else 0.0))
-        completion = self._completion(sequence, req, faults)
-        with self._lock:
-            self._stats.prompt_tokens += completion["usage"]["prompt_tokens"]
-            self._stats.completion_tokens += completion["usage"]["completion_tokens"]
-            if self._config.settle_tokens:
+        completion = self.answer(sequence, req, faults)
+        if cfg.settle_tokens:
+            with self._lock:
                 self._settle(req.tokens - completion["usage"]["total_tokens"])
         return Reply(200, completion, headers)
+
+    def answer(self, sequence: int, req: ChatRequest, faults: AnswerFaults) -> dict[str, Any]:
+        """The completion for an accepted request, its usage counted (the prompt cache read and filled)."""
+        completion = self._completion(sequence, req, faults)
+        usage = completion["usage"]
+        with self._lock:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._cached(req), "audio_tokens": 0}
+            self._stats.prompt_tokens += usage["prompt_tokens"]
+            self._stats.completion_tokens += usage["completion_tokens"]
+            self._stats.cached_tokens += usage["prompt_tokens_details"]["cached_tokens"]
+        return completion
+
+    def _cached(self, req: ChatRequest) -> int:
+        """Prompt tokens served from the cache, as OpenAI counts them: a prefix (here, every message but the last)
+        seen before under the same prompt_cache_key, of at least cache_min_tokens, in steps of 128 tokens.
+        Callers hold the lock."""
+        prefix = json.dumps(req.messages[:-1])
+        tokens = len(prefix) // 4
+        if tokens < self._config.cache_min_tokens:
+            return 0
+        key = (req.cache_key, hashlib.sha256(prefix.encode()).hexdigest())
+        seen = key in self._prefixes
+        self._prefixes[key] = None
+        self._prefixes.move_to_end(key)
+        while len(self._prefixes) > 10_000:
+            self._prefixes.popitem(last=False)
+        return tokens // 128 * 128 if seen else 0
 
     def _settle(self, unused: int) -> None:
         """A provider that settles: the part of the charge the answer did not use goes back to the token bucket."""
@@ -618,8 +664,8 @@ class Simulator:
 
     def _decide(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
         """Refusals in the order a provider applies them; None means answer the request."""
-        checks = (self._check_account, self._check_request, self._check_scripted_faults, self._check_limits,
-                  self._check_random_faults)
+        checks = (self._check_account, self._check_request, self._check_flex, self._check_scripted_faults,
+                  self._check_limits, self._check_random_faults)
         for check in checks:
             reply = check(cfg, req, now)
             if reply is not None:
@@ -648,6 +694,15 @@ class Simulator:
         if self._burst_left > 0:
             self._burst_left -= 1
             return self._fault_rate_limit(cfg, req, now, "rate_limit_burst")
+        return None
+
+    def _check_flex(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
+        """Flex processing without capacity: 429 resource_unavailable (not billed, no retry-after)."""
+        if req.flex and self._happens("pflex_unavailable", cfg.pflex_unavailable, cfg):
+            self._stats.flex_unavailable += 1
+            return error_reply(429, "Resource Unavailable: flex processing has no capacity for this request now. "
+                               "Retry later, or send it without service_tier flex.", "resource_unavailable",
+                               "resource_unavailable", fault="flex_unavailable")
         return None
 
     def _check_limits(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
@@ -752,7 +807,8 @@ class Simulator:
         prompt, completion = len(json.dumps(req.messages)) // 4, max(1, len(content or REFUSAL) // 4)
         return {
             "id": f"chatcmpl-sim{sequence:08d}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.model, "system_fingerprint": "fp_simulator", "service_tier": "default",
+            "model": req.model, "system_fingerprint": "fp_simulator",
+            "service_tier": "flex" if req.flex else "default",
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": content,
                                      "refusal": REFUSAL if faults.refusal else None}}],
@@ -820,11 +876,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        reply = self.server.sim._route(method, self.path, raw)
-        data = json.dumps(reply.body).encode()
+        reply = self.server.sim._route(method, self.path, raw, self.headers.get("content-type") or "")
+        data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
         try:
             self.send_response(reply.status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "application/json" if reply.raw is None else "application/octet-stream")
             self.send_header("content-length", str(len(data)))
             for name, value in reply.headers.items():
                 self.send_header(name, value)

@@ -43,6 +43,10 @@ from chalicelib.errors import ValidationFailed
 from chalicelib.jobs.states import DeliveryStatus as _DeliveryStatus
 from chalicelib.jobs.states import JobAction
 from chalicelib.jobs.states import JobStatus as _JobStatus
+from chalicelib.jobs.states import StepStatus as _StepStatus
+from chalicelib.jobs.types import REGISTRY as _TYPES
+from chalicelib.jobs.types import JobType as _JobType
+from chalicelib.jobs.types import Step as _Step
 from chalicelib.lines import validation
 from chalicelib.reports import service as reports
 from chalicelib.settings import Settings
@@ -124,12 +128,19 @@ JobStatusValue = Literal[_JobStatus.QUEUED, _JobStatus.PROCESSING, _JobStatus.CA
 DeliveryStatusValue = Literal[_DeliveryStatus.PENDING, _DeliveryStatus.DELIVERED, _DeliveryStatus.FAILED,
                               _DeliveryStatus.DISABLED]
 JobActionValue = Literal[JobAction.CANCEL, JobAction.RETRY, JobAction.RESULT, JobAction.SETTLE]
+JobTypeValue = Literal[_JobType.EXPENSE_REPORT, _JobType.LINES_IMPORT, _JobType.IMPORT_AND_REPORT, _JobType.CACHE_WARM]
+StepStatusValue = Literal[_StepStatus.PENDING, _StepStatus.RUNNING, _StepStatus.COMPLETED, _StepStatus.FAILED,
+                          _StepStatus.SKIPPED, _StepStatus.CANCELLED]
+StepNameValue = Literal[_Step.UPLOAD, _Step.VALIDATE, _Step.STAGE, _Step.COMMIT, _Step.COLLECT, _Step.CATEGORIZE,
+                        _Step.ASSEMBLE, _Step.DELIVER, _Step.SELECT, _Step.REFRESH]
 # chalicelib.delivery.webhook.EVENTS, and its first three: the final events (a job's deliveries)
 WebhookEventValue = Literal["job.completed", "job.failed", "job.cancelled", "job.progress"]
 FinalEventValue = Literal["job.completed", "job.failed", "job.cancelled"]
+# chalicelib.categorize.prices.LANES
+LaneValue = Literal["standard", "flex", "batch"]
 # The `type` of a job's events (the audit trail): this list is their definition.
 EventType = Literal["created", "started", "rate_limited", "resumed", "cancel_requested", "cancelled", "completed",
-                    "failed", "reaped", "retried", "delivery_attempt", "delivery_retry_requested"]
+                    "failed", "reaped", "retried", "delivery_attempt", "delivery_retry_requested", "step"]
 # The `uri` of every type of chalicelib/api/problem_types.py (TYPES)
 ProblemTypeUri = Literal[
     "urn:reports:problem:validation-failed", "urn:reports:problem:unauthorized", "urn:reports:problem:forbidden",
@@ -289,6 +300,11 @@ _Categories = Annotated[_CategoryList | None, _rule(reports.check_categories),
 _Targets = Annotated[list[DeliveryTarget], _rule(reports.check_targets), Field(min_length=1, max_length=10)]
 _Roles = Annotated[_RoleList | None, _rule(reports.check_roles), Field(description=_ROLES)]
 _Schedule = Annotated[Schedule | None, _rule(reports.check_schedule)]
+_LANE = ("The cost lane of the report's jobs: `standard` (interactive requests), `flex` (the provider's flex tier at "
+         "batch prices, slower; falls back to standard when the provider has no flex capacity) or `batch` (the "
+         "provider's Batch API: half price, answers within 24 hours). Default (absent or null): `standard` for jobs "
+         "generated through the API, `batch` for scheduled ones. A `lane` in the generate body wins over this one.")
+_Lane = Annotated[LaneValue | None, _rule(reports.check_lane), Field(description=_LANE)]
 
 
 class ReportConfigInput(Model):
@@ -311,6 +327,7 @@ class ReportConfigInput(Model):
     delivery_targets: _Targets = Field(description=_TARGETS)
     allowed_roles: _Roles = None
     schedule: _Schedule = None
+    lane: _Lane = None
 
     @model_validator(mode="before")
     @classmethod
@@ -327,6 +344,7 @@ class ReportConfigInput(Model):
             "allowedRoles": list(self.allowed_roles or []),
             "categories": list(self.categories or []),
             "schedule": self.schedule.model_dump(mode="json") if self.schedule else None,
+            "lane": self.lane,
         }
 
 
@@ -350,6 +368,7 @@ class ReportConfigPatch(Model):
     allowed_roles: _RoleList | None = Field(None, description=_ROLES)
     categories: _CategoryList | None = Field(None, description=_CATEGORIES)
     schedule: Schedule | None = None
+    lane: LaneValue | None = Field(None, description=_LANE)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -376,6 +395,7 @@ class ReportConfig(Model):
     allowed_roles: list[str]
     categories: list[str] = Field(min_length=1)
     schedule: Schedule | Absent = Field(None, description="Present only when the report has a schedule.")
+    lane: LaneValue | Absent = Field(None, description="Present only when the report names a lane. " + _LANE)
     created_at: Timestamp
     disabled_targets: list[DisabledTarget] | Absent = Field(
         None, json_schema_extra={"readOnly": True},
@@ -513,15 +533,20 @@ class ExpenseLinePage(Model):
 class GenerateRequest(Model):
     # The optional body of `generate`. Known gap, kept as it was: the document allows `"period": null`, but the
     # rule (check_period) refuses it with 400 `field: period`; one of the two has to change, deliberately.
-    model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01"}})
+    model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01", "lane": "flex"}})
     period: Annotated[_MaybePeriod, _rule(validation.check_period)] = Field(
         None, description="The month to report on; absent or `null`: the current UTC month.")
+    lane: Annotated[LaneValue | None, _rule(reports.check_lane)] = Field(
+        None, description="The job's cost lane; absent or `null`: the report's `lane`, else `standard`.")
 
     @model_validator(mode="before")
     @classmethod
     def _members(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not set(data) <= {"period"}:
-            raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
+        if not isinstance(data, dict) or not set(data) <= {"period", "lane"}:
+            field = next((k for k in data if k not in ("period", "lane")), "period") if isinstance(data, dict) \
+                else "period"
+            raise ValidationFailed('The body must be {"period": "YYYY-MM", "lane": "standard|flex|batch"} (both '
+                                   'optional) or empty.', field=field)
         return data
 
 
@@ -538,14 +563,60 @@ class WarmCounts(Model):
     vendors_skipped: _Count = Field(description="Not due: a fresh cache entry, or a person's answer.")
 
 
+_TYPES_LISTED = "; ".join(f"`{t.value}` ({spec.label}: {', '.join(f'`{s.value}`' for s in spec.steps)})"
+                          for t, spec in _TYPES.items())
+
+
+class JobStep(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "One of the job's ordered steps. A step's transitions are audit events of type `step` "
+                       "(detail: `step`, `from`, `to`, `attempts`). A retry resumes at the first step that is "
+                       "neither `Completed` nor `Skipped`: the steps done before are not done again.",
+        "example": {"name": "categorize", "status": _StepStatus.RUNNING.value, "startedAt": "2026-01-31T10:00:01.000Z",
+                    "completedAt": None, "attempts": 1, "progressPercent": 40, "errorMessage": None}})
+    name: StepNameValue = Field(description=f"The step, in its type's order: {_TYPES_LISTED}.")
+    status: StepStatusValue = Field(description=(
+        "`Pending` (not begun), `Running`, `Completed`, `Failed` (the job failed in it), `Skipped` (nothing to do "
+        "in it: categorize of an empty period), `Cancelled` (the job was cancelled before it finished)."))
+    started_at: _MaybeTime = Field(description="When its latest attempt began.")
+    completed_at: _MaybeTime = Field(description="When it became Completed, Failed, Skipped or Cancelled.")
+    attempts: int = Field(ge=0, description=(
+        "How many times it was begun: 1 for a step that ran once; more when a retry resumed in it or a worker "
+        "that died in it was replaced."))
+    progress_percent: int | None = Field(ge=0, le=100, json_schema_extra={"type": ["integer", "null"]},
+                                         description="Its own progress where it counts work (`categorize`: lines, "
+                                                     "`refresh`: vendors); null otherwise.")
+    error_message: NullableText = Field(description="Why it failed (user-safe); null otherwise.")
+
+
+class Usage(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "What the job's model requests used so far, and what that is estimated to cost from the "
+                       "price table of the job's model and lane (README: Lanes and prices). Counted with the "
+                       "job's progress, so it grows while the job runs.",
+        "example": {"modelRequests": 12, "inputTokens": 26112, "cachedTokens": 18432, "outputTokens": 3310,
+                    "estimatedCostUsd": "0.003091", "flexFallbacks": 0}})
+    model_requests: _Count = Field(description="Answered model requests (a batch's answered requests included).")
+    input_tokens: _Count = Field(description="Prompt tokens, cached ones included.")
+    cached_tokens: _Count = Field(description="Prompt tokens the provider served from its prompt cache.")
+    output_tokens: _Count = Field(description="Completion tokens.")
+    estimated_cost_usd: Annotated[str | None, WithJsonSchema({"type": ["string", "null"],
+                                                              "pattern": "^[0-9]+\\.[0-9]{6}$"})] = Field(
+        description="A decimal string in USD, from the price table; null when the job's model is not in it.")
+    flex_fallbacks: _Count = Field(description="Flex-lane requests the provider had no flex capacity for, sent "
+                                               "again on the standard tier (and priced there).")
+
+
 class WebhookJob(Model):
     # The job representation (as `GET /jobs/{jobId}` answers it) without `deliveries`.
     job_id: str = Field(json_schema_extra={"format": "uuid"}, description="Random UUID v4.")
     report_id: ReportId
     period: Period
-    # merge note (issue 14): `cache_warm` added here; the job types registry (jobs/types.py) widens this list.
-    type: Annotated[Literal["expense_report", "cache_warm"],
-                    WithJsonSchema({"type": "string", "enum": ["expense_report", "cache_warm"]})]
+    type: JobTypeValue = Field(description=(
+        "The job's type, from one registry (its label and steps): " + _TYPES_LISTED + ". The rate limit of jobs "
+        "per rolling hour counts per user and type."))
+    type_label: str = Field(description="The type's label, for people (the dashboard and the CLI show it).",
+                            examples=[_TYPES[_JobType.EXPENSE_REPORT].label])
     status: JobStatus
     status_message: NullableText = Field(description="Human-readable progress.")
     progress_percent: int = Field(ge=0, le=100, description="processedLines / totalLines, at most 99 until "
@@ -563,7 +634,15 @@ class WebhookJob(Model):
         "Model request retries: how many times a categorization request to the model provider was sent again "
         "(after a rate limit or a transient error) while this job ran. Not how many times the job was retried "
         "(POST /retry): that shows in the events (`retried`). 0 offline."))
-    trigger: Literal["api", "schedule"]
+    trigger: Literal["api", "schedule"] = Field(description=(
+        "`api`: a user's request; `schedule`: the report's schedule or the nightly cache warming."))
+    steps: list[JobStep] = Field(description="The job's steps in order, each with its status (see JobStep).")
+    lane: LaneValue = Field("standard", description=(
+        "The cost lane: `standard`, `flex` or `batch` (README: Lanes and prices). A `batch` job waits on the "
+        "provider's batch (`statusMessage` says so) before its lines are categorized; lines the batch leaves "
+        "unanswered are asked on the standard lane."))
+    usage: Usage | Absent = Field(None, description="What the job's model requests used so far (every job this "
+                                                   "API answers has it).")
     created_at: Timestamp
     started_at: _MaybeTime
     updated_at: Timestamp

@@ -23,7 +23,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_jso
 
 from chalicelib.api import models as m
 from chalicelib.api import problem_types
-from chalicelib.jobs.states import DeliveryStatus
+from chalicelib.jobs.states import DeliveryStatus, StepStatus
 from chalicelib.results import CSV_COLUMNS
 
 PATH = Path(__file__).with_name("openapi.json")
@@ -156,9 +156,9 @@ _ORDER = [
     "JobStatus", "ApiDeliveryTarget", "EmailDeliveryTarget", "WebhookEvent", "WebhookDeliveryTarget",
     "DeliveryTarget", "Schedule", "ReportConfigInput", "ReportConfig", "DisabledTarget", "WebhookSecret",
     "WebhookSecretRotation", "ExpenseLineInput", "ExpenseImport", "ExpenseLine", "ImportResult", "ExpenseLinePage",
-    "GenerateRequest", "Job", "WebhookJob", "WarmCounts", "WebhookPayload", "Delivery", "DeliveryStatus", "JobList",
-    "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health", "Readiness", "ReadinessChecks",
-    "ReportConfigPatch", "ReportList",
+    "GenerateRequest", "Job", "WebhookJob", "JobStep", "WarmCounts", "Usage", "WebhookPayload", "Delivery",
+    "DeliveryStatus", "JobList", "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health",
+    "Readiness", "ReadinessChecks", "ReportConfigPatch", "ReportList",
 ]
 
 
@@ -1159,17 +1159,38 @@ _PROGRESS_ANSWERS = {
 }
 _JOB_URL = "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11"
 # The job of the examples, Completed; each event's example changes what differs.
+_EXAMPLE_STEPS = [
+    {"name": name, "status": StepStatus.COMPLETED.value, "startedAt": started, "completedAt": ended, "attempts": 1,
+     "progressPercent": percent, "errorMessage": None}
+    for name, started, ended, percent in (
+        ("collect", "2026-01-31T10:00:01.000Z", "2026-01-31T10:00:01.000Z", None),
+        ("categorize", "2026-01-31T10:00:01.000Z", "2026-01-31T10:00:33.000Z", 100),
+        ("assemble", "2026-01-31T10:00:33.000Z", "2026-01-31T10:00:35.000Z", None))]
 _EXAMPLE_JOB = {
     "jobId": "9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11", "reportId": "report-123", "period": "2026-01",
-    "type": "expense_report", "status": "Completed", "statusMessage": "Categorized 300 of 300 lines",
+    "type": "expense_report", "typeLabel": "Generate report", "status": "Completed",
+    "statusMessage": "Categorized 300 of 300 lines",
     "progressPercent": 100, "totalLines": 300, "processedLines": 300, "failedLines": 2, "cachedLines": 64,
-    "retryCount": 0, "trigger": "schedule", "createdAt": "2026-01-31T10:00:00.000Z",
+    "retryCount": 0, "trigger": "schedule", "steps": _EXAMPLE_STEPS, "lane": "batch",
+    "usage": {"modelRequests": 10, "inputTokens": 21300, "cachedTokens": 16640, "outputTokens": 3460,
+              "estimatedCostUsd": "0.001555", "flexFallbacks": 0},
+    "createdAt": "2026-01-31T10:00:00.000Z",
     "startedAt": "2026-01-31T10:00:01.000Z", "updatedAt": "2026-01-31T10:00:35.000Z",
     "completedAt": "2026-01-31T10:00:35.000Z", "estimatedCompletionAt": None, "errorMessage": None,
     "statusUrl": _JOB_URL, "resultUrl": f"{_JOB_URL}/result", "allowedActions": ["result", "settle"],
 }
 _STOPPED = {"statusMessage": "Categorized 120 of 300 lines", "progressPercent": 40, "processedLines": 120,
             "resultUrl": None}
+
+
+def _stopped_steps(categorize: StepStatus, assemble: StepStatus, error: str | None = None) -> list[dict[str, Any]]:
+    """The example job's steps while it runs or once it stopped in `categorize` (40% done)."""
+    ended = None if categorize is StepStatus.RUNNING else "2026-01-31T10:00:13.000Z"
+    return [_EXAMPLE_STEPS[0],
+            {"name": "categorize", "status": categorize.value, "startedAt": "2026-01-31T10:00:01.000Z",
+             "completedAt": ended, "attempts": 1, "progressPercent": 40, "errorMessage": error},
+            {"name": "assemble", "status": assemble.value, "startedAt": None,
+             "completedAt": None, "attempts": 0, "progressPercent": None, "errorMessage": None}]
 
 
 def _webhook(event: str, operation_id: str, what: str, description: str, answers: dict[str, Any],
@@ -1195,18 +1216,20 @@ WEBHOOKS = {
         "job.failed", "webhookJobFailed", "A job of the report became `Failed` (`data.errorMessage` says why)",
         f"A job of the report became `Failed` (`data.errorMessage` says why). {_RETRIED}", _RETRIED_ANSWERS,
         status="Failed", **_STOPPED, errorMessage="The model provider refused the API key.",
-        allowedActions=["retry"]),
+        allowedActions=["retry"],
+        steps=_stopped_steps(StepStatus.FAILED, StepStatus.PENDING, "The model provider refused the API key.")),
     "job.cancelled": _webhook(
         "job.cancelled", "webhookJobCancelled", "A job of the report became `Cancelled`",
         f"A job of the report became `Cancelled`. {_RETRIED}", _RETRIED_ANSWERS,
-        status="Cancelled", **_STOPPED, allowedActions=["retry"]),
+        status="Cancelled", **_STOPPED, allowedActions=["retry"],
+        steps=_stopped_steps(StepStatus.CANCELLED, StepStatus.CANCELLED)),
     "job.progress": _webhook(
         "job.progress", "webhookJobProgress", "A job of the report checkpointed while it runs",
         "A job of the report checkpointed while it runs: at most one every 10 s per job, sent once and never "
         "retried (a later one says more), not listed in the job's `deliveries`. Signed and shaped like the other "
         "events; a 410 Gone disables the target.", _PROGRESS_ANSWERS,
         status="Processing", **_STOPPED, completedAt=None, estimatedCompletionAt="2026-01-31T10:00:50.000Z",
-        allowedActions=["cancel"]),
+        allowedActions=["cancel"], steps=_stopped_steps(StepStatus.RUNNING, StepStatus.PENDING)),
 }
 
 

@@ -37,7 +37,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pynamodb.exceptions import PutError
@@ -99,6 +99,19 @@ class SharedLimiter:
     sleep: Callable[[float], None] = time.sleep
     wait_max: float | None = None  # longest wait for a turn; beyond it, QuotaBusy (None: always wait)
     key: str = KEY  # the item: key_for(base URL, API key)
+    # The learned limits as last read (for `share`); not copied by dataclasses.replace.
+    _last_learned: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def share(self, fraction: float, key: str) -> SharedLimiter:
+        """A bucket of its own (at `key`) for `fraction` of this limiter's limits, configured or as last learned:
+        a tenant's share of the fleet's turns (fair/budget.TenantGate). It only keeps accounts: its turns are not
+        sent (no lead, no look-ahead, no missed turns), and it learns nothing itself (it hears of no answer).
+        Before anything is learned it is no limit: every request then queues at this limiter alone."""
+        rpm, tpm = self.rpm, self.tpm
+        if self.learn and self._last_learned is not None:
+            rpm, tpm = rpm or self._last_learned[0] or None, tpm or self._last_learned[1] or None
+        return replace(self, key=key, rpm=rpm * fraction if rpm else None, tpm=tpm * fraction if tpm else None,
+                       learn=False, lead=0.0, check_ahead=0.0, late_max=None)
 
     def limits(self, item: Control | None, changes: Mapping[str, Any] | None = None) -> Limits | None:
         """The limits the fleet paces at (the margin applied): configured ones, else learned ones (in `item`,
@@ -109,6 +122,8 @@ class SharedLimiter:
         known = self.learn and learned("learned_rpm") is not None
         if self.learn and not known and not self.rpm and not self.tpm:
             return None
+        if known:
+            self._last_learned = (float(learned("learned_rpm") or 0), float(learned("learned_tpm") or 0))
         rpm = self.rpm or (float(learned("learned_rpm") or 0) if known else 0.0)
         tpm = self.tpm or (float(learned("learned_tpm") or 0) if known else 0.0)
         return Limits(rpm * self.margin or None, tpm * self.margin or None)
@@ -160,7 +175,8 @@ class SharedLimiter:
             wait = max(0.0 if not limits.rpm else -req / (limits.rpm / 60.0),
                        0.0 if not limits.tpm else -tok / (limits.tpm / 60.0), 0.0)
             turn = max(at + wait, held)
-            if self.wait_max is not None and turn - now > self.wait_max:
+            # The lead is no wait for the quota: `wait_max` counts from the soonest a turn can be.
+            if self.wait_max is not None and turn - now - self.lead > self.wait_max:
                 raise QuotaBusy(turn - now)
             if _write(self.key, item, level_requests=req, level_tokens=tok, level_at=at):
                 return turn

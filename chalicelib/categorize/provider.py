@@ -19,18 +19,12 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from chalicelib import observability
+from chalicelib.categorize import prompt, usage
 from chalicelib.categorize.errors import ProviderError
 from chalicelib.categorize.retry import RATE_LIMIT_FLOOR_SECONDS, RATE_LIMITED
 from chalicelib.categorize.types import Answer, Item
 
 log = logging.getLogger(__name__)
-
-SYSTEM_PROMPT = (
-    "You categorize business expense lines. For every item in the user's JSON array, answer one object "
-    "with the item's id, the best category from the allowed list, and your confidence from 0 to 1. "
-    "Answer every id exactly once."
-)
-
 
 @lru_cache(maxsize=4)
 def client(api_key: str, base_url: str | None, timeout: float = 30.0) -> openai.OpenAI:
@@ -212,33 +206,63 @@ def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
     _tell(limiter, "hold", max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS), tokens)
 
 
-def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None) -> list[Answer]:
-    """One request; returns the answers that are valid (missing or invalid ones are left out)."""
+FLEX_UNAVAILABLE = "resource_unavailable"  # flex processing's 429 when it has no capacity (not billed)
+
+
+def _flex_unavailable(err: Exception) -> bool:
+    """The flex tier's "429 Resource Unavailable": no capacity for flex now, not a rate limit of the account."""
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else None
+    return isinstance(err, openai.RateLimitError) and FLEX_UNAVAILABLE in (code, getattr(err, "code", None))
+
+
+def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None, *,
+        lane: str = "standard", cache_key: str | None = None, meter: usage.Meter | None = None) -> list[Answer]:
+    """One request; returns the answers that are valid (missing or invalid ones are left out).
+
+    The stable part of the prompt comes first (prompt.py) with `cache_key` as the provider's `prompt_cache_key`.
+    On the `flex` lane the request asks for the flex service tier; when flex has no capacity (429
+    resource_unavailable, not billed) it is sent once more at once on the standard tier, counted as a flex
+    fallback: the lane trades speed for price, never lines. `meter` adds up each answer's usage, priced at the
+    lane that served it.
+    """
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
-    messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
-                {"role": "user", "content": json.dumps(payload)}]
+    messages: list[Any] = prompt.messages(categories, payload)
     budget = completion_budget(items, categories)
     tokens = estimate_tokens(messages, budget, schema_text(tuple(categories)))
     if limiter is not None:
         limiter.acquire(tokens)
-    try:
-        # with_raw_response: the x-ratelimit-remaining-* headers of the answer feed the fleet's limiter.
-        raw = api.chat.completions.with_raw_response.parse(
-            model=model, temperature=0, messages=messages, max_completion_tokens=budget,
-            response_format=answer_model(tuple(categories)))
-    except openai.OpenAIError as err:
-        observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
-        error = classify(err)
-        if limiter is not None and isinstance(err, openai.APIStatusError):
-            _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
-        if limiter is not None and error.name == RATE_LIMITED:
-            _hold_fleet(limiter, error.retry_after, tokens)
-        raise error from err
+    served, fallbacks = lane, 0
+    while True:
+        try:
+            # with_raw_response: the x-ratelimit-remaining-* headers of the answer feed the fleet's limiter.
+            raw = api.chat.completions.with_raw_response.parse(
+                model=model, temperature=0, messages=messages, max_completion_tokens=budget,
+                response_format=answer_model(tuple(categories)),
+                prompt_cache_key=cache_key if cache_key else openai.omit,
+                service_tier="flex" if served == "flex" else openai.omit)
+            break
+        except openai.OpenAIError as err:
+            if served == "flex" and _flex_unavailable(err):
+                # The same request again on the standard tier, within the turn the limiter gave: flex refused it
+                # without doing any work.
+                served, fallbacks = "standard", 1
+                continue
+            observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
+            error = classify(err)
+            if limiter is not None and isinstance(err, openai.APIStatusError):
+                _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
+            if limiter is not None and error.name == RATE_LIMITED:
+                _hold_fleet(limiter, error.retry_after, tokens)
+            if meter is not None and fallbacks:
+                meter.add(usage.Usage(flex_fallbacks=fallbacks))
+            raise error from err
     observability.model_request()
     if limiter is not None:
         # The answer's headers (the limits, what is left) and its usage, which settles the tokens reserved.
         _tell(limiter, "answered", raw.headers, reserved=tokens, used=_used(raw))
+    if meter is not None:
+        meter.add(usage.of_answer(_body(raw), model, served) + usage.Usage(flex_fallbacks=fallbacks))
     return read_answer(raw, items, categories)
 
 

@@ -44,13 +44,12 @@ def open_job(tenant: str, due: int, skipped: int, continuing: bool) -> Job | Non
     except ActiveJobExists:
         log.warning("another warm job is live for a tenant; not warming it now")
         return None
-    steps.begin(job.job_id, Step.SELECT)
-    steps.complete(job.job_id, Step.SELECT)
+    steps.complete(job, Step.SELECT)  # counted before the job was made: done in one mark
     try:
         job = moves.start_warm(job, due, skipped)
     except TransitionRaced:
         return None  # cancelled while Queued
-    steps.begin(job.job_id, Step.REFRESH)
+    steps.begin(job, Step.REFRESH)
     return job
 
 
@@ -60,14 +59,14 @@ def record(job: Job, refreshed: int, failed: int) -> bool:
     if not moves.add_warm_counts(job, refreshed, failed, f"Refreshed {done} of {int(job.total_lines)} vendors"):
         return False
     total = int(job.total_lines)
-    steps.progress(job.job_id, Step.REFRESH, min(100, done * 100 // total) if total else 100)
+    steps.progress(job, Step.REFRESH, min(100, done * 100 // total) if total else 100)
     return True
 
 
 def finish(job: Job) -> None:
     """Completed, with a message naming the counts (a job cancelled meanwhile stays Cancelled)."""
     job.refresh(consistent_read=True)
-    steps.complete(job.job_id, Step.REFRESH)
+    steps.complete(job, Step.REFRESH)
     try:
         moves.complete_warm(job)
     except TransitionRaced:
@@ -75,5 +74,5 @@ def finish(job: Job) -> None:
 
 
 def fail(job: Job, message: str) -> None:
-    steps.fail(job.job_id, Step.REFRESH, message)
+    steps.fail(job, Step.REFRESH, message)
     moves.fail(job, message)

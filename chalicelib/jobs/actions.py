@@ -46,7 +46,7 @@ def retry_job(owner_id: str, job_id: str, also: str | None = None) -> Job:
                            jobStatus=job.status) from err
         raise Conflict("The job changed while it was being retried; look at it again.") from err
     try:
-        enqueue(job.job_id, reason="retried")
+        enqueue(job.job_id, reason="retried", tenant=job.tenant or job.owner_id)
     except Exception as err:
         log.warning("work queue unavailable during retry", extra={"jobId": job.job_id})
         moves.fail_unqueued(job)

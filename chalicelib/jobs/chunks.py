@@ -92,10 +92,10 @@ def never_started(job_id: str) -> list[int]:
             and c.cursor == c.after and c.heartbeat_at <= now]
 
 
-def send(job_id: str, numbers: list[int], reason: str, delay_seconds: int = 0) -> None:
-    """One message per chunk (chalicelib.messages.RunChunk), visible after `delay_seconds`."""
+def send(job_id: str, numbers: list[int], reason: str, delay_seconds: int = 0, tenant: str = "") -> None:
+    """One message per chunk (chalicelib.messages.RunChunk) for the job's `tenant`, visible after `delay_seconds`."""
     try:
-        messages.send_batch([RunChunk(job_id, n, reason) for n in numbers], delay_seconds,
+        messages.send_batch([RunChunk(job_id, n, reason, tenant) for n in numbers], delay_seconds,
                             ids=[str(n) for n in numbers])
     except messages.SendFailed as err:
         raise RuntimeError(f"could not enqueue chunks {err.ids} of job {job_id}") from err

@@ -7,11 +7,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib import clock, paging
+from chalicelib.categorize import usage
+from chalicelib.categorize.prices import DEFAULT_LANE
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.jobs import chunks, counts, runner, tenant_jobs
 from chalicelib.jobs.states import TERMINAL, JobAction, JobStatus, TransitionRaced, allowed_actions
 from chalicelib.jobs.store import moves
-from chalicelib.jobs.types import JobType
+from chalicelib.jobs.store import steps as step_writes
+from chalicelib.jobs.types import JobType, label
 from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits, shown_id
 from chalicelib.tables import Job, JobEvent
 
@@ -62,9 +65,12 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         percent = min(99, processed * 100 // total) if total else 0
     return {
         "jobId": job.job_id, "reportId": job.report_id, "period": job.period, "type": job.type,
-        "status": job.status, "statusMessage": job.status_message, "progressPercent": percent,
+        "typeLabel": label(job.type), "status": job.status, "statusMessage": job.status_message,
+        "progressPercent": percent,
         "totalLines": total, "processedLines": processed, "failedLines": int(job.failed_lines),
         "cachedLines": int(job.cached_lines), "retryCount": int(job.retry_count), "trigger": job.trigger,
+        "steps": [step.to_dict() for step in step_writes.read(job)],
+        "lane": job.lane or DEFAULT_LANE, "usage": usage.to_dict(job),
         "createdAt": job.created_at, "startedAt": job.started_at, "updatedAt": job.updated_at,
         "completedAt": job.completed_at, "estimatedCompletionAt": job.estimated_completion_at,
         "errorMessage": job.error_message, "statusUrl": status_url,

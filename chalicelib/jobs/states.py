@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -82,6 +83,21 @@ def allowed_actions(status: JobStatus | str) -> tuple[JobAction, ...]:
     return tuple(allowed)
 
 
+class StepStatus(StrEnum):
+    """One of a job's ordered steps (jobs/stepplan.py holds their moves, jobs/store/steps.py writes them)."""
+
+    PENDING = "Pending"  # not begun (yet): a retry resumes at the first step not finished
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"  # the job failed in it (a retry begins it again)
+    SKIPPED = "Skipped"  # nothing to do in it (passed over by a later step, or the job completed without it)
+    CANCELLED = "Cancelled"  # the job was cancelled before it finished (a retry begins it again)
+
+
+# A step in one of these is done with: a retry leaves it as it is and resumes after it.
+STEP_FINISHED = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED})
+
+
 class ChunkStatus(StrEnum):
     """A chunk of a fanned-out job (jobs/chunks.py): its own small state machine beside the job's."""
 
@@ -129,8 +145,10 @@ class TransitionRaced(InvalidTransition):
     """The job's status changed between our read and our conditional write."""
 
 
-def event_item(job_id: str, kind: str, detail: dict[str, Any] | None = None) -> JobEvent:
-    moment = clock.now()
+def event_item(job_id: str, kind: str, detail: dict[str, Any] | None = None, nth: int = 0) -> JobEvent:
+    """An audit event, keyed by its moment; `nth` > 0: the nth event after the first of one write, a microsecond
+    apart each, so the events of one transaction read back in the order they were made."""
+    moment = clock.now() + timedelta(microseconds=nth)
     return JobEvent(
         job_id,
         f"{moment.strftime('%Y-%m-%dT%H:%M:%S.%f')}#{uuid.uuid4().hex[:8]}",
@@ -141,8 +159,17 @@ def event_item(job_id: str, kind: str, detail: dict[str, Any] | None = None) -> 
     )
 
 
-def lock_key(owner_id: str, report_id: str, period: str) -> str:
-    return f"lock#{owner_id}#{report_id}#{period}"
+def lock_key(owner_id: str, report_id: str, period: str, job_type: str = "expense_report") -> str:
+    """The active-job lock: one live job per (user, report, period) and type. An `expense_report` lock keeps the key
+    it had before job types, so a lock taken before a deploy still holds after it."""
+    if job_type == "expense_report":
+        return f"lock#{owner_id}#{report_id}#{period}"
+    return f"lock#{owner_id}#{job_type}#{report_id}#{period}"
+
+
+def rate_key(owner_id: str, job_type: str) -> str:
+    """The rolling-hour window of the jobs a user created, per type (20 of each type an hour)."""
+    return f"rate#{owner_id}#{job_type}"
 
 
 def transition(job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None = None, **options: Any) -> Job:

@@ -19,9 +19,10 @@ from pynamodb.exceptions import PynamoDBException
 
 from chalicelib import faults, observability, results
 from chalicelib.categorize.types import Answer
-from chalicelib.jobs import runner, store
+from chalicelib.jobs import runner, steps, store
 from chalicelib.jobs.states import TERMINAL, JobStatus, TransitionRaced
 from chalicelib.jobs.store import moves
+from chalicelib.jobs.types import Step
 from chalicelib.tables import LineResult
 from chalicelib.worker import rows, seams
 from chalicelib.worker.cancel import CancelWatch, stop
@@ -67,6 +68,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
     written again or never pointed to. True otherwise.
     """
     job = run.job
+    steps.advance(job, Step.CATEGORIZE, Step.ASSEMBLE)  # the Completed move below completes assemble
     version = int(job.result_version) + 1
     batch: moves.LastBatch | None = None
     if last is None:
@@ -77,7 +79,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
         before = run.counted
         done = progress(run, last.answers)
         processed = int(job.processed_lines) + done.lines
-        batch = moves.LastBatch(job.cursor, last.lines[-1].line_id, processed, done.cached, done.retries)
+        batch = moves.LastBatch(job.cursor, last.lines[-1].line_id, processed, done.cached, done.retries, done.usage)
     if report.lines != processed:
         # The report is the truth a user reads: counts that disagree with it would hide a lost or doubled line.
         log.error("report and counts disagree", extra={"jobId": job.job_id, "reported": report.lines,
@@ -93,7 +95,8 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
         job.refresh(consistent_read=True)
         if last is not None:
             # The usual checkpoint counts this batch's retries (its rate-limited wait is noted already).
-            run.counted = Counted(before.retries, run.counted.rate_limited, run.counted.rate_limited_seconds)
+            run.counted = Counted(before.retries, run.counted.rate_limited, run.counted.rate_limited_seconds,
+                                  before.usage)
             return False
         if job.status == JobStatus.CANCELLATION_REQUESTED.value:
             stop(job)

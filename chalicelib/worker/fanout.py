@@ -34,7 +34,7 @@ def fan_out(run: Invocation, reason: str) -> None:
         # never started are sent again (a second message for a chunk is dropped by its lease).
         todo = sorted(set(todo) | set(chunks.never_started(job.job_id)))
     runner.release(job, run.lease)
-    chunks.send(job.job_id, todo, reason="fan-out")
+    chunks.send(job.job_id, todo, reason="fan-out", tenant=job.tenant or job.owner_id)
     job.refresh(consistent_read=True)
     if job.status == JobStatus.CANCELLATION_REQUESTED.value:
         return stop(job)  # cancelled while being split: no chunk may be left to notice it

@@ -12,7 +12,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chalicelib import messages
 from chalicelib.messages import Deliver, NotAWorkMessage, RunChunk, WarmCache
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, get_settings
+from chalicelib.worker import fairness
 from chalicelib.worker.runs import run_chunk, run_job, warm_cache
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,14 @@ def handle_record(record: SQSRecord, context: Any, settings: Settings | None = N
             log.error("dropping a message that is not a job message", extra={"messageId": record.message_id})
         return
     try:
-        if isinstance(message, RunChunk):
-            run_chunk(message.job_id, message.chunk, context, settings)
-        else:
-            run_job(message.job_id, message.reason, context, settings)
+        # Fair shares: a tenant holding more of the fleet than a waiting one defers its message (fairness.py).
+        with fairness.turn(message, context, settings or get_settings()) as admitted:
+            if not admitted:
+                return
+            if isinstance(message, RunChunk):
+                run_chunk(message.job_id, message.chunk, context, settings)
+            else:
+                run_job(message.job_id, message.reason, context, settings)
     except Exception:
         # The record goes back to the queue and is redone from the checkpoint.
         log.exception("job invocation failed; the message will be redelivered", extra={"jobId": message.job_id})

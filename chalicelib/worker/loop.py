@@ -14,12 +14,13 @@ from chalicelib.categorize import pipeline
 from chalicelib.categorize.errors import JobFatal, LongWait, QuotaBusy
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.types import Answer
-from chalicelib.jobs import runner
+from chalicelib.jobs import runner, steps
 from chalicelib.jobs.runner import Progress
 from chalicelib.jobs.states import JobStatus, event_item
+from chalicelib.jobs.types import Step
 from chalicelib.messages import MAX_DELAY_SECONDS
 from chalicelib.tables import Job
-from chalicelib.worker import completion, rows
+from chalicelib.worker import completion, fairness, rows
 from chalicelib.worker.cancel import CancelWatch, stop
 from chalicelib.worker.invocation import Invocation, progress
 
@@ -45,7 +46,7 @@ class Scope(Protocol):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         """Count `done` and move the checkpoint to `cursor`, under the lease; False when refused."""
 
-    def hand_back(self, delay: int, retries: int) -> bool:
+    def hand_back(self, delay: int, retries: int, usage: Any = None) -> bool:
         """Give the lease up so that a message `delay` seconds later takes the range up again."""
 
     def send(self, delay: int, reason: str) -> None:
@@ -70,6 +71,11 @@ def work(run: Invocation, scope: Scope) -> None:
         if run.done and time.monotonic() > run.deadline:
             scope.requeue(0, "continuation", progress(run, {}))
             return None
+        # Fair shares: a tenant holding more workers than its share while another waits gives this one back,
+        # at this checkpoint (worker/fairness.py); its message goes to the back of the queue.
+        if run.done and fairness.must_yield(run.settings, job.tenant or job.owner_id, run.started):
+            scope.requeue(0, "fair_share", progress(run, {}))
+            return None
         lines = next_batch(run, scope)
         if not lines:
             return scope.complete()
@@ -91,10 +97,20 @@ def work(run: Invocation, scope: Scope) -> None:
         run.done += done.lines
         remaining = int(job.total_lines) - int(job.processed_lines) - done.lines
         eta = runner.eta(remaining, job.started_at, int(job.processed_lines) + done.lines)
-        if scope.checkpoint(lines[-1].line_id, done, eta):
+        counted = scope.checkpoint(lines[-1].line_id, done, eta)
+        if counted:
             _announce_progress(job)
         faults.point("after_checkpoint")
         job.refresh(consistent_read=True)
+        if counted:
+            _step_progress(job)
+
+
+def _step_progress(job: Job) -> None:
+    """categorize's progress, from the job's counts as the checkpoint left them (all chunks together)."""
+    total = int(job.total_lines)
+    if total:
+        steps.progress(job, Step.CATEGORIZE, min(99, int(job.processed_lines) * 100 // total))
 
 
 def _announce_progress(job: Job) -> None:

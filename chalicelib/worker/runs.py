@@ -8,10 +8,10 @@ import logging
 from typing import Any
 
 from chalicelib import messages
-from chalicelib.jobs import chunks, runner
+from chalicelib.jobs import chunks, runner, steps
 from chalicelib.jobs.runner import Lease
 from chalicelib.jobs.states import TERMINAL, WORKED, JobStatus
-from chalicelib.jobs.types import JobType
+from chalicelib.jobs.types import JobType, Step
 from chalicelib.lines.store import count_lines, whole_period
 from chalicelib.messages import WarmCache
 from chalicelib.settings import Settings, get_settings
@@ -57,6 +57,16 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
 
         moves.fail(job, STOPPED, lease=run.lease)
         return
+    _mark_steps(job, reason)
+    if job.lane == "batch" and job.batch_state != "collected":
+        from chalicelib.worker import batchlane
+
+        # Submitted: the poller owns the job until its batch is collected (this message is a duplicate or the
+        # reaper's). Else the batch is sent now, unless the job has nothing to ask (offline, all cached).
+        if job.batch_state == "submitted" or batchlane.submit(run):
+            run.background.wait()
+            runner.release(job, run.lease)
+            return
     if count.lines and len(count.lines) == int(job.total_lines) and not job.cursor and not int(job.processed_lines):
         # Every line the job had when it started: the job is those lines (its total was counted from them).
         run.ahead.hold_whole(count.lines)
@@ -79,6 +89,18 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
             runner.release(run.job, run.lease)
             if int(run.job.chunk_count):
                 complete_if_due(run)  # the last chunk may have finished while we held the lease
+
+
+def _mark_steps(job: Job, reason: str) -> None:
+    """Where the job is within its steps, as it is taken up: collect is done once the claim counted the lines (an
+    empty period passes over categorize); a later step is begun where the job resumes (a retry: the first step not
+    finished), again when the invocation that worked it died (a reaped job: attempts + 1). A continuation finds its
+    step Running and writes nothing."""
+    at = steps.resume_at(job)
+    if at is Step.COLLECT:
+        steps.advance(job, Step.COLLECT, Step.CATEGORIZE if int(job.total_lines) else Step.ASSEMBLE)
+    elif at in (Step.CATEGORIZE, Step.ASSEMBLE):  # the report's steps: an import's are its own worker's
+        steps.begin(job, at, again=reason == "reaped")
 
 
 def _keeps_rows(settings: Settings) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib import faults
+from chalicelib.categorize.usage import Usage
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Progress
@@ -20,7 +21,7 @@ from chalicelib.worker.invocation import Invocation
 class _Scope:
     run: Invocation
 
-    def hand_back(self, delay: int, retries: int) -> bool:
+    def hand_back(self, delay: int, retries: int, usage: Usage | None = None) -> bool:
         raise NotImplementedError
 
     def send(self, delay: int, reason: str) -> None:
@@ -28,7 +29,8 @@ class _Scope:
 
     def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
         """Continue later: give the job (or chunk) up first, then send the message that takes it up again."""
-        if not self.hand_back(delay, (done or Progress()).retries):
+        done = done or Progress()
+        if not self.hand_back(delay, done.retries, done.usage):
             return
         # cancel_vs_hand_back: a cancel requested while we still held the lease was left to us (the API saw it
         # live); complete it rather than send a message that may wait up to 15 minutes. One requested after the
@@ -63,11 +65,12 @@ class JobScope(_Scope):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)
 
-    def hand_back(self, delay: int, retries: int) -> bool:
-        return runner.hand_back(self.run.job, self.run.lease, retries, resume_in=delay)
+    def hand_back(self, delay: int, retries: int, usage: Usage | None = None) -> bool:
+        return runner.hand_back(self.run.job, self.run.lease, retries, resume_in=delay, usage=usage)
 
     def send(self, delay: int, reason: str) -> None:
-        enqueue(self.run.job.job_id, delay_seconds=delay, reason=reason)
+        job = self.run.job
+        enqueue(job.job_id, delay_seconds=delay, reason=reason, tenant=job.tenant or job.owner_id)
 
     def complete(self) -> None:
         completion.complete(self.run)
@@ -98,13 +101,14 @@ class ChunkScope(_Scope):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return chunks.checkpoint(self.run.job, self.chunk, self.run.lease, cursor, done, eta)
 
-    def hand_back(self, delay: int, retries: int) -> bool:
-        if retries:
-            runner.count_retries(self.run.job.job_id, retries)
+    def hand_back(self, delay: int, retries: int, usage: Usage | None = None) -> bool:
+        if retries or (usage and usage.requests):
+            runner.count_retries(self.run.job.job_id, retries, usage)
         return chunks.hand_back(self.chunk, self.run.lease, delay)
 
     def send(self, delay: int, reason: str) -> None:
-        chunks.send(self.run.job.job_id, [int(self.chunk.chunk)], reason, delay)
+        job = self.run.job
+        chunks.send(job.job_id, [int(self.chunk.chunk)], reason, delay, tenant=job.tenant or job.owner_id)
 
     def complete(self) -> None:
         chunks.finish(self.run.job, self.chunk, self.run.lease)

@@ -12,7 +12,7 @@ import requests
 
 from chalicelib import deps
 from chalicelib.jobs import create
-from chalicelib.jobs.states import lock_key
+from chalicelib.jobs.states import lock_key, rate_key
 from chalicelib.tables import Control, Job
 
 
@@ -73,7 +73,7 @@ def test_sqs_failure_during_create_is_503_and_leaves_no_job_lock_or_counter(clie
     assert list(Job.by_owner.query(token.sub)) == []
     with pytest.raises(Control.DoesNotExist):
         Control.get(lock_key(token.sub, report_id, "2026-01"), consistent_read=True)
-    window = Control.get(f"rate#{token.sub}", consistent_read=True)
+    window = Control.get(rate_key(token.sub, "expense_report"), consistent_read=True)
     assert create._live_stamps(window, time.time()) == {}
     monkeypatch.undo()
     again = client.http.post(f"/api/v1/reports/{report_id}/generate", headers=headers, body='{"period": "2026-01"}')

@@ -247,3 +247,28 @@ def test_warm_vendor_cache_policy_allows_what_the_warmer_does_and_no_more(api, m
         outcome = worker.warm_cache(Ctx(remaining_ms=2_000), model_settings)
     assert outcome["asked"] and outcome["after"], outcome
     check("warm_vendor_cache", needed)
+
+
+def test_poll_provider_batches_policy_allows_what_the_poller_does_and_no_more(api, model_settings, sim):
+    from chalicelib.worker import batchlane
+
+    sim.configure(batch_delay=0.0)
+    collected, cancelled = (generate_on_lane(api, expense_lines(20, vendors(6)), "batch") for _ in range(2))
+    drain({collected, cancelled}, model_settings)  # both wait on their batches
+    assert api.call("delete", f"/jobs/{cancelled}")[1]["status"] == "Cancelled"
+    credentials.reset()  # a cold function: the key is read from SSM
+    with iam.recording() as needed:
+        # One collected; the other's batch (done already: delay 0) counted on the cancelled job and let go.
+        counts = batchlane.poll(model_settings)
+    assert counts["collected"] >= 1 and counts["cancelled"] >= 1, counts
+    check("poll_provider_batches", needed)
+
+
+def generate_on_lane(api: Api, lines: list[dict], lane: str) -> str:
+    report = f"r-{uuid.uuid4().hex[:12]}"
+    assert api.call("post", "/reports", {"reportId": report, "name": "Lane", "lane": lane,
+                                         "deliveryTargets": [{"type": "api", "mode": "async"}]})[0] == 201
+    assert api.call("post", "/expenses", {"lines": lines})[0] == 201
+    status, job = api.call("post", f"/reports/{report}/generate", {"period": "2026-01"})
+    assert status == 202, job
+    return job["jobId"]

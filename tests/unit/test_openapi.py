@@ -234,8 +234,13 @@ def test_examples_in_the_document_match_their_schemas():
         "retryCount": 1, "trigger": "api", "createdAt": "2026-01-31T10:00:00Z", "startedAt": "2026-01-31T10:00:01Z",
         "updatedAt": "2026-01-31T10:00:09Z", "completedAt": None, "estimatedCompletionAt": "2026-01-31T10:00:30Z",
         "errorMessage": None, "statusUrl": "https://api.example.com/api/v1/jobs/9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11",
-        "resultUrl": None, "allowedActions": ["cancel"], "deliveries": []}
+        "resultUrl": None, "allowedActions": ["cancel"], "deliveries": [],
+        # The Additions: the type's label and the steps (the contract's own step example).
+        "typeLabel": "Generate report",
+        "steps": [{"name": "categorize", "status": "Running", "startedAt": "2026-01-31T10:00:01Z", "completedAt": None,
+                   "attempts": 1, "progressPercent": 40, "errorMessage": None}]}
     assert not component_errors("Job", contract_job)
+    assert component_errors("Job", {**contract_job, "steps": [{**contract_job["steps"][0], "status": "Done"}]})
     assert component_errors("Job", {**contract_job, "status": "Running"})
     assert component_errors("Job", {**contract_job, "createdAt": "yesterday"})
     assert component_errors("Job", {k: v for k, v in contract_job.items() if k != "deliveries"})

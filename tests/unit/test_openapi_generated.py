@@ -14,7 +14,8 @@ from chalicelib.api import models as m
 from chalicelib.api import problem_types, spec
 from chalicelib.delivery import webhook
 from chalicelib.errors import ValidationFailed
-from chalicelib.jobs.states import DeliveryStatus, JobAction, JobStatus
+from chalicelib.jobs.states import DeliveryStatus, JobAction, JobStatus, StepStatus
+from chalicelib.jobs.types import JobType, Step
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "chalicelib" / "api" / "openapi.json"
@@ -63,10 +64,14 @@ def test_the_schemas_are_the_models():
     (m.JobStatusValue, tuple(JobStatus)),
     (m.DeliveryStatusValue, tuple(DeliveryStatus)),
     (m.JobActionValue, tuple(JobAction)),
+    (m.JobTypeValue, tuple(JobType)),
+    (m.StepStatusValue, tuple(StepStatus)),
+    (m.StepNameValue, tuple(Step)),
     (m.WebhookEventValue, webhook.EVENTS),
     (m.FinalEventValue, webhook.EVENTS[:3]),
     (m.ProblemTypeUri, tuple(t.uri for t in problem_types.TYPES)),
-], ids=["JobStatus", "DeliveryStatus", "JobAction", "webhook.EVENTS", "final events", "problem types"])
+], ids=["JobStatus", "DeliveryStatus", "JobAction", "JobType", "StepStatus", "Step", "webhook.EVENTS",
+        "final events", "problem types"])
 def test_the_literals_are_their_sources(literal, source):
     # models.py writes these value sets out (a type checker cannot read a Literal built at run time): each one is its
     # source's values, in the source's order (the order of the schema's `enum`).

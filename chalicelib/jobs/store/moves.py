@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pynamodb.exceptions import TransactWriteError, UpdateError
@@ -21,6 +21,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock, faults, observability
+from chalicelib.categorize.usage import Usage
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.jobs.states import (
     ACTIVE,
@@ -31,6 +32,7 @@ from chalicelib.jobs.states import (
     TransitionRaced,
     event_item,
     lock_holder,
+    rate_key,
 )
 from chalicelib.jobs.store.deliveries import DELIVERING, UNPLANNED
 from chalicelib.jobs.store.lease import Change, Lease
@@ -77,11 +79,13 @@ def transition(
     actions: Iterable[Action] = (),
     condition: Condition | None = None,
     checks: Iterable[tuple[Any, Any, Any, Condition]] = (),
+    events: Iterable[tuple[str, dict[str, Any]]] = (),
 ) -> Job:
     """Move `job` to `to` with one conditional write that also appends `event`.
 
     `checks` are (model class, hash key, range key, condition) that must hold of other items in the same
-    transaction (a retry checks that the job's report was not deleted meanwhile).
+    transaction (a retry checks that the job's report was not deleted meanwhile); `events` are more audit
+    events (kind, detail) to write with it (the transitions of the steps the move settles).
 
     Raises InvalidTransition when the move is not allowed from the job's status,
     and TransitionRaced when another writer changed the status first.
@@ -108,7 +112,7 @@ def transition(
             updates += [Job.deliveries.remove(), Job.outbox_id.remove()]
     for attempt in range(CONFLICT_ATTEMPTS):
         try:
-            _write(job, current, to, updates, event, detail, condition, counts, tuple(checks))
+            _write(job, current, to, updates, event, detail, condition, counts, tuple(checks), tuple(events))
             break
         except TransactWriteError as err:
             if _only_conflicts(err) and attempt + 1 < CONFLICT_ATTEMPTS:
@@ -159,13 +163,16 @@ def _only_conflicts(err: TransactWriteError) -> bool:
 
 def _write(job: Job, current: JobStatus, to: JobStatus, updates: list[Action], event: str,
            detail: dict[str, Any] | None, condition: Condition | None, counts: Any,
-           checks: tuple[tuple[Any, Any, Any, Condition], ...] = ()) -> None:
+           checks: tuple[tuple[Any, Any, Any, Condition], ...] = (),
+           events: tuple[tuple[str, dict[str, Any]], ...] = ()) -> None:
     with TransactWrite(connection=connection()) as tx:
         for model, hash_key, range_key, must_hold in checks:
             tx.condition_check(model, hash_key, range_key=range_key, condition=must_hold)
         guard = status_unchanged(current) if condition is None else status_unchanged(current) & condition
         tx.update(job, actions=updates, condition=guard)
         tx.save(event_item(job.job_id, event, detail))
+        for n, (kind, more) in enumerate(events, 1):
+            tx.save(event_item(job.job_id, kind, more, nth=n))  # after the move's own event
         counts.moved(tx, job, current, to)  # the list's totalCount, in the same all-or-nothing write
         if to in TERMINAL:
             # lock_is_ours: never release a lock another job now holds.
@@ -196,10 +203,34 @@ def _explain(err: TransactWriteError, job: Job, current: JobStatus, to: JobStatu
 # --- the named moves: each a Change through the store in use (DynamoDB, or the in-memory twin) ----------------
 
 
+STEP_RACES = 5
+
+
 def _move(job: Job, to: JobStatus, event: str, detail: dict[str, Any] | None, change: Change) -> Job:
+    """The move through the store in use, settling the job's steps in the same write (stepplan.settle).
+
+    steps_unchanged: a step mark landing between our read and this write (a worker's begin or complete) refuses
+    it; the move is made again from a fresh read while the status is still the one we moved from, so neither the
+    status move nor the step mark is lost. Any other refusal is the caller's TransitionRaced, as before.
+    """
+    from chalicelib.jobs.store import steps
     from chalicelib.jobs.store.lease import current
 
-    return current().move(job, to, event, detail, change)
+    for _ in range(STEP_RACES):
+        settled = steps.settled(job, to, change.set.get("error_message"))
+        if settled is None:
+            return current().move(job, to, event, detail, change)
+        written, seen, moved = settled
+        try:
+            return current().move(job, to, event, detail, replace(
+                change, set={**change.set, "steps": written, "steps_version": seen + 1}, steps_version=seen,
+                events=change.events + steps.events(moved)))
+        except TransitionRaced:
+            status = job.status
+            _reload(job)
+            if job.status != status or steps.version(job) == seen:
+                raise
+    raise TransitionRaced("The job's steps kept changing while its status moved.")
 
 
 def _reload(job: Job) -> None:
@@ -274,10 +305,22 @@ def requeue_for_retry(job: Job, report_check: tuple[Any, Any, Any, Condition]) -
     """Failed or Cancelled -> Queued, from its checkpoint; `report_check` must hold of its report in the same
     transaction (a report deleted meanwhile gets no active job)."""
     return _move(job, S.QUEUED, "retried", {"from": job.status, "cursor": job.cursor}, Change(
-        set={"reap_count": 0, "rate_limited_seconds": 0, "recheck_flagged": int(job.failed_lines) > 0,
+        set={"reap_count": 0, "rate_limited_seconds": 0, "recheck_flagged": _recheck(job),
              # Now, not when it stopped: a job retried long after it failed must not look stale to the reaper.
              "heartbeat_at": clock.iso(clock.now()), "status_message": "Queued again; resuming from checkpoint"},
         remove=("error_message", "completed_at", "limited_until", "recheck_after"), report_check=report_check))
+
+
+def _recheck(job: Job) -> bool:
+    """The retry asks the model again about the lines it flagged, unless categorize is finished: a retry resumes at
+    the first step not finished, so a job that failed in `assemble` is assembled again, not categorized again."""
+    from chalicelib.jobs.states import STEP_FINISHED
+    from chalicelib.jobs.store import steps
+    from chalicelib.jobs.types import Step
+
+    categorize = next((s for s in steps.read(job) if s.name == Step.CATEGORIZE.value), None)
+    done = categorize is not None and categorize.status in STEP_FINISHED
+    return int(job.failed_lines) > 0 and not done
 
 
 def fail_unqueued(job: Job) -> None:
@@ -295,6 +338,7 @@ class LastBatch:
     processed: int
     cached: int
     retries: int
+    usage: Usage = Usage()  # the batch's model usage (categorize/usage.py)
 
 
 @dataclass(frozen=True)
@@ -315,7 +359,7 @@ def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBat
     if last is not None:
         values |= {"cursor": last.cursor_after, "processed_lines": last.processed,
                    "heartbeat_at": clock.iso(clock.now())}
-        adds = {"cached_lines": last.cached, "retry_count": last.retries}
+        adds = {"cached_lines": last.cached, "retry_count": last.retries, **last.usage.adds()}
     return _move(job, S.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
                  Change(set=values, add=adds, remove=("estimated_completion_at",), lease=lease,
                         cursor=last.cursor_before if last is not None else None))
@@ -335,10 +379,10 @@ def complete_warm(job: Job) -> Job:
     """A cache_warm job, Processing -> Completed, with a message naming its counts."""
     refreshed, failed, skipped = (int(job.vendors_refreshed or 0), int(job.vendors_failed or 0),
                                   int(job.vendors_skipped or 0))
-    return transition(job, S.COMPLETED, "completed",
-                      {"vendorsRefreshed": refreshed, "vendorsFailed": failed, "vendorsSkipped": skipped},
-                      actions=[Job.completed_at.set(clock.iso(clock.now())), Job.status_message.set(
-                          f"Refreshed {refreshed} vendors; {failed} failed, {skipped} skipped (not due)")])
+    return _move(job, S.COMPLETED, "completed",
+                 {"vendorsRefreshed": refreshed, "vendorsFailed": failed, "vendorsSkipped": skipped},
+                 Change(set={"completed_at": clock.iso(clock.now()), "status_message":
+                             f"Refreshed {refreshed} vendors; {failed} failed, {skipped} skipped (not due)"}))
 
 
 def add_warm_counts(job: Job, refreshed: int, failed: int, message: str) -> bool:
@@ -392,7 +436,7 @@ def undo_create(job: Job) -> None:
         # left alone (and counted) rather than deleted under it.
         tx.delete(job, condition=Job.status == S.QUEUED.value)
         tx.delete(Control(job.lock_key), condition=Control.pk.does_not_exist() | (Control.job_id == job.job_id))
-        tx.update(Control(f"rate#{job.owner_id}"), actions=[Control.stamps[job.job_id].remove()])
+        tx.update(Control(rate_key(job.owner_id, job.type)), actions=[Control.stamps[job.job_id].remove()])
         counts.undone(tx, job)
     with JobEvent.batch_write() as batch:
         for event in JobEvent.query(job.job_id):

@@ -154,7 +154,10 @@ def test_job_routes_match_the_document(api):
     assert check(api.delete(path, headers=owner), "DELETE", "/api/v1/jobs/{jobId}")["status"] == "Cancelled"
     check(api.delete(path, headers=owner), "DELETE", "/api/v1/jobs/{jobId}")  # 409
     events = check(api.get(f"{path}/events", headers=owner), "GET", "/api/v1/jobs/{jobId}/events")
-    assert [e["type"] for e in events["items"]] == ["created", "cancelled"]
+    # The cancel settled the queued job's three Pending steps in the same write: one `step` event each.
+    assert [e["type"] for e in events["items"]] == ["created", "cancelled", "step", "step", "step"]
+    assert [(e["detail"]["step"], e["detail"]["to"]) for e in events["items"][2:]] == [
+        ("collect", "Cancelled"), ("categorize", "Cancelled"), ("assemble", "Cancelled")]
     check(api.get(f"{path}/result", headers=owner), "GET", "/api/v1/jobs/{jobId}/result")  # 409
     check(send(api, "PATCH", f"{path}/lines/tx-1", owner, {"category": "Other"}),
           "PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}")  # 409

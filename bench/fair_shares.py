@@ -1,0 +1,244 @@
+"""Part `fair`: fair shares between tenants. Tenant B's small job submitted while tenant A's large job runs.
+
+Two worker processes (`python -m local.stack`, COMPONENTS=worker, FAIR_SHARES=1) share OPENAI_RPM against the
+simulator (in this process, its limit set to the same RPM, 0.3 s latency), as in the issue's measurement. Each
+tenant is a fresh user (a user without a tenant claim is its own tenant) with cold, salted vendors (N/4 distinct).
+
+- B idle: B's 300-line job alone, RUNS times: POST generate -> the first GET (every 0.1 s) showing Completed.
+- B under A's load, RUNS times: A's 20,000-line job is generated; 5 s after it started (its `startedAt`), B's job
+  is generated and timed the same way. A's job then goes on for SOLO_WINDOW seconds alone, and is cancelled
+  (at 120 RPM it needs ~100 s more: the figures below are taken by then).
+- A's throughput: A's model requests answered per second, from the simulator's arrivals (tagged by tenant from
+  the vendors they ask about), while B's job ran vs. in the SOLO_WINDOW after it (A alone again, same run).
+  Its drop is compared with B's share of the requests answered while B's job ran: fairness may take from A
+  what B uses, and nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bench.api import TERMINAL_STATES, InProcessApi, new_user, quiesce
+from bench.common import heading, note, percentile, table, target
+from bench.env import PREFIX, ROOT, STAGE, Run
+from chalicelib import clock
+from local import testkit as support
+from local.simulator import Simulator, Stats
+from local.stack import ManagedProcess
+
+WORKERS, RPM, LATENCY = 2, 120, 0.3
+A_LINES, B_LINES, B_AFTER = 20_000, 300, 5.0
+RUNS, SOLO_WINDOW = 3, 20.0
+IMPORT_MAX = 5_000
+POLL = 0.1
+RATIO_TARGET = 2.0
+
+
+@dataclass
+class Loaded:
+    b_seconds: float
+    a_during: float  # A's answered requests per second while B's job ran
+    a_solo: float  # ... in the SOLO_WINDOW after it
+    b_share: float  # B's share of the requests answered while B's job ran
+    counts: tuple[int, int, float, int, float]  # A during, B during, B's window s, A solo, solo window s
+
+    @property
+    def a_drop(self) -> float:
+        return 1.0 - self.a_during / self.a_solo if self.a_solo else float("nan")
+
+
+class Arrivals:
+    """The simulator's answered requests, each tagged with the tenant whose salted vendors it asks about."""
+
+    def __init__(self) -> None:
+        self.salts: dict[str, str] = {}  # salt (upper case, as in the vendor names) -> tenant label
+        self.log: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def tapped(self) -> Iterator[None]:
+        original = Stats.record
+        arrivals = self
+
+        def record(stats: Stats, now: float, req: Any, status: int, **kwargs: Any) -> None:
+            original(stats, now, req, status, **kwargs)
+            if status == 200 and req.items:
+                arrivals.add(str(req.items[0].get("vendor", "")))
+
+        Stats.record = record  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            Stats.record = original  # type: ignore[method-assign]
+
+    def add(self, vendor: str) -> None:
+        upper = vendor.upper()
+        label = next((t for salt, t in self.salts.items() if salt in upper), "?")
+        with self._lock:
+            self.log.append((time.monotonic(), label))
+
+    def count(self, label: str, start: float, end: float) -> int:
+        with self._lock:
+            return sum(1 for t, who in self.log if who == label and start <= t < end)
+
+
+def _salt() -> str:
+    import random
+    import string
+
+    return "".join(random.choices(string.ascii_uppercase, k=8))
+
+
+def _tenant(api: InProcessApi, label: str, n: int, arrivals: Arrivals) -> tuple[dict[str, str], str]:
+    salt = _salt()
+    arrivals.salts[salt] = label
+    lines = support.expense_lines(n, _vendors(n // 4, salt))
+    _, headers = new_user(f"fair-{label}")
+    report_id = api.create_report(headers)
+    for start in range(0, n, IMPORT_MAX):
+        api.import_lines(headers, lines[start:start + IMPORT_MAX])
+    return headers, report_id
+
+
+def _vendors(k: int, salt: str) -> list[str]:
+    """`k` distinct vendors with `salt` in every name, in blocks of 1,000 (names stay under 200 characters)."""
+    out: list[str] = []
+    block = 0
+    while len(out) < k:
+        out += support.vendors(min(1000, k - len(out)), salt=f"{salt} {chr(65 + block)}")
+        block += 1
+    return out
+
+
+def _wait(api: InProcessApi, headers: dict[str, str], job_id: str, until: Any, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, job = api.call("get", f"/api/v1/jobs/{job_id}", headers)
+        if status == 200 and until(job):
+            return job
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id}: condition not reached in {timeout:.0f} s: {job}")
+        time.sleep(POLL)
+
+
+def _timed(api: InProcessApi, headers: dict[str, str], report_id: str) -> float:
+    started = time.monotonic()
+    job = api.generate(headers, report_id, "2026-01")
+    done = _wait(api, headers, job["jobId"], lambda j: j["status"] in TERMINAL_STATES)
+    if done["status"] != "Completed":
+        raise RuntimeError(f"B's job ended {done['status']}: {done.get('errorMessage')}")
+    return time.monotonic() - started
+
+
+def _workers(bench: Run, sim_url: str, fair: bool) -> list[ManagedProcess]:
+    procs = []
+    for i in range(WORKERS):
+        env = {**os.environ, "COMPONENTS": "worker", "AWS_ENDPOINT_URL": bench.aws_url, "CHALICE_STAGE": STAGE,
+               "APP_PREFIX": PREFIX, "WORKER_WAIT_SECONDS": "1", "OPENAI_API_KEY": "sk-bench",
+               "OPENAI_BASE_URL": sim_url, "OPENAI_RPM": str(RPM), "FAIR_SHARES": "1" if fair else "0",
+               "PYTHONUNBUFFERED": "1"}
+        proc = ManagedProcess(f"fair worker {i}", [sys.executable, "-m", "local.stack"], env=env, cwd=ROOT,
+                              log_path=bench.log_path(f"fair-worker-{i}-{int(fair)}"))
+        bench.defer(proc.stop, 3.0)
+        procs.append(proc.start())
+    deadline = time.monotonic() + 90.0
+    for proc in procs:
+        while not (proc.log_path and proc.log_path.exists()
+                   and "Local stack ready" in proc.log_path.read_text(errors="replace")):
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} did not start{proc.log_tail()}")
+            time.sleep(0.1)
+    return procs
+
+
+def _loaded(api: InProcessApi, arrivals: Arrivals) -> Loaded:
+    quiesce()
+    a_headers, a_report = _tenant(api, "A", A_LINES, arrivals)
+    b_headers, b_report = _tenant(api, "B", B_LINES, arrivals)
+    a_job = api.generate(a_headers, a_report, "2026-01")["jobId"]
+    started = _wait(api, a_headers, a_job, lambda j: j.get("startedAt"))
+    since = (clock.now() - clock.parse(started["startedAt"])).total_seconds()
+    time.sleep(max(0.0, B_AFTER - since))  # the scenario's offset, not a synchronization
+    b_start = time.monotonic()
+    b_seconds = _timed(api, b_headers, b_report)
+    b_end = b_start + b_seconds
+    time.sleep(SOLO_WINDOW)
+    solo_end = time.monotonic()
+    api.call("delete", f"/api/v1/jobs/{a_job}", a_headers)
+    _wait(api, a_headers, a_job, lambda j: j["status"] in TERMINAL_STATES, timeout=60.0)
+    a_during, b_during = arrivals.count("A", b_start, b_end), arrivals.count("B", b_start, b_end)
+    a_solo = arrivals.count("A", b_end, solo_end)
+    return Loaded(b_seconds, a_during / b_seconds, a_solo / SOLO_WINDOW,
+                  b_during / max(1, a_during + b_during), (a_during, b_during, b_seconds, a_solo, SOLO_WINDOW))
+
+
+def run(bench: Run) -> None:
+    from chalicelib.settings import get_settings
+
+    heading(f"Fair shares: tenant B's {B_LINES}-line job, {B_AFTER:g} s into tenant A's {A_LINES:,}-line job; "
+            f"{WORKERS} workers, OPENAI_RPM={RPM}, simulator {RPM} requests/min and {LATENCY:g} s latency")
+    # The API in this process registers B's message as its tenant's demand, as the deployed API does.
+    before = os.environ.get("FAIR_SHARES")
+    os.environ["FAIR_SHARES"] = "1"
+    get_settings.cache_clear()
+    arrivals = Arrivals()
+    sim = Simulator(latency=LATENCY, rpm=RPM).start()
+    procs: list[ManagedProcess] = []
+    try:
+        with arrivals.tapped():
+            procs = _workers(bench, sim.url, fair=True)
+            api = InProcessApi()
+            idle = []
+            for _ in range(RUNS):
+                quiesce()
+                headers, report = _tenant(api, "idle", B_LINES, arrivals)
+                idle.append(_timed(api, headers, report))
+            print(f"  B idle: {', '.join(f'{s:.2f}' for s in idle)} s", flush=True)
+            loaded = []
+            for i in range(RUNS):
+                loaded.append(_loaded(api, arrivals))
+                print(f"  run {i + 1}: B under A's load {loaded[-1].b_seconds:.2f} s", flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.stop(10.0)
+        sim.stop()
+        quiesce()
+        if before is None:
+            os.environ.pop("FAIR_SHARES", None)
+        else:
+            os.environ["FAIR_SHARES"] = before
+        get_settings.cache_clear()
+    _report(idle, loaded)
+
+
+def _report(idle: list[float], loaded: list[Loaded]) -> None:
+    base = percentile(idle, 50)
+    rows = [[f"run {i + 1}", f"{r.b_seconds:.2f}", f"{r.b_seconds / base:.2f}x", f"{r.a_solo:.2f}",
+             f"{r.a_during:.2f}", f"{r.a_drop:.1%}", f"{r.b_share:.1%}"] for i, r in enumerate(loaded)]
+    print(table(["", "B s (A's load)", "B / B idle", "A req/s alone", "A req/s while B ran", "A's drop",
+                 "B's share"], rows))
+    note(f"B idle (no other tenant): {', '.join(f'{s:.2f}' for s in idle)} s; median {base:.2f} s is the floor")
+    worst = max(r.b_seconds for r in loaded)
+    target(f"B under A's load within {RATIO_TARGET:g}x its idle time, every run", worst <= RATIO_TARGET * base,
+           f"worst {worst:.2f} s / {base:.2f} s = {worst / base:.2f}x")
+    a_d = sum(r.counts[0] for r in loaded)
+    b_d = sum(r.counts[1] for r in loaded)
+    during_s = sum(r.counts[2] for r in loaded)
+    a_s = sum(r.counts[3] for r in loaded)
+    solo_s = sum(r.counts[4] for r in loaded)
+    drop = 1.0 - (a_d / during_s) / (a_s / solo_s) if a_s else float("nan")
+    share = b_d / max(1, a_d + b_d)
+    target("A's throughput drops by no more than B's share (the runs together)", drop <= share,
+           f"A {a_d} requests in {during_s:.1f} s while B ran vs {a_s} in {solo_s:.0f} s alone: drop {drop:.1%}; "
+           f"B's share {b_d} / {a_d + b_d} = {share:.1%}")
+    note("A's throughput is its model requests answered per second (the provider's budget is what tenants "
+         "share); A's job is cancelled once measured: the figures need its first ~40 s, not its ~100 s")

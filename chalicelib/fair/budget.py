@@ -1,0 +1,78 @@
+"""A tenant's model requests through the fleet's shared limiter, at the tenant's weighted share of the budget.
+
+TenantGate wraps the limiter's `acquire` (never rewrites it): before a request takes its turn at the shared bucket,
+it takes one at its tenant's own bucket, a copy of the shared limiter (same pacing, same code) keyed by tenant and
+filled at the tenant's fraction of the limits (fair/shares.Rules.budget_fraction: its weight over the weights of
+every tenant with work running; 1.0 when alone).
+
+- Within its share (its own bucket has a turn now), a request queues at the shared bucket as before: first come,
+  first served. That is the guaranteed share: the turns a tenant reserves this way are at most its fraction.
+- Beyond its share, a request takes only a turn nobody has queued for (the shared bucket can serve it within
+  SPARE_WAIT_SECONDS), and otherwise looks again a little later. That is the burst when others are idle: their
+  unused turns go to whoever asks, and a tenant's backlog never sits in the shared queue ahead of another
+  tenant's next request, which finds at most about one second of turns before its own (the bucket's burst).
+
+A request that finds no turn within the limiter's `wait_max` raises QuotaBusy, as the limiter itself would: the
+worker hands its job or chunk back to the queue (worker/loop.categorize).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.categorize.errors import QuotaBusy
+from chalicelib.fair import demand
+from chalicelib.fair.shares import Rules
+
+SPARE_WAIT_SECONDS = 0.05  # beyond its share a request takes a turn only this close
+POLL_SECONDS = 0.25  # and otherwise looks again after about this long (less at high rates)
+
+_snapshots = demand.Cached(max_age=0.5)  # one per process: every invocation's gate reads the same picture
+
+
+class TenantGate:
+    def __init__(self, limiter: Any, tenant: str, rules: Rules, snapshot: Callable[[], Any] = _snapshots,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter, self.tenant, self.rules = limiter, tenant, rules
+        self._snapshot, self._sleep, self._clock = snapshot, sleep, clock
+        self.own_key = f"{limiter.key}#tenant#{tenant}"
+        self._spare = dataclasses.replace(limiter, wait_max=SPARE_WAIT_SECONDS)
+        per_second = max(float(limiter.rpm or 0), 1.0) / 60.0
+        self.poll = min(POLL_SECONDS, 0.5 / per_second)  # twice per interval between two turns, at least
+
+    def fraction(self) -> float:
+        return self.rules.budget_fraction(self._snapshot(), self.tenant)
+
+    def _own(self, fraction: float) -> Any:
+        """The tenant's bucket at `fraction` of the limits (configured or learned: limiter.share); a turn now or
+        QuotaBusy (nothing reserved)."""
+        return dataclasses.replace(self.limiter.share(fraction, self.own_key), wait_max=0.0)
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        """A turn for one request, within the tenant's share first come first served, beyond it if spare."""
+        wait_max = self.limiter.wait_max
+        deadline = self._clock() + (math.inf if wait_max is None else wait_max)
+        while True:
+            try:
+                self._own(self.fraction()).acquire(*args, **kwargs)
+            except QuotaBusy:
+                try:
+                    return self._spare.acquire(*args, **kwargs)
+                except QuotaBusy as busy:
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        raise QuotaBusy(max(busy.seconds, self.poll)) from None
+                    self._sleep(min(left, self.poll * random.uniform(0.5, 1.0)))
+                    continue
+            return self.limiter.acquire(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (hold, observe, ...) is the shared limiter's."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.limiter, name)

@@ -1,0 +1,122 @@
+"""The fleet's demand, in one DynamoDB item that every worker reads: which tenants have messages waiting in the
+queue and which have invocations working, so that each worker decides by the same picture (fair/shares.py).
+
+Two maps on the Control item `fair#demand`:
+- `fairWaiting`: "tenant|message" -> the epoch second the message becomes visible. Written when a job or chunk
+  message is sent (messages.send), removed when an invocation takes it. An entry lapses WAITING_TTL_SECONDS after
+  it became visible, so a message lost to a purge or the DLQ stops holding the others back.
+- `fairRunning`: "tenant|invocation" -> the epoch second the entry lapses (the invocation's Lambda time and a
+  margin), so a worker killed mid-run stops counting without anyone cleaning up after it.
+
+Each write sets or removes one map key (its own): writers never overwrite one another and need no version.
+Removing a lapsed entry is conditioned on the value read (`entry_unchanged`), so a message re-sent meanwhile
+under the same key keeps its fresh entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from pynamodb.exceptions import UpdateError
+
+from chalicelib.fair.shares import Snapshot
+from chalicelib.tables import Control
+
+KEY = "fair#demand"
+WAITING_TTL_SECONDS = 120.0
+SEP = "|"
+PRUNE_MAX = 25  # lapsed entries removed per read, at most: a read stays one read and a few small writes
+
+log = logging.getLogger(__name__)
+_made = threading.Event()  # this process has seen the item exist (its maps can take keys)
+
+
+def entry(tenant: str, name: str) -> str:
+    """The map key: the tenant first, then a message key (jobId or jobId#chunk) or an invocation id."""
+    return f"{tenant}{SEP}{name}"
+
+
+def tenant_of(key: str) -> str:
+    return key.rsplit(SEP, 1)[0]  # a tenant id may hold the separator; message keys and invocation ids never do
+
+
+def _ensure() -> None:
+    """The item with its two maps, made once (a SET of a map key fails while its map does not exist). An update,
+    not a put: `if_not_exists` keeps maps another writer made first, and senders need no PutItem permission."""
+    if _made.is_set():
+        return
+    Control(KEY).update(actions=[Control.fair_waiting.set(Control.fair_waiting | {}),
+                                 Control.fair_running.set(Control.fair_running | {})])
+    _made.set()
+
+
+def _update(*actions: object, condition: object = None) -> bool:
+    _ensure()
+    try:
+        Control(KEY).update(actions=list(actions), condition=condition)  # type: ignore[arg-type]
+        return True
+    except UpdateError as err:
+        if err.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
+def waiting(tenant: str, message: str, visible_at: float) -> None:
+    """A message of `tenant` is on the queue, visible from `visible_at`."""
+    _update(Control.fair_waiting[entry(tenant, message)].set(round(visible_at, 3)))
+
+
+def take(tenant: str, message: str, invocation: str, lapses_at: float) -> None:
+    """An invocation took the message: it no longer waits, and the tenant has one more running."""
+    _update(Control.fair_waiting[entry(tenant, message)].remove(),
+            Control.fair_running[entry(tenant, invocation)].set(round(lapses_at, 3)))
+
+
+def done(tenant: str, invocation: str) -> None:
+    _update(Control.fair_running[entry(tenant, invocation)].remove())
+
+
+def read(now: float | None = None) -> Snapshot:
+    """The fleet now (one consistent read); lapsed entries are left out, and a few of them removed."""
+    now = time.time() if now is None else now
+    try:
+        item = Control.get(KEY, consistent_read=True)
+    except Control.DoesNotExist:
+        return Snapshot()
+    _made.set()
+    waits = {k: float(v) for k, v in (item.fair_waiting.as_dict() if item.fair_waiting else {}).items()}
+    runs = {k: float(v) for k, v in (item.fair_running.as_dict() if item.fair_running else {}).items()}
+    lapsed = [("w", k, v) for k, v in waits.items() if v + WAITING_TTL_SECONDS < now]
+    lapsed += [("r", k, v) for k, v in runs.items() if v < now]
+    for kind, key, value in lapsed[:PRUNE_MAX]:
+        attr = Control.fair_waiting if kind == "w" else Control.fair_running
+        # entry_unchanged: a message re-sent (or an invocation renewed) since our read keeps its new entry.
+        _update(attr[key].remove(), condition=(attr[key] == value))
+    return Snapshot(
+        running=Counter(tenant_of(k) for k, v in runs.items() if v >= now),
+        waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS))
+
+
+class Cached:
+    """`read()` at most every `max_age` seconds in this process: the budget gate asks before every model request."""
+
+    def __init__(self, max_age: float = 0.5, reader: Callable[[], Snapshot] = read,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age, self._reader, self._clock = max_age, reader, clock
+        self._lock = threading.Lock()
+        self._at = -float("inf")
+        self._snap = Snapshot()
+
+    def __call__(self) -> Snapshot:
+        with self._lock:
+            if self._clock() - self._at > self.max_age:
+                try:
+                    self._snap = self._reader()
+                except Exception:  # the picture is advice: a failed read keeps the last one a little longer
+                    log.warning("could not read the fleet's demand", exc_info=True)
+                self._at = self._clock()
+            return self._snap

@@ -1,0 +1,56 @@
+"""The work queue's side of fair shares: a job's or chunk's message is its tenant's demand while it waits, and a
+message whose tenant must give way goes to the back of the queue.
+
+On AWS the queue also serves tenants fairly by itself: every such message carries its tenant as `MessageGroupId`
+(messages.group), and SQS fair queues keep one tenant's backlog from lengthening another's dwell time. Moto does not
+implement fair queues (it hands messages out oldest first), and fair queues alone do not free a worker that one
+tenant's long chunk holds: the deferral here and the hand-back between batches (worker/fairness.py) do both
+everywhere, so the local stack and the tests behave as the deployed service does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from chalicelib.fair import demand
+from chalicelib.settings import get_settings
+
+DEFER_SECONDS = 1  # a deferred message comes back after this: behind the waiting tenant's, and never a busy loop
+
+log = logging.getLogger(__name__)
+
+
+def message_key(message: Any) -> str:
+    """The waiting entry's name: the job, or the job and chunk."""
+    chunk = getattr(message, "chunk", None)
+    return message.job_id if chunk is None else f"{message.job_id}#{chunk}"
+
+
+def sending(messages: Sequence[Any], delay_seconds: int) -> None:
+    """Register each job or chunk message about to be sent as its tenant's demand (with fair shares on).
+
+    Before the send: a worker that takes the message at once then finds the entry to remove, instead of the entry
+    landing after the take and holding other tenants back until it lapses. Best effort: a failed registration
+    leaves fairness a message short, never the message unsent.
+    """
+    mine = [m for m in messages if getattr(m, "tenant", "")]
+    if not mine or not get_settings().fair_shares:
+        return
+    visible = time.time() + delay_seconds
+    for message in mine:
+        try:
+            demand.waiting(message.tenant, message_key(message), visible)
+        except Exception:
+            log.warning("could not register a message as its tenant's demand", exc_info=True,
+                        extra={"jobId": message.job_id})
+
+
+def defer(message: Any) -> None:
+    """Send the message again, DEFER_SECONDS later, to the back of the queue; the received copy is then deleted
+    as handled. A new message, not a visibility change: a deferral must not count toward the DLQ's receives."""
+    from chalicelib import messages
+
+    messages.send(message, DEFER_SECONDS)

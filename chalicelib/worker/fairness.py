@@ -1,0 +1,71 @@
+"""How the worker picks which tenant's work runs next (chalicelib/fair): fair shares of the workers.
+
+Fairness over the provider's budget alone would not help a small job whose message waits in the queue behind a
+large job's chunks, or whose worker never frees up because each chunk runs for minutes. So, with FAIR_SHARES on:
+
+- `turn`: a received job or chunk message whose tenant holds more of the fleet than another waiting tenant is
+  deferred to the back of the queue (fair/queue.defer) instead of run; otherwise the invocation is registered as
+  its tenant's (fair/demand) for as long as it runs.
+- `must_yield`: between two batches, an invocation whose tenant holds more than its share while another tenant
+  waits hands its job or chunk back (loop.work), at a checkpoint, and the freed worker takes the waiting message.
+
+Both read the same one-item picture of the fleet (fair/demand.read) and decide by the same rules (fair/shares).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from chalicelib.fair import demand, queue
+from chalicelib.fair.shares import Rules, Weights
+from chalicelib.settings import Settings
+
+log = logging.getLogger(__name__)
+LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda time by this much
+
+
+def rules(settings: Settings) -> Rules:
+    return Rules(Weights(dict(settings.tenant_weights)), max(0, settings.fair_min_slots))
+
+
+@contextlib.contextmanager
+def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
+    """Yields False when the message was deferred (nothing to run), True while its invocation runs."""
+    tenant = getattr(message, "tenant", "")
+    if not settings.fair_shares or not tenant:
+        yield True  # a message from before fair shares (no tenant) runs as it comes
+        return
+    snap = demand.read()
+    if rules(settings).defer(snap, tenant):
+        queue.defer(message)
+        log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
+        yield False
+        return
+    invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}#{uuid.uuid4().hex[:8]}"
+    lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
+    demand.take(tenant, queue.message_key(message), invocation, lapses)
+    try:
+        yield True
+    finally:
+        try:
+            demand.done(tenant, invocation)
+        except Exception:  # the entry lapses on its own
+            log.warning("could not end a tenant's running entry", exc_info=True, extra={"tenant": tenant})
+
+
+def must_yield(settings: Settings, tenant: str, started: float) -> bool:
+    """Should an invocation of `tenant` (working since `started`, epoch seconds) hand its work back now?"""
+    if not settings.fair_shares or not tenant:
+        return False
+    try:
+        snap = demand.read()
+    except Exception:  # advice only: keep working
+        log.warning("could not read the fleet's demand", exc_info=True)
+        return False
+    over = time.time() - started >= settings.fair_quantum_seconds
+    return rules(settings).must_yield(snap, tenant, turn_is_over=over)

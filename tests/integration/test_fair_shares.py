@@ -1,0 +1,176 @@
+"""Fair shares between tenants against the moto server and the simulator: two tenants' jobs at once on two workers
+(the real SQS handler, one message per invocation as Lambda's batch size 1), and tenants' requests through their
+gates over one shared limiter."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from chalicelib import deps
+from chalicelib.categorize.limiter import SharedLimiter
+from chalicelib.fair import demand
+from chalicelib.fair import queue as fair_queue
+from chalicelib.fair.budget import TenantGate
+from chalicelib.fair.shares import Rules, Snapshot, Weights
+from chalicelib.settings import get_settings
+from chalicelib.worker import fairness
+from tests.driver import Driver
+from tests.integration.test_worker import assert_every_line_once
+from tests.support import Ctx, deliver, expense_lines, job_of, vendors, wait_for
+
+pytestmark = pytest.mark.sim(latency=0.2)
+
+
+@pytest.fixture
+def fair(sim, monkeypatch):
+    """Settings with fair shares on, small chunks (a 1,200-line job is 12 chunks of 2 batches), for the workers
+    here and for every message sent (the API's included)."""
+    settings = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
+                                   fair_shares=True, fanout_threshold_lines=100, chunk_lines=100, line_batch_size=50,
+                                   line_read_ahead=1, model_batch_size=10, model_concurrency=2)
+    monkeypatch.setattr(fair_queue, "get_settings", lambda: settings)
+    return settings
+
+
+class Admissions:
+    """Every message an invocation took (demand.take), in order: (tenant, message key)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.taken: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        real = demand.take
+
+        def take(tenant: str, message: str, invocation: str, lapses_at: float) -> None:
+            with self._lock:
+                self.taken.append((tenant, message))
+            real(tenant, message, invocation, lapses_at)
+
+        monkeypatch.setattr(fairness.demand, "take", take)
+
+    def snapshot(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.taken)
+
+
+@pytest.fixture
+def workers(fair) -> Iterator[set[str]]:
+    """Two workers taking one message at a time for the jobs in the yielded set (other tests' strays are deleted)."""
+    jobs: set[str] = set()
+    stop = threading.Event()
+    sqs, url = deps.client("sqs"), deps.work_queue_url()
+
+    def loop() -> None:
+        while not stop.is_set():
+            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=1,
+                                      AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+            for m in got:
+                if job_of(m["Body"]) in jobs:
+                    deliver([m], Ctx(), fair)
+                else:
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    yield jobs
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+
+
+def _driver(client, token_for) -> Driver:
+    return Driver(client, token_for(tenant=f"tenant-{uuid.uuid4().hex[:8]}"))
+
+
+def test_a_small_job_of_another_tenant_is_not_held_behind_a_large_jobs_chunks(client, token_for, workers,
+                                                                              monkeypatch):
+    taken = Admissions(monkeypatch)
+    a, b = _driver(client, token_for), _driver(client, token_for)
+    a_lines, b_lines = expense_lines(1200, vendors(300)), expense_lines(40, vendors(12), prefix="b")
+    report = f"r-{uuid.uuid4().hex[:12]}"
+    assert b.call("post", "/reports", {"reportId": report, "name": "B",
+                                       "deliveryTargets": [{"type": "api", "mode": "async"}]})[0] == 201
+    assert b.call("post", "/expenses", {"lines": b_lines})[0] == 201
+    a_job = a.start(a_lines)
+    workers.add(a_job)
+    # A has fanned out: its 12 chunk messages are on the queue, and the workers have begun taking them.
+    wait_for(lambda: any("#" in key for _, key in taken.snapshot()), timeout=30, what="A's first chunk taken")
+    before_b = taken.snapshot()
+    status, body = b.call("post", f"/reports/{report}/generate", {"period": "2026-01"})
+    assert status == 202, body
+    b_job = body["jobId"]
+    workers.add(b_job)
+    wait_for(lambda: b.job(b_job)["status"] == "Completed", timeout=60, what="B's job Completed")
+    a_at_b_done = a.job(a_job)
+
+    order = taken.snapshot()
+    b_at = order.index(next(t for t in order if t[1] == b_job))
+    a_chunks_before = {key for _, key in before_b if key.startswith(a_job + "#")}
+    jumped = 12 - len(a_chunks_before)  # A's chunks whose messages were ahead of B's in the queue
+    first_taken_meanwhile = {key for _, key in order[len(before_b):b_at]
+                             if key.startswith(a_job + "#")} - a_chunks_before
+    assert jumped >= 6, f"the test needs A's chunks queued ahead of B's message: {order}"
+    # Without fair shares, B's message waits for the workers to take all `jumped` of them; with them, a worker
+    # defers A's messages (A holds the other worker) and takes B's, or a worker hands A's chunk back for it.
+    assert len(first_taken_meanwhile) <= 2, order
+    assert a_at_b_done["status"] == "Processing" and a_at_b_done["processedLines"] < 1200
+
+    wait_for(lambda: a.job(a_job)["status"] == "Completed", timeout=120, what="A's job Completed")
+    assert_every_line_once(a, a_job, a_lines)  # deferred and handed-back chunks lost and doubled nothing
+    assert_every_line_once(b, b_job, b_lines)
+
+
+# --- the budget: tenants' gates over one shared limiter ------------------------------------------------------
+
+
+def _turns(gates: dict[str, TenantGate], threads: dict[str, int], seconds: float) -> Counter[str]:
+    """Each tenant's `threads[t]` threads ask for turns back to back for `seconds`; the turns each tenant got."""
+    got: Counter[str] = Counter()
+    lock = threading.Lock()
+    until = time.monotonic() + seconds
+
+    def ask(tenant: str) -> None:
+        while time.monotonic() < until:
+            gates[tenant].acquire(100)
+            with lock:
+                got[tenant] += 1
+
+    pool = [threading.Thread(target=ask, args=(t,)) for t, n in threads.items() for _ in range(n)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return got
+
+
+def _gates(weights: dict[str, float], running: Callable[[], Snapshot]) -> dict[str, TenantGate]:
+    shared = SharedLimiter(rpm=300, tpm=None, wait_max=None, key=f"limiter#test-{uuid.uuid4().hex}")
+    rules = Rules(Weights(weights))
+    return {t: TenantGate(shared, t, rules, snapshot=running) for t in ("a", "b")}
+
+
+@pytest.mark.parametrize("weights, low, high", [({}, 0.38, 0.65), ({"b": 3.0}, 0.55, 0.9)],
+                         ids=["equal", "b weighs 3"])
+def test_each_tenant_gets_its_weighted_share_of_the_budget_whatever_its_number_of_threads(weights, low, high):
+    """A asks from 6 threads, B from 3: first come first served would give B about a third of the turns. The
+    bounds are loose (B's threads spend part of each turn on DynamoDB round trips, in which A takes spare turns):
+    with weights 1:1 B gets about half, with 1:3 clearly more than half."""
+    both = Snapshot(running={"a": 1, "b": 1})
+    got = _turns(_gates(weights, lambda: both), {"a": 6, "b": 3}, seconds=6.0)
+    total = got["a"] + got["b"]
+    assert total >= 25, got  # the shared bucket's 5 a second for 6 s, less start-up: the gates lost no budget
+    assert low <= got["b"] / total <= high, got
+
+
+def test_an_idle_tenants_share_is_lent_to_the_tenant_that_asks():
+    """B has a worker (its share stands) but asks for nothing: A, over its half, takes B's unused turns too."""
+    both = Snapshot(running={"a": 1, "b": 1})
+    got = _turns(_gates({}, lambda: both), {"a": 4}, seconds=3.0)
+    assert got["a"] >= 14, got  # the whole bucket (5 a second, a burst of 5 at first: 20), not half of it (10)

@@ -1,0 +1,63 @@
+"""The rules of fair shares between tenants (chalicelib/fair/shares.py), without AWS."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.fair.shares import Rules, Snapshot, Weights, parse_weights
+
+
+def test_weights_are_read_from_tenant_equals_weight_pairs():
+    assert parse_weights(" acme=3, globex=0.5 ,") == {"acme": 3.0, "globex": 0.5}
+    assert parse_weights("") == {}
+
+
+@pytest.mark.parametrize("text", ["acme", "acme=", "=2", "acme=0", "acme=-1", "acme=nan", "acme=inf", "acme=x"])
+def test_a_bad_weight_is_refused_naming_its_entry(text):
+    with pytest.raises(ValueError, match="TENANT_WEIGHTS entry"):
+        parse_weights(f"ok=1,{text}")
+
+
+def test_a_tenant_holding_every_worker_defers_its_next_message_while_another_tenant_waits():
+    rules, snap = Rules(), Snapshot(running={"a": 1}, waiting={"a": 18, "b": 1})
+    assert rules.defer(snap, "a")  # a would hold both workers; b has none
+    assert not rules.defer(snap, "b")
+    assert not rules.defer(Snapshot(running={"a": 1}, waiting={"a": 18}), "a")  # alone: a keeps every worker
+
+
+def test_a_tenant_over_its_share_hands_a_worker_back_between_batches():
+    rules = Rules()
+    assert rules.must_yield(Snapshot(running={"a": 2}, waiting={"b": 1}), "a")
+    assert not rules.must_yield(Snapshot(running={"a": 1, "b": 1}, waiting={"a": 5, "b": 1}), "a")  # even split
+    assert not rules.must_yield(Snapshot(running={"a": 2}, waiting={"a": 5}), "a")  # nobody else waits
+
+
+def test_weights_are_honoured_three_workers_to_one_and_the_split_is_stable():
+    rules = Rules(Weights({"a": 3.0}))
+    # 4 workers, both tenants with more waiting: a keeps 3, b 1, and neither gives way to the other.
+    at_rest = Snapshot(running={"a": 3, "b": 1}, waiting={"a": 9, "b": 9})
+    assert not rules.must_yield(at_rest, "a") and not rules.must_yield(at_rest, "b")
+    even = Snapshot(running={"a": 2, "b": 2}, waiting={"a": 9, "b": 9})
+    assert rules.must_yield(even, "b") and not rules.must_yield(even, "a")  # b gives a its third
+    assert rules.defer(Snapshot(running={"a": 3, "b": 0}, waiting={"a": 9, "b": 9}), "a")  # b's minimum first
+
+
+def test_the_guaranteed_minimum_beats_the_weights():
+    rules = Rules(Weights({"a": 100.0}), min_slots=1)
+    assert rules.must_yield(Snapshot(running={"a": 4}, waiting={"b": 1}), "a")  # b's one worker, whatever a weighs
+    assert not Rules(Weights({"a": 100.0}), min_slots=0).must_yield(Snapshot(running={"a": 4}, waiting={"b": 1}), "a")
+
+
+def test_with_fewer_workers_than_tenants_they_take_turns_after_a_quantum():
+    rules, snap = Rules(), Snapshot(running={"a": 1}, waiting={"b": 1})  # one worker
+    assert not rules.must_yield(snap, "a")  # no split is fairer than this one at once...
+    assert rules.must_yield(snap, "a", turn_is_over=True)  # ...so a gives way once it has worked a quantum
+    assert not rules.defer(Snapshot(waiting={"a": 1, "b": 1}), "a")  # a tie is not deferred: the queue decides
+
+
+def test_an_idle_tenants_share_of_the_budget_is_lent_out():
+    rules = Rules(Weights({"a": 3.0}))
+    assert rules.budget_fraction(Snapshot(running={"a": 2}), "a") == 1.0  # alone: the whole budget
+    assert rules.budget_fraction(Snapshot(running={"a": 2}, waiting={"b": 1}), "a") == 1.0  # b asks nothing yet
+    assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "a") == 0.75
+    assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "b") == 0.25
