@@ -148,7 +148,8 @@ ProblemTypeUri = Literal[
     "urn:reports:problem:active-job-exists", "urn:reports:problem:not-async-report",
     "urn:reports:problem:invalid-transition", "urn:reports:problem:precondition-failed",
     "urn:reports:problem:payload-too-large", "urn:reports:problem:unsupported-media-type",
-    "urn:reports:problem:idempotency-key-reused", "urn:reports:problem:precondition-required",
+    "urn:reports:problem:idempotency-key-reused", "urn:reports:problem:no-lines",
+    "urn:reports:problem:precondition-required",
     "urn:reports:problem:rate-limited", "urn:reports:problem:internal-error",
     "urn:reports:problem:service-unavailable"]
 

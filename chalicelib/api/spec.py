@@ -818,8 +818,9 @@ PATHS = {
             "tags": ["jobs"],
             "summary": "Start a report job",
             "description": (
-                "Creates a job with status `Queued` and queues it for the worker. One active job per user, report and "
-                "period; at most 20 jobs per user per rolling hour."
+                "Creates a job (type `expense_report`) with status `Queued` and queues it for the worker. One active "
+                "job per user, report and period; at most 20 jobs of the type per user per rolling hour. A period "
+                "without lines is refused (422 `no-lines`) before any job is written."
             ),
             "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": ref(m.GenerateRequest)}}},
@@ -867,9 +868,14 @@ PATHS = {
                 },
                 "413": _ref("PayloadTooLarge"),
                 "415": _ref("UnsupportedMediaType"),
-                "422": _problem("The Idempotency-Key was used (within 24 h) with another report or body."),
+                "422": _problem(
+                    "Either `no-lines`: the period has no expense lines of the caller's, and no job was created "
+                    "(none counted toward the hourly limit; a report's schedule still generates an empty month, "
+                    "as a job that completes with an empty report and says so); or `idempotency-key-reused`: the "
+                    "Idempotency-Key was used (within 24 h) with another report or body."),
                 "429": {
-                    "description": "More than 20 jobs created by the caller in the last hour.",
+                    "description": "More than 20 `expense_report` jobs created by the caller in the last hour (the "
+                                   "limit counts per user and job type).",
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                     "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
                 },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from chalicelib.categorize.usage import Meter
 from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
+FLEX_TIMEOUT_SECONDS = 900.0
 
 
 class Background:
@@ -92,6 +94,14 @@ def _flagged(item: Item) -> Answer:
     return Answer(item.id, None, 0.0, "model", True)
 
 
+def _flex_timeout(backend: ModelBackend) -> float | None:
+    """A flex request's timeout: flex queues requests, so it may take minutes (OpenAI advises up to 15), as long as
+    the invocation has time left to checkpoint after it; None (the client's own timeout) on other lanes."""
+    if backend.lane != "flex" or backend.loop is None:
+        return None
+    return max(1.0, min(FLEX_TIMEOUT_SECONDS, backend.loop.deadline - time.monotonic()))
+
+
 def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str],
                cache_key: str | None = None) -> list[Answer]:
     """Ask once; ask again once for what is missing or invalid; flag what is still missing."""
@@ -105,7 +115,7 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str],
 
             got = backend.loop.run(partial(provider.ask, backend.api, backend.model, todo, categories,
                                            backend.limiter, lane=backend.lane, cache_key=cache_key,
-                                           meter=backend.meter))
+                                           meter=backend.meter, timeout=_flex_timeout(backend)))
         except RetriesExhausted:
             break
         except ProviderError as err:

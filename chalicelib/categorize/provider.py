@@ -217,14 +217,15 @@ def _flex_unavailable(err: Exception) -> bool:
 
 
 def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None, *,
-        lane: str = "standard", cache_key: str | None = None, meter: usage.Meter | None = None) -> list[Answer]:
+        lane: str = "standard", cache_key: str | None = None, meter: usage.Meter | None = None,
+        timeout: float | None = None) -> list[Answer]:
     """One request; returns the answers that are valid (missing or invalid ones are left out).
 
     The stable part of the prompt comes first (prompt.py) with `cache_key` as the provider's `prompt_cache_key`.
     On the `flex` lane the request asks for the flex service tier; when flex has no capacity (429
     resource_unavailable, not billed) it is sent once more at once on the standard tier, counted as a flex
     fallback: the lane trades speed for price, never lines. `meter` adds up each answer's usage, priced at the
-    lane that served it.
+    lane that served it. `timeout` (flex: longer than the client's) applies to the flex request only.
     """
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
     messages: list[Any] = prompt.messages(categories, payload)
@@ -236,7 +237,8 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
     while True:
         try:
             # with_raw_response: the x-ratelimit-remaining-* headers of the answer feed the fleet's limiter.
-            raw = api.chat.completions.with_raw_response.parse(
+            sender = api.with_options(timeout=timeout) if timeout and served == "flex" else api
+            raw = sender.chat.completions.with_raw_response.parse(
                 model=model, temperature=0, messages=messages, max_completion_tokens=budget,
                 response_format=answer_model(tuple(categories)),
                 prompt_cache_key=cache_key if cache_key else openai.omit,

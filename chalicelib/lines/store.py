@@ -101,5 +101,10 @@ def whole_period(owner_id: str, period: str, n: int) -> list[ExpenseLine] | None
     return lines if page.last_evaluated_key is None else None
 
 
+def has_lines(owner_id: str, period: str) -> bool:
+    """Whether the month has any line (one read of one key)."""
+    return bool(read_lines(owner_id, period, "", 1))
+
+
 def count_lines(owner_id: str, period: str) -> int:
     return ExpenseLine.count(owner_period(owner_id, period), consistent_read=True)

@@ -90,13 +90,13 @@ def submit(run: Any) -> bool:
         # Another invocation of the job submitted first (or the job moved on): this batch is not the job's.
         _cancel(api, batch_id)
         return True
-    _list_pending(job.job_id)
+    list_pending(job.job_id)
     log.info("job waits on a provider batch", extra={"jobId": job.job_id, "batchId": batch_id,
                                                      "requests": len(lines)})
     return True
 
 
-def _list_pending(job_id: str) -> None:
+def list_pending(job_id: str) -> None:
     try:
         # pending_item_exists: the map is made once; a second maker's put is refused and it only adds its entry.
         Control(PENDING, stamps={}).save(condition=Control.pk.does_not_exist())

@@ -62,7 +62,10 @@ def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = 
         from chalicelib.worker import batchlane
 
         # Submitted: the poller owns the job until its batch is collected (this message is a duplicate or the
-        # reaper's). Else the batch is sent now, unless the job has nothing to ask (offline, all cached).
+        # reaper's; the job is listed for the poller again, in case its submitter died between the two writes).
+        # Else the batch is sent now, unless the job has nothing to ask (offline, all cached).
+        if job.batch_state == "submitted":
+            batchlane.list_pending(job.job_id)
         if job.batch_state == "submitted" or batchlane.submit(run):
             run.background.wait()
             runner.release(job, run.lease)

@@ -218,3 +218,58 @@ def test_usage_of_requests_answered_before_a_long_rate_limit_wait_is_counted_wit
     stats = sim.stats(include_log=False)
     assert api.job(job_id)["usage"]["modelRequests"] == stats["ok"] == 3
     assert api.job(job_id)["usage"]["inputTokens"] == stats["tokens"]["prompt"]
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_waiting_job_the_poller_lost_is_listed_again_by_the_reapers_message(api, sim, model_settings):
+    from chalicelib import worker
+    from chalicelib.tables import Control
+    from tests.support import Ctx
+
+    lines = expense_lines(20, vendors(8))
+    job_id = generate(api, lines, {"lane": "batch"})
+    _wait_on_batch(job_id, model_settings)
+    # The submitter died between recording the batch on the job and listing it for the poller:
+    Control(batchlane.PENDING).update(actions=[Control.stamps[job_id].remove()])
+    assert batchlane.poll(model_settings)["collected"] == 0
+    worker.run_job(job_id, "reaped", Ctx(), model_settings)  # the reaper re-enqueues the stale job
+    assert Job.get(job_id, consistent_read=True).batch_state == "submitted"  # no second batch
+    assert batchlane.poll(model_settings)["collected"] == 1
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+
+
+def test_scheduled_jobs_take_the_batch_lane_unless_their_report_names_one(api):
+    from datetime import UTC, datetime
+
+    from chalicelib import schedules
+
+    reports = {}
+    for lane in (None, "flex"):
+        report_id = f"r-{uuid.uuid4().hex[:12]}"
+        assert api.call("post", "/reports", {"reportId": report_id, "name": "Scheduled", "schedule": {
+            "type": "monthly", "day": 27}, "deliveryTargets": [{"type": "api", "mode": "async"}],
+            **({"lane": lane} if lane else {})})[0] == 201
+        reports[report_id] = lane
+    assert schedules.run_due(datetime(2026, 5, 27, 0, 5, tzinfo=UTC))["created"] >= 2
+    jobs = {j["reportId"]: j for j in api.call("get", "/jobs?pageSize=100")[1]["items"]}
+    assert {r: jobs[r]["lane"] for r in reports} == {r: lane or "batch" for r, lane in reports.items()}
+    assert all(jobs[r]["trigger"] == "schedule" for r in reports)
+    # The same report generated through the API: its own lane, else standard.
+    assert api.call("post", "/expenses", {"lines": expense_lines(2, vendors(2), period="2026-03")})[0] == 201
+    for report_id, lane in reports.items():
+        status, job = api.call("post", f"/reports/{report_id}/generate", {"period": "2026-03"})
+        assert status == 202 and job["lane"] == (lane or "standard")
+
+
+@pytest.mark.sim(latency=1.5)
+def test_a_flex_request_may_take_longer_than_the_clients_timeout(api, sim, model_settings):
+    # Flex queues requests (OpenAI advises timeouts of up to 15 minutes): a flex request waits as long as the
+    # invocation can, where a standard one gives up at OPENAI_TIMEOUT_SECONDS.
+    settings = dataclasses.replace(model_settings, openai_timeout_seconds=0.5)
+    lines = expense_lines(10, vendors(5))
+    job_id = generate(api, lines, {"lane": "flex"})
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    job = api.job(job_id)
+    assert job["failedLines"] == 0 and job["retryCount"] == 0 and job["usage"]["modelRequests"] == 1
