@@ -472,6 +472,12 @@ class Control(_Model):
     level_requests = NumberAttribute(null=True, attr_name="levelRequests")
     level_tokens = NumberAttribute(null=True, attr_name="levelTokens")
     level_at = NumberAttribute(null=True, attr_name="levelAt")
+    # Its limits learned from the provider's x-ratelimit-limit-* headers (0: not advertised), the probe that is
+    # learning them (until when it may go alone), and the end of the last 429's hold (epoch seconds).
+    learned_rpm = NumberAttribute(null=True, attr_name="learnedRpm")
+    learned_tpm = NumberAttribute(null=True, attr_name="learnedTpm")
+    probe_until = NumberAttribute(null=True, attr_name="probeUntil")
+    held_until = NumberAttribute(null=True, attr_name="heldUntil")
     # Job counts of one user and creation day, by status (jobs/counts.py): top-level, so a transition can ADD.
     n_queued = NumberAttribute(null=True, attr_name="nQueued")
     n_processing = NumberAttribute(null=True, attr_name="nProcessing")

@@ -96,6 +96,11 @@ class SimConfig:
     tpm: float | None = _knob(None, _optional_float, "tokens per minute; None is unlimited")
     burst_seconds: float | None = _knob(1.0, _optional_float, "short window of the request limit: at most "
                                         "rpm/60*burst_seconds requests at once; None disables it")
+    window_seconds: float | None = _knob(None, _optional_float, "enforce the request limit over rolling windows "
+                                         "instead, as real providers do: at most rpm/60*window_seconds requests "
+                                         "in any window of this many seconds (replaces burst_seconds); None: off")
+    settle_tokens: bool = _knob(False, _flag, "when a request is answered, give back to the tokens-per-minute bucket "
+                                "what its charge (prompt estimate + max_completion_tokens) exceeded its usage")
     early_grace: float = _knob(0.05, float, "seconds after a 429 during which arrivals are in-flight, not early")
     seed: int = _knob(0, int, "seed of the fault RNGs")
     fail_first: int = _knob(0, int, "answer the first N requests with fail_status")
@@ -134,6 +139,8 @@ class SimConfig:
         for name in ("rpm", "tpm"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (or None for unlimited)")
+        if self.window_seconds is not None and not self.window_seconds > 0:
+            raise ValueError("window_seconds must be positive (or None for off)")
         for name in ("latency", "early_grace", "timeout_seconds", "burst_retry_after", "fail_first",
                      "rate_limit_burst"):
             if getattr(self, name) < 0:
@@ -264,17 +271,56 @@ class TokenBucket:
         self.refill(now)
         return 0.0 if self.level >= cost - 1e-9 else (cost - self.level) / self.rate
 
+    def take(self, cost: float, now: float) -> None:
+        self.level -= cost
+
+    def give_back(self, amount: float, now: float) -> None:
+        self.refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+
+class RollingWindow:
+    """At most `capacity` requests in any window of `seconds`: a log of the arrivals it let through.
+
+    Stricter than a bucket of the same size: a bucket refilled at the limit's rate lets a request through as soon
+    as a fraction of the window has passed, where a rolling window counts every arrival of the last `seconds`. So
+    a client that paces exactly at the limit, or sends a burst when a bucket would be full, meets 429s here.
+    """
+
+    def __init__(self, per_minute: float, seconds: float) -> None:
+        self.seconds = seconds
+        self.capacity = max(1, math.floor(per_minute / 60.0 * seconds + 1e-9))
+        self.arrivals: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self.arrivals and self.arrivals[0] <= now - self.seconds:
+            self.arrivals.popleft()
+
+    def wait(self, cost: float, now: float) -> float:
+        self._expire(now)
+        if len(self.arrivals) + cost <= self.capacity:
+            return 0.0
+        # The arrival whose leaving makes room: the window then holds capacity - cost of the newest.
+        return self.arrivals[len(self.arrivals) - int(self.capacity - cost) - 1] + self.seconds - now
+
+    def take(self, cost: float, now: float) -> None:
+        self.arrivals.extend([now] * int(cost))
+
 
 class Limiter:
-    """One provider limit ("requests" or "tokens"): a per-minute bucket, plus for requests the short-window
-    bucket real providers enforce without advertising it (headers show the minute bucket only)."""
+    """One provider limit ("requests" or "tokens"): a per-minute bucket, plus for requests the short window
+    real providers enforce without advertising it (headers show the minute bucket only): a bucket of
+    burst_seconds of the limit, or, with window_seconds, a rolling window."""
 
-    def __init__(self, kind: str, per_minute: float, burst_seconds: float | None, now: float) -> None:
+    def __init__(self, kind: str, per_minute: float, burst_seconds: float | None, now: float,
+                 window_seconds: float | None = None) -> None:
         self.kind, self.limit = kind, per_minute
         rate = per_minute / 60.0
         self.minute = TokenBucket(per_minute, rate, now)
-        self.buckets = [self.minute]
-        if kind == "requests" and burst_seconds:
+        self.buckets: list[TokenBucket | RollingWindow] = [self.minute]
+        if kind == "requests" and window_seconds:
+            self.buckets.append(RollingWindow(per_minute, window_seconds))
+        elif kind == "requests" and burst_seconds:
             self.buckets.append(TokenBucket(max(1.0, rate * burst_seconds), rate, now))
 
     def too_large(self, cost: float) -> bool:
@@ -283,9 +329,9 @@ class Limiter:
     def wait(self, cost: float, now: float) -> float:
         return max(b.wait(cost, now) for b in self.buckets)
 
-    def take(self, cost: float) -> None:
+    def take(self, cost: float, now: float) -> None:
         for bucket in self.buckets:
-            bucket.level -= cost
+            bucket.take(cost, now)
 
     def headers(self, now: float) -> dict[str, str]:
         self.minute.refill(now)
@@ -355,6 +401,7 @@ class Stats:
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self.flex_unavailable = 0
         self.charged_tokens = 0  # what accepted requests took from the tokens-per-minute bucket (prompt + budget)
+        self.settled_tokens = 0  # what answers gave back of it (settle_tokens)
         self.status_counts: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.by_vendor: Counter[str] = Counter()
@@ -397,7 +444,8 @@ class Stats:
                "requests_by_vendor": dict(self.by_vendor), "answered_by_vendor": dict(self.answered_by_vendor),
                "faults": dict(self.faults),
                "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                          "charged": self.charged_tokens, "cached": self.cached_tokens},
+                          "charged": self.charged_tokens, "cached": self.cached_tokens,
+                          "settled": self.settled_tokens},
                "flex_unavailable": self.flex_unavailable,
                "started_at": self.started_at, "elapsed": round(now - self.started, 6)}
         if include_log:
@@ -476,7 +524,7 @@ class Simulator:
         fail_first / rate_limit_burst are re-armed when given."""
         with self._lock:
             self._config = self._config.with_changes(changes)
-            if {"rpm", "tpm", "burst_seconds"} & set(changes):
+            if {"rpm", "tpm", "burst_seconds", "window_seconds"} & set(changes):
                 self._limiters = self._build_limiters(time.monotonic())
             if "seed" in changes:
                 self._rngs.clear()
@@ -512,7 +560,8 @@ class Simulator:
     def _build_limiters(self, now: float) -> list[Limiter]:
         cfg = self._config
         limits = (("requests", cfg.rpm), ("tokens", cfg.tpm))
-        return [Limiter(kind, limit, cfg.burst_seconds, now) for kind, limit in limits if limit is not None]
+        return [Limiter(kind, limit, cfg.burst_seconds, now, cfg.window_seconds)
+                for kind, limit in limits if limit is not None]
 
     # -- routing -----------------------------------------------------------------------------------------------
 
@@ -572,7 +621,11 @@ class Simulator:
             reply.headers = {**headers, **reply.headers}
             return reply
         self._stopping.wait(cfg.latency + (cfg.timeout_seconds if faults.timeout else 0.0))
-        return Reply(200, self.answer(sequence, req, faults), headers)
+        completion = self.answer(sequence, req, faults)
+        if cfg.settle_tokens:
+            with self._lock:
+                self._settle(req.tokens - completion["usage"]["total_tokens"])
+        return Reply(200, completion, headers)
 
     def answer(self, sequence: int, req: ChatRequest, faults: AnswerFaults) -> dict[str, Any]:
         """The completion for an accepted request, its usage counted (the prompt cache read and filled)."""
@@ -600,6 +653,14 @@ class Simulator:
         while len(self._prefixes) > 10_000:
             self._prefixes.popitem(last=False)
         return tokens // 128 * 128 if seen else 0
+
+    def _settle(self, unused: int) -> None:
+        """A provider that settles: the part of the charge the answer did not use goes back to the token bucket."""
+        now = time.monotonic()
+        for limiter in self._limiters:
+            if limiter.kind == "tokens" and unused > 0:
+                limiter.minute.give_back(unused, now)
+        self._stats.settled_tokens += max(0, unused)
 
     def _decide(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
         """Refusals in the order a provider applies them; None means answer the request."""
@@ -656,7 +717,7 @@ class Simulator:
         wait, limiter = max(waits, key=lambda pair: pair[0], default=(0.0, None))
         if limiter is None or wait <= 0:
             for each in self._limiters:
-                each.take(costs[each.kind])
+                each.take(costs[each.kind], now)
             return None
         self._note_retry_after(limiter.kind, now, wait)
         unit = "RPM" if limiter.kind == "requests" else "TPM"

@@ -159,27 +159,51 @@ def completion_budget(items: list[Item], categories: list[str]) -> int:
     return 16 + (20 + -(-longest // 2)) * len(items)
 
 
-def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    """What the provider counts against tokens-per-minute before it answers: prompt plus max output."""
-    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + max_tokens
+@lru_cache(maxsize=64)
+def schema_text(categories: tuple[str, ...]) -> str:
+    """The response schema of a taxonomy as the request carries it (made once per taxonomy, for estimate_tokens)."""
+    return json.dumps(answer_schema(list(categories)))
 
 
-def _remaining(headers: Any, name: str) -> float | None:
-    return _number(headers.get(f"x-ratelimit-remaining-{name}"), 1.0) if headers is not None else None
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int, schema: str = "") -> int:
+    """What the provider counts against tokens-per-minute before it answers: prompt plus max output.
+
+    The prompt is counted from the request itself, with no tokenizer to download: about 4 characters a token for
+    ASCII (English, JSON), a token for every other character (most scripts take 1 to 3 bytes a token: counting one
+    per character errs high), a few tokens of framing per message, and the response schema, which structured
+    outputs put in front of the prompt. The answer's `usage` settles the difference (limiter.answered).
+    """
+    text = "".join(m["content"] for m in messages) + schema
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return -(-ascii_chars // 4) + (len(text) - ascii_chars) + 4 * len(messages) + 3 + max_tokens
+
+
+def _used(raw: Any) -> int | None:
+    """The tokens the provider says the request used (`usage.total_tokens`), None when it does not say."""
+    try:
+        usage = raw.parse().usage
+    except Exception:  # an answer the SDK cannot read (cut off, filtered, not a completion): read the body
+        usage = _field(_body(raw), "usage")
+    total = _field(usage, "total_tokens")
+    return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+
+
+def _tell(limiter: Any, what: str, *args: Any, **kwargs: Any) -> None:
+    """Advice to the fleet's limiter (a hold, an answer's headers): a failure to record it is logged, never raised
+    in place of the answer or the error it is about."""
+    try:
+        getattr(limiter, what)(*args, **kwargs)
+    except Exception:
+        log.warning("could not record %s at the shared limiter; other workers find out on their own", what,
+                    exc_info=True)
 
 
 def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
     """Tell the fleet's limiter about a 429, so every worker's next request waits out the provider's window.
 
-    No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS). The hold is advice to the others: a failure to
-    record it is logged, never raised in place of the 429 it is about.
+    No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS).
     """
-    seconds = max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS)
-    try:
-        limiter.hold(seconds, tokens)
-    except Exception:
-        log.warning("could not record a 429 at the shared limiter; other workers find out on their own",
-                    exc_info=True)
+    _tell(limiter, "hold", max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS), tokens)
 
 
 FLEX_UNAVAILABLE = "resource_unavailable"  # flex processing's 429 when it has no capacity (not billed)
@@ -206,7 +230,7 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
     messages: list[Any] = prompt.messages(categories, payload)
     budget = completion_budget(items, categories)
-    tokens = estimate_tokens(messages, budget)
+    tokens = estimate_tokens(messages, budget, schema_text(tuple(categories)))
     if limiter is not None:
         limiter.acquire(tokens)
     served, fallbacks = lane, 0
@@ -228,6 +252,8 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
                 continue
             observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
             error = classify(err)
+            if limiter is not None and isinstance(err, openai.APIStatusError):
+                _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
             if limiter is not None and error.name == RATE_LIMITED:
                 _hold_fleet(limiter, error.retry_after, tokens)
             if meter is not None and fallbacks:
@@ -235,7 +261,8 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
             raise error from err
     observability.model_request()
     if limiter is not None:
-        limiter.observe(_remaining(raw.headers, "requests"), _remaining(raw.headers, "tokens"))
+        # The answer's headers (the limits, what is left) and its usage, which settles the tokens reserved.
+        _tell(limiter, "answered", raw.headers, reserved=tokens, used=_used(raw))
     if meter is not None:
         meter.add(usage.of_answer(_body(raw), model, served) + usage.Usage(flex_fallbacks=fallbacks))
     return read_answer(raw, items, categories)

@@ -49,11 +49,9 @@ class TenantGate:
         return self.rules.budget_fraction(self._snapshot(), self.tenant)
 
     def _own(self, fraction: float) -> Any:
-        """The tenant's bucket at `fraction` of the limits; a turn now or QuotaBusy (nothing reserved)."""
-        lim = self.limiter
-        return dataclasses.replace(lim, key=self.own_key, wait_max=0.0,
-                                   rpm=lim.rpm * fraction if lim.rpm else lim.rpm,
-                                   tpm=lim.tpm * fraction if lim.tpm else lim.tpm)
+        """The tenant's bucket at `fraction` of the limits (configured or learned: limiter.share); a turn now or
+        QuotaBusy (nothing reserved)."""
+        return dataclasses.replace(self.limiter.share(fraction, self.own_key), wait_max=0.0)
 
     def acquire(self, *args: Any, **kwargs: Any) -> Any:
         """A turn for one request, within the tenant's share first come first served, beyond it if spare."""

@@ -86,11 +86,14 @@ def backend(settings: Settings, loop: RetryLoop, tenant: str = "", lane: str | N
     if not key:
         return None
     limiter: Any = None  # a SharedLimiter, or a tenant's gate around it
-    if settings.openai_rpm or settings.openai_tpm:
-        from chalicelib.categorize.limiter import SharedLimiter, key_for
+    if settings.openai_rpm or settings.openai_tpm or settings.openai_limit_learn:
+        from chalicelib.categorize import limiter as pacing
 
-        limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm, wait_max=settings.limiter_wait_max_seconds,
-                                key=key_for(settings.openai_base_url, key))
+        limiter = pacing.SharedLimiter(settings.openai_rpm, settings.openai_tpm, margin=settings.openai_limit_margin,
+                                       lead=pacing.LEAD_SECONDS, check_ahead=pacing.CHECK_AHEAD_SECONDS,
+                                       late_max=pacing.LATE_MAX_SECONDS,
+                                       learn=settings.openai_limit_learn, wait_max=settings.limiter_wait_max_seconds,
+                                       key=pacing.key_for(settings.openai_base_url, key))
         if settings.fair_shares and tenant:
             from chalicelib.fair.budget import TenantGate
             from chalicelib.worker.fairness import rules

@@ -203,7 +203,9 @@ def test_usage_of_requests_answered_before_a_long_rate_limit_wait_is_counted_wit
     from chalicelib import worker
     from tests.support import Ctx, deliver
 
-    settings = dataclasses.replace(model_settings, model_concurrency=3)
+    # Unpaced (no limits to learn: three requests out at once), so that two are answered while one meets the 429;
+    # a fleet learning its limits sends one probe first, and its 429 would hold the other two.
+    settings = dataclasses.replace(model_settings, model_concurrency=3, openai_limit_learn=False)
     sim.configure(rate_limit_burst=1, burst_retry_after=30)  # one of the three requests: 429, retry in 30 s
     lines = expense_lines(30, vendors(30))
     job_id = generate(api, lines)
