@@ -15,6 +15,7 @@ Both read the same one-item picture of the fleet (fair/demand.read) and decide b
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -30,7 +31,15 @@ LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda 
 
 
 def rules(settings: Settings) -> Rules:
-    return Rules(Weights(dict(settings.tenant_weights)), max(0, settings.fair_min_slots))
+    return Rules(_weights(settings.tenant_weights), max(0, settings.fair_min_slots))
+
+
+@functools.lru_cache(maxsize=4)
+def _weights(named: tuple[tuple[str, float], ...]) -> Weights:
+    """TENANT_WEIGHTS names tenants as their tokens' tenant claim; jobs and messages carry the tenant key."""
+    from chalicelib.auth import tenant_key
+
+    return Weights({tenant_key(claim, ""): weight for claim, weight in named})
 
 
 @contextlib.contextmanager

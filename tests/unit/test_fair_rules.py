@@ -61,3 +61,15 @@ def test_an_idle_tenants_share_of_the_budget_is_lent_out():
     assert rules.budget_fraction(Snapshot(running={"a": 2}, waiting={"b": 1}), "a") == 1.0  # b asks nothing yet
     assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "a") == 0.75
     assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "b") == 0.25
+
+
+def test_tenant_weights_name_tenant_claims_and_weigh_the_jobs_tenant_keys():
+    import dataclasses
+
+    from chalicelib.auth import tenant_key
+    from chalicelib.settings import Settings
+    from chalicelib.worker.fairness import rules
+
+    weights = rules(dataclasses.replace(Settings(), tenant_weights=(("acme#eu", 3.0),))).weights
+    assert weights.of(tenant_key("acme#eu", "someone")) == 3.0
+    assert weights.of(tenant_key("globex", "someone")) == 1.0
