@@ -96,7 +96,13 @@ def read(now: float | None = None) -> Snapshot:
         attr = Control.fair_waiting if kind == "w" else Control.fair_running
         # entry_unchanged: a message re-sent (or an invocation renewed) since our read keeps its new entry.
         _update(attr[key].remove(), condition=(attr[key] == value))
+    newest: dict[str, tuple[float, str]] = {}
+    for k, v in runs.items():
+        tenant = tenant_of(k)
+        if v >= now and v > newest.get(tenant, (-1.0, ""))[0]:
+            newest[tenant] = (v, k.rsplit(SEP, 1)[1])
     return Snapshot(
+        newest={t: name for t, (_, name) in newest.items()},
         running=Counter(tenant_of(k) for k, v in runs.items() if v >= now),
         waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS))
 

@@ -110,8 +110,13 @@ def start(context: Any, settings: Settings | None, claim: Any) -> Invocation | N
     if job is None:
         return None
     loop = retry_loop(settings, remaining, float(job.rate_limited_seconds))
-    return Invocation(job, lease, settings, loop.deadline, loop, backend(settings, loop, job.tenant or job.owner_id),
-                      time.time())
+    run = Invocation(job, lease, settings, loop.deadline, loop, backend(settings, loop, job.tenant or job.owner_id),
+                     time.time())
+    if settings.fair_shares:
+        from chalicelib.worker import fairness
+
+        fairness.give_way_between_requests(run)
+    return run
 
 
 def progress(run: Invocation, answers: dict[str, Answer], waits_until: float | None = None) -> Progress:

@@ -73,3 +73,38 @@ def test_tenant_weights_name_tenant_claims_and_weigh_the_jobs_tenant_keys():
     weights = rules(dataclasses.replace(Settings(), tenant_weights=(("acme#eu", 3.0),))).weights
     assert weights.of(tenant_key("acme#eu", "someone")) == 3.0
     assert weights.of(tenant_key("globex", "someone")) == 1.0
+
+
+def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
+    import dataclasses
+
+    from chalicelib.fair.budget import GiveWay, TenantGate
+
+    @dataclasses.dataclass
+    class Limiter:  # the fields TenantGate copies, and the acquires it makes
+        rpm: float | None = 120
+        tpm: float | None = None
+        wait_max: float | None = 6.0
+        burst_seconds: float = 1.0
+        key: str = "limiter#unit"
+        calls: list = dataclasses.field(default_factory=list)
+
+        def acquire(self, tokens: int) -> float:
+            self.calls.append((self.key, tokens))
+            return 0.0
+
+    shared = Limiter()
+    gate = TenantGate(shared, "tenant#a", Rules(), snapshot=lambda: Snapshot(running={"tenant#a": 1}))
+    assert gate.acquire(10) == 0.0  # alone: its own bucket's turn, then the shared bucket's
+    assert [key for key, _ in shared.calls] == ["limiter#unit#tenant#tenant#a", "limiter#unit"]
+    gate.give_way = lambda snap: True
+    shared.calls.clear()
+    with pytest.raises(GiveWay):
+        gate.acquire(10)
+    assert shared.calls == []
+
+
+def test_only_the_tenants_newest_invocation_gives_way_so_the_tenant_keeps_the_rest():
+    snap = Snapshot(running={"a": 2}, waiting={"b": 1}, newest={"a": "second"})
+    assert Rules().must_yield(snap, "a", me="second")
+    assert not Rules().must_yield(snap, "a", me="first")  # seeing the same picture, the older one works on
