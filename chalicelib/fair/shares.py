@@ -48,7 +48,6 @@ class Snapshot:
 
     running: Mapping[str, int] = field(default_factory=dict)
     waiting: Mapping[str, int] = field(default_factory=dict)
-    newest: Mapping[str, str] = field(default_factory=dict)  # tenant -> its most recently started invocation
 
     def r(self, tenant: str) -> int:
         return int(self.running.get(tenant, 0))
@@ -76,15 +75,14 @@ class Rules:
         held = snap.r(tenant) + 1  # with this worker
         return any(self.gives_way(tenant, held, u, snap.r(u)) for u in snap.waiting_tenants(tenant))
 
-    def must_yield(self, snap: Snapshot, tenant: str, turn_is_over: bool = False, me: str = "") -> bool:
-        """An invocation of `tenant` between two batches hands its work back so that a waiting tenant gets the
-        worker; after a quantum of work (`turn_is_over`) on a tie too, so that tenants take turns. Only the
-        tenant's newest invocation (`me`, when given) gives way, one at a time: all of them seeing the same
-        picture at once would all hand back, and leave the tenant with no worker at all."""
-        if me and snap.newest.get(tenant, me) != me:
-            return False
+    def must_yield(self, snap: Snapshot, tenant: str, turn_is_over: bool = False) -> str | None:
+        """The waiting tenant for which an invocation of `tenant` hands its work back (between two batches, or
+        before a model request), or None; after a quantum of work (`turn_is_over`) on a tie too, so that tenants
+        take turns. Every invocation of `tenant` sees the same picture: one of them rescues the waiting tenant
+        (demand.rescue), the others work on."""
         held = snap.r(tenant)
-        return any(self.gives_way(tenant, held, u, snap.r(u), tie=turn_is_over) for u in snap.waiting_tenants(tenant))
+        return next((u for u in snap.waiting_tenants(tenant)
+                     if self.gives_way(tenant, held, u, snap.r(u), tie=turn_is_over)), None)
 
     def budget_fraction(self, snap: Snapshot, tenant: str) -> float:
         """The tenant's share of the provider's budget: its weight over the weights of every tenant that has

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,11 +28,6 @@ from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
 LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda time by this much
-_current = threading.local()  # the running entry of the invocation on this thread (turn)
-
-
-def current() -> str:
-    return str(getattr(_current, "invocation", ""))
 
 
 def give_way_between_requests(run: Any) -> None:
@@ -42,8 +36,8 @@ def give_way_between_requests(run: Any) -> None:
     gate = getattr(run.backend, "limiter", None)
     if gate is None or not run.settings.fair_shares or not hasattr(gate, "give_way"):
         return
-    tenant, me = run.job.tenant or run.job.owner_id, current()  # the gate asks from the request threads
-    gate.give_way = lambda snap: run.done > 0 and must_yield(run.settings, tenant, run.started, snap, me)
+    tenant = run.job.tenant or run.job.owner_id
+    gate.give_way = lambda snap: run.done > 0 and must_yield(run.settings, tenant, run.started, snap)
 
 
 def rules(settings: Settings) -> Rules:
@@ -72,21 +66,18 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
         yield False
         return
     invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}-{uuid.uuid4().hex[:8]}"
-    _current.invocation = invocation  # must_yield's `me`, on this thread
     lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
     demand.take(tenant, queue.message_key(message), invocation, lapses)
     try:
         yield True
     finally:
-        _current.invocation = ""
         try:
             demand.done(tenant, invocation)
         except Exception:  # the entry lapses on its own
             log.warning("could not end a tenant's running entry", exc_info=True, extra={"tenant": tenant})
 
 
-def must_yield(settings: Settings, tenant: str, started: float, snap: Snapshot | None = None,
-               me: str | None = None) -> bool:
+def must_yield(settings: Settings, tenant: str, started: float, snap: Snapshot | None = None) -> bool:
     """Should an invocation of `tenant` (working since `started`, epoch seconds) hand its work back now? By `snap`,
     or by the demand item read now."""
     if not settings.fair_shares or not tenant:
@@ -97,4 +88,9 @@ def must_yield(settings: Settings, tenant: str, started: float, snap: Snapshot |
         log.warning("could not read the fleet's demand", exc_info=True)
         return False
     over = time.time() - started >= settings.fair_quantum_seconds
-    return rules(settings).must_yield(snap, tenant, turn_is_over=over, me=current() if me is None else me)
+    waiter = rules(settings).must_yield(snap, tenant, turn_is_over=over)
+    try:
+        return waiter is not None and demand.rescue(waiter)  # one of the tenant's invocations frees the worker
+    except Exception:
+        log.warning("could not claim a rescue", exc_info=True)
+        return False

@@ -174,3 +174,26 @@ def test_an_idle_tenants_share_is_lent_to_the_tenant_that_asks():
     both = Snapshot(running={"a": 1, "b": 1})
     got = _turns(_gates({}, lambda: both), {"a": 4}, seconds=3.0)
     assert got["a"] >= 14, got  # the whole bucket (5 a second, a burst of 5 at first: 20), not half of it (10)
+
+
+def test_of_a_tenants_invocations_racing_to_free_a_worker_for_a_waiting_tenant_exactly_one_does():
+    """Both see the same picture (the waiting tenant's claim is better): without the rescue claim both would
+    hand their work back and leave their own tenant no worker."""
+    waiting = f"tenant-{uuid.uuid4().hex[:8]}"
+    start = threading.Barrier(8)
+    results: list[bool] = []
+
+    def race() -> None:
+        start.wait()
+        results.append(demand.rescue(waiting))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert not demand.rescue(waiting)  # until the waiting tenant takes a message...
+    demand.take(waiting, "job-x", "inv-1", time.time() + 60)
+    assert demand.rescue(waiting)  # ...after which it may be rescued again (if it still waits)
+    demand.done(waiting, "inv-1")

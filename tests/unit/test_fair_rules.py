@@ -103,8 +103,3 @@ def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
         gate.acquire(10)
     assert shared.calls == []
 
-
-def test_only_the_tenants_newest_invocation_gives_way_so_the_tenant_keeps_the_rest():
-    snap = Snapshot(running={"a": 2}, waiting={"b": 1}, newest={"a": "second"})
-    assert Rules().must_yield(snap, "a", me="second")
-    assert not Rules().must_yield(snap, "a", me="first")  # seeing the same picture, the older one works on
