@@ -110,7 +110,9 @@ def read(now: float | None = None) -> Snapshot:
         attr = Control.fair_waiting if kind == "w" else Control.fair_running
         # entry_unchanged: a message re-sent (or an invocation renewed) since our read keeps its new entry.
         _update(attr[key].remove(), condition=(attr[key] == value))
+    visible = [k for k, v in waits.items() if now <= v + WAITING_TTL_SECONDS]  # delayed ones wait too
     return Snapshot(
+        jobs=Counter(k.rsplit(SEP, 1)[1].split("#", 1)[0] for k in visible),
         running=Counter(tenant_of(k) for k, v in runs.items() if v >= now),
         waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS))
 

@@ -48,6 +48,7 @@ class Snapshot:
 
     running: Mapping[str, int] = field(default_factory=dict)
     waiting: Mapping[str, int] = field(default_factory=dict)
+    jobs: Mapping[str, int] = field(default_factory=dict)  # job id -> its messages waiting (fair/window.py)
 
     def r(self, tenant: str) -> int:
         return int(self.running.get(tenant, 0))

@@ -40,6 +40,24 @@ def give_way_between_requests(run: Any) -> None:
     gate.give_way = lambda snap: run.done > 0 and must_yield(run.settings, tenant, run.started, snap)
 
 
+def top_up(run: Any) -> None:
+    """Send the next held chunks of the run's job (fair/window.py) so that a few wait in the queue. Best effort:
+    the reaper sends what stays unsent."""
+    if not run.settings.fair_shares:
+        return
+    from chalicelib.fair import window
+    from chalicelib.jobs import chunks
+
+    job = run.job
+    try:
+        numbers = window.top_up(job.job_id, job.tenant or job.owner_id)
+        if numbers:
+            chunks.send(job.job_id, numbers, reason="fan-out", tenant=job.tenant or job.owner_id)
+    except Exception:
+        log.warning("could not send a job's next chunks; the reaper will", exc_info=True,
+                    extra={"jobId": job.job_id})
+
+
 def rules(settings: Settings) -> Rules:
     return Rules(_weights(settings.tenant_weights), max(0, settings.fair_min_slots))
 
