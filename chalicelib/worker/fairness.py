@@ -6,8 +6,10 @@ large job's chunks, or whose worker never frees up because each chunk runs for m
 - `turn`: a received job or chunk message whose tenant holds more of the fleet than another waiting tenant is
   deferred to the back of the queue (fair/queue.defer) instead of run; otherwise the invocation is registered as
   its tenant's (fair/demand) for as long as it runs.
-- `must_yield`: between two batches, an invocation whose tenant holds more than its share while another tenant
-  waits hands its job or chunk back (loop.work), at a checkpoint, and the freed worker takes the waiting message.
+- `must_yield`: an invocation whose tenant holds more than its share while another tenant waits hands its job or
+  chunk back, at a checkpoint (loop.work) or before a model request (its tenant gate, `give_way_between_requests`);
+  one invocation per waiting tenant does (demand.rescue), and the freed worker takes the waiting message.
+- `top_up`: a fanned-out job keeps a few chunk messages in the queue, not all of them (fair/window.py).
 
 Both read the same one-item picture of the fleet (fair/demand.read) and decide by the same rules (fair/shares).
 """
@@ -77,7 +79,11 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
     if not settings.fair_shares or not tenant:
         yield True  # a message from before fair shares (no tenant) runs as it comes
         return
-    snap = demand.read()
+    try:
+        snap = demand.read()
+    except Exception:  # the picture is advice: without it the message runs as it came
+        log.warning("could not read the fleet's demand", exc_info=True)
+        snap = Snapshot()
     if rules(settings).defer(snap, tenant):
         queue.defer(message)
         log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
@@ -85,7 +91,10 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
         return
     invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}-{uuid.uuid4().hex[:8]}"
     lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
-    demand.take(tenant, queue.message_key(message), invocation, lapses)
+    try:
+        demand.take(tenant, queue.message_key(message), invocation, lapses)
+    except Exception:  # the message runs; the picture is a message out until its entry lapses
+        log.warning("could not register a tenant's running entry", exc_info=True, extra={"tenant": tenant})
     try:
         yield True
     finally:
