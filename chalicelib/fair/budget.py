@@ -35,7 +35,7 @@ from chalicelib.fair.shares import Rules
 SPARE_WAIT_SECONDS = 0.05  # beyond its share a request takes a turn only this close
 POLL_SECONDS = 0.25  # and otherwise looks again after about this long (less at high rates)
 
-_snapshots = demand.Cached(max_age=0.5)  # one per process: every invocation's gate reads the same picture
+_snapshots = demand.Cached(max_age=0.25)  # one per process: every invocation's gate reads the same picture
 
 
 class GiveWay(QuotaBusy):

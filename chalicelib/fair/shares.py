@@ -87,6 +87,9 @@ class Rules:
 
     def budget_fraction(self, snap: Snapshot, tenant: str) -> float:
         """The tenant's share of the provider's budget: its weight over the weights of every tenant that has
-        invocations running (itself included). 1.0 alone: the whole budget, a burst when others are idle."""
-        active = {t for t, n in snap.running.items() if n > 0} | {tenant}
+        invocations running or messages waiting (itself included): a tenant about to ask finds the others'
+        reservations thinned already. 1.0 alone: the whole budget, a burst when others are idle (and the turns a
+        share leaves unused go to whoever asks: budget.TenantGate)."""
+        active = {t for t, n in snap.running.items() if n > 0} | {t for t, n in snap.waiting.items() if n > 0}
+        active |= {tenant}
         return self.weights.of(tenant) / sum(self.weights.of(t) for t in active)

