@@ -3,7 +3,7 @@
 from chalice import Chalice, CORSConfig, Cron, Rate
 
 from chalicelib import observability
-from chalicelib.api import jobs, meta, middleware, reports, results
+from chalicelib.api import imports, jobs, meta, middleware, reports, results
 from chalicelib.settings import get_settings
 
 settings = get_settings()
@@ -21,6 +21,7 @@ app.register_blueprint(meta.bp)
 app.register_blueprint(reports.bp, url_prefix="/api/v1")
 app.register_blueprint(jobs.bp, url_prefix="/api/v1")
 app.register_blueprint(results.bp, url_prefix="/api/v1")
+app.register_blueprint(imports.bp, url_prefix="/api/v1")
 
 
 # One message per invocation: each is a unit of minutes (a job or a chunk of one), and a batch
@@ -53,6 +54,14 @@ def run_scheduled_reports(event):
 
     # The time EventBridge scheduled this run for (a late or retried invocation still runs that day's reports).
     return schedules.run_due(clock.parse(getattr(event, "time", None)))
+
+
+# The batch lane: jobs waiting on the provider's Batch API are collected (or their cancel forwarded) here.
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def poll_provider_batches(event):
+    from chalicelib.worker import batchlane
+
+    return batchlane.poll()
 
 
 @app.schedule(Cron(0, 2, "*", "*", "?", "*"))

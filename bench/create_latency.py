@@ -25,6 +25,7 @@ from chalicelib.jobs.states import JobStatus, event_item, lock_key, rate_key
 from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import get_settings
 from chalicelib.tables import Control, Job
+from local.testkit import seed_body
 
 SAMPLES = 300
 WARMUP = 20
@@ -144,6 +145,8 @@ def slots(api: Api, count: int) -> list[Slot]:
     while len(out) < count:
         owner, headers = new_user(f"create{len(out) // JOBS_PER_USER}")
         report_id = api.create_report(headers)
+        # One line in each period (untimed): a period without lines is refused before any job write (422).
+        api.import_lines(headers, [seed_body(period, f"seed-{period}")["lines"][0] for period in PERIODS])
         out += [Slot(owner, headers, report_id, period) for period in PERIODS]
     return out[:count]
 

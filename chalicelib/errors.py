@@ -52,6 +52,12 @@ class Conflict(AppError):
     slug = "conflict"
 
 
+class NoLines(AppError):
+    """Generating a period with no lines: no job (it would only spend one of the hour's jobs on an empty report)."""
+
+    slug = "no-lines"
+
+
 class NotAsyncReport(Conflict):
     slug = "not-async-report"
 

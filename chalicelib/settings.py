@@ -132,6 +132,12 @@ class Settings:
     # The provider's limits, shared by every worker through the DynamoDB limiter (unset: no limiter).
     openai_rpm: float | None = field(default=None, metadata=_env("OPENAI_RPM", parse=float))
     openai_tpm: float | None = field(default=None, metadata=_env("OPENAI_TPM", parse=float))
+    # The share of those limits the fleet paces at: the rest is room for jitter between a request's turn and its
+    # arrival, which a provider's rolling one-second window would otherwise see as a burst (limiter.py).
+    openai_limit_margin: float = field(default=0.95, metadata=_float("OPENAI_LIMIT_MARGIN"))
+    # Learn the limits left unset from the provider's x-ratelimit-limit-* headers (every worker then paces
+    # through the shared limiter); off: an unset limit is no limit.
+    openai_limit_learn: bool = field(default=True, metadata=_env("OPENAI_LIMIT_LEARN", parse=_switch))
     # Longest wait for a turn at that limiter; a longer one hands the chunk back to the queue (limiter.py).
     # At 20,000 lines, 3 s handed chunks back 70 times (SQS messages per 1,000 lines tripled); 6 s did it
     # 8 times at the same throughput.

@@ -183,6 +183,8 @@ class ReportConfig(_Model):
     secret_version = NumberAttribute(null=True, attr_name="secretVersion")
     # Webhook URLs whose receiver answered 410 Gone: {url: iso time}. Not sent to until re-enabled.
     disabled_targets = JSONAttribute(null=True, attr_name="disabledTargets")
+    # The cost lane of its jobs (categorize/prices.LANES); None: the default of the job's trigger.
+    lane = UnicodeAttribute(null=True)
     by_schedule = ScheduleIndex()
 
 
@@ -199,6 +201,21 @@ class ExpenseLine(_Model):
     # Import order (lines/store.import_seq): reports list lines by it. None on a line stored before it existed.
     import_seq = UnicodeAttribute(null=True, attr_name="importSeq")
     # Set at import (lines/store.line_expiry); None on a line stored before it existed: kept until deleted.
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+
+
+@_table("lines")
+class LinesGarbage(_Model):
+    """A version of a period's lines no longer current (replaced, deleted, or an import's that never committed),
+    due for deletion at `due`: one partition (`gc#versions`) sorted by due time, swept by the reaper
+    (lines/versions.sweep). In the lines table, where no line's key can take that partition (a period is YYYY-MM)."""
+
+    owner_period = UnicodeAttribute(hash_key=True, attr_name="ownerPeriod")  # always GC_PARTITION
+    line_id = UnicodeAttribute(range_key=True, attr_name="lineId")  # "<due epoch, 10 digits>#<lines partition>"
+    partition = UnicodeAttribute()  # the ownerPeriod of the version's lines
+    owner_id = UnicodeAttribute(attr_name="ownerId")
+    period = UnicodeAttribute()
+    version = UnicodeAttribute()
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")
 
 
@@ -311,6 +328,29 @@ class Job(_Model):
     vendors_refreshed = NumberAttribute(null=True, attr_name="vendorsRefreshed")
     vendors_failed = NumberAttribute(null=True, attr_name="vendorsFailed")
     vendors_skipped = NumberAttribute(null=True, attr_name="vendorsSkipped")
+    # The version of the period's lines the job reads (lines/versions.py), pinned when it starts: a report reads
+    # the lines it started on whatever an import commits meanwhile. None: the period's unversioned lines.
+    lines_version = UnicodeAttribute(null=True, attr_name="linesVersion")
+    # A lines_import / import_and_report job's file and progress (lines/importer.py): {"key", "mode", "stage",
+    # "version", "rows", "stored", "new", "errors", "errorCount", ...}. None for every other type.
+    lines_import = JSONAttribute(null=True, attr_name="linesImport")
+    # The cost lane (categorize/prices.LANES); None on a job from before lanes: standard.
+    lane = UnicodeAttribute(null=True)
+    # What the job's model requests used (categorize/usage.py), added with the checkpoints' counts. The cost in
+    # billionths of a USD, so that it adds exactly; `usageUnpriced` counts answers the price table cannot price.
+    usage_requests = NumberAttribute(null=True, attr_name="usageRequests")
+    usage_input_tokens = NumberAttribute(null=True, attr_name="usageInputTokens")
+    usage_cached_tokens = NumberAttribute(null=True, attr_name="usageCachedTokens")
+    usage_output_tokens = NumberAttribute(null=True, attr_name="usageOutputTokens")
+    usage_cost_nanos = NumberAttribute(null=True, attr_name="usageCostNanos")
+    usage_unpriced = NumberAttribute(null=True, attr_name="usageUnpriced")
+    flex_fallbacks = NumberAttribute(null=True, attr_name="flexFallbacks")
+    # The batch lane (worker/batchlane.py): the provider's batch, its state (submitted -> collected, or
+    # cancelled) and the S3 keys of the request plan and of the collected answers.
+    batch_id = UnicodeAttribute(null=True, attr_name="batchId")
+    batch_state = UnicodeAttribute(null=True, attr_name="batchState")
+    batch_plan_key = UnicodeAttribute(null=True, attr_name="batchPlanKey")
+    batch_answers_key = UnicodeAttribute(null=True, attr_name="batchAnswersKey")
     # The job's ordered steps and a version every steps write checks and bumps (store/steps.steps_unchanged);
     # absent on a job from before steps.
     steps = ListAttribute(of=JobStep, null=True)
@@ -432,6 +472,12 @@ class Control(_Model):
     level_requests = NumberAttribute(null=True, attr_name="levelRequests")
     level_tokens = NumberAttribute(null=True, attr_name="levelTokens")
     level_at = NumberAttribute(null=True, attr_name="levelAt")
+    # Its limits learned from the provider's x-ratelimit-limit-* headers (0: not advertised), the probe that is
+    # learning them (until when it may go alone), and the end of the last 429's hold (epoch seconds).
+    learned_rpm = NumberAttribute(null=True, attr_name="learnedRpm")
+    learned_tpm = NumberAttribute(null=True, attr_name="learnedTpm")
+    probe_until = NumberAttribute(null=True, attr_name="probeUntil")
+    held_until = NumberAttribute(null=True, attr_name="heldUntil")
     # Job counts of one user and creation day, by status (jobs/counts.py): top-level, so a transition can ADD.
     n_queued = NumberAttribute(null=True, attr_name="nQueued")
     n_processing = NumberAttribute(null=True, attr_name="nProcessing")
@@ -439,6 +485,8 @@ class Control(_Model):
     n_completed = NumberAttribute(null=True, attr_name="nCompleted")
     n_failed = NumberAttribute(null=True, attr_name="nFailed")
     n_cancelled = NumberAttribute(null=True, attr_name="nCancelled")
+    # A period's lines pointer (`lines#<owner>#<period>`, lines/versions.py): the version its lines are read from.
+    lines_version = UnicodeAttribute(null=True, attr_name="linesVersion")
     # Fair shares' demand registry (chalicelib/fair/demand.py), one item: "tenant|message" -> when it is visible,
     # "tenant|invocation" -> when that invocation's entry lapses.
     fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")

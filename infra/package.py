@@ -199,6 +199,7 @@ ROLLBACK_ALARMS = {
     "ReapStaleJobs": ["ReaperErrorsAlarm"],
     "RunScheduledReports": ["ScheduledReportsErrorsAlarm"],
     "WarmVendorCache": ["CacheWarmerErrorsAlarm"],
+    "PollProviderBatches": ["BatchPollerErrorsAlarm"],
 }
 
 

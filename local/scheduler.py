@@ -41,6 +41,7 @@ DEFAULT_TIMEOUT_SECONDS = 300.0
 INTERVAL_ALIASES = {
     "reap_stale_jobs": "REAPER_INTERVAL_SECONDS",
     "warm_vendor_cache": "CACHE_WARM_INTERVAL_SECONDS",
+    "poll_provider_batches": "BATCH_POLL_INTERVAL_SECONDS",
 }
 
 _RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$", re.IGNORECASE)

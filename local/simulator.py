@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,6 +96,11 @@ class SimConfig:
     tpm: float | None = _knob(None, _optional_float, "tokens per minute; None is unlimited")
     burst_seconds: float | None = _knob(1.0, _optional_float, "short window of the request limit: at most "
                                         "rpm/60*burst_seconds requests at once; None disables it")
+    window_seconds: float | None = _knob(None, _optional_float, "enforce the request limit over rolling windows "
+                                         "instead, as real providers do: at most rpm/60*window_seconds requests "
+                                         "in any window of this many seconds (replaces burst_seconds); None: off")
+    settle_tokens: bool = _knob(False, _flag, "when a request is answered, give back to the tokens-per-minute bucket "
+                                "what its charge (prompt estimate + max_completion_tokens) exceeded its usage")
     early_grace: float = _knob(0.05, float, "seconds after a 429 during which arrivals are in-flight, not early")
     seed: int = _knob(0, int, "seed of the fault RNGs")
     fail_first: int = _knob(0, int, "answer the first N requests with fail_status")
@@ -117,15 +122,25 @@ class SimConfig:
     refusal_vendors: list[str] | None = _knob(None, _names, "vendors (comma list, any case): a request asking "
                                               "about any of them is always refused")
     quota_exhausted: bool = _knob(False, _flag, "answer 429 insufficient_quota (no retry-after)")
+    pflex_unavailable: float = _knob(0.0, float, "probability that a service_tier=flex request is answered 429 "
+                                     "resource_unavailable (flex has no capacity; a client falls back to standard)")
+    cache_min_tokens: int = _knob(1024, int, "smallest prompt prefix the prompt cache keeps (OpenAI: 1024 tokens)")
+    batch_delay: float = _knob(2.0, float, "seconds from a batch's creation to its completion")
+    batch_expire_after: float | None = _knob(None, _optional_float, "seconds after which a batch not yet complete "
+                                             "expires: the requests done by then are answered, the rest expired")
+    batch_failed_ids: list[str] | None = _knob(None, _names, "custom_ids (comma list) a batch answers with an error")
     auth_error: bool = _knob(False, _flag, "answer 401 invalid_api_key")
 
     def __post_init__(self) -> None:
-        for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory", "pbadrow", "prefusal"):
+        for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory", "pbadrow", "prefusal",
+                     "pflex_unavailable"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability between 0 and 1")
         for name in ("rpm", "tpm"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (or None for unlimited)")
+        if self.window_seconds is not None and not self.window_seconds > 0:
+            raise ValueError("window_seconds must be positive (or None for off)")
         for name in ("latency", "early_grace", "timeout_seconds", "burst_retry_after", "fail_first",
                      "rate_limit_burst"):
             if getattr(self, name) < 0:
@@ -216,6 +231,8 @@ class ChatRequest:
     taxonomy: list[str]
     tokens: int  # estimate charged to the tokens-per-minute bucket
     problem: str | None = None  # why the request is invalid (400)
+    flex: bool = False  # service_tier "flex"
+    cache_key: str = ""  # prompt_cache_key
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ChatRequest:
@@ -231,7 +248,8 @@ class ChatRequest:
         elif body.get("stream"):
             problem = "stream=true is not supported by the simulator"
         return cls(str(body.get("model") or ""), messages if isinstance(messages, list) else [], items,
-                   taxonomy_from(body), max(1, prompt + int(wanted)), problem)
+                   taxonomy_from(body), max(1, prompt + int(wanted)), problem, body.get("service_tier") == "flex",
+                   str(body.get("prompt_cache_key") or ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,17 +271,56 @@ class TokenBucket:
         self.refill(now)
         return 0.0 if self.level >= cost - 1e-9 else (cost - self.level) / self.rate
 
+    def take(self, cost: float, now: float) -> None:
+        self.level -= cost
+
+    def give_back(self, amount: float, now: float) -> None:
+        self.refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+
+class RollingWindow:
+    """At most `capacity` requests in any window of `seconds`: a log of the arrivals it let through.
+
+    Stricter than a bucket of the same size: a bucket refilled at the limit's rate lets a request through as soon
+    as a fraction of the window has passed, where a rolling window counts every arrival of the last `seconds`. So
+    a client that paces exactly at the limit, or sends a burst when a bucket would be full, meets 429s here.
+    """
+
+    def __init__(self, per_minute: float, seconds: float) -> None:
+        self.seconds = seconds
+        self.capacity = max(1, math.floor(per_minute / 60.0 * seconds + 1e-9))
+        self.arrivals: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self.arrivals and self.arrivals[0] <= now - self.seconds:
+            self.arrivals.popleft()
+
+    def wait(self, cost: float, now: float) -> float:
+        self._expire(now)
+        if len(self.arrivals) + cost <= self.capacity:
+            return 0.0
+        # The arrival whose leaving makes room: the window then holds capacity - cost of the newest.
+        return self.arrivals[len(self.arrivals) - int(self.capacity - cost) - 1] + self.seconds - now
+
+    def take(self, cost: float, now: float) -> None:
+        self.arrivals.extend([now] * int(cost))
+
 
 class Limiter:
-    """One provider limit ("requests" or "tokens"): a per-minute bucket, plus for requests the short-window
-    bucket real providers enforce without advertising it (headers show the minute bucket only)."""
+    """One provider limit ("requests" or "tokens"): a per-minute bucket, plus for requests the short window
+    real providers enforce without advertising it (headers show the minute bucket only): a bucket of
+    burst_seconds of the limit, or, with window_seconds, a rolling window."""
 
-    def __init__(self, kind: str, per_minute: float, burst_seconds: float | None, now: float) -> None:
+    def __init__(self, kind: str, per_minute: float, burst_seconds: float | None, now: float,
+                 window_seconds: float | None = None) -> None:
         self.kind, self.limit = kind, per_minute
         rate = per_minute / 60.0
         self.minute = TokenBucket(per_minute, rate, now)
-        self.buckets = [self.minute]
-        if kind == "requests" and burst_seconds:
+        self.buckets: list[TokenBucket | RollingWindow] = [self.minute]
+        if kind == "requests" and window_seconds:
+            self.buckets.append(RollingWindow(per_minute, window_seconds))
+        elif kind == "requests" and burst_seconds:
             self.buckets.append(TokenBucket(max(1.0, rate * burst_seconds), rate, now))
 
     def too_large(self, cost: float) -> bool:
@@ -272,9 +329,9 @@ class Limiter:
     def wait(self, cost: float, now: float) -> float:
         return max(b.wait(cost, now) for b in self.buckets)
 
-    def take(self, cost: float) -> None:
+    def take(self, cost: float, now: float) -> None:
         for bucket in self.buckets:
-            bucket.level -= cost
+            bucket.take(cost, now)
 
     def headers(self, now: float) -> dict[str, str]:
         self.minute.refill(now)
@@ -298,6 +355,7 @@ class Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a body that is not JSON (a file's content), sent as is
     fault: str | None = None  # which fault or limit produced it, for the stats
     rate_limited: bool = False  # a 429 rate_limit_exceeded (not insufficient_quota)
 
@@ -340,8 +398,10 @@ class Stats:
     def __init__(self, now: float) -> None:
         self.started, self.started_at = now, time.time()
         self.requests = self.ok = self.rate_limited = self.items = self.items_answered = self.early_retries = 0
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self.flex_unavailable = 0
         self.charged_tokens = 0  # what accepted requests took from the tokens-per-minute bucket (prompt + budget)
+        self.settled_tokens = 0  # what answers gave back of it (settle_tokens)
         self.status_counts: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.by_vendor: Counter[str] = Counter()
@@ -384,7 +444,9 @@ class Stats:
                "requests_by_vendor": dict(self.by_vendor), "answered_by_vendor": dict(self.answered_by_vendor),
                "faults": dict(self.faults),
                "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                          "charged": self.charged_tokens},
+                          "charged": self.charged_tokens, "cached": self.cached_tokens,
+                          "settled": self.settled_tokens},
+               "flex_unavailable": self.flex_unavailable,
                "started_at": self.started_at, "elapsed": round(now - self.started, 6)}
         if include_log:
             out["log"] = list(self.log)
@@ -462,7 +524,7 @@ class Simulator:
         fail_first / rate_limit_burst are re-armed when given."""
         with self._lock:
             self._config = self._config.with_changes(changes)
-            if {"rpm", "tpm", "burst_seconds"} & set(changes):
+            if {"rpm", "tpm", "burst_seconds", "window_seconds"} & set(changes):
                 self._limiters = self._build_limiters(time.monotonic())
             if "seed" in changes:
                 self._rngs.clear()
@@ -488,19 +550,26 @@ class Simulator:
         self._rngs: dict[str, random.Random] = {}
         self._fail_first_left = self._config.fail_first
         self._burst_left = self._config.rate_limit_burst
+        self._prefixes: OrderedDict[tuple[str, str], None] = OrderedDict()  # the prompt cache (see _cached)
+        from local.sim_batches import Batches
+
+        self.batches = Batches(self)
         # limiter -> (first 429 of the open window, moment its retry-after elapses)
         self._retry_windows: dict[str, tuple[float, float]] = {}
 
     def _build_limiters(self, now: float) -> list[Limiter]:
         cfg = self._config
         limits = (("requests", cfg.rpm), ("tokens", cfg.tpm))
-        return [Limiter(kind, limit, cfg.burst_seconds, now) for kind, limit in limits if limit is not None]
+        return [Limiter(kind, limit, cfg.burst_seconds, now, cfg.window_seconds)
+                for kind, limit in limits if limit is not None]
 
     # -- routing -----------------------------------------------------------------------------------------------
 
-    def _route(self, method: str, target: str, raw: bytes) -> Reply:
+    def _route(self, method: str, target: str, raw: bytes, content_type: str = "application/json") -> Reply:
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
+        if path.startswith("/v1/files") or path.startswith("/v1/batches"):
+            return self.batches.route(method, path, raw, content_type)
         body, problem = _json_body(raw) if method == "POST" else ({}, None)
         if problem:
             return error_reply(400, problem, "invalid_request_error", None)
@@ -552,16 +621,51 @@ class Simulator:
             reply.headers = {**headers, **reply.headers}
             return reply
         self._stopping.wait(cfg.latency + (cfg.timeout_seconds if faults.timeout else 0.0))
-        completion = self._completion(sequence, req, faults)
-        with self._lock:
-            self._stats.prompt_tokens += completion["usage"]["prompt_tokens"]
-            self._stats.completion_tokens += completion["usage"]["completion_tokens"]
+        completion = self.answer(sequence, req, faults)
+        if cfg.settle_tokens:
+            with self._lock:
+                self._settle(req.tokens - completion["usage"]["total_tokens"])
         return Reply(200, completion, headers)
+
+    def answer(self, sequence: int, req: ChatRequest, faults: AnswerFaults) -> dict[str, Any]:
+        """The completion for an accepted request, its usage counted (the prompt cache read and filled)."""
+        completion = self._completion(sequence, req, faults)
+        usage = completion["usage"]
+        with self._lock:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._cached(req), "audio_tokens": 0}
+            self._stats.prompt_tokens += usage["prompt_tokens"]
+            self._stats.completion_tokens += usage["completion_tokens"]
+            self._stats.cached_tokens += usage["prompt_tokens_details"]["cached_tokens"]
+        return completion
+
+    def _cached(self, req: ChatRequest) -> int:
+        """Prompt tokens served from the cache, as OpenAI counts them: a prefix (here, every message but the last)
+        seen before under the same prompt_cache_key, of at least cache_min_tokens, in steps of 128 tokens.
+        Callers hold the lock."""
+        prefix = json.dumps(req.messages[:-1])
+        tokens = len(prefix) // 4
+        if tokens < self._config.cache_min_tokens:
+            return 0
+        key = (req.cache_key, hashlib.sha256(prefix.encode()).hexdigest())
+        seen = key in self._prefixes
+        self._prefixes[key] = None
+        self._prefixes.move_to_end(key)
+        while len(self._prefixes) > 10_000:
+            self._prefixes.popitem(last=False)
+        return tokens // 128 * 128 if seen else 0
+
+    def _settle(self, unused: int) -> None:
+        """A provider that settles: the part of the charge the answer did not use goes back to the token bucket."""
+        now = time.monotonic()
+        for limiter in self._limiters:
+            if limiter.kind == "tokens" and unused > 0:
+                limiter.minute.give_back(unused, now)
+        self._stats.settled_tokens += max(0, unused)
 
     def _decide(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
         """Refusals in the order a provider applies them; None means answer the request."""
-        checks = (self._check_account, self._check_request, self._check_scripted_faults, self._check_limits,
-                  self._check_random_faults)
+        checks = (self._check_account, self._check_request, self._check_flex, self._check_scripted_faults,
+                  self._check_limits, self._check_random_faults)
         for check in checks:
             reply = check(cfg, req, now)
             if reply is not None:
@@ -592,6 +696,15 @@ class Simulator:
             return self._fault_rate_limit(cfg, req, now, "rate_limit_burst")
         return None
 
+    def _check_flex(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
+        """Flex processing without capacity: 429 resource_unavailable (not billed, no retry-after)."""
+        if req.flex and self._happens("pflex_unavailable", cfg.pflex_unavailable, cfg):
+            self._stats.flex_unavailable += 1
+            return error_reply(429, "Resource Unavailable: flex processing has no capacity for this request now. "
+                               "Retry later, or send it without service_tier flex.", "resource_unavailable",
+                               "resource_unavailable", fault="flex_unavailable")
+        return None
+
     def _check_limits(self, cfg: SimConfig, req: ChatRequest, now: float) -> Reply | None:
         costs = {"requests": 1, "tokens": req.tokens}
         for limiter in self._limiters:
@@ -604,7 +717,7 @@ class Simulator:
         wait, limiter = max(waits, key=lambda pair: pair[0], default=(0.0, None))
         if limiter is None or wait <= 0:
             for each in self._limiters:
-                each.take(costs[each.kind])
+                each.take(costs[each.kind], now)
             return None
         self._note_retry_after(limiter.kind, now, wait)
         unit = "RPM" if limiter.kind == "requests" else "TPM"
@@ -694,7 +807,8 @@ class Simulator:
         prompt, completion = len(json.dumps(req.messages)) // 4, max(1, len(content or REFUSAL) // 4)
         return {
             "id": f"chatcmpl-sim{sequence:08d}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.model, "system_fingerprint": "fp_simulator", "service_tier": "default",
+            "model": req.model, "system_fingerprint": "fp_simulator",
+            "service_tier": "flex" if req.flex else "default",
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": content,
                                      "refusal": REFUSAL if faults.refusal else None}}],
@@ -762,11 +876,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        reply = self.server.sim._route(method, self.path, raw)
-        data = json.dumps(reply.body).encode()
+        reply = self.server.sim._route(method, self.path, raw, self.headers.get("content-type") or "")
+        data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
         try:
             self.send_response(reply.status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "application/json" if reply.raw is None else "application/octet-stream")
             self.send_header("content-length", str(len(data)))
             for name, value in reply.headers.items():
                 self.send_header(name, value)

@@ -117,6 +117,13 @@ def expense_lines(n: int, vendors: list[str], period: str = "2026-01", prefix: s
              "description": "expense"} for i in range(n)]
 
 
+def seed_body(period: str = "2026-01", line_id: str = "seed-1") -> dict[str, list[dict[str, str]]]:
+    """A `POST /api/v1/expenses` body of one line in `period`: what a test that generates needs first (a period
+    without lines is refused, 422 `no-lines`) when the lines themselves do not matter to it."""
+    return {"lines": [{"lineId": line_id, "date": f"{period}-15", "vendor": "Staples Store", "amount": "12.50",
+                       "currency": "USD", "description": "seeded so the period has a line"}]}
+
+
 VENDOR_STEMS = ["Uber Trip", "Marriott Hotel", "Delta Air", "Starbucks", "Staples", "GitHub", "Verizon Wireless",
                 "Udemy Course", "FedEx Shipping", "Blue Bottle Coffee", "Hilton Garden Inn", "Lyft Ride",
                 "United Airlines", "Slack Technologies", "Office Depot", "Comcast Internet", "Coursera",

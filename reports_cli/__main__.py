@@ -267,7 +267,8 @@ def follow(client: Client, args: argparse.Namespace, job: dict[str, Any], unit: 
 
 
 def cmd_submit(client: Client, args: argparse.Namespace) -> int:
-    job = client.generate(args.report, args.period, args.idempotency_key)  # --period is required (argparse)
+    # --period is required (argparse); --lane is optional (the report's lane, else standard)
+    job = client.generate(args.report, args.period, args.idempotency_key, args.lane)
     if not args.wait:
         print(dumps(job) if args.json else job["jobId"])
         return EXIT_OK
@@ -466,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "empty month)")
     sub.add_argument("--wait", action="store_true", help="show live progress until the job ends")
     sub.add_argument("--idempotency-key", metavar="KEY", help="send Idempotency-Key (safe to repeat)")
+    sub.add_argument("--lane", choices=("standard", "flex", "batch"),
+                     help="the job's cost lane (default: the report's lane, else standard)")
 
     sub = add("status", cmd_status, "show a job", [wait])
     sub.add_argument("job", metavar="JOB_ID")

@@ -171,10 +171,11 @@ class Client:
     def delete_report(self, report_id: str, etag: str | None = None) -> None:
         self.send("DELETE", f"/reports/{_segment(report_id)}", headers={"If-Match": etag} if etag else {})
 
-    def generate(self, report_id: str, period: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
+    def generate(self, report_id: str, period: str | None, idempotency_key: str | None = None,
+                 lane: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self.json("POST", f"/reports/{_segment(report_id)}/generate",
-                         json={"period": period} if period else None, headers=headers)
+        body = {**({"period": period} if period else {}), **({"lane": lane} if lane else {})}
+        return self.json("POST", f"/reports/{_segment(report_id)}/generate", json=body or None, headers=headers)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.json("GET", f"/jobs/{_segment(job_id)}")

@@ -55,6 +55,18 @@ def columns(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def usage_text(usage: dict[str, Any] | None) -> str | None:
+    """`12 model requests, 26,112 input tokens (70% cached), 3,310 output; about 0.003091 USD` (None before any)."""
+    if not usage or not usage.get("modelRequests"):
+        return None
+    given = int(usage.get("inputTokens") or 0)
+    share = f" ({int(usage.get('cachedTokens') or 0) * 100 // given}% cached)" if given else ""
+    cost = f"; about {usage['estimatedCostUsd']} USD" if usage.get("estimatedCostUsd") else ""
+    fallbacks = f"; {usage['flexFallbacks']} sent standard (no flex capacity)" if usage.get("flexFallbacks") else ""
+    return (f"{usage['modelRequests']} model requests, {given:,} input tokens{share}, "
+            f"{int(usage.get('outputTokens') or 0):,} output{cost}{fallbacks}")
+
+
 def describe(job: dict[str, Any]) -> str:
     """A multi-line, human summary of one job (the `status` command), with its deliveries if it has any."""
     rows = [
@@ -66,6 +78,8 @@ def describe(job: dict[str, Any]) -> str:
         ("Error", job.get("errorMessage")),
         # retryCount counts model requests sent again (rate limits, transient errors), not retries of the job.
         ("Retries", f"{int(job['retryCount'])} model request retries" if job.get("retryCount") else None),
+        ("Lane", job.get("lane")),
+        ("Usage", usage_text(job.get("usage"))),
         ("Created", job.get("createdAt")),
         ("Completed", job.get("completedAt")),
         ("Result", job.get("resultUrl")),

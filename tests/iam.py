@@ -21,7 +21,7 @@ from botocore.client import BaseClient
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
 FUNCTIONS = ("api_handler", "process_work", "handle_dead_letters", "reap_stale_jobs", "run_scheduled_reports",
-             "warm_vendor_cache")
+             "warm_vendor_cache", "poll_provider_batches")
 # What the moto server answers as; CloudFormation fills the same pseudo parameters in AWS.
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
           "AWS::URLSuffix": "amazonaws.com"}

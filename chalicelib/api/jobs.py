@@ -10,10 +10,11 @@ from chalice import Blueprint, Response
 from chalicelib import clock
 from chalicelib.api import http, models
 from chalicelib.api.routes import NO_BODY, handled
-from chalicelib.errors import NotAsyncReport, ValidationFailed
+from chalicelib.errors import NoLines, NotAsyncReport, ValidationFailed
 from chalicelib.jobs import idempotency, service
 from chalicelib.jobs.create import create_job
 from chalicelib.jobs.states import TERMINAL, JobStatus
+from chalicelib.lines.store import has_lines
 from chalicelib.reports import service as reports
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
@@ -33,7 +34,10 @@ def _generate(request: dict[str, Any]) -> dict[str, Any]:
     report = reports.get_for_generation(request["principal"], request["reportId"])
     if {"type": "api", "mode": "async"} not in report.delivery_targets:
         raise NotAsyncReport("Report is not configured for asynchronous generation.")
-    job = create_job(request["userId"], report, request["period"])
+    if not has_lines(request["userId"], request["period"]):
+        # Before any job write: an empty month creates no job and takes nothing from the hour's limit.
+        raise NoLines(f"No expense lines for {request['period']}: import the month's lines first, then generate.")
+    job = create_job(request["userId"], report, request["period"], lane=request.get("lane"))
     body = service.to_dict(job, request["baseUrl"])
     return {"status": 202, "headers": {"Location": body["statusUrl"], **_poll_headers(job)}, "body": body}
 
@@ -43,11 +47,11 @@ def _generate(request: dict[str, Any]) -> dict[str, Any]:
 def generate(reportId: str) -> Response:  # noqa: N803
     req = http.current()
     body = http.json_body(req, required=False)
-    asked = models.parse(models.GenerateRequest, body).period if body is not None else None
-    period = asked or clock.now().strftime("%Y-%m")
+    parsed = models.parse(models.GenerateRequest, body) if body is not None else None
+    period = (parsed.period if parsed else None) or clock.now().strftime("%Y-%m")
     who = http.principal(req)
     request = {"principal": who, "userId": who.user_id, "reportId": reportId, "period": period,
-               "baseUrl": http.base_url(req), "body": body}
+               "lane": parsed.lane if parsed else None, "baseUrl": http.base_url(req), "body": body}
     key = req.headers.get("idempotency-key")
     if key is None:
         out = _generate(request)

@@ -136,6 +136,8 @@ StepNameValue = Literal[_Step.UPLOAD, _Step.VALIDATE, _Step.STAGE, _Step.COMMIT,
 # chalicelib.delivery.webhook.EVENTS, and its first three: the final events (a job's deliveries)
 WebhookEventValue = Literal["job.completed", "job.failed", "job.cancelled", "job.progress"]
 FinalEventValue = Literal["job.completed", "job.failed", "job.cancelled"]
+# chalicelib.categorize.prices.LANES
+LaneValue = Literal["standard", "flex", "batch"]
 # The `type` of a job's events (the audit trail): this list is their definition.
 EventType = Literal["created", "started", "rate_limited", "resumed", "cancel_requested", "cancelled", "completed",
                     "failed", "reaped", "retried", "delivery_attempt", "delivery_retry_requested", "step"]
@@ -146,7 +148,8 @@ ProblemTypeUri = Literal[
     "urn:reports:problem:active-job-exists", "urn:reports:problem:not-async-report",
     "urn:reports:problem:invalid-transition", "urn:reports:problem:precondition-failed",
     "urn:reports:problem:payload-too-large", "urn:reports:problem:unsupported-media-type",
-    "urn:reports:problem:idempotency-key-reused", "urn:reports:problem:precondition-required",
+    "urn:reports:problem:idempotency-key-reused", "urn:reports:problem:no-lines",
+    "urn:reports:problem:precondition-required",
     "urn:reports:problem:rate-limited", "urn:reports:problem:internal-error",
     "urn:reports:problem:service-unavailable"]
 
@@ -298,6 +301,11 @@ _Categories = Annotated[_CategoryList | None, _rule(reports.check_categories),
 _Targets = Annotated[list[DeliveryTarget], _rule(reports.check_targets), Field(min_length=1, max_length=10)]
 _Roles = Annotated[_RoleList | None, _rule(reports.check_roles), Field(description=_ROLES)]
 _Schedule = Annotated[Schedule | None, _rule(reports.check_schedule)]
+_LANE = ("The cost lane of the report's jobs: `standard` (interactive requests), `flex` (the provider's flex tier at "
+         "batch prices, slower; falls back to standard when the provider has no flex capacity) or `batch` (the "
+         "provider's Batch API: half price, answers within 24 hours). Default (absent or null): `standard` for jobs "
+         "generated through the API, `batch` for scheduled ones. A `lane` in the generate body wins over this one.")
+_Lane = Annotated[LaneValue | None, _rule(reports.check_lane), Field(description=_LANE)]
 
 
 class ReportConfigInput(Model):
@@ -320,6 +328,7 @@ class ReportConfigInput(Model):
     delivery_targets: _Targets = Field(description=_TARGETS)
     allowed_roles: _Roles = None
     schedule: _Schedule = None
+    lane: _Lane = None
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +345,7 @@ class ReportConfigInput(Model):
             "allowedRoles": list(self.allowed_roles or []),
             "categories": list(self.categories or []),
             "schedule": self.schedule.model_dump(mode="json") if self.schedule else None,
+            "lane": self.lane,
         }
 
 
@@ -359,6 +369,7 @@ class ReportConfigPatch(Model):
     allowed_roles: _RoleList | None = Field(None, description=_ROLES)
     categories: _CategoryList | None = Field(None, description=_CATEGORIES)
     schedule: Schedule | None = None
+    lane: LaneValue | None = Field(None, description=_LANE)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -385,6 +396,7 @@ class ReportConfig(Model):
     allowed_roles: list[str]
     categories: list[str] = Field(min_length=1)
     schedule: Schedule | Absent = Field(None, description="Present only when the report has a schedule.")
+    lane: LaneValue | Absent = Field(None, description="Present only when the report names a lane. " + _LANE)
     created_at: Timestamp
     disabled_targets: list[DisabledTarget] | Absent = Field(
         None, json_schema_extra={"readOnly": True},
@@ -446,7 +458,9 @@ class ExpenseLineInput(Model):
     line_id: Annotated[str, _line_rule(validation.line_id_rule), WithJsonSchema({
         "oneOf": [ref("LineId"), {"type": "string", "maxLength": 0}, {"type": "null"}]})] = Field(
         default_factory=str,
-        description="Optional (a UUID v4 is minted when absent or empty). Identifies the line within its month: "
+        description="Optional. When absent or empty the line is named by its content and its occurrence among "
+                    "identical lines of the request or file (24 hex digits of a SHA-256, `-1`, `-2`...), so "
+                    "importing the same lines again stores nothing new. Identifies the line within its month: "
                     "re-importing it with a date in the same month replaces the stored line, which then takes the "
                     "place of this import in report order. Unique within one request. Reports list lines in import "
                     "order, not by lineId.")
@@ -522,15 +536,20 @@ class ExpenseLinePage(Model):
 class GenerateRequest(Model):
     # The optional body of `generate`. Known gap, kept as it was: the document allows `"period": null`, but the
     # rule (check_period) refuses it with 400 `field: period`; one of the two has to change, deliberately.
-    model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01"}})
+    model_config = ConfigDict(json_schema_extra={"example": {"period": "2026-01", "lane": "flex"}})
     period: Annotated[_MaybePeriod, _rule(validation.check_period)] = Field(
         None, description="The month to report on; absent or `null`: the current UTC month.")
+    lane: Annotated[LaneValue | None, _rule(reports.check_lane)] = Field(
+        None, description="The job's cost lane; absent or `null`: the report's `lane`, else `standard`.")
 
     @model_validator(mode="before")
     @classmethod
     def _members(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not set(data) <= {"period"}:
-            raise ValidationFailed('The body must be {"period": "YYYY-MM"} or empty.', field="period")
+        if not isinstance(data, dict) or not set(data) <= {"period", "lane"}:
+            field = next((k for k in data if k not in ("period", "lane")), "period") if isinstance(data, dict) \
+                else "period"
+            raise ValidationFailed('The body must be {"period": "YYYY-MM", "lane": "standard|flex|batch"} (both '
+                                   'optional) or empty.', field=field)
         return data
 
 
@@ -545,6 +564,30 @@ class WarmCounts(Model):
     vendors_failed: _Count = Field(description="Asked again without a cacheable answer (flagged, unsure, or "
                                                "refused); asked again by the next run.")
     vendors_skipped: _Count = Field(description="Not due: a fresh cache entry, or a person's answer.")
+
+
+class ImportRowError(Model):
+    row: int = Field(ge=1, description="The file's own row number: the header is row 1, a blank line is a row too.")
+    field: NullableText = Field(description="The column at fault (`amount`, `date`...), when one is.")
+    message: str = Field(description="What is wrong, in words, starting with the row.")
+
+
+class ImportProgress(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "A `lines_import` or `import_and_report` job's file and what became of it.",
+        "example": {"mode": "merge", "stage": "done", "rows": 20000, "storedLines": 20000, "newLines": 20000,
+                    "errors": [], "errorCount": 0, "uploadExpiresAt": "2026-01-31T10:15:00Z"}})
+    mode: Literal["merge", "replace"]
+    stage: Literal["upload", "validate", "stage", "commit", "done"] = Field(description=(
+        "Where the import is: waiting for its file, checking rows, storing them under a new version of the "
+        "period's lines, making that version current, or done (the lines are the period's)."))
+    rows: int | None = Field(ge=0, description="Expense rows in the file (blank lines not counted), once read.")
+    stored_lines: int | None = Field(ge=0, description="Lines the period holds after the import, once committed.")
+    new_lines: int | None = Field(ge=0, description=(
+        "`merge`: lines the import added to the period (0 for a file imported again); null for `replace`."))
+    errors: list[ImportRowError] = Field(max_length=100, description="The first 100 invalid rows, in file order.")
+    error_count: int = Field(ge=0, description="Invalid rows in all (the ones past the first 100 are counted only).")
+    upload_expires_at: Timestamp = Field(description="When the upload URL stopped (or stops) working.")
 
 
 _TYPES_LISTED = "; ".join(f"`{t.value}` ({spec.label}: {', '.join(f'`{s.value}`' for s in spec.steps)})"
@@ -573,11 +616,30 @@ class JobStep(Model):
     error_message: NullableText = Field(description="Why it failed (user-safe); null otherwise.")
 
 
+class Usage(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "What the job's model requests used so far, and what that is estimated to cost from the "
+                       "price table of the job's model and lane (README: Lanes and prices). Counted with the "
+                       "job's progress, so it grows while the job runs.",
+        "example": {"modelRequests": 12, "inputTokens": 26112, "cachedTokens": 18432, "outputTokens": 3310,
+                    "estimatedCostUsd": "0.003091", "flexFallbacks": 0}})
+    model_requests: _Count = Field(description="Answered model requests (a batch's answered requests included).")
+    input_tokens: _Count = Field(description="Prompt tokens, cached ones included.")
+    cached_tokens: _Count = Field(description="Prompt tokens the provider served from its prompt cache.")
+    output_tokens: _Count = Field(description="Completion tokens.")
+    estimated_cost_usd: Annotated[str | None, WithJsonSchema({"type": ["string", "null"],
+                                                              "pattern": "^[0-9]+\\.[0-9]{6}$"})] = Field(
+        description="A decimal string in USD, from the price table; null when the job's model is not in it.")
+    flex_fallbacks: _Count = Field(description="Flex-lane requests the provider had no flex capacity for, sent "
+                                               "again on the standard tier (and priced there).")
+
+
 class WebhookJob(Model):
     # The job representation (as `GET /jobs/{jobId}` answers it) without `deliveries`.
     job_id: str = Field(json_schema_extra={"format": "uuid"}, description="Random UUID v4.")
     report_id: ReportId
-    period: Period
+    period: _MaybePeriod = Field(description=(
+        "The month the job reads; null only for an import created without `period` whose file is not read yet."))
     type: JobTypeValue = Field(description=(
         "The job's type, from one registry (its label and steps): " + _TYPES_LISTED + ". The rate limit of jobs "
         "per rolling hour counts per user and type."))
@@ -603,6 +665,12 @@ class WebhookJob(Model):
     trigger: Literal["api", "schedule"] = Field(description=(
         "`api`: a user's request; `schedule`: the report's schedule or the nightly cache warming."))
     steps: list[JobStep] = Field(description="The job's steps in order, each with its status (see JobStep).")
+    lane: LaneValue = Field("standard", description=(
+        "The cost lane: `standard`, `flex` or `batch` (README: Lanes and prices). A `batch` job waits on the "
+        "provider's batch (`statusMessage` says so) before its lines are categorized; lines the batch leaves "
+        "unanswered are asked on the standard lane."))
+    usage: Usage | Absent = Field(None, description="What the job's model requests used so far (every job this "
+                                                   "API answers has it).")
     created_at: Timestamp
     started_at: _MaybeTime
     updated_at: Timestamp
@@ -624,6 +692,10 @@ class WebhookJob(Model):
         "a warm run finds vendors due for, `trigger: schedule`): its `admin`s see it in `GET /jobs` and may cancel "
         "it; it is never retried and has no result. `reportId` is `cache-warm`, `period` the month it ran in, "
         "and `totalLines`/`processedLines` count its due vendors and those asked so far."))
+    import_: ImportProgress | None = Field(default=None, alias="import", description=(
+        "An import's file and what became of it (null for every other type). While it imports, `totalLines` and "
+        "`processedLines` count the file's rows checked and stored; an `import_and_report` job then counts its "
+        "report's lines as any report job. An import without a report has `reportId` `lines-import`."))
 
 
 class Delivery(Model):
@@ -658,6 +730,29 @@ class Job(WebhookJob):
         "the events they list), planned in the same write as the final status; `[]` until the job is final, and "
         "for a report with only `api` targets. Retry one with `POST /jobs/{jobId}/deliveries/{n}/retry`, `n` being "
         "its place in this list from 0."))
+
+
+class ImportRequest(Model):
+    # POST /imports. A file of any size the bucket takes: the answer carries the URL to PUT it to.
+    model_config = ConfigDict(json_schema_extra={"example": {"format": "csv", "mode": "merge", "period": "2026-01"}})
+    format: Literal["csv"] = Field(description="The file's format: `csv`, as POST /expenses takes it.")
+    mode: Literal["merge", "replace"] = Field("merge", description=(
+        "`merge` (default): the file's lines are added to the period's, a line with the same `lineId` replaced. "
+        "`replace`: the period's lines become exactly the file's (the way to correct a month)."))
+    period: Annotated[Period | Absent, _rule(validation.check_period)] = Field(None, description=(
+        "The month the file holds; a row of another month is an error. Absent: the month of the file's first row. "
+        "With it, one import of the period runs at a time (409 `existingJobId`)."))
+    report_id: ReportId | Absent = Field(None, description=(
+        "Generate this report on the period once the lines are stored (type `import_and_report`); the same "
+        "permission and async target as `generate` are needed."))
+
+
+class ImportAccepted(Job):
+    # 202 to POST /imports: the job, and where to PUT its file.
+    upload_url: str = Field(json_schema_extra={"format": "uri"}, description=(
+        "A presigned S3 URL: PUT the file there with `Content-Type: text/csv`, within 15 minutes. The job starts "
+        "when the file arrives; one never uploaded fails with a message saying so."))
+    upload_expires_at: Timestamp = Field(description="When `uploadUrl` stops working (15 minutes on).")
 
 
 class WebhookPayload(Model):
@@ -848,6 +943,15 @@ class ExpenseListQuery(Query):
         return {"period": None, **data}  # absent: "period: must be a month YYYY-MM.", as the rule says
 
 
+class ExpenseDeleteQuery(Query):
+    period: Annotated[Period, _rule(validation.check_period)] = Field(description="The month (`YYYY-MM`); required.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _period_required(cls, data: Any) -> Any:
+        return {"period": None, **data}
+
+
 class JobListQuery(Query):
     page_size: Annotated[int, *_page_size("Jobs", 20, 100)]
     page: Annotated[int | None, BeforeValidator(_page), WithJsonSchema(
@@ -873,8 +977,8 @@ class ResultQuery(Query):
 
 # The models whose schemas the document holds, in its order (a model they use comes with it).
 REQUESTS: tuple[type[BaseModel], ...] = (ReportConfigInput, ReportConfigPatch, ExpenseImport, ExpenseLineInput,
-                                        GenerateRequest, LinePatch)
+                                        GenerateRequest, LinePatch, ImportRequest)
 RESPONSES: tuple[type[BaseModel], ...] = (Problem, ReportConfig, ReportList, WebhookSecretRotation, ImportResult,
-                                         ExpenseLinePage, Job, JobList, EventList, Result, Health, Readiness,
-                                         WebhookPayload)
+                                         ExpenseLinePage, Job, ImportAccepted, JobList, EventList, Result, Health,
+                                         Readiness, WebhookPayload)
 QUERIES: tuple[type[Query], ...] = (ReportListQuery, ExpenseListQuery, JobListQuery, EventListQuery, ResultQuery)

@@ -60,6 +60,10 @@ TYPES: tuple[ProblemType, ...] = (
                 "The body's Content-Type is not one this operation takes."),
     ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused with another request",
                 "The Idempotency-Key was first used with another report or body."),
+    ProblemType("no-lines", 422, "No expense lines",
+                "The period has no expense lines of the caller's, so its report would be empty: no job was created "
+                "(and none counted toward the hourly limit). Import the month's lines first. A report's schedule "
+                "still generates an empty month: that job completes with an empty report and says so."),
     ProblemType("precondition-required", 428, "Precondition required",
                 "The request changes a resource and must name the version it read: send `If-Match` with the "
                 "ETag of the last read."),

@@ -156,10 +156,10 @@ _ORDER = [
     "JobStatus", "ApiDeliveryTarget", "EmailDeliveryTarget", "WebhookEvent", "WebhookDeliveryTarget",
     "DeliveryTarget", "Schedule", "ReportConfigInput", "ReportConfig", "DisabledTarget", "WebhookSecret",
     "WebhookSecretRotation", "ExpenseLineInput", "ExpenseImport", "ExpenseLine", "ImportResult", "ExpenseLinePage",
-    "GenerateRequest", "Job", "WebhookJob", "JobStep", "WarmCounts", "WebhookPayload", "Delivery", "DeliveryStatus",
-    "JobList",
-    "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health", "Readiness", "ReadinessChecks",
-    "ReportConfigPatch", "ReportList",
+    "GenerateRequest", "Job", "WebhookJob", "JobStep", "WarmCounts", "Usage", "WebhookPayload", "Delivery",
+    "DeliveryStatus", "JobList", "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health",
+    "Readiness", "ReadinessChecks", "ReportConfigPatch", "ReportList",
+    "ImportRequest", "ImportAccepted", "ImportProgress", "ImportRowError",
 ]
 
 
@@ -798,6 +798,25 @@ PATHS = {
                 "503": _ref("ServiceUnavailable"),
             },
         },
+        "delete": {
+            "operationId": "deleteExpenses",
+            "tags": ["expenses"],
+            "summary": "Remove the caller's lines of one month",
+            "description": (
+                "The period's lines are gone at once for every reader (listing, a job starting); jobs that already "
+                "started keep reading the lines they started on. 409 while a job of the caller reads or imports the "
+                "period's lines (extension `existingJobId`); delete once it has finished."
+            ),
+            "parameters": [*query(m.ExpenseDeleteQuery)],
+            "responses": {
+                "204": {"description": "Deleted (also when the period had no lines). No body."},
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "409": _problem("A job reads or imports the period's lines (extension `existingJobId`)."),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
+            },
+        },
         "get": {
             "operationId": "listExpenses",
             "tags": ["expenses"],
@@ -812,6 +831,50 @@ PATHS = {
             },
         },
     },
+    "/api/v1/imports": {
+        "post": {
+            "operationId": "startImport",
+            "tags": ["expenses"],
+            "summary": "Import a large file of lines as a job",
+            "description": (
+                "For a CSV file of any size the bucket takes (POST /expenses stays for up to 5,000 lines). Answers "
+                "202 with the import job (type `lines_import`, or `import_and_report` with `reportId`), status "
+                "`Queued`, and `uploadUrl`: PUT the file there with `Content-Type: text/csv` within 15 minutes "
+                "(`uploadExpiresAt`). The job starts when the file arrives and goes through the steps upload, "
+                "validate, stage and commit, with progress in rows (`totalLines`, `processedLines`). It stores all of "
+                "the file's rows or none: every row is checked first (by the rules of POST /expenses), and the rows "
+                "become the period's lines in one write, so a failed import leaves the previous lines exactly as they "
+                "were and a report reads either the old lines or the new ones, never a mix. Errors name the file's "
+                "own rows (the header is row 1): `errorMessage` the first, `import.errors` the first 100, "
+                "`import.errorCount` all of them. A line without `lineId` is named by its content and its occurrence "
+                "in the file, so importing the same file again stores nothing new (`import.newLines` 0). A file "
+                "holds the lines of one month. A file never uploaded fails the job with a message saying so."
+            ),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref(m.ImportRequest)}}},
+            "responses": {
+                "202": {
+                    "description": "Accepted: the job (status `Queued`) and where to PUT the file. Poll `Location`.",
+                    "headers": {
+                        "Location": {"$ref": "#/components/headers/Location-Job"},
+                        "Retry-After": {"$ref": "#/components/headers/Retry-After"},
+                    },
+                    "content": {"application/json": {"schema": ref(m.ImportAccepted)}},
+                },
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "403": _problem("`reportId` names a report the caller may not generate."),
+                "404": _problem("`reportId` names no report of the caller's tenant."),
+                "409": _problem(
+                    "An import of the same period is active (extension `existingJobId`), or the report of "
+                    "`reportId` is not configured for asynchronous generation."
+                ),
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
+            },
+        },
+    },
     "/api/v1/reports/{reportId}/generate": {
         "parameters": [{"$ref": "#/components/parameters/ReportId"}],
         "post": {
@@ -819,8 +882,9 @@ PATHS = {
             "tags": ["jobs"],
             "summary": "Start a report job",
             "description": (
-                "Creates a job with status `Queued` and queues it for the worker. One active job per user, report and "
-                "period; at most 20 jobs per user per rolling hour."
+                "Creates a job (type `expense_report`) with status `Queued` and queues it for the worker. One active "
+                "job per user, report and period; at most 20 jobs of the type per user per rolling hour. A period "
+                "without lines is refused (422 `no-lines`) before any job is written."
             ),
             "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": ref(m.GenerateRequest)}}},
@@ -868,9 +932,14 @@ PATHS = {
                 },
                 "413": _ref("PayloadTooLarge"),
                 "415": _ref("UnsupportedMediaType"),
-                "422": _problem("The Idempotency-Key was used (within 24 h) with another report or body."),
+                "422": _problem(
+                    "Either `no-lines`: the period has no expense lines of the caller's, and no job was created "
+                    "(none counted toward the hourly limit; a report's schedule still generates an empty month, "
+                    "as a job that completes with an empty report and says so); or `idempotency-key-reused`: the "
+                    "Idempotency-Key was used (within 24 h) with another report or body."),
                 "429": {
-                    "description": "More than 20 jobs created by the caller in the last hour.",
+                    "description": "More than 20 `expense_report` jobs created by the caller in the last hour (the "
+                                   "limit counts per user and job type).",
                     "content": {"application/problem+json": {"schema": ref(m.Problem)}},
                     "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
                 },
@@ -1172,7 +1241,9 @@ _EXAMPLE_JOB = {
     "type": "expense_report", "typeLabel": "Generate report", "status": "Completed",
     "statusMessage": "Categorized 300 of 300 lines",
     "progressPercent": 100, "totalLines": 300, "processedLines": 300, "failedLines": 2, "cachedLines": 64,
-    "retryCount": 0, "trigger": "schedule", "steps": _EXAMPLE_STEPS,
+    "retryCount": 0, "trigger": "schedule", "steps": _EXAMPLE_STEPS, "lane": "batch",
+    "usage": {"modelRequests": 10, "inputTokens": 21300, "cachedTokens": 16640, "outputTokens": 3460,
+              "estimatedCostUsd": "0.001555", "flexFallbacks": 0},
     "createdAt": "2026-01-31T10:00:00.000Z",
     "startedAt": "2026-01-31T10:00:01.000Z", "updatedAt": "2026-01-31T10:00:35.000Z",
     "completedAt": "2026-01-31T10:00:35.000Z", "estimatedCompletionAt": None, "errorMessage": None,

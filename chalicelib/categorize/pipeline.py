@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
 from chalicelib import observability
-from chalicelib.categorize import cache, claims, rules, seen
+from chalicelib.categorize import cache, claims, prompt, rules, seen
 from chalicelib.categorize.errors import JobFatal, LongWait, ProviderError, RetriesExhausted
 from chalicelib.categorize.normalize import normalize_vendor
 from chalicelib.categorize.retry import RetryLoop
 from chalicelib.categorize.types import Answer, Item
+from chalicelib.categorize.usage import Meter
 from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
+FLEX_TIMEOUT_SECONDS = 900.0
 
 
 class Background:
@@ -83,13 +86,24 @@ class ModelBackend:
     batch_size: int
     concurrency: int
     limiter: Any = None  # limiter.SharedLimiter when the fleet shares a provider quota
+    lane: str = "standard"  # the service tier asked for: standard or flex (batch: worker/batchlane.py)
+    meter: Meter = field(default_factory=Meter)  # what this backend's requests used (categorize/usage.py)
 
 
 def _flagged(item: Item) -> Answer:
     return Answer(item.id, None, 0.0, "model", True)
 
 
-def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) -> list[Answer]:
+def _flex_timeout(backend: ModelBackend) -> float | None:
+    """A flex request's timeout: flex queues requests, so it may take minutes (OpenAI advises up to 15), as long as
+    the invocation has time left to checkpoint after it; None (the client's own timeout) on other lanes."""
+    if backend.lane != "flex" or backend.loop is None:
+        return None
+    return max(1.0, min(FLEX_TIMEOUT_SECONDS, backend.loop.deadline - time.monotonic()))
+
+
+def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str],
+               cache_key: str | None = None) -> list[Answer]:
     """Ask once; ask again once for what is missing or invalid; flag what is still missing."""
     answers: dict[str, Answer] = {}
     for _ in range(2):
@@ -100,7 +114,8 @@ def _ask_chunk(backend: ModelBackend, chunk: list[Item], categories: list[str]) 
             from chalicelib.categorize import provider  # openai and pydantic: only once a model is asked
 
             got = backend.loop.run(partial(provider.ask, backend.api, backend.model, todo, categories,
-                                           backend.limiter))
+                                           backend.limiter, lane=backend.lane, cache_key=cache_key,
+                                           meter=backend.meter, timeout=_flex_timeout(backend)))
         except RetriesExhausted:
             break
         except ProviderError as err:
@@ -121,11 +136,12 @@ def ask_model(backend: ModelBackend, items: list[Item], categories: list[str],
     `items` are one tenant's: the caller never mixes two tenants' vendors in one request.
     """
     chunks = [items[i:i + backend.batch_size] for i in range(0, len(items), backend.batch_size)]
+    key = prompt.cache_key(tenant, categories)  # the provider's prompt cache, per tenant and taxonomy
     answers: list[Answer] = []
     waits: list[LongWait] = []
     fatal: list[JobFatal] = []
     with ThreadPoolExecutor(max_workers=max(1, backend.concurrency)) as pool:
-        futures = [pool.submit(_ask_chunk, backend, chunk, categories) for chunk in chunks]
+        futures = [pool.submit(_ask_chunk, backend, chunk, categories, key) for chunk in chunks]
         if background is not None:
             background.release()  # held writes run while these requests are out (they start first)
         for future in futures:

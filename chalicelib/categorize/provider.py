@@ -19,18 +19,12 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from chalicelib import observability
+from chalicelib.categorize import prompt, usage
 from chalicelib.categorize.errors import ProviderError
 from chalicelib.categorize.retry import RATE_LIMIT_FLOOR_SECONDS, RATE_LIMITED
 from chalicelib.categorize.types import Answer, Item
 
 log = logging.getLogger(__name__)
-
-SYSTEM_PROMPT = (
-    "You categorize business expense lines. For every item in the user's JSON array, answer one object "
-    "with the item's id, the best category from the allowed list, and your confidence from 0 to 1. "
-    "Answer every id exactly once."
-)
-
 
 @lru_cache(maxsize=4)
 def client(api_key: str, base_url: str | None, timeout: float = 30.0) -> openai.OpenAI:
@@ -165,53 +159,112 @@ def completion_budget(items: list[Item], categories: list[str]) -> int:
     return 16 + (20 + -(-longest // 2)) * len(items)
 
 
-def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    """What the provider counts against tokens-per-minute before it answers: prompt plus max output."""
-    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + max_tokens
+@lru_cache(maxsize=64)
+def schema_text(categories: tuple[str, ...]) -> str:
+    """The response schema of a taxonomy as the request carries it (made once per taxonomy, for estimate_tokens)."""
+    return json.dumps(answer_schema(list(categories)))
 
 
-def _remaining(headers: Any, name: str) -> float | None:
-    return _number(headers.get(f"x-ratelimit-remaining-{name}"), 1.0) if headers is not None else None
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int, schema: str = "") -> int:
+    """What the provider counts against tokens-per-minute before it answers: prompt plus max output.
+
+    The prompt is counted from the request itself, with no tokenizer to download: about 4 characters a token for
+    ASCII (English, JSON), a token for every other character (most scripts take 1 to 3 bytes a token: counting one
+    per character errs high), a few tokens of framing per message, and the response schema, which structured
+    outputs put in front of the prompt. The answer's `usage` settles the difference (limiter.answered).
+    """
+    text = "".join(m["content"] for m in messages) + schema
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return -(-ascii_chars // 4) + (len(text) - ascii_chars) + 4 * len(messages) + 3 + max_tokens
+
+
+def _used(raw: Any) -> int | None:
+    """The tokens the provider says the request used (`usage.total_tokens`), None when it does not say."""
+    try:
+        usage = raw.parse().usage
+    except Exception:  # an answer the SDK cannot read (cut off, filtered, not a completion): read the body
+        usage = _field(_body(raw), "usage")
+    total = _field(usage, "total_tokens")
+    return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+
+
+def _tell(limiter: Any, what: str, *args: Any, **kwargs: Any) -> None:
+    """Advice to the fleet's limiter (a hold, an answer's headers): a failure to record it is logged, never raised
+    in place of the answer or the error it is about."""
+    try:
+        getattr(limiter, what)(*args, **kwargs)
+    except Exception:
+        log.warning("could not record %s at the shared limiter; other workers find out on their own", what,
+                    exc_info=True)
 
 
 def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
     """Tell the fleet's limiter about a 429, so every worker's next request waits out the provider's window.
 
-    No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS). The hold is advice to the others: a failure to
-    record it is logged, never raised in place of the 429 it is about.
+    No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS).
     """
-    seconds = max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS)
-    try:
-        limiter.hold(seconds, tokens)
-    except Exception:
-        log.warning("could not record a 429 at the shared limiter; other workers find out on their own",
-                    exc_info=True)
+    _tell(limiter, "hold", max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS), tokens)
 
 
-def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None) -> list[Answer]:
-    """One request; returns the answers that are valid (missing or invalid ones are left out)."""
+FLEX_UNAVAILABLE = "resource_unavailable"  # flex processing's 429 when it has no capacity (not billed)
+
+
+def _flex_unavailable(err: Exception) -> bool:
+    """The flex tier's "429 Resource Unavailable": no capacity for flex now, not a rate limit of the account."""
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else None
+    return isinstance(err, openai.RateLimitError) and FLEX_UNAVAILABLE in (code, getattr(err, "code", None))
+
+
+def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str], limiter: Any = None, *,
+        lane: str = "standard", cache_key: str | None = None, meter: usage.Meter | None = None,
+        timeout: float | None = None) -> list[Answer]:
+    """One request; returns the answers that are valid (missing or invalid ones are left out).
+
+    The stable part of the prompt comes first (prompt.py) with `cache_key` as the provider's `prompt_cache_key`.
+    On the `flex` lane the request asks for the flex service tier; when flex has no capacity (429
+    resource_unavailable, not billed) it is sent once more at once on the standard tier, counted as a flex
+    fallback: the lane trades speed for price, never lines. `meter` adds up each answer's usage, priced at the
+    lane that served it. `timeout` (flex: longer than the client's) applies to the flex request only.
+    """
     payload = [{"id": i.id, "vendor": i.vendor, "description": i.description} for i in items]
-    messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": "Allowed categories: " + json.dumps(categories)},
-                {"role": "user", "content": json.dumps(payload)}]
+    messages: list[Any] = prompt.messages(categories, payload)
     budget = completion_budget(items, categories)
-    tokens = estimate_tokens(messages, budget)
+    tokens = estimate_tokens(messages, budget, schema_text(tuple(categories)))
     if limiter is not None:
         limiter.acquire(tokens)
-    try:
-        # with_raw_response: the x-ratelimit-remaining-* headers of the answer feed the fleet's limiter.
-        raw = api.chat.completions.with_raw_response.parse(
-            model=model, temperature=0, messages=messages, max_completion_tokens=budget,
-            response_format=answer_model(tuple(categories)))
-    except openai.OpenAIError as err:
-        observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
-        error = classify(err)
-        if limiter is not None and error.name == RATE_LIMITED:
-            _hold_fleet(limiter, error.retry_after, tokens)
-        raise error from err
+    served, fallbacks = lane, 0
+    while True:
+        try:
+            # with_raw_response: the x-ratelimit-remaining-* headers of the answer feed the fleet's limiter.
+            sender = api.with_options(timeout=timeout) if timeout and served == "flex" else api
+            raw = sender.chat.completions.with_raw_response.parse(
+                model=model, temperature=0, messages=messages, max_completion_tokens=budget,
+                response_format=answer_model(tuple(categories)),
+                prompt_cache_key=cache_key if cache_key else openai.omit,
+                service_tier="flex" if served == "flex" else openai.omit)
+            break
+        except openai.OpenAIError as err:
+            if served == "flex" and _flex_unavailable(err):
+                # The same request again on the standard tier, within the turn the limiter gave: flex refused it
+                # without doing any work.
+                served, fallbacks = "standard", 1
+                continue
+            observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
+            error = classify(err)
+            if limiter is not None and isinstance(err, openai.APIStatusError):
+                _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
+            if limiter is not None and error.name == RATE_LIMITED:
+                _hold_fleet(limiter, error.retry_after, tokens)
+            if meter is not None and fallbacks:
+                meter.add(usage.Usage(flex_fallbacks=fallbacks))
+            raise error from err
     observability.model_request()
     if limiter is not None:
-        limiter.observe(_remaining(raw.headers, "requests"), _remaining(raw.headers, "tokens"))
+        # The answer's headers (the limits, what is left) and its usage, which settles the tokens reserved.
+        _tell(limiter, "answered", raw.headers, reserved=tokens, used=_used(raw))
+    if meter is not None:
+        meter.add(usage.of_answer(_body(raw), model, served) + usage.Usage(flex_fallbacks=fallbacks))
     return read_answer(raw, items, categories)
 
 

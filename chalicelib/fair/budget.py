@@ -57,13 +57,9 @@ class TenantGate:
         return self.rules.budget_fraction(self._snapshot(), self.tenant)
 
     def _own(self, fraction: float) -> Any:
-        """The tenant's bucket at `fraction` of the limits; a turn now or QuotaBusy (nothing reserved). Its burst
-        is the shared bucket's (the same capacity, refilled at the fraction's pace): a tenant that arrives gets
-        its first turns as fast as when it is alone, and its share holds over time."""
-        lim = self.limiter
-        return dataclasses.replace(lim, key=self.own_key, wait_max=0.0, burst_seconds=lim.burst_seconds / fraction,
-                                   rpm=lim.rpm * fraction if lim.rpm else lim.rpm,
-                                   tpm=lim.tpm * fraction if lim.tpm else lim.tpm)
+        """The tenant's bucket at `fraction` of the limits (configured or learned: limiter.share); a turn now or
+        QuotaBusy (nothing reserved)."""
+        return dataclasses.replace(self.limiter.share(fraction, self.own_key), wait_max=0.0)
 
     def acquire(self, *args: Any, **kwargs: Any) -> Any:
         """A turn for one request, within the tenant's share first come first served, beyond it if spare."""

@@ -18,6 +18,7 @@ from pynamodb.transactions import TransactWrite
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from chalicelib import clock, messages, observability
+from chalicelib.categorize.prices import DEFAULT_LANE, SCHEDULED_LANE
 from chalicelib.errors import ActiveJobExists, RateLimited, ServiceUnavailable
 from chalicelib.jobs import stepplan
 from chalicelib.jobs.states import JobStatus, lock_holder, lock_key, rate_key
@@ -46,6 +47,11 @@ def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start", tenant: 
 def _live_stamps(window: Control | None, now: float) -> dict[str, float]:
     stamps = window.stamps.as_dict() if window is not None and window.stamps is not None else {}
     return {k: float(v) for k, v in stamps.items() if float(v) > now - WINDOW_SECONDS}
+
+
+def lane_of(report: ReportConfig, trigger: str, asked: str | None = None) -> str:
+    """The job's cost lane: the one asked for, else the report's, else its trigger's default (scheduled: batch)."""
+    return asked or report.lane or (SCHEDULED_LANE if trigger == "schedule" else DEFAULT_LANE)
 
 
 def _new_job(owner_id: str, report: ReportConfig | None, period: str, trigger: str, job_type: str,
@@ -143,16 +149,18 @@ def _undo(job: Job) -> None:
 
 def create_job(owner_id: str, report: ReportConfig | None, period: str, trigger: str | None = None,
                job_type: str = JobType.EXPENSE_REPORT.value, tenant: str | None = None,
-               fields: dict[str, Any] | None = None, start: bool = True) -> Job:
+               fields: dict[str, Any] | None = None, start: bool = True, lane: str | None = None) -> Job:
     """A new job of `job_type` for `owner_id`: Queued, its steps planned, its message sent (unless `start` is
     False: its work begins on another signal, an uploaded file's arrival).
 
     `report` None: a job of no report (`tenant` is then the caller's). `trigger` None: the type's default.
-    `fields` sets more of the job's attributes (model names). Raises ActiveJobExists (409), RateLimited (429, per
-    user and type) and ServiceUnavailable (503, nothing left behind).
+    `fields` sets more of the job's attributes (model names); `lane` the cost lane asked for (lane_of). Raises
+    ActiveJobExists (409), RateLimited (429, per user and type) and ServiceUnavailable (503, nothing left behind).
     """
-    job = _new_job(owner_id, report, period, trigger or spec(job_type).trigger, JobType(job_type).value, tenant,
-                   fields or {})
+    trigger = trigger or spec(job_type).trigger
+    if report is not None:  # a job that categorizes has a cost lane (one that only imports asks no model)
+        fields = {"lane": lane_of(report, trigger, lane), **(fields or {})}
+    job = _new_job(owner_id, report, period, trigger, JobType(job_type).value, tenant, fields or {})
     try:
         job = _write(job, report is not None)
     except (ActiveJobExists, RateLimited):

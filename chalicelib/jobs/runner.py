@@ -10,9 +10,11 @@ from datetime import timedelta
 from pynamodb.exceptions import PynamoDBException
 
 from chalicelib import clock
+from chalicelib.categorize.usage import Usage
 from chalicelib.jobs import store
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
 from chalicelib.jobs.store import Lease, Progress, moves
+from chalicelib.lines import versions
 from chalicelib.lines.store import count_lines
 from chalicelib.tables import Job
 
@@ -35,7 +37,10 @@ def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | 
     status = S(job.status)
     try:
         if status is S.QUEUED:
-            total = count(job) if count else count_lines(job.owner_id, job.period)
+            # Pin the version of the period's lines this job reads from now on (lines/versions.py): an import
+            # committing while it runs changes nothing under it. moves.start writes the pin.
+            job.lines_version = job.lines_version or versions.pointer(job.owner_id, job.period).version
+            total = count(job) if count else count_lines(versions.job_partition(job))
             return moves.start(job, lease, total)
         if status is S.CANCELLATION_REQUESTED:
             cancel(job)
@@ -67,7 +72,7 @@ def checkpoint(job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: P
     return store.current().checkpoint(job, lease, old_cursor, new_cursor, done, eta)
 
 
-def hand_back(job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
+def hand_back(job: Job, lease: Lease, retries: int, resume_in: int, usage: Usage | None = None) -> bool:
     """Before the message that continues the job is sent: count the retries spent, push the heartbeat to when
     the job is due back (the reaper must not mistake a planned wait for a dead worker) and give up the lease,
     in one write. False if the lease was no longer ours: then no message may be sent (its holder goes on).
@@ -75,7 +80,7 @@ def hand_back(job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
     Hand-over before send: a continuation sent while we still held the lease could reach a worker at once,
     find the lease held, be dropped as a duplicate, and leave the job without a message until the reaper.
     """
-    return store.current().hand_back(job, lease, retries, resume_in)
+    return store.current().hand_back(job, lease, retries, resume_in, usage)
 
 
 def note_wait(job_id: str, seconds: float, ends_at: float) -> float:
@@ -87,9 +92,9 @@ def note_wait(job_id: str, seconds: float, ends_at: float) -> float:
     return store.current().note_wait(job_id, seconds, ends_at)
 
 
-def count_retries(job_id: str, retries: int) -> None:
-    """Retries a chunk spent before it handed itself back (its checkpoint counts the rest)."""
-    store.current().count_retries(job_id, retries)
+def count_retries(job_id: str, retries: int, usage: Usage | None = None) -> None:
+    """Retries (and model usage) a chunk spent before it handed itself back (its checkpoint counts the rest)."""
+    store.current().count_retries(job_id, retries, usage)
 
 
 def lease_is_live(owner: str | None, until: float | None, now: float | None = None) -> bool:

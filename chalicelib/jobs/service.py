@@ -7,6 +7,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib import clock, paging
+from chalicelib.categorize import usage
+from chalicelib.categorize.prices import DEFAULT_LANE
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.jobs import chunks, counts, runner, tenant_jobs
 from chalicelib.jobs.states import TERMINAL, JobAction, JobStatus, TransitionRaced, allowed_actions
@@ -62,12 +64,13 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
     else:
         percent = min(99, processed * 100 // total) if total else 0
     return {
-        "jobId": job.job_id, "reportId": job.report_id, "period": job.period, "type": job.type,
+        "jobId": job.job_id, "reportId": job.report_id, "period": job.period or None, "type": job.type,
         "typeLabel": label(job.type), "status": job.status, "statusMessage": job.status_message,
         "progressPercent": percent,
         "totalLines": total, "processedLines": processed, "failedLines": int(job.failed_lines),
         "cachedLines": int(job.cached_lines), "retryCount": int(job.retry_count), "trigger": job.trigger,
         "steps": [step.to_dict() for step in step_writes.read(job)],
+        "lane": job.lane or DEFAULT_LANE, "usage": usage.to_dict(job),
         "createdAt": job.created_at, "startedAt": job.started_at, "updatedAt": job.updated_at,
         "completedAt": job.completed_at, "estimatedCompletionAt": job.estimated_completion_at,
         "errorMessage": job.error_message, "statusUrl": status_url,
@@ -78,6 +81,7 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         # One per report target the final status was sent to (email, webhook); [] until the job is final.
         "deliveries": delivery_dicts(job),
         "warm": _warm_counts(job),
+        "import": import_progress(job),
     }
 
 
@@ -88,6 +92,17 @@ def _actions(job: Job) -> list[str]:
         # has no result.
         return [a for a in actions if a == JobAction.CANCEL.value]
     return actions
+
+
+def import_progress(job: Job) -> dict[str, Any] | None:
+    """An import's file and what became of it (lines/importer.py keeps it on the job); null for other types."""
+    state = job.lines_import
+    if state is None:
+        return None
+    return {"mode": state.get("mode", "merge"), "stage": state.get("stage", "upload"), "rows": state.get("rows"),
+            "storedLines": state.get("storedLines"), "newLines": state.get("new"),
+            "errors": state.get("errors", []), "errorCount": int(state.get("errorCount", 0)),
+            "uploadExpiresAt": state.get("uploadExpiresAt")}
 
 
 def _warm_counts(job: Job) -> dict[str, int] | None:

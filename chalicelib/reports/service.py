@@ -34,7 +34,7 @@ DEFAULT_CATEGORIES = [
 ]
 REPORT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
-_FIELD_ORDER = ["reportId", "name", "deliveryTargets", "allowedRoles", "categories", "schedule"]
+_FIELD_ORDER = ["reportId", "name", "deliveryTargets", "allowedRoles", "categories", "schedule", "lane"]
 _FIELDS = set(_FIELD_ORDER)
 _TARGET_RULE = ("an API target (type api, mode async or sync), an email target (type email, to an email address) "
                 "or a webhook target (type webhook, url, events), with no other members")
@@ -177,6 +177,16 @@ check_targets = _targets
 check_schedule = _schedule
 
 
+def check_lane(value: Any) -> str | None:
+    """A cost lane (categorize/prices.LANES), or None for the default of the job's trigger."""
+    from chalicelib.categorize.prices import LANES
+
+    if value is not None and value not in LANES:
+        raise _fail("lane", f"must be one of {', '.join(LANES)} (or null, or left out, for the default: standard "
+                            "for API requests, batch for scheduled reports).")
+    return value
+
+
 def mint_report_id() -> str:
     return f"report-{uuid.uuid4()}"
 
@@ -195,10 +205,10 @@ def check_patch_members(body: Any) -> None:
     fixed = [f for f in IMMUTABLE if f in body]
     if fixed:
         raise ValidationFailed(f"{fixed[0]} cannot be changed; a PATCH may set name, deliveryTargets, "
-                               "allowedRoles, categories and schedule.", field=fixed[0])
+                               "allowedRoles, categories, schedule and lane.", field=fixed[0])
     if not body:
-        raise ValidationFailed("The body must set at least one of name, deliveryTargets, allowedRoles, categories "
-                               "and schedule.")
+        raise ValidationFailed("The body must set at least one of name, deliveryTargets, allowedRoles, categories, "
+                               "schedule and lane.")
 
 
 def _has_webhook(targets: list[dict[str, Any]]) -> bool:
@@ -226,6 +236,7 @@ def create_report(principal: Principal, body: Any) -> tuple[ReportConfig, str | 
         categories=fields["categories"],
         schedule=fields["schedule"],
         schedule_day=fields["schedule"]["day"] if fields["schedule"] else None,
+        lane=fields["lane"],
         created_at=clock.iso(clock.now()),
         version=1,
         webhook_secrets=secrets,
@@ -307,6 +318,8 @@ def to_dict(report: ReportConfig) -> dict[str, Any]:
     }
     if report.schedule:
         out["schedule"] = report.schedule
+    if report.lane:
+        out["lane"] = report.lane
     disabled = report.disabled_targets or {}
     if disabled:
         out["disabledTargets"] = [{"target": i, "url": t["url"], "disabledAt": disabled[t["url"]]}
@@ -405,7 +418,7 @@ def update_report(principal: Principal, report_id: str, body: Any,
     models.parse(models.ReportConfigPatch, body)
     current = {"reportId": report.report_id, "name": report.name, "deliveryTargets": report.delivery_targets,
                "allowedRoles": list(report.allowed_roles or []), "categories": list(report.categories),
-               "schedule": report.schedule}
+               "schedule": report.schedule, "lane": report.lane}
     fields = parse_config({**current, **body})  # the create's rules, on the configuration as it would be
     version = version_of(report)
     schedule = fields["schedule"]
@@ -423,6 +436,7 @@ def update_report(principal: Principal, report_id: str, body: Any,
         ReportConfig.categories.set(fields["categories"]),
         ReportConfig.schedule.set(schedule) if schedule else ReportConfig.schedule.remove(),
         ReportConfig.schedule_day.set(schedule["day"]) if schedule else ReportConfig.schedule_day.remove(),
+        ReportConfig.lane.set(fields["lane"]) if fields["lane"] else ReportConfig.lane.remove(),
         ReportConfig.version.set(version + 1),
     ]
     try:

@@ -79,7 +79,7 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
         before = run.counted
         done = progress(run, last.answers)
         processed = int(job.processed_lines) + done.lines
-        batch = moves.LastBatch(job.cursor, last.lines[-1].line_id, processed, done.cached, done.retries)
+        batch = moves.LastBatch(job.cursor, last.lines[-1].line_id, processed, done.cached, done.retries, done.usage)
     if report.lines != processed:
         # The report is the truth a user reads: counts that disagree with it would hide a lost or doubled line.
         log.error("report and counts disagree", extra={"jobId": job.job_id, "reported": report.lines,
@@ -95,7 +95,8 @@ def complete(run: Invocation, last: LastBatch | None = None) -> bool:
         job.refresh(consistent_read=True)
         if last is not None:
             # The usual checkpoint counts this batch's retries (its rate-limited wait is noted already).
-            run.counted = Counted(before.retries, run.counted.rate_limited, run.counted.rate_limited_seconds)
+            run.counted = Counted(before.retries, run.counted.rate_limited, run.counted.rate_limited_seconds,
+                                  before.usage)
             return False
         if job.status == JobStatus.CANCELLATION_REQUESTED.value:
             stop(job)

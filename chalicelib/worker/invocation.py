@@ -12,6 +12,7 @@ from chalicelib import credentials
 from chalicelib.categorize import pipeline
 from chalicelib.categorize.retry import DEFAULT_POLICY, RetryLoop
 from chalicelib.categorize.types import Answer
+from chalicelib.categorize.usage import Usage
 from chalicelib.jobs import runner
 from chalicelib.jobs.runner import Lease, Progress
 from chalicelib.jobs.states import event_item
@@ -28,10 +29,11 @@ class Counted:
     retries: int = 0
     rate_limited: int = 0
     rate_limited_seconds: float = 0.0
+    usage: Usage = Usage()  # the model usage (backend meter) as of the last batch counted
 
     @classmethod
-    def of(cls, stats: Any) -> Counted:
-        return cls(stats.retries, stats.rate_limited, stats.rate_limited_seconds)
+    def of(cls, stats: Any, usage: Usage) -> Counted:
+        return cls(stats.retries, stats.rate_limited, stats.rate_limited_seconds, usage)
 
 
 @dataclass
@@ -72,18 +74,26 @@ class _Client:
         return getattr(self._client, name)
 
 
-def backend(settings: Settings, loop: RetryLoop, tenant: str = "") -> pipeline.ModelBackend | None:
+def backend(settings: Settings, loop: RetryLoop, tenant: str = "", lane: str | None = None
+            ) -> pipeline.ModelBackend | None:
     """The model backend, or None without an API key (the offline rules answer). With fair shares, `tenant`'s
-    requests pass the shared limiter through its gate (fair/budget.py)."""
+    requests pass the shared limiter through its gate (fair/budget.py).
+
+    `lane` is the job's: flex asks for the flex tier; standard and batch ask the standard tier (a batch job's
+    lines that its batch left unanswered go back to the standard lane: worker/batchlane.py).
+    """
     key = credentials.openai_api_key(settings)  # SSM in deployed stages (cached), OPENAI_API_KEY locally
     if not key:
         return None
     limiter: Any = None  # a SharedLimiter, or a tenant's gate around it
-    if settings.openai_rpm or settings.openai_tpm:
-        from chalicelib.categorize.limiter import SharedLimiter, key_for
+    if settings.openai_rpm or settings.openai_tpm or settings.openai_limit_learn:
+        from chalicelib.categorize import limiter as pacing
 
-        limiter = SharedLimiter(settings.openai_rpm, settings.openai_tpm, wait_max=settings.limiter_wait_max_seconds,
-                                key=key_for(settings.openai_base_url, key))
+        limiter = pacing.SharedLimiter(settings.openai_rpm, settings.openai_tpm, margin=settings.openai_limit_margin,
+                                       lead=pacing.LEAD_SECONDS, check_ahead=pacing.CHECK_AHEAD_SECONDS,
+                                       late_max=pacing.LATE_MAX_SECONDS,
+                                       learn=settings.openai_limit_learn, wait_max=settings.limiter_wait_max_seconds,
+                                       key=pacing.key_for(settings.openai_base_url, key))
         if settings.fair_shares and tenant:
             from chalicelib.fair.budget import TenantGate
             from chalicelib.worker.fairness import rules
@@ -91,7 +101,7 @@ def backend(settings: Settings, loop: RetryLoop, tenant: str = "") -> pipeline.M
             limiter = TenantGate(limiter, tenant, rules(settings))
     api = _Client(key, settings.openai_base_url, settings.openai_timeout_seconds)
     return pipeline.ModelBackend(api, settings.openai_model, loop, settings.model_batch_size,
-                                 settings.model_concurrency, limiter)
+                                 settings.model_concurrency, limiter, lane="flex" if lane == "flex" else "standard")
 
 
 def retry_loop(settings: Settings, remaining: float, limited_so_far: float = 0.0) -> RetryLoop:
@@ -110,8 +120,12 @@ def start(context: Any, settings: Settings | None, claim: Any) -> Invocation | N
     if job is None:
         return None
     loop = retry_loop(settings, remaining, float(job.rate_limited_seconds))
-    run = Invocation(job, lease, settings, loop.deadline, loop, backend(settings, loop, job.tenant or job.owner_id),
-                     time.time())
+    run = Invocation(job, lease, settings, loop.deadline, loop,
+                     backend(settings, loop, job.tenant or job.owner_id, job.lane), time.time())
+    if job.batch_state == "collected":
+        from chalicelib.worker import batchlane
+
+        run.memo.update(batchlane.answers(job))  # what the provider's batch answered: no request for those
     if settings.fair_shares:
         from chalicelib.worker import fairness
 
@@ -127,7 +141,8 @@ def progress(run: Invocation, answers: dict[str, Answer], waits_until: float | N
     wait gets its own (see loop.categorize).
     """
     stats = run.loop.stats
-    before, run.counted = run.counted, Counted.of(stats)
+    used = run.backend.meter.total() if run.backend is not None else Usage()
+    before, run.counted = run.counted, Counted.of(stats, used)
     limited = stats.rate_limited - before.rate_limited
     waited = stats.rate_limited_seconds - before.rate_limited_seconds
     if waited > 0:
@@ -138,4 +153,5 @@ def progress(run: Invocation, answers: dict[str, Answer], waits_until: float | N
     values = answers.values()
     return Progress(lines=len(answers), failed=sum(a.needs_review for a in values),
                     cached=sum(a.source == "cache" for a in values), retries=stats.retries - before.retries,
-                    rate_limited_seconds=stats.rate_limited_seconds - before.rate_limited_seconds)
+                    rate_limited_seconds=stats.rate_limited_seconds - before.rate_limited_seconds,
+                    usage=used - before.usage)

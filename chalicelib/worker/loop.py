@@ -46,7 +46,7 @@ class Scope(Protocol):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         """Count `done` and move the checkpoint to `cursor`, under the lease; False when refused."""
 
-    def hand_back(self, delay: int, retries: int) -> bool:
+    def hand_back(self, delay: int, retries: int, usage: Any = None) -> bool:
         """Give the lease up so that a message `delay` seconds later takes the range up again."""
 
     def send(self, delay: int, reason: str) -> None:

@@ -49,7 +49,7 @@ def recheck_flagged(run: Invocation) -> bool:
         fixed = sum(not a.needs_review for a in answers.values())
         done = progress(run, {})
         run.done += len(flagged)
-        store.current().recheck_batch(job, run.lease, after, flagged[-1].line_id, fixed, done.retries)
+        store.current().recheck_batch(job, run.lease, after, flagged[-1].line_id, fixed, done.retries, done.usage)
         job.refresh(consistent_read=True)
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib import faults
+from chalicelib.categorize.usage import Usage
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Progress
 from chalicelib.jobs.states import JobStatus
 from chalicelib.lines.store import read_lines
+from chalicelib.lines.versions import job_partition
 from chalicelib.worker import completion, seams
 from chalicelib.worker.cancel import stop
 from chalicelib.worker.invocation import Invocation
@@ -20,7 +22,7 @@ from chalicelib.worker.invocation import Invocation
 class _Scope:
     run: Invocation
 
-    def hand_back(self, delay: int, retries: int) -> bool:
+    def hand_back(self, delay: int, retries: int, usage: Usage | None = None) -> bool:
         raise NotImplementedError
 
     def send(self, delay: int, reason: str) -> None:
@@ -28,7 +30,8 @@ class _Scope:
 
     def requeue(self, delay: int, reason: str, done: Progress | None = None) -> None:
         """Continue later: give the job (or chunk) up first, then send the message that takes it up again."""
-        if not self.hand_back(delay, (done or Progress()).retries):
+        done = done or Progress()
+        if not self.hand_back(delay, done.retries, done.usage):
             return
         # cancel_vs_hand_back: a cancel requested while we still held the lease was left to us (the API saw it
         # live); complete it rather than send a message that may wait up to 15 minutes. One requested after the
@@ -58,13 +61,13 @@ class JobScope(_Scope):
     def next_lines(self, n: int, after: str | None = None) -> list:
         """Up to `n` lines after the checkpoint (or after `after`), in one read."""
         job = self.run.job
-        return read_lines(job.owner_id, job.period, job.cursor if after is None else after, n)
+        return read_lines(job_partition(job), job.cursor if after is None else after, n)
 
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)
 
-    def hand_back(self, delay: int, retries: int) -> bool:
-        return runner.hand_back(self.run.job, self.run.lease, retries, resume_in=delay)
+    def hand_back(self, delay: int, retries: int, usage: Usage | None = None) -> bool:
+        return runner.hand_back(self.run.job, self.run.lease, retries, resume_in=delay, usage=usage)
 
     def send(self, delay: int, reason: str) -> None:
         job = self.run.job
@@ -99,9 +102,9 @@ class ChunkScope(_Scope):
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return chunks.checkpoint(self.run.job, self.chunk, self.run.lease, cursor, done, eta)
 
-    def hand_back(self, delay: int, retries: int) -> bool:
-        if retries:
-            runner.count_retries(self.run.job.job_id, retries)
+    def hand_back(self, delay: int, retries: int, usage: Usage | None = None) -> bool:
+        if retries or (usage and usage.requests):
+            runner.count_retries(self.run.job.job_id, retries, usage)
         return chunks.hand_back(self.chunk, self.run.lease, delay)
 
     def send(self, delay: int, reason: str) -> None:

@@ -178,6 +178,12 @@ def test_start_a_job_watch_it_move_complete_download_the_csv_and_settle_a_flagge
     expect(card.locator("progress")).to_have_attribute("value", "40")
     expect(card.locator(".badge")).to_have_text("Processing")
     expect(card.get_by_role("button", name="Cancel")).to_be_visible()
+    # The type's label and the steps as the API returns them: collect done, categorize under way.
+    expect(card.locator(".job-type")).to_have_text("Generate report")
+    steps = card.get_by_role("list", name="Steps").locator("li")
+    expect(steps).to_have_text(["Collect: Completed", re.compile(r"^Categorize: Running( \d+%)?$"),
+                                "Assemble: Pending"])
+    expect(steps.nth(1)).to_have_attribute("aria-current", "step")
     # Unchanged job: the next poll sends If-None-Match and gets a 304; the page keeps the body it has.
     with page.expect_response(lambda r: r.status == 304 and bool(JOB_URL.search(r.url))) as not_modified:
         pass
@@ -190,6 +196,8 @@ def test_start_a_job_watch_it_move_complete_download_the_csv_and_settle_a_flagge
     expect(card.locator("progress")).to_have_attribute("value", "100")
     expect(card.locator(".f-lines")).to_have_text("250 / 250")
     expect(card.locator(".f-flagged")).to_have_text("2")
+    expect(steps).to_have_text(["Collect: Completed", "Categorize: Completed", "Assemble: Completed"])
+    expect(card.locator(".steps li[aria-current]")).to_have_count(0)
     expect(card).to_have_attribute("data-polling", "false")  # terminal: no more polls
     assert all(r.request.headers.get("authorization") == f"Bearer {token}" for r in polls)
     shot(page, "completed")
@@ -237,6 +245,9 @@ def test_cancel_a_running_job_from_the_page(api_stack: str, gate: WorkerGate, to
     gate.open()  # the worker checks for cancellation before its next batch
     expect(card.locator(".badge")).to_have_text("Cancelled")
     expect(card.locator(".message")).to_have_text("Cancelled after 100 of 250 lines")
+    # The cancel settled the steps not finished: categorize (under way) and assemble (not begun).
+    expect(card.get_by_role("list", name="Steps").locator("li")).to_have_text(
+        ["Collect: Completed", re.compile(r"^Categorize: Cancelled"), "Assemble: Cancelled"])
     expect(card).to_have_attribute("data-polling", "false")
     expect(card.get_by_role("button", name="Retry")).to_be_visible()
     expect(card.get_by_role("button", name="Download CSV")).to_be_hidden()

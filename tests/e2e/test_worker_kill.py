@@ -1,9 +1,11 @@
-"""A worker process killed mid-job: the reaper re-enqueues the job and a fresh worker finishes it."""
+"""A worker process killed mid-job: the reaper re-enqueues the job and a fresh worker finishes it (from the step
+the dead one was in)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,57 @@ def test_killed_worker_process_is_reaped_and_its_job_finished_exactly_once(clien
     wait_for(reaped, 10, interval=0.3, what="the reaper to re-enqueue the job")
     drain({job_id})  # a fresh worker, resuming from the checkpoint (or the recorded plan)
     assert_every_line_once(api, job_id, lines)
+
+
+@pytest.mark.sim(latency=0.25)
+def test_a_worker_killed_mid_categorize_is_resumed_in_its_step_and_collect_is_not_redone(client, token_for,
+                                                                                        aws_endpoint, sim):
+    """A real SIGKILL of the worker process while it waits on the model: the job resumes in `categorize` (attempts
+    2), `collect` is not done again, and the report holds every line once."""
+    api = Api(client, token_for())
+    lines = expense_lines(300, vendors(300))  # every line its own vendor: every batch asks the model
+    job_id = api.start(lines)
+    for message in receive({job_id}):  # clears strays of earlier tests; ours goes back on the queue
+        deps.client("sqs").change_message_visibility(QueueUrl=deps.work_queue_url(),
+                                                     ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    model = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": sim.url, "MODEL_BATCH_SIZE": "10",
+             "MODEL_CONCURRENCY": "1"}
+    env = {**os.environ, "COMPONENTS": "worker", "CHALICE_STAGE": "pytest", "AWS_ENDPOINT_URL": aws_endpoint,
+           "PORT": str(free_port()), "LINE_BATCH_SIZE": "50", "LINE_READ_AHEAD": "1", **model}
+    worker = subprocess.Popen([sys.executable, "-m", "local.stack"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Mid-categorize: a batch checkpointed, the next one waiting on the model (5 requests of 0.25 s each).
+        wait_for(lambda: api.job(job_id)["processedLines"] >= 50, 60, interval=0.05,
+                 what="the worker's first checkpoint")
+        worker.send_signal(signal.SIGKILL)
+        code = worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert code == -signal.SIGKILL
+    killed = api.job(job_id)
+    assert killed["status"] == "Processing" and 50 <= killed["processedLines"] < len(lines)
+    assert [(s["name"], s["status"], s["attempts"]) for s in killed["steps"]] == [
+        ("collect", "Completed", 1), ("categorize", "Running", 1), ("assemble", "Pending", 0)]
+
+    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
+
+    def reaped() -> bool:
+        reaper.reap(quick)
+        return "reaped" in [e["type"] for e in api.call("get", f"/jobs/{job_id}/events")[1]["items"]]
+
+    wait_for(reaped, 10, interval=0.3, what="the reaper to re-enqueue the job")
+    settings = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
+                                   line_batch_size=50, line_read_ahead=1, model_batch_size=10)
+    drain({job_id}, settings)  # a fresh worker takes the job up where the dead one left it
+    assert_every_line_once(api, job_id, lines)
+    done = api.job(job_id)
+    assert [(s["name"], s["status"], s["attempts"]) for s in done["steps"]] == [
+        ("collect", "Completed", 1), ("categorize", "Completed", 2), ("assemble", "Completed", 1)]
+    moves = [(e["detail"]["step"], e["detail"]["from"], e["detail"]["to"], e["detail"]["attempts"])
+             for e in api.call("get", f"/jobs/{job_id}/events?pageSize=1000")[1]["items"] if e["type"] == "step"]
+    assert [m for m in moves if m[0] == "collect"] == [("collect", "Pending", "Completed", 1)]  # not redone
+    assert [m for m in moves if m[0] == "categorize"] == [
+        ("categorize", "Pending", "Running", 1), ("categorize", "Running", "Running", 2),
+        ("categorize", "Running", "Completed", 2)]

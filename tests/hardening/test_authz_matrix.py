@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.hardening.common import assert_problem, count_store_calls, protected_routes
-from tests.support import drain
+from tests.support import drain, seed_body
 
 PERIOD = "2026-03"
 
@@ -59,6 +59,8 @@ def world(client, token_for) -> World:
     callers = {"no token": {}, "another user": token_for(tenant=tenant).headers,
                "user without the role": token_for(roles=("finance",), tenant=tenant).headers,
                "role holder": token_for(roles=(role,), tenant=tenant).headers, "owner": owner.headers}
+    for who in ("role holder", "owner"):  # the month they generate (2026-05) has a line of theirs: else 422
+        assert _call(client, "POST", "/api/v1/expenses", callers[who], seed_body("2026-05")).status_code == 201
     return World(report_id, job_id, line_id, [owner.sub, vendor, "98765.43", f"bonus {salt}", f"Board pay {salt}"],
                  callers)
 

@@ -22,7 +22,7 @@ from chalicelib.jobs.states import JobStatus
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job, LineResult
 from tests.integration.test_worker import Api, assert_every_line_once
-from tests.support import drain, expense_lines, vendors
+from tests.support import drain, expense_lines, seed_body, vendors
 
 TERMINAL_EVENTS = {"completed", "cancelled", "failed"}
 
@@ -262,6 +262,9 @@ def _http_setup(api_stack: str, token) -> tuple[dict[str, str], str]:
     report_id = f"r-{uuid.uuid4().hex[:12]}"
     body = {"reportId": report_id, "name": "Race", "deliveryTargets": [{"type": "api", "mode": "async"}]}
     assert requests.post(f"{api_stack}/api/v1/reports", json=body, headers=headers, timeout=10).status_code == 201
+    for month in range(1, 7):  # a line in each month the races generate (a month without lines: 422 `no-lines`)
+        assert requests.post(f"{api_stack}/api/v1/expenses", json=seed_body(f"2026-{month:02d}"), headers=headers,
+                             timeout=10).status_code == 201
     return headers, report_id
 
 

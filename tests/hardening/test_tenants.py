@@ -25,7 +25,7 @@ from chalicelib.categorize.types import Answer
 from chalicelib.errors import Unauthorized
 from chalicelib.settings import get_settings
 from tests.driver import Driver
-from tests.support import drain, expense_lines, vendors
+from tests.support import drain, expense_lines, seed_body, vendors
 
 # No `Other`: a line the offline rules cannot place is flagged for review, the line a person settles.
 NARROW = ["Airfare", "Lodging"]
@@ -213,6 +213,7 @@ def test_the_same_sub_in_two_tenants_sees_nothing_of_the_other(client, token_for
     done = a.run(report_id, "2026-01")
     job_id = done["jobId"]
     key = f"key-{uuid.uuid4()}"
+    a.lines(seed_body("2026-02")["lines"])  # a month without lines is not generated (422 `no-lines`)
     queued = a.call("post", f"/reports/{report_id}/generate", {"period": "2026-02"}, {"Idempotency-Key": key})
     assert queued[0] == 202
 
@@ -231,6 +232,7 @@ def test_the_same_sub_in_two_tenants_sees_nothing_of_the_other(client, token_for
     # B's own report with the same id, generated for the period A's job holds active, with A's
     # Idempotency-Key: B's own new job (not A's lock, not A's replay).
     assert b.report(report_id, NARROW)[0] == 201
+    b.lines(seed_body("2026-02")["lines"])
     mine = b.call("post", f"/reports/{report_id}/generate", {"period": "2026-02"}, {"Idempotency-Key": key})
     assert mine[0] == 202, mine
     assert mine[1]["jobId"] != queued[1]["jobId"]
@@ -254,6 +256,7 @@ def test_a_role_in_one_tenant_reaches_nothing_in_another(client, token_for):
     # Positive control: the role works inside its tenant.
     colleague = Caller(client, token_for(roles=(role,), tenant=tenant_b))
     assert colleague.call("get", f"/reports/{report_id}")[0] == 200
+    colleague.lines(seed_body("2026-03")["lines"])
     assert colleague.call("post", f"/reports/{report_id}/generate", {"period": "2026-03"})[0] == 202
 
     outsider = Caller(client, token_for(roles=(role,), tenant=tenant_a))

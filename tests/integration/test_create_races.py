@@ -14,6 +14,7 @@ from chalicelib import deps
 from chalicelib.jobs import create
 from chalicelib.jobs.states import lock_key, rate_key
 from chalicelib.tables import Control, Job
+from tests.support import seed_body
 
 
 def _report(base: str, headers: dict) -> str:
@@ -24,6 +25,13 @@ def _report(base: str, headers: dict) -> str:
     return report_id
 
 
+def _seed(base: str, headers: dict, *periods: str) -> None:
+    """A line in each period: a period without lines is not generated (422 `no-lines`)."""
+    for period in periods:
+        assert requests.post(f"{base}/api/v1/expenses", headers=headers, json=seed_body(period),
+                             timeout=10).status_code == 201
+
+
 def _generate(base: str, headers: dict, report_id: str, period: str) -> requests.Response:
     return requests.post(f"{base}/api/v1/reports/{report_id}/generate", headers=headers,
                          json={"period": period}, timeout=30)
@@ -32,6 +40,7 @@ def _generate(base: str, headers: dict, report_id: str, period: str) -> requests
 def test_20_concurrent_creates_for_one_report_and_period_give_exactly_one_202(api_stack, token_for):
     token = token_for()
     report_id = _report(api_stack, token.headers)
+    _seed(api_stack, token.headers, "2026-01")
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda _: _generate(api_stack, token.headers, report_id, "2026-01"), range(20)))
     codes = sorted(r.status_code for r in answers)
@@ -47,6 +56,7 @@ def test_25_concurrent_creates_by_one_user_accept_exactly_20(api_stack, token_fo
     token = token_for()
     report_id = _report(api_stack, token.headers)
     periods = [f"20{20 + i // 12:02d}-{1 + i % 12:02d}" for i in range(25)]
+    _seed(api_stack, token.headers, *periods)
     with ThreadPoolExecutor(25) as pool:
         answers = list(pool.map(lambda p: _generate(api_stack, token.headers, report_id, p), periods))
     codes = [r.status_code for r in answers]
@@ -63,6 +73,7 @@ def test_sqs_failure_during_create_is_503_and_leaves_no_job_lock_or_counter(clie
             "deliveryTargets": [{"type": "api", "mode": "async"}]}
     response = client.http.post("/api/v1/reports", headers=headers, body=json.dumps(body))
     report_id = response.json_body["reportId"]
+    assert client.http.post("/api/v1/expenses", headers=headers, body=json.dumps(seed_body())).status_code == 201
     real_url = deps.work_queue_url()
     monkeypatch.setattr(deps, "work_queue_url", lambda: real_url.rsplit("/", 1)[0] + "/no-such-queue")
     answer = client.http.post(f"/api/v1/reports/{report_id}/generate", headers=headers, body='{"period": "2026-01"}')

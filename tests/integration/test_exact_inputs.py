@@ -14,6 +14,7 @@ import pytest
 from chalicelib import paging
 from tests.driver import Driver
 from tests.hardening.common import assert_problem
+from tests.support import seed_body
 
 LINE = {"lineId": "tx-1", "date": "2026-01-15", "vendor": "UBER *TRIP", "amount": "23.50", "currency": "USD",
         "description": "ride"}
@@ -29,6 +30,11 @@ class Caller(Driver):
                                         headers=self.token.headers)
         assert response.status_code == 200
         return response.json_body["items"]
+
+    def job(self) -> str:
+        """A Queued job of a fresh report on 2026-01, which holds one seeded line (no lines: 422 `no-lines`)."""
+        assert self.send("POST", "/api/v1/expenses", seed_body("2026-01")).status_code == 201
+        return self.send("POST", f"/api/v1/reports/{self.report()}/generate", {"period": "2026-01"}).json_body["jobId"]
 
     def report(self) -> str:
         report_id = f"r-{uuid.uuid4().hex[:12]}"
@@ -261,13 +267,13 @@ def test_generate_for_a_missing_report_shows_its_id_decoded(me):
                                    "nextToken=" + paging.encode({"eventKey": ""}),
                                    "nextToken=" + paging.encode({"lineId": "x"})])
 def test_events_paging_parameters_are_validated_like_every_list(me, query):
-    job_id = me.send("POST", f"/api/v1/reports/{me.report()}/generate", {"period": "2026-01"}).json_body["jobId"]
+    job_id = me.job()
     body = me.problem(me.send("GET", f"/api/v1/jobs/{job_id}/events?{query}"))
     assert body["field"] == query.split("=")[0]
 
 
 def test_events_page_with_page_size_and_next_token(me):
-    job_id = me.send("POST", f"/api/v1/reports/{me.report()}/generate", {"period": "2026-01"}).json_body["jobId"]
+    job_id = me.job()
     assert me.send("DELETE", f"/api/v1/jobs/{job_id}").status_code == 200
     whole = me.send("GET", f"/api/v1/jobs/{job_id}/events").json_body
     # The cancel and its settling of the three Pending steps (one `step` event each), in the order written.

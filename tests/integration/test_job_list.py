@@ -11,7 +11,7 @@ import pytest
 from chalicelib import clock
 from chalicelib.jobs import create
 from chalicelib.settings import get_settings
-from tests.support import seed_jobs
+from tests.support import seed_body, seed_jobs
 
 
 def _list(client, headers: dict, query: str = "") -> dict:
@@ -24,6 +24,8 @@ def _generate(client, headers: dict, period: str) -> dict:
     report_id = f"r-{uuid.uuid4().hex[:12]}"
     body = {"reportId": report_id, "name": "List", "deliveryTargets": [{"type": "api", "mode": "async"}]}
     assert client.http.post("/api/v1/reports", headers=headers, body=_json(body)).status_code == 201
+    # A line in the period: a period without lines is not generated (422 `no-lines`).
+    assert client.http.post("/api/v1/expenses", headers=headers, body=_json(seed_body(period))).status_code == 201
     return client.http.post(f"/api/v1/reports/{report_id}/generate", headers=headers,
                             body=_json({"period": period}))
 

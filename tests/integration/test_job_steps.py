@@ -11,7 +11,7 @@ import pytest
 from chalicelib import reaper, results
 from chalicelib.settings import get_settings
 from tests.integration.test_worker import assert_every_line_once
-from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors, wait_for
+from tests.support import Ctx, deliver, drain, expense_lines, receive, seed_body, vendors, wait_for
 
 
 @pytest.fixture
@@ -110,3 +110,52 @@ def test_cancelling_a_running_job_cancels_its_unfinished_steps(api, sim, model_s
     assert status == 200 and body["status"] == "Cancelled"
     assert steps_of(body) == [("collect", "Completed", 1), ("categorize", "Cancelled", 1),
                               ("assemble", "Cancelled", 0)]
+
+
+# --- per type: the hourly limit and the active-job lock ----------------------------------------------------------
+
+
+def test_the_hourly_limit_and_the_active_job_lock_count_per_user_and_type(client, token_for, monkeypatch):
+    from chalicelib.errors import ActiveJobExists, RateLimited
+    from chalicelib.jobs import create
+    from chalicelib.jobs.states import rate_key
+    from chalicelib.jobs.store import moves
+    from chalicelib.tables import Control, ReportConfig
+    from tests.driver import Driver
+
+    monkeypatch.setattr(create, "get_settings", lambda: dataclasses.replace(get_settings(), jobs_per_hour=2))
+    token = token_for()
+    me = Driver(client, token)
+    report_id = me.call("post", "/reports", {"name": "Types", "deliveryTargets": [{"type": "api", "mode": "async"}]}
+                        )[1]["reportId"]
+    for period in ("2026-01", "2026-02", "2026-03"):
+        assert me.call("post", "/expenses", seed_body(period))[0] == 201
+    assert me.call("post", f"/reports/{report_id}/generate", {"period": "2026-01"})[0] == 202
+    assert me.call("post", f"/reports/{report_id}/generate", {"period": "2026-02"})[0] == 202
+    assert me.call("post", f"/reports/{report_id}/generate", {"period": "2026-03"})[0] == 429  # this type's 2
+
+    # Another type has an hour of its own: two imports, then its own 429.
+    imports = [create.create_job(token.sub, None, f"2026-0{m}", job_type="lines_import", tenant=token.sub,
+                                 start=False) for m in (1, 2)]
+    assert [(j.type, j.trigger, j.report_id) for j in imports] == [("lines_import", "api", "lines-import")] * 2
+    with pytest.raises(RateLimited) as refused:
+        create.create_job(token.sub, None, "2026-03", job_type="lines_import", tenant=token.sub, start=False)
+    assert "lines_import" in refused.value.detail
+    windows = {t: Control.get(rate_key(token.sub, t), consistent_read=True).stamps.as_dict()
+               for t in ("expense_report", "lines_import")}
+    assert {t: len(stamps) for t, stamps in windows.items()} == {"expense_report": 2, "lines_import": 2}
+
+    # The lock is per type too: an import-and-generate of the same report and month beside the live report job,
+    # and one of it at a time.
+    monkeypatch.undo()
+    report = ReportConfig.get(token.sub, report_id)
+    both = create.create_job(token.sub, report, "2026-01", job_type="import_and_report", start=False)
+    assert [s.name for s in both.steps] == ["upload", "validate", "stage", "commit", "collect", "categorize",
+                                            "assemble"]
+    with pytest.raises(ActiveJobExists) as held:
+        create.create_job(token.sub, report, "2026-01", job_type="import_and_report", start=False)
+    assert held.value.extensions["existingJobId"] == both.job_id
+    shown = me.call("get", f"/jobs/{both.job_id}")[1]
+    assert (shown["type"], shown["typeLabel"]) == ("import_and_report", "Import and generate")
+    for job in (*imports, both):  # no upload will start them: leave nothing live for a later sweep
+        moves.cancel_queued(job)

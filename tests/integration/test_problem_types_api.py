@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+from tests.support import seed_body
 from tests.unit.test_problem_types import EXPECTED, Answer, Send, check_problems, walk
 
 
@@ -36,6 +37,8 @@ def test_rate_limit_and_not_ready_are_registered_problem_types(client, token_for
     body = json.dumps({"reportId": report, "name": "M", "deliveryTargets": [{"type": "api", "mode": "async"}]})
     json_headers = {**owner.headers, "Content-Type": "application/json"}
     assert send("POST", "/api/v1/reports", json_headers, body.encode())[0] == 201
+    for period in ("2030-01", "2030-02"):  # a period without lines is not generated (422 `no-lines`)
+        assert send("POST", "/api/v1/expenses", json_headers, json.dumps(seed_body(period)).encode())[0] == 201
     monkeypatch.setattr(create, "get_settings", lambda: dataclasses.replace(get_settings(), jobs_per_hour=1))
     answers = []
     for period in ("2030-01", "2030-02"):

@@ -17,7 +17,7 @@ from chalicelib.jobs.create import create_job
 from chalicelib.reports import service
 from chalicelib.tables import Job, ReportConfig
 from tests.driver import Driver
-from tests.support import drain, expense_lines, vendors
+from tests.support import drain, expense_lines, seed_body, vendors
 
 ASYNC = [{"type": "api", "mode": "async"}]
 PROBLEM = "application/problem+json"
@@ -314,6 +314,9 @@ def test_generate_racing_delete_never_leaves_an_active_job_of_a_deleted_report(a
     token = token_for()
     headers = {**token.headers, "Content-Type": "application/json"}
     outcomes = set()
+    for month in range(1, 7):  # a line in each period the races generate (no lines: 422 `no-lines`)
+        assert requests.post(f"{api_stack}/api/v1/expenses", headers=headers, json=seed_body(f"2025-{month:02d}"),
+                             timeout=10).status_code == 201
     for _ in range(6):
         rid = f"r-{uuid.uuid4().hex[:12]}"
         assert requests.post(f"{api_stack}/api/v1/reports", headers=headers, timeout=10, json={
@@ -354,6 +357,8 @@ def test_generate_racing_delete_never_leaves_an_active_job_of_a_deleted_report(a
 def test_a_patch_is_seen_by_generate_at_once_in_the_same_process(client, token_for):
     me = Caller(client, token_for())
     rid = me.create(categories=["Old"])
+    for period in ("2026-01", "2026-02"):
+        assert me.call("post", "/expenses", seed_body(period))[0] == 201
     status, first, _ = me.call("post", f"/reports/{rid}/generate", {"period": "2026-01"})  # keeps the report
     assert status == 202
     assert me.call("patch", f"/reports/{rid}", {"categories": ["New"]}, {"If-Match": me.etag(rid)})[0] == 200
@@ -368,6 +373,8 @@ def test_another_process_sees_a_change_within_the_keep_time_and_a_delete_at_once
     me = Caller(client, token_for())
     headers = {**me.token.headers, "Content-Type": "application/json"}
     rid = me.create(categories=["Old"])
+    for period in ("2026-01", "2026-02", "2026-03", "2026-04"):
+        assert me.call("post", "/expenses", seed_body(period))[0] == 201
     status, first, _ = me.call("post", f"/reports/{rid}/generate", {"period": "2026-01"})  # kept here
     assert status == 202
     # Changed through another process (chalice local): this one's kept copy is at most _KEEP_SECONDS old.

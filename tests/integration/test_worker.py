@@ -6,6 +6,7 @@ import dataclasses
 import json
 import threading
 import time
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -249,16 +250,26 @@ def test_second_run_over_the_same_vendors_is_answered_from_the_cache(api, sim, m
     assert sim.stats()["requests"] == sent
 
 
-def test_empty_period_completes_at_once_with_an_empty_report(api):
-    job_id = api.start(expense_lines(3, vendors(2)), period="2026-01")
-    report_id = api.job(job_id)["reportId"]
-    status, body = api.call("post", f"/reports/{report_id}/generate", {"period": "2025-06"})
-    assert status == 202
-    drain({body["jobId"]})
-    job = api.job(body["jobId"])
-    assert job["status"] == "Completed" and job["totalLines"] == 0
-    assert "empty" in job["statusMessage"]
-    assert api.result(body["jobId"])["lines"] == []
+def test_an_empty_period_the_schedule_generates_completes_with_an_empty_report_and_says_so(api):
+    from datetime import UTC, datetime
+
+    from chalicelib import schedules
+
+    report_id = f"r-{uuid.uuid4().hex[:12]}"
+    assert api.call("post", "/reports", {"reportId": report_id, "name": "Scheduled",
+                                         "deliveryTargets": [{"type": "api", "mode": "async"}],
+                                         "schedule": {"type": "monthly", "day": 27}})[0] == 201
+    assert api.call("post", f"/reports/{report_id}/generate", {"period": "2025-06"})[0] == 422  # a user: refused
+    schedules.run_due(datetime(2025, 7, 27, 0, 5, tzinfo=UTC))  # the schedule: its job, empty month or not
+    [job_id] = [j["jobId"] for j in api.call("get", "/jobs")[1]["items"] if j["reportId"] == report_id]
+    drain({job_id})
+    job = api.job(job_id)
+    assert (job["status"], job["trigger"], job["period"], job["totalLines"]) == ("Completed", "schedule", "2025-06", 0)
+    assert job["statusMessage"] == "No expense lines for 2025-06; the report is empty"
+    assert [(s["name"], s["status"]) for s in job["steps"]] == [
+        ("collect", "Completed"), ("categorize", "Skipped"), ("assemble", "Completed")]
+    result = api.result(job_id)
+    assert (result["lines"], result["totals"], result["needsReview"]) == ([], [], 0)
 
 
 def test_offline_rules_categorize_every_line(api):

@@ -268,3 +268,15 @@ def test_retry_delivery_posts_to_the_delivery_and_says_what_it_is_now(
     with pytest.raises(SystemExit) as caught:
         run_cli(monkeypatch, Script([]), "retry-delivery", "j-1", "first")
     assert caught.value.code == 2
+
+
+def test_status_shows_the_lane_and_what_the_model_requests_cost() -> None:
+    from reports_cli.display import describe
+
+    usage = {"modelRequests": 10, "inputTokens": 21300, "cachedTokens": 16640, "outputTokens": 3460,
+             "estimatedCostUsd": "0.001555", "flexFallbacks": 2}
+    text = describe({**job("Completed", 10), "lane": "flex", "usage": usage})
+    assert "Lane       flex" in text
+    assert ("Usage      10 model requests, 21,300 input tokens (78% cached), 3,460 output; about 0.001555 USD; "
+            "2 sent standard (no flex capacity)") in text
+    assert "Usage" not in describe({**job("Queued", 10), "usage": {**usage, "modelRequests": 0}})

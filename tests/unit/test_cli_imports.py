@@ -187,4 +187,7 @@ def test_submit_without_a_period_is_a_usage_error_and_sends_nothing(fake: FakeAp
     with pytest.raises(SystemExit) as exited:
         run(fake, "submit", "report-1", "--period", "2026-13")
     assert exited.value.code == 2
+    with pytest.raises(SystemExit) as exited:
+        run(fake, "submit", "report-1", "--period", "2026-01", "--lane", "cheap")
+    assert exited.value.code == 2
     assert fake.requests == []

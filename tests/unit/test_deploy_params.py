@@ -381,7 +381,7 @@ def test_cors_allow_origin_is_a_parameter_that_overrides_the_chalice_config(prod
     origin = config["stages"]["prod"]["environment_variables"]["CORS_ALLOW_ORIGIN"]
     assert prod_template["Parameters"]["CorsAllowOrigin"]["Default"] == origin  # the config's value: the default
     functions = _functions(prod_template)
-    assert len(functions) == len(config["lambda_functions"]) == 6
+    assert len(functions) == len(config["lambda_functions"]) == 7
     for name, function in functions.items():  # each function's own variable, which Chalice also sets
         assert function["Environment"]["Variables"]["CORS_ALLOW_ORIGIN"] == {"Ref": "CorsAllowOrigin"}, name
     responses = prod_template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"][

@@ -89,6 +89,9 @@ def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
         key: str = "limiter#unit"
         calls: list = dataclasses.field(default_factory=list)
 
+        def share(self, fraction: float, key: str) -> Limiter:
+            return dataclasses.replace(self, key=key, rpm=(self.rpm or 0) * fraction or None)
+
         def acquire(self, tokens: int) -> float:
             self.calls.append((self.key, tokens))
             return 0.0

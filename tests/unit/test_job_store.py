@@ -15,6 +15,7 @@ from datetime import timedelta
 import pytest
 
 from chalicelib import clock
+from chalicelib.categorize.usage import Usage
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.jobs.states import ChunkStatus, JobStatus, TransitionRaced
 from chalicelib.jobs.store import Lease, MemoryJobStore, Progress, moves, use_store
@@ -255,6 +256,51 @@ class StoreContract:
     def report_check(self):
         """The report condition a retry checks in its transaction (DynamoDB: a report item that exists)."""
         return None
+
+    # --- usage and the batch lane ---------------------------------------------------------------------------
+
+    def test_usage_is_added_with_the_checkpoint_that_counts_its_batch_once(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine)
+        used = Usage(requests=2, input_tokens=4000, cached_tokens=3072, output_tokens=90, cost_nanos=500_000,
+                     flex_fallbacks=1)
+        batch = Progress(lines=20, usage=used)
+        assert store.checkpoint(job, mine, "", "line-20", batch, None)
+        assert not store.checkpoint(store.load(job.job_id), mine, "", "line-20", batch, None)  # redelivered
+        assert store.hand_back(store.load(job.job_id), mine, 0, 30, Usage(requests=1, input_tokens=100))
+        stored = store.load(job.job_id)
+        assert (int(stored.usage_requests), int(stored.usage_input_tokens), int(stored.usage_cached_tokens),
+                int(stored.usage_output_tokens), int(stored.usage_cost_nanos), int(stored.flex_fallbacks)) == \
+            (3, 4100, 3072, 90, 500_000, 1)
+
+    def test_a_job_waits_on_one_batch_and_its_usage_is_collected_once(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine)
+        assert store.wait_on_batch(job, mine, "batch-1", "plan-1", "Waiting")
+        # batch_not_submitted: a second invocation of the same start message does not replace the batch.
+        assert not store.wait_on_batch(store.load(job.job_id), mine, "batch-2", "plan-2", "Waiting")
+        assert not store.wait_on_batch(store.load(job.job_id), lease("b"), "batch-3", "plan-3", "Waiting")
+        waiting = store.load(job.job_id)
+        assert (waiting.batch_id, waiting.batch_state, waiting.batch_plan_key) == ("batch-1", "submitted", "plan-1")
+        assert store.batch_progress(waiting, "Waiting (in_progress)")
+        # batch_submitted: two pollers collect it once.
+        first, second = store.load(job.job_id), store.load(job.job_id)
+        assert store.end_batch(first, "collected", "answers-1", Usage(requests=3, input_tokens=900), "Collected")
+        assert not store.end_batch(second, "collected", "answers-1", Usage(requests=3, input_tokens=900), "x")
+        assert not store.batch_progress(store.load(job.job_id), "late")
+        stored = store.load(job.job_id)
+        assert (stored.batch_state, stored.batch_answers_key, int(stored.usage_requests),
+                stored.status_message) == ("collected", "answers-1", 3, "Collected")
+
+    def test_a_cancelled_batch_may_be_replaced_by_a_retry(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine) and store.wait_on_batch(job, mine, "batch-1", "plan-1", "Waiting")
+        assert store.end_batch(store.load(job.job_id), "cancelled", None, Usage(), "")
+        assert store.wait_on_batch(store.load(job.job_id), mine, "batch-2", "plan-2", "Waiting")
+        assert store.load(job.job_id).batch_id == "batch-2"
 
     # --- chunks -------------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import pytest
 import chalicelib
 from chalicelib.api import problem_types
 from chalicelib.errors import AppError
+from tests.support import seed_body
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = json.loads((ROOT / "chalicelib" / "api" / "openapi.json").read_text())
@@ -192,6 +193,8 @@ def walk(send: Send, token_for: Callable[..., Any]) -> list[Answer]:
     generate = f"/api/v1/reports/{report}/generate"
     go("another user's report", "POST", generate, other.headers, {"period": "2026-01"})
     go("another tenant's report", "POST", generate, token_for().headers, {"period": "2026-01"})
+    go("a period without lines", "POST", generate, owner.headers, {"period": "2026-01"})
+    assert go("a line", "POST", "/api/v1/expenses", owner.headers, seed_body("2026-01")).status == 201
     first = go("generate", "POST", generate, {**owner.headers, "Idempotency-Key": "k-1"}, {"period": "2026-01"})
     assert first.status == 202, first
     go("key reused with another body", "POST", generate, {**owner.headers, "Idempotency-Key": "k-1"},
@@ -211,6 +214,6 @@ def walk(send: Send, token_for: Callable[..., Any]) -> list[Answer]:
 
 EXPECTED = {"validation-failed", "unauthorized", "forbidden", "not-found", "method-not-allowed", "conflict",
             "active-job-exists", "not-async-report", "payload-too-large",
-            "unsupported-media-type", "idempotency-key-reused"}
+            "unsupported-media-type", "idempotency-key-reused", "no-lines"}
 
 

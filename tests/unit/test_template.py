@@ -33,9 +33,10 @@ FUNCTIONS = {  # Chalice handler name -> (function's logical id, its role's and 
     "reap_stale_jobs": ("ReapStaleJobs", "ReapStaleJobs", "reap-stale-jobs"),
     "run_scheduled_reports": ("RunScheduledReports", "RunScheduledReports", "run-scheduled-reports"),
     "warm_vendor_cache": ("WarmVendorCache", "WarmVendorCache", "warm-vendor-cache"),
+    "poll_provider_batches": ("PollProviderBatches", "PollProviderBatches", "poll-provider-batches"),
 }
 SCHEDULES = {"ReapStaleJobs": "rate(5 minutes)", "RunScheduledReports": "rate(1 hour)",
-             "WarmVendorCache": "cron(0 2 * * ? *)"}
+             "WarmVendorCache": "cron(0 2 * * ? *)", "PollProviderBatches": "rate(1 minute)"}
 # Resource patterns that may contain a wildcard, and why. Anything else must name one resource.
 WILDCARD_RESOURCES = {
     # X-Ray has no resource-level permissions: "*" is the only resource these actions accept.
@@ -44,8 +45,9 @@ WILDCARD_RESOURCES = {
 WILDCARD_SUFFIXES = {
     # The streams of the function's own log group (their names are made up by Lambda).
     "logs": re.compile(r"^arn:aws:logs:[^:]+:\d{12}:log-group:/aws/lambda/[a-z0-9-]+:\*$"),
-    # Result objects under results/ of the stage's bucket (keys are per job and version).
-    "s3": re.compile(r"^arn:aws:s3:::[a-z0-9-]+-results-\d{12}/results/\*$"),
+    # Result objects under results/ of the stage's bucket (keys are per job and version), and import files under
+    # imports/ (one per import job).
+    "s3": re.compile(r"^arn:aws:s3:::[a-z0-9-]+-results-\d{12}/(results|imports)/\*$"),
 }
 
 
@@ -244,6 +246,7 @@ def test_only_the_functions_that_need_a_secret_may_read_it():
                          if a.startswith("ssm:")} for handler in FUNCTIONS}
     assert readers == {"api_handler": {"reports-dev/jwt-secret"}, "process_work": {"reports-dev/openai-api-key"},
                        "warm_vendor_cache": {"reports-dev/openai-api-key"}, "handle_dead_letters": set(),
+                       "poll_provider_batches": {"reports-dev/openai-api-key"},
                        "reap_stale_jobs": set(), "run_scheduled_reports": set()}
 
 

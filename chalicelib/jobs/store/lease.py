@@ -31,6 +31,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock
+from chalicelib.categorize.usage import Usage
 from chalicelib.jobs.states import TERMINAL, WORKED, ChunkStatus, JobStatus, status_values
 from chalicelib.jobs.stepplan import Moved
 from chalicelib.jobs.store import steps as step_writes
@@ -52,6 +53,18 @@ class Progress:
     cached: int = 0
     retries: int = 0
     rate_limited_seconds: float = 0.0
+    usage: Usage = Usage()  # what the batch's model requests used (categorize/usage.py), added with the counts
+
+
+def _usage_actions(usage: Usage | None) -> list:
+    """ADD actions for `usage` on the job (in the write that counts the batch it belongs to)."""
+    return [getattr(Job, name).add(n) for name, n in (usage or Usage()).adds().items()]
+
+
+def _add_usage(job: Job, usage: Usage | None) -> None:
+    """The same on an in-memory record."""
+    for name, n in (usage or Usage()).adds().items():
+        setattr(job, name, int(getattr(job, name) or 0) + n)
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,19 @@ def newest_result(version: int) -> Condition:
     return Job.result_version == version
 
 
+def batch_not_submitted() -> Condition:
+    """Two invocations of one job (a redelivered start) each submitting a batch: the second one's write is refused
+    (its batch is cancelled), so the job waits on one batch and its answers are counted once. A batch cancelled
+    with its job (a retry) may be replaced."""
+    return Job.batch_state.does_not_exist() | (Job.batch_state == "cancelled")
+
+
+def batch_submitted(batch_id: str) -> Condition:
+    """Two pollers (or a poll racing a cancel) finishing one batch: only the first collects it, so its answers'
+    usage is added once; a batch replaced since (a retry) is not collected into the job."""
+    return (Job.batch_state == "submitted") & (Job.batch_id == batch_id)
+
+
 def chunk_free(lease: Lease, now: float) -> Condition:
     """One invocation per chunk; a duplicate message finds the lease held and is dropped."""
     return (JobChunk.status != C.DONE.value) & (JobChunk.lease_owner.does_not_exist()
@@ -157,10 +183,10 @@ class JobStore(Protocol):
     def take_lease(self, job: Job, lease: Lease) -> bool: ...
     def checkpoint(self, job: Job, lease: Lease, old_cursor: str, new_cursor: str, done: Progress,
                    eta: str | None) -> bool: ...
-    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool: ...
+    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int, usage: Usage | None = None) -> bool: ...
     def release(self, job: Job, lease: Lease) -> bool: ...
     def heartbeat(self, job: Job, lease: Lease) -> bool: ...
-    def count_retries(self, job_id: str, retries: int) -> None: ...
+    def count_retries(self, job_id: str, retries: int, usage: Usage | None = None) -> None: ...
     def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float: ...
     def mark_reaped(self, job: Job, status: JobStatus) -> bool: ...
     def record_plan(self, job: Job, bounds: list[str], message: str) -> list[str]: ...
@@ -176,9 +202,13 @@ class JobStore(Protocol):
     def set_chunks_done(self, job: Job, seen: int, done: int) -> bool: ...
     def mark_chunk_reaped(self, chunk: JobChunk) -> bool: ...
     def end_recheck(self, job: Job, lease: Lease, after: str) -> bool: ...
-    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool: ...
+    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int,
+                      usage: Usage | None = None) -> bool: ...
     def next_result_version(self, job: Job, fixed: int) -> int: ...
     def set_result(self, job: Job, version: int, key: str, message: str) -> bool: ...
+    def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool: ...
+    def batch_progress(self, job: Job, message: str) -> bool: ...
+    def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool: ...
     # The steps (store/steps.py): the whole list under steps_unchanged (and job_is_live when `live`), with an event
     # per transition; one step's progress under progress_forward.
     def write_steps(self, job: Job, seen: int, steps: list[JobStep], moved: Sequence[Moved], live: bool) -> bool: ...
@@ -251,16 +281,17 @@ class DynamoJobStore:
             Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.total_lines.set(total),
             Job.heartbeat_at.set(stamp), Job.reap_count.set(0), Job.updated_at.set(stamp),
             Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove(),
-            Job.status_message.set(f"Categorized {processed} of {total} lines"),
+            Job.status_message.set(f"Categorized {processed} of {total} lines"), *_usage_actions(done.usage),
         ], cursor_unchanged(old_cursor) & lease_is_ours(lease) & still_worked())
         if not ok:
             job.refresh(consistent_read=True)
         return ok
 
-    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
+    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int, usage: Usage | None = None) -> bool:
         due = clock.iso(clock.now() + timedelta(seconds=resume_in))
         return self._update(job, [Job.retry_count.add(retries), Job.heartbeat_at.set(due),
-                                  Job.lease_owner.remove(), Job.lease_until.remove()], lease_is_ours(lease))
+                                  Job.lease_owner.remove(), Job.lease_until.remove(), *_usage_actions(usage)],
+                            lease_is_ours(lease))
 
     def release(self, job: Job, lease: Lease) -> bool:
         return self._update(job, [Job.lease_owner.remove(), Job.lease_until.remove()], lease_is_ours(lease))
@@ -268,8 +299,8 @@ class DynamoJobStore:
     def heartbeat(self, job: Job, lease: Lease) -> bool:
         return self._update(job, [Job.heartbeat_at.set(_now_iso())], lease_is_ours(lease))
 
-    def count_retries(self, job_id: str, retries: int) -> None:
-        self._update(Job(job_id), [Job.retry_count.add(retries)], Job.job_id.exists())
+    def count_retries(self, job_id: str, retries: int, usage: Usage | None = None) -> None:
+        self._update(Job(job_id), [Job.retry_count.add(retries), *_usage_actions(usage)], Job.job_id.exists())
 
     def note_wait(self, job_id: str, seconds: float, ends_at: float) -> float:
         ends_at = round(ends_at, 3)  # as stored
@@ -357,7 +388,7 @@ class DynamoJobStore:
             (JobChunk.cursor == chunk.cursor) & chunk_is_ours(lease),  # cursor_unchanged + chunk_is_ours
             job, [Job.processed_lines.add(done.lines), Job.failed_lines.add(done.failed),
                   Job.cached_lines.add(done.cached), Job.retry_count.add(done.retries), Job.heartbeat_at.set(stamp),
-                  Job.updated_at.set(stamp), Job.reap_count.set(0),
+                  Job.updated_at.set(stamp), Job.reap_count.set(0), *_usage_actions(done.usage),
                   Job.estimated_completion_at.set(eta) if eta else Job.estimated_completion_at.remove()])
         if ok:
             chunk.cursor = new_cursor
@@ -403,10 +434,11 @@ class DynamoJobStore:
         return self._update(job, [Job.recheck_flagged.set(False), Job.recheck_after.remove()],
                             lease_is_ours(lease) & recheck_unchanged(after))
 
-    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool:
+    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int,
+                      usage: Usage | None = None) -> bool:
         return self._update(job, [Job.failed_lines.add(-fixed), Job.recheck_after.set(last),
                                   Job.retry_count.add(retries), Job.heartbeat_at.set(_now_iso()),
-                                  Job.reap_count.set(0)],
+                                  Job.reap_count.set(0), *_usage_actions(usage)],
                             lease_is_ours(lease) & recheck_unchanged(after) & (Job.status == S.PROCESSING.value))
 
     def next_result_version(self, job: Job, fixed: int) -> int:
@@ -416,6 +448,31 @@ class DynamoJobStore:
 
     def set_result(self, job: Job, version: int, key: str, message: str) -> bool:
         return self._update(job, [Job.result_key.set(key), Job.status_message.set(message)], newest_result(version))
+
+    # the batch lane (worker/batchlane.py)
+
+    def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
+        stamp = _now_iso()
+        return self._update(job, [Job.batch_id.set(batch_id), Job.batch_state.set("submitted"),
+                                  Job.batch_plan_key.set(plan_key), Job.batch_answers_key.remove(),
+                                  Job.status_message.set(message), Job.heartbeat_at.set(stamp),
+                                  Job.updated_at.set(stamp)],
+                            lease_is_ours(lease) & batch_not_submitted() & (Job.status == S.PROCESSING.value))
+
+    def batch_progress(self, job: Job, message: str) -> bool:
+        # The heartbeat too: a job waiting on its batch is not a stalled one (the reaper looks at heartbeats).
+        stamp = _now_iso()
+        return self._update(job, [Job.status_message.set(message), Job.heartbeat_at.set(stamp),
+                                  Job.updated_at.set(stamp)],
+                            batch_submitted(job.batch_id or "") & (Job.status == S.PROCESSING.value))
+
+    def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool:
+        stamp = _now_iso()
+        actions = [Job.batch_state.set(state), Job.heartbeat_at.set(stamp), Job.updated_at.set(stamp),
+                   *_usage_actions(usage)]
+        if answers_key:
+            actions += [Job.batch_answers_key.set(answers_key), Job.status_message.set(message)]
+        return self._update(job, actions, batch_submitted(job.batch_id or ""))
 
 
 # --- in memory -----------------------------------------------------------------------------------------------------
@@ -560,13 +617,15 @@ class MemoryJobStore(step_writes.MemorySteps):
             j.heartbeat_at = j.updated_at = _now_iso()
             j.reap_count, j.estimated_completion_at = 0, eta
             j.status_message = f"Categorized {processed} of {total} lines"
+            _add_usage(j, done.usage)
 
         return self._apply(job, lambda j: j.cursor == old_cursor and j.lease_owner == lease.owner
                            and self._worked(j), change, refresh=True)
 
-    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int) -> bool:
+    def hand_back(self, job: Job, lease: Lease, retries: int, resume_in: int, usage: Usage | None = None) -> bool:
         def change(j: Job) -> None:
             j.retry_count = int(j.retry_count) + retries
+            _add_usage(j, usage)
             j.heartbeat_at = clock.iso(clock.now() + timedelta(seconds=resume_in))
             j.lease_owner = j.lease_until = None
 
@@ -584,9 +643,10 @@ class MemoryJobStore(step_writes.MemorySteps):
 
         return self._apply(job, lambda j: j.lease_owner == lease.owner, change)
 
-    def count_retries(self, job_id: str, retries: int) -> None:
+    def count_retries(self, job_id: str, retries: int, usage: Usage | None = None) -> None:
         def change(j: Job) -> None:
             j.retry_count = int(j.retry_count) + retries
+            _add_usage(j, usage)
 
         self._apply(Job(job_id), lambda j: True, change)
 
@@ -673,6 +733,7 @@ class MemoryJobStore(step_writes.MemorySteps):
             stored_job.retry_count = int(stored_job.retry_count) + done.retries
             stored_job.heartbeat_at = stored_job.updated_at = stamp
             stored_job.reap_count, stored_job.estimated_completion_at = 0, eta
+            _add_usage(stored_job, done.usage)
             chunk.cursor = new_cursor
             return True
 
@@ -734,10 +795,12 @@ class MemoryJobStore(step_writes.MemorySteps):
 
         return self._apply(job, lambda j: j.lease_owner == lease.owner and self._recheck_at(j, after), change)
 
-    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int) -> bool:
+    def recheck_batch(self, job: Job, lease: Lease, after: str, last: str, fixed: int, retries: int,
+                      usage: Usage | None = None) -> bool:
         def change(j: Job) -> None:
             j.failed_lines, j.recheck_after = int(j.failed_lines) - fixed, last
             j.retry_count, j.heartbeat_at, j.reap_count = int(j.retry_count) + retries, _now_iso(), 0
+            _add_usage(j, usage)
 
         return self._apply(job, lambda j: j.lease_owner == lease.owner and self._recheck_at(j, after)
                            and j.status == S.PROCESSING.value, change)
@@ -755,6 +818,33 @@ class MemoryJobStore(step_writes.MemorySteps):
             j.result_key, j.status_message = key, message
 
         return self._apply(job, lambda j: int(j.result_version) == version, change)
+
+    def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
+        def change(j: Job) -> None:
+            j.batch_id, j.batch_state, j.batch_plan_key, j.batch_answers_key = batch_id, "submitted", plan_key, None
+            j.status_message, j.heartbeat_at = message, _now_iso()
+            j.updated_at = j.heartbeat_at
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner and j.batch_state in (None, "cancelled")
+                           and j.status == S.PROCESSING.value, change)
+
+    def batch_progress(self, job: Job, message: str) -> bool:
+        def change(j: Job) -> None:
+            j.status_message, j.heartbeat_at = message, _now_iso()
+            j.updated_at = j.heartbeat_at
+
+        return self._apply(job, lambda j: j.batch_state == "submitted" and j.batch_id == job.batch_id
+                           and j.status == S.PROCESSING.value, change)
+
+    def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool:
+        def change(j: Job) -> None:
+            j.batch_state, j.heartbeat_at = state, _now_iso()
+            j.updated_at = j.heartbeat_at
+            _add_usage(j, usage)
+            if answers_key:
+                j.batch_answers_key, j.status_message = answers_key, message
+
+        return self._apply(job, lambda j: j.batch_state == "submitted" and j.batch_id == job.batch_id, change)
 
 
 _current: JobStore = DynamoJobStore()

@@ -21,6 +21,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import clock, faults, observability
+from chalicelib.categorize.usage import Usage
 from chalicelib.errors import ActiveJobExists, InvalidTransition
 from chalicelib.jobs.states import (
     ACTIVE,
@@ -238,13 +239,15 @@ def _reload(job: Job) -> None:
     current().reload(job)
 
 
-def start(job: Job, lease: Lease, total: int) -> Job:
-    """Queued -> Processing, leased to the invocation that starts it, with its total."""
+def start(job: Job, lease: Lease, total: int, message: str | None = None) -> Job:
+    """Queued -> Processing, leased to the invocation that starts it, with its total (`message`: the status
+    message, when the job starts with something other than categorizing)."""
     stamp = clock.iso(clock.now())
     return _move(job, S.PROCESSING, "started", {"totalLines": total}, Change(set={
         "started_at": job.started_at or stamp, "heartbeat_at": stamp,
         "total_lines": max(total, int(job.processed_lines)), "lease_owner": lease.owner, "lease_until": lease.until,
-        "reap_count": 0, "status_message": f"Categorizing {total} lines"}))
+        "reap_count": 0, "status_message": message or f"Categorizing {total} lines",
+        **({"lines_version": job.lines_version} if job.lines_version else {})}))
 
 
 def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:
@@ -337,6 +340,7 @@ class LastBatch:
     processed: int
     cached: int
     retries: int
+    usage: Usage = Usage()  # the batch's model usage (categorize/usage.py)
 
 
 @dataclass(frozen=True)
@@ -357,7 +361,7 @@ def complete(job: Job, lease: Lease, report: Report, message: str, last: LastBat
     if last is not None:
         values |= {"cursor": last.cursor_after, "processed_lines": last.processed,
                    "heartbeat_at": clock.iso(clock.now())}
-        adds = {"cached_lines": last.cached, "retry_count": last.retries}
+        adds = {"cached_lines": last.cached, "retry_count": last.retries, **last.usage.adds()}
     return _move(job, S.COMPLETED, "completed", {"lines": report.lines, "needsReview": report.needs_review},
                  Change(set=values, add=adds, remove=("estimated_completion_at",), lease=lease,
                         cursor=last.cursor_before if last is not None else None))

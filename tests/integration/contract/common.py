@@ -16,6 +16,7 @@ import pytest
 from chalicelib import deps
 from chalicelib.auth import mint_token
 from chalicelib.settings import get_settings
+from tests.support import seed_body
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -69,7 +70,14 @@ def generate(api, headers: dict[str, str], report_id: str, body: Any = None, **e
     return send(api, "POST", f"/api/v1/reports/{report_id}/generate", {**headers, **extra_headers}, body)
 
 
+def seed(api, headers: dict[str, str], period: str = "2026-01") -> None:
+    """One line in `period` for the caller: a period without lines is not generated (422 `no-lines`)."""
+    assert send(api, "POST", "/api/v1/expenses", headers, seed_body(period)).status_code == 201
+
+
 def new_job(api, headers: dict[str, str], period: str = "2026-01", report_id: str | None = None) -> dict:
+    if not api.get(f"/api/v1/expenses?period={period}&pageSize=1", headers=headers).json_body["items"]:
+        seed(api, headers, period)  # only when the test imported none of its own
     response = generate(api, headers, report_id or new_report(api, headers), {"period": period})
     assert response.status_code == 202, response.body
     return response.json_body

@@ -14,7 +14,7 @@ import pytest
 from app import app
 from chalicelib.api import middleware
 from chalicelib.settings import get_settings
-from tests.integration.contract.common import claims_token, generate, jobs_of, new_report, problem, user
+from tests.integration.contract.common import claims_token, generate, jobs_of, new_report, problem, seed, user
 
 # --- authentication ---------------------------------------------------------------------------------------
 
@@ -92,6 +92,7 @@ def test_role_list_and_jwt_roles_claim(api):
 def test_role_holder_can_generate_anothers_report(api):
     owner, holder = user(), user(roles=["finance"])
     report_id = new_report(api, owner, allowedRoles=["finance"])
+    seed(api, holder)  # a job works the lines of whoever generates it
     response = generate(api, holder, report_id, {"period": "2026-01"})
     assert response.status_code == 202
     assert [j["jobId"] for j in jobs_of(api, holder)["items"]] == [response.json_body["jobId"]]

@@ -10,10 +10,25 @@ import time
 from typing import Any
 from uuid import UUID, uuid4
 
+import jwt
 import pytest
 
 from chalicelib.settings import Settings, get_settings
-from tests.integration.contract.common import NOT_ASYNC, generate, jobs_of, move, new_job, new_report, problem, user
+from tests.integration.contract.common import (
+    NOT_ASYNC,
+    generate,
+    jobs_of,
+    move,
+    new_job,
+    new_report,
+    problem,
+    seed,
+    user,
+)
+
+
+def this_month() -> str:
+    return time.strftime("%Y-%m", time.gmtime())
 
 # --- generate ---------------------------------------------------------------------------------------------
 
@@ -21,6 +36,7 @@ from tests.integration.contract.common import NOT_ASYNC, generate, jobs_of, move
 def test_generate_is_202_with_location_retry_after_and_a_queued_job(api):
     owner = user()
     report_id = new_report(api, owner)
+    seed(api, owner)
     response = generate(api, owner, report_id, {"period": "2026-01"}, Host="reports.example.com")
     assert response.status_code == 202
     job = response.json_body
@@ -35,6 +51,7 @@ def test_generate_is_202_with_location_retry_after_and_a_queued_job(api):
 
 def test_status_url_follows_forwarded_proto(api):
     owner = user()
+    seed(api, owner, this_month())
     response = generate(api, owner, new_report(api, owner), None, Host="localhost:8000",
                         **{"X-Forwarded-Proto": "http"})
     assert response.json_body["statusUrl"].startswith("http://localhost:8000/api/v1/jobs/")
@@ -43,7 +60,8 @@ def test_status_url_follows_forwarded_proto(api):
 def test_generate_without_body_is_for_the_current_utc_month(api):
     owner = user()
     report_id = new_report(api, owner)
-    month = time.strftime("%Y-%m", time.gmtime())
+    month = this_month()
+    seed(api, owner, month)
     assert generate(api, owner, report_id).json_body["period"] == month
     problem(generate(api, owner, report_id, {}), 409)  # {} is the same request: the month's job is active
 
@@ -87,6 +105,8 @@ def test_more_than_20_jobs_an_hour_is_429_with_retry_after(api, monkeypatch):
     report_id = new_report(api, owner)
     first = new_job(api, owner, "2025-01", report_id)
     assert api.delete(f"/api/v1/jobs/{first['jobId']}", headers=owner).status_code == 200  # still counts
+    for period in ("2025-02", "2025-03", "2025-04"):
+        seed(api, owner, period)
     for period in ("2025-02", "2025-03"):
         assert generate(api, owner, report_id, {"period": period}).status_code == 202
     response = generate(api, owner, report_id, {"period": "2025-04"})
@@ -104,6 +124,7 @@ def test_a_queue_or_job_store_failure_is_503_and_leaves_no_job(api, monkeypatch,
 
     owner = user()
     report_id = new_report(api, owner)
+    seed(api, owner)
 
     def failing(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("queue down") if down == "queue" else PynamoDBException("store down")
@@ -120,6 +141,7 @@ def test_a_queue_or_job_store_failure_is_503_and_leaves_no_job(api, monkeypatch,
 def test_idempotency_key_replay_returns_first_response_and_creates_nothing(api):
     owner = user()
     report_id = new_report(api, owner)
+    seed(api, owner)
     key = {"Idempotency-Key": f"k-{uuid4()}"}
     first = generate(api, owner, report_id, {"period": "2026-01"}, **key)
     assert first.status_code == 202
@@ -133,6 +155,7 @@ def test_idempotency_key_replay_returns_first_response_and_creates_nothing(api):
 def test_idempotency_key_with_other_body_is_422(api):
     owner = user()
     report_id = new_report(api, owner)
+    seed(api, owner)
     key = {"Idempotency-Key": f"k-{uuid4()}"}
     assert generate(api, owner, report_id, {"period": "2026-01"}, **key).status_code == 202
     problem(generate(api, owner, report_id, {"period": "2026-02"}, **key), 422)
@@ -143,6 +166,8 @@ def test_idempotency_key_with_other_body_is_422(api):
 def test_idempotency_keys_belong_to_one_user(api):
     owner, holder = user(), user(roles=["finance"])
     report_id = new_report(api, owner, allowedRoles=["finance"])
+    seed(api, owner)
+    seed(api, holder)  # the job works the lines of whoever generates it
     key = {"Idempotency-Key": f"k-{uuid4()}"}
     mine = generate(api, owner, report_id, {"period": "2026-01"}, **key)
     theirs = generate(api, holder, report_id, {"period": "2026-01"}, **key)
@@ -173,3 +198,31 @@ def test_falsy_period_is_400_and_creates_no_job(api):
     for period in ("", 0, False):
         problem(generate(api, owner, report_id, {"period": period}), 400)
     assert jobs_of(api, owner)["totalCount"] == 0
+
+
+# --- a period without lines -------------------------------------------------------------------------------------
+
+
+def test_a_period_without_lines_is_422_no_lines_creates_no_job_and_takes_nothing_from_the_hour(api, monkeypatch):
+    from chalicelib.jobs import create
+    from chalicelib.jobs.states import lock_key, rate_key
+    from chalicelib.tables import Control
+
+    monkeypatch.setattr(create, "get_settings", lambda: dataclasses.replace(get_settings(), jobs_per_hour=2))
+    owner = user()
+    report_id = new_report(api, owner)
+    for _ in range(3):  # more empty requests than the hour allows jobs: none of them counts
+        body = problem(generate(api, owner, report_id, {"period": "2026-03"}), 422)
+        assert body["type"] == "urn:reports:problem:no-lines"
+        assert "No expense lines for 2026-03" in body["detail"]
+    assert jobs_of(api, owner)["totalCount"] == 0  # nothing stored: no job, no lock, no rate window entry
+    me = jwt.decode(owner["Authorization"].split()[1], options={"verify_signature": False})["sub"]
+    for key in (lock_key(me, report_id, "2026-03"), rate_key(me, "expense_report")):
+        with pytest.raises(Control.DoesNotExist):
+            Control.get(key, consistent_read=True)
+    seed(api, owner, "2026-03")
+    seed(api, owner, "2026-04")
+    assert generate(api, owner, report_id, {"period": "2026-03"}).status_code == 202
+    assert generate(api, owner, report_id, {"period": "2026-04"}).status_code == 202  # the hour's 2, both left
+    seed(api, owner, "2026-05")
+    problem(generate(api, owner, report_id, {"period": "2026-05"}), 429)

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 from chalicelib.auth import mint_token
 from chalicelib.settings import get_settings
-from tests.integration.contract.common import completed_job, new_job, new_report, send
+from tests.integration.contract.common import completed_job, new_job, new_report, seed, send
 from tests.unit.test_openapi import check
 
 RIDE_AND_FLIGHT = ("lineId,date,vendor,amount,currency,description\n"
@@ -103,6 +103,7 @@ def test_expense_routes_match_the_document(api):
 def test_generate_matches_the_document(api):
     owner = user()
     report_id = new_report(api, owner)
+    seed(api, owner, "2026-01")
     path, template = f"/api/v1/reports/{report_id}/generate", "/api/v1/reports/{reportId}/generate"
     job = check(send(api, "POST", path, {**owner, "Idempotency-Key": "k1"}, {"period": "2026-01"}),
                 "POST", template)
@@ -118,6 +119,8 @@ def test_generate_matches_the_document(api):
     sync_only = new_report(api, owner, deliveryTargets=[{"type": "api", "mode": "sync"}])
     check(send(api, "POST", f"/api/v1/reports/{sync_only}/generate", owner), "POST", template)  # 409
     check(send(api, "POST", path, {}, {"period": "2026-01"}), "POST", template)  # 401
+    empty = check(send(api, "POST", path, owner, {"period": "2026-05"}), "POST", template)  # 422: no lines
+    assert empty["type"] == "urn:reports:problem:no-lines"
 
 
 def test_generate_rate_limit_and_store_failure_match_the_document(api, monkeypatch):
@@ -125,6 +128,8 @@ def test_generate_rate_limit_and_store_failure_match_the_document(api, monkeypat
 
     owner = user()
     report_id = new_report(api, owner)
+    seed(api, owner, "2030-01")
+    seed(api, owner, "2030-02")
     path, template = f"/api/v1/reports/{report_id}/generate", "/api/v1/reports/{reportId}/generate"
 
     def broken_queue(*args: Any, **kwargs: Any) -> None:

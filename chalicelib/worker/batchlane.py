@@ -1,0 +1,192 @@
+"""The batch lane: a job's model requests go to the provider's Batch API, and a scheduled poller collects them.
+
+1. `submit` (the job's first invocation, before its lines are worked): every vendor of the job's lines that the
+   tenant's cache does not answer goes into one JSONL file of requests (categorize/batch.py); the plan (which
+   vendors each custom_id asks about) goes to S3; the job records the batch (`wait_on_batch`, one write under its
+   lease, refused if a batch is already there) and is listed in the pending-batches item. The invocation ends:
+   the job stays Processing with no lease and no message, its status message "Waiting on the provider's batch".
+2. `poll` (the `poll_provider_batches` schedule): for each pending job, a job that became final meanwhile
+   (cancelled) has its cancel forwarded to its batch, and once the batch stopped, what it answered before (billed
+   by the provider) is counted on the job and kept in the tenant's cache. A finished batch (completed, expired,
+   cancelled, failed) is collected: its answers go to S3 and through to the tenant's cache, its usage to the job
+   at batch prices, in one write conditioned on the batch still being the job's pending one (two pollers collect
+   it once); then the job's work message is sent. A batch still running moves the job's heartbeat and message
+   (the reaper leaves it).
+3. The job's invocations then start with the batch's answers (`answers`, into the invocation's memo): the lines
+   are worked, counted and checkpointed as on every lane, once each. Vendors the batch left unanswered (a failed
+   request, an expired batch's unfinished half) are asked on the standard lane then: never lost, never counted
+   twice (the batch itself counts no line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from pynamodb.exceptions import PutError
+
+from chalicelib import credentials, deps
+from chalicelib.categorize import batch as provider_batch
+from chalicelib.categorize import cache, prompt
+from chalicelib.categorize.normalize import normalize_vendor
+from chalicelib.categorize.types import Answer, Item
+from chalicelib.jobs import store
+from chalicelib.jobs.create import enqueue
+from chalicelib.jobs.states import TERMINAL, JobStatus
+from chalicelib.lines.store import iter_lines
+from chalicelib.lines.versions import job_partition
+from chalicelib.settings import Settings, get_settings
+from chalicelib.tables import Control, Job
+
+log = logging.getLogger(__name__)
+PENDING = "batches#pending"  # Control item: {jobId: epoch submitted} of the jobs waiting on a provider batch
+WAITING = "Waiting on the provider's batch"
+
+
+def _api(settings: Settings) -> Any:
+    from chalicelib.categorize import provider
+
+    key = credentials.openai_api_key(settings)
+    return provider.client(key, settings.openai_base_url, settings.openai_timeout_seconds) if key else None
+
+
+def _put(key: str, value: Any) -> None:
+    deps.client("s3").put_object(Bucket=get_settings().results_bucket, Key=key, Body=json.dumps(value).encode(),
+                                 ContentType="application/json")
+
+
+def _get(key: str) -> Any:
+    return json.loads(deps.client("s3").get_object(Bucket=get_settings().results_bucket, Key=key)["Body"].read())
+
+
+def submit(run: Any) -> bool:
+    """Send a batch-lane job's requests to the provider's Batch API; True when the job now waits on the batch
+    (the invocation stops), False when there is nothing to send (offline, or every vendor cached): work on."""
+    job, settings = run.job, run.settings
+    api = _api(settings) if run.backend is not None else None
+    if api is None:
+        return False
+    tenant = job.tenant or job.owner_id
+    categories = list(job.categories)
+    groups: dict[str, tuple[str, str]] = {}
+    for line in iter_lines(job_partition(job), page=1000):  # the version the job pinned
+        groups.setdefault(normalize_vendor(line.vendor), (line.vendor, line.description or ""))
+    known = cache.lookup(categories, list(groups), settings.openai_model, job.job_id, tenant=tenant)
+    misses = [v for v in groups if v not in known]
+    if not misses:
+        return False
+    size, key = settings.model_batch_size, prompt.cache_key(tenant, categories)
+    plan = {f"r{n // size}": [[v, *groups[v]] for v in misses[n:n + size]] for n in range(0, len(misses), size)}
+    lines = [provider_batch.request_line(custom_id, settings.openai_model,
+                                         [Item(f"v{i}", vendor, description)
+                                          for i, (_, vendor, description) in enumerate(items)], categories, key)
+             for custom_id, items in plan.items()]
+    plan_key = f"results/batches/{job.job_id}/{int(time.time() * 1000)}/plan.json"
+    _put(plan_key, plan)
+    batch_id = provider_batch.submit(api, lines, {"jobId": job.job_id})
+    message = f"{WAITING} ({len(lines)} requests for {len(misses)} vendors)"
+    if not store.current().wait_on_batch(job, run.lease, batch_id, plan_key, message):
+        # Another invocation of the job submitted first (or the job moved on): this batch is not the job's.
+        _cancel(api, batch_id)
+        return True
+    list_pending(job.job_id)
+    log.info("job waits on a provider batch", extra={"jobId": job.job_id, "batchId": batch_id,
+                                                     "requests": len(lines)})
+    return True
+
+
+def list_pending(job_id: str) -> None:
+    try:
+        # pending_item_exists: the map is made once; a second maker's put is refused and it only adds its entry.
+        Control(PENDING, stamps={}).save(condition=Control.pk.does_not_exist())
+    except PutError as err:
+        if err.cause_response_code != "ConditionalCheckFailedException":
+            raise
+    Control(PENDING).update(actions=[Control.stamps[job_id].set(int(time.time()))])
+
+
+def _forget(job_id: str) -> None:
+    Control(PENDING).update(actions=[Control.stamps[job_id].remove()])
+
+
+def _cancel(api: Any, batch_id: str) -> None:
+    try:
+        api.batches.cancel(batch_id)
+    except Exception:  # already final at the provider, or unreachable: the next poll (if listed) tries again
+        log.warning("could not cancel a provider batch", extra={"batchId": batch_id}, exc_info=True)
+
+
+def answers(job: Job) -> dict[str, Answer]:
+    """The collected batch's answers by normalized vendor (source `model`: the model answered them)."""
+    if not job.batch_answers_key:
+        return {}
+    return {vendor: Answer("", category, float(confidence), "model", False)
+            for vendor, (category, confidence) in _get(job.batch_answers_key).items()}
+
+
+def poll(settings: Settings | None = None) -> dict[str, int]:
+    """One round over the jobs waiting on a provider batch (the poll_provider_batches schedule)."""
+    settings = settings or get_settings()
+    counts = {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    try:
+        item = Control.get(PENDING, consistent_read=True)
+        pending = item.stamps.as_dict() if item.stamps is not None else {}
+    except Control.DoesNotExist:
+        return counts
+    api = _api(settings) if pending else None
+    for job_id in pending:
+        job = store.current().load(job_id)
+        if job is None or job.batch_state != "submitted" or not job.batch_id or api is None:
+            _forget(job_id)
+            continue
+        try:
+            counts[_poll_one(api, job, settings)] += 1
+        except Exception:  # one job's failure (the provider, S3) must not stop the others; the next poll retries
+            log.exception("could not poll a provider batch", extra={"jobId": job_id, "batchId": job.batch_id})
+    return counts
+
+
+def _poll_one(api: Any, job: Job, settings: Settings) -> str:
+    found = api.batches.retrieve(job.batch_id)
+    if JobStatus(job.status) in TERMINAL:
+        return _stop(api, job, found, settings)
+    if found.status not in provider_batch.FINISHED:
+        counts = found.request_counts
+        done = f": {counts.completed} of {counts.total} requests answered" if counts else ""
+        store.current().batch_progress(job, f"{WAITING} ({found.status}{done})")
+        return "waiting"
+    got = _collect(api, job, found, settings)
+    answers_key = (job.batch_plan_key or "").replace("plan.json", "answers.json")
+    _put(answers_key, {vendor: [a.category, a.confidence] for vendor, a in got.answers.items()})
+    left = f"; {got.unanswered} requests unanswered, asked on the standard lane" if got.unanswered else ""
+    message = f"The provider's batch {found.status} with answers for {len(got.answers)} vendors{left}"
+    if store.current().end_batch(job, "collected", answers_key, got.usage, message):
+        enqueue(job.job_id, reason="batch_collected")
+    _forget(job.job_id)
+    return "collected"
+
+
+def _stop(api: Any, job: Job, found: Any, settings: Settings) -> str:
+    """A job that became final (cancelled, failed) while it waited: its cancel is forwarded to the batch; once the
+    batch has stopped, what it answered before is counted (the provider bills it) and kept in the tenant's cache
+    (a retry asks again only for the rest), and the job no longer waits on it."""
+    if found.status not in provider_batch.FINISHED:
+        if found.status != "cancelling":
+            _cancel(api, job.batch_id or "")
+        return "cancelling"
+    got = _collect(api, job, found, settings)
+    store.current().end_batch(job, "cancelled", None, got.usage, "")
+    _forget(job.job_id)
+    return "cancelled"
+
+
+def _collect(api: Any, job: Job, found: Any, settings: Settings) -> provider_batch.Collected:
+    """A finished batch's answers, written through to the tenant's cache as the job's own model answers are."""
+    got = provider_batch.collect(api, found, _get(job.batch_plan_key or ""), settings.openai_model,
+                                 list(job.categories))
+    cache.remember_many(list(job.categories), [(v, a.category, a.confidence) for v, a in got.answers.items()
+                                               if a.category], settings.openai_model, job.job_id,
+                        tenant=job.tenant or job.owner_id)
+    return got
