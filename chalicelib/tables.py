@@ -491,4 +491,5 @@ class Control(_Model):
     # "tenant|invocation" -> when that invocation's entry lapses.
     fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")
     fair_running: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRunning")
+    fair_rescue: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRescue")  # tenant -> until
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

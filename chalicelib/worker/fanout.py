@@ -35,6 +35,10 @@ def fan_out(run: Invocation, reason: str) -> None:
         # never started are sent again (a second message for a chunk is dropped by its lease).
         todo = sorted(set(todo) | set(chunks.never_started(job.job_id)))
     runner.release(job, run.lease)
+    if run.settings.fair_shares and reason != "retried":
+        from chalicelib.fair import window
+
+        todo = window.hold(job.job_id, todo)  # a few in the queue at a time; chunks that start send the rest
     chunks.send(job.job_id, todo, reason="fan-out", tenant=job.tenant or job.owner_id)
     job.refresh(consistent_read=True)
     if job.status == JobStatus.CANCELLATION_REQUESTED.value:

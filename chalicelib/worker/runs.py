@@ -17,7 +17,7 @@ from chalicelib.lines.versions import job_partition
 from chalicelib.messages import WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job
-from chalicelib.worker import seams
+from chalicelib.worker import fairness, seams
 from chalicelib.worker.completion import complete_if_due
 from chalicelib.worker.fanout import fan_out
 from chalicelib.worker.invocation import backend, retry_loop, start
@@ -132,6 +132,7 @@ def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None 
     chunk = chunks.claim(job_id, number, run.lease) if run else None
     if run is None or chunk is None:
         return
+    fairness.top_up(run)  # this chunk's message left the queue: the next one of the job takes its place
     try:
         work(run, ChunkScope(run, chunk))
     finally:
