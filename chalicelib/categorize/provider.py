@@ -232,6 +232,10 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
     budget = completion_budget(items, categories)
     tokens = estimate_tokens(messages, budget, schema_text(tuple(categories)))
     if limiter is not None:
+        # The client is made (a lazily made one, ~0.1 s at a worker's first request) and the answer's model built
+        # before the turn, not between the turn and the send: a request that leaves late crowds the next ones.
+        _ = api.chat
+        answer_model(tuple(categories))
         limiter.acquire(tokens)
     served, fallbacks = lane, 0
     while True:
