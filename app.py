@@ -3,7 +3,7 @@
 from chalice import Chalice, CORSConfig, Cron, Rate
 
 from chalicelib import observability
-from chalicelib.api import jobs, meta, middleware, reports, results
+from chalicelib.api import imports, jobs, meta, middleware, reports, results
 from chalicelib.settings import get_settings
 
 settings = get_settings()
@@ -21,6 +21,7 @@ app.register_blueprint(meta.bp)
 app.register_blueprint(reports.bp, url_prefix="/api/v1")
 app.register_blueprint(jobs.bp, url_prefix="/api/v1")
 app.register_blueprint(results.bp, url_prefix="/api/v1")
+app.register_blueprint(imports.bp, url_prefix="/api/v1")
 
 
 # One message per invocation: each is a unit of minutes (a job or a chunk of one), and a batch

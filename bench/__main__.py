@@ -1,5 +1,5 @@
-"""`python -m bench [create|worker|reaper|cold|scale|cancel|list|seams|fair|cost|pacing ...]`: run the named parts
-(all by default).
+"""`python -m bench [create|worker|reaper|cold|scale|cancel|list|seams|fair|cost|pacing|import ...]`: run the
+named parts (all by default).
 
 Exit code: 0 when every part ran (whatever its targets say), 1 when a part crashed, 2 on a bad argument,
 130 when interrupted. Every process started (moto server, chalice local, worker) is stopped on the way out.
@@ -17,7 +17,8 @@ from types import FrameType
 
 from bench.env import Run, prepare_environment
 
-PARTS = ("create", "worker", "reaper", "cold", "scale", "cancel", "list", "seams", "fair", "cost", "pacing")
+PARTS = ("create", "worker", "reaper", "cold", "scale", "cancel", "list", "seams", "fair", "cost", "pacing",
+         "import")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -55,6 +56,8 @@ def _runner(part: str) -> Callable[[Run], None]:
         from bench import cost as module
     elif part == "pacing":
         from bench import pacing as module
+    elif part == "import":
+        from bench import imports as module
     else:
         from bench import reaper_recovery as module
     return module.run

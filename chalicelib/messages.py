@@ -1,9 +1,10 @@
 """Work messages: the one place that writes and reads the bodies of the work queue's messages.
 
 Four kinds travel on the queue: start (or continue) a job, run one chunk of a fanned-out job, warm the vendor
-cache, and deliver a finished job to one target. Their JSON keys are the wire format: a message sent by the code
-before a deploy is read by the code after it, so a key is never renamed (`jobId`, `chunk`, `reason`, `tenant`;
-`kind: warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
+cache, and deliver a finished job to one target. The results bucket's ObjectCreated notifications arrive there
+too, in S3's format: an import's file arrived, read as a start of its job. Their JSON keys are the wire format: a
+message sent by the code before a deploy is read by the code after it, so a key is never renamed (`jobId`,
+`chunk`, `reason`, `tenant`; `kind: warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
 
 A job's and a chunk's message name the job's tenant (`tenant`, absent in messages from before fair shares): it is
 the message's group on the queue (SQS fair queues: `MessageGroupId`), and what the worker's fair shares go by
@@ -104,12 +105,29 @@ def parse(body: str) -> Message:
         if data.get("kind") == "deliver":
             return Deliver(str(data["jobId"]), int(data["n"]), str(data["id"]), int(data.get("attempt", 1)),
                            str(data.get("event") or ""))
+        if "Records" in data:
+            return _uploaded(data["Records"])
         job_id, reason, tenant = str(data["jobId"]), str(data.get("reason", "start")), str(data.get("tenant") or "")
         if "chunk" in data:
             return RunChunk(job_id, int(data["chunk"]), reason, tenant)
         return StartJob(job_id, reason, tenant)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise NotAWorkMessage(f"not a work message: {body[:80]!r}") from err
+
+
+def _uploaded(records: Any) -> StartJob:
+    """The results bucket's ObjectCreated notification (S3's own format): an import's file arrived, so its job
+    starts (chalicelib/lines/uploads.py names the key). Any other object, or S3's test event, is no work."""
+    from urllib.parse import unquote_plus
+
+    from chalicelib.lines.uploads import job_of
+
+    for record in records:
+        if str(record.get("eventName", "")).startswith("ObjectCreated:"):
+            job_id = job_of(unquote_plus(str(record["s3"]["object"]["key"])))
+            if job_id:
+                return StartJob(job_id, "uploaded")
+    raise NotAWorkMessage("an S3 notification that names no import's file")
 
 
 def capped(delay_seconds: float) -> int:
@@ -124,11 +142,13 @@ def group(message: Message) -> dict[str, str]:
     return {"MessageGroupId": tenant} if tenant else {}
 
 
-def send(message: Message, delay_seconds: float = 0) -> None:
-    """Put one message on the work queue, visible after `delay_seconds` (capped at MAX_DELAY_SECONDS)."""
+def send(message: Message, delay_seconds: float = 0, register: bool = True) -> None:
+    """Put one message on the work queue, visible after `delay_seconds` (capped at MAX_DELAY_SECONDS).
+    `register=False`: the message is registered as its tenant's demand already (a deferral, fair/queue.py)."""
     from chalicelib.fair import queue  # registers a job's or chunk's message as its tenant's demand
 
-    queue.sending([message], capped(delay_seconds))
+    if register:
+        queue.sending([message], capped(delay_seconds))
     deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(), MessageBody=message.to_body(),
                                     DelaySeconds=capped(delay_seconds), **group(message))
 

@@ -65,7 +65,10 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
         for outcome in _reap_chunks(fanned, cutoff):
             counts[outcome] += 1
     from chalicelib.delivery import service as delivery
+    from chalicelib.lines import versions
 
+    # Versions of lines no longer read (replaced, deleted, never committed): their lines are deleted.
+    counts["linesDeleted"] = versions.sweep()["linesDeleted"]
     # Final jobs with a delivery still Pending (the outbox mark): overdue ones are sent again.
     counts["deliveries"] = delivery.sweep(settings)
     if any(counts[k] for k in ("requeued", "failed", "cancelled", "deliveries")):
@@ -74,6 +77,10 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
 
 
 def _reap_one(job: Job, status: JobStatus) -> str:
+    if status is JobStatus.QUEUED and (job.lines_import or {}).get("stage") == "upload":
+        from chalicelib.lines import importer
+
+        return importer.reap_waiting(job)  # waiting for its file: started, left waiting, or failed
     try:
         if status is JobStatus.CANCELLATION_REQUESTED:
             runner.cancel(job)

@@ -204,6 +204,21 @@ class ExpenseLine(_Model):
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")
 
 
+@_table("lines")
+class LinesGarbage(_Model):
+    """A version of a period's lines no longer current (replaced, deleted, or an import's that never committed),
+    due for deletion at `due`: one partition (`gc#versions`) sorted by due time, swept by the reaper
+    (lines/versions.sweep). In the lines table, where no line's key can take that partition (a period is YYYY-MM)."""
+
+    owner_period = UnicodeAttribute(hash_key=True, attr_name="ownerPeriod")  # always GC_PARTITION
+    line_id = UnicodeAttribute(range_key=True, attr_name="lineId")  # "<due epoch, 10 digits>#<lines partition>"
+    partition = UnicodeAttribute()  # the ownerPeriod of the version's lines
+    owner_id = UnicodeAttribute(attr_name="ownerId")
+    period = UnicodeAttribute()
+    version = UnicodeAttribute()
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+
+
 class Delivery(MapAttribute):
     """One delivery of a finished job to one of its report's targets (chalicelib/delivery/service.py)."""
 
@@ -313,6 +328,12 @@ class Job(_Model):
     vendors_refreshed = NumberAttribute(null=True, attr_name="vendorsRefreshed")
     vendors_failed = NumberAttribute(null=True, attr_name="vendorsFailed")
     vendors_skipped = NumberAttribute(null=True, attr_name="vendorsSkipped")
+    # The version of the period's lines the job reads (lines/versions.py), pinned when it starts: a report reads
+    # the lines it started on whatever an import commits meanwhile. None: the period's unversioned lines.
+    lines_version = UnicodeAttribute(null=True, attr_name="linesVersion")
+    # A lines_import / import_and_report job's file and progress (lines/importer.py): {"key", "mode", "stage",
+    # "version", "rows", "stored", "new", "errors", "errorCount", ...}. None for every other type.
+    lines_import = JSONAttribute(null=True, attr_name="linesImport")
     # The cost lane (categorize/prices.LANES); None on a job from before lanes: standard.
     lane = UnicodeAttribute(null=True)
     # What the job's model requests used (categorize/usage.py), added with the checkpoints' counts. The cost in
@@ -464,8 +485,11 @@ class Control(_Model):
     n_completed = NumberAttribute(null=True, attr_name="nCompleted")
     n_failed = NumberAttribute(null=True, attr_name="nFailed")
     n_cancelled = NumberAttribute(null=True, attr_name="nCancelled")
+    # A period's lines pointer (`lines#<owner>#<period>`, lines/versions.py): the version its lines are read from.
+    lines_version = UnicodeAttribute(null=True, attr_name="linesVersion")
     # Fair shares' demand registry (chalicelib/fair/demand.py), one item: "tenant|message" -> when it is visible,
     # "tenant|invocation" -> when that invocation's entry lapses.
     fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")
     fair_running: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRunning")
+    fair_rescue: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRescue")  # tenant -> until
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

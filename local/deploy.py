@@ -231,6 +231,19 @@ def _deploy_lock(deadline: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+IMPORT_PREFIX, IMPORT_SUFFIX = "imports/", ".csv"  # chalicelib/lines/uploads.py names import files so
+
+
+def _notify_imports(s3: Any, sqs: Any, bucket: str, queue_url: str) -> None:
+    """The template's NotificationConfiguration, which moto's CloudFormation ignores: an import's file arriving
+    in the results bucket sends S3's ObjectCreated event to the work queue. Idempotent (a put replaces it)."""
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [{
+        "Id": "import-uploads", "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": IMPORT_PREFIX},
+                                           {"Name": "suffix", "Value": IMPORT_SUFFIX}]}}}]})
+
+
 def deploy(endpoint_url: str, prefix: str, *, region: str | None = None, timeout_seconds: float = 60.0,
            parameters: dict[str, str] | None = None, template_path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     """Create (or attach to) the stack `{prefix}-infra` at endpoint_url.
@@ -279,6 +292,7 @@ def deploy(endpoint_url: str, prefix: str, *, region: str | None = None, timeout
     sqs = _client("sqs", endpoint_url, region)
     work_url = sqs.get_queue_url(QueueName=outputs["WorkQueueUrl"].rstrip("/").rsplit("/", 1)[-1])["QueueUrl"]
     dlq_url = sqs.get_queue_url(QueueName=outputs["DeadLetterQueueUrl"].rstrip("/").rsplit("/", 1)[-1])["QueueUrl"]
+    _notify_imports(_client("s3", endpoint_url, region), sqs, outputs["ResultsBucketName"], work_url)
     env = {
         "APP_PREFIX": prefix,
         "AWS_ENDPOINT_URL": endpoint_url,

@@ -458,7 +458,9 @@ class ExpenseLineInput(Model):
     line_id: Annotated[str, _line_rule(validation.line_id_rule), WithJsonSchema({
         "oneOf": [ref("LineId"), {"type": "string", "maxLength": 0}, {"type": "null"}]})] = Field(
         default_factory=str,
-        description="Optional (a UUID v4 is minted when absent or empty). Identifies the line within its month: "
+        description="Optional. When absent or empty the line is named by its content and its occurrence among "
+                    "identical lines of the request or file (24 hex digits of a SHA-256, `-1`, `-2`...), so "
+                    "importing the same lines again stores nothing new. Identifies the line within its month: "
                     "re-importing it with a date in the same month replaces the stored line, which then takes the "
                     "place of this import in report order. Unique within one request. Reports list lines in import "
                     "order, not by lineId.")
@@ -564,6 +566,30 @@ class WarmCounts(Model):
     vendors_skipped: _Count = Field(description="Not due: a fresh cache entry, or a person's answer.")
 
 
+class ImportRowError(Model):
+    row: int = Field(ge=1, description="The file's own row number: the header is row 1, a blank line is a row too.")
+    field: NullableText = Field(description="The column at fault (`amount`, `date`...), when one is.")
+    message: str = Field(description="What is wrong, in words, starting with the row.")
+
+
+class ImportProgress(Model):
+    model_config = ConfigDict(json_schema_extra={
+        "description": "A `lines_import` or `import_and_report` job's file and what became of it.",
+        "example": {"mode": "merge", "stage": "done", "rows": 20000, "storedLines": 20000, "newLines": 20000,
+                    "errors": [], "errorCount": 0, "uploadExpiresAt": "2026-01-31T10:15:00Z"}})
+    mode: Literal["merge", "replace"]
+    stage: Literal["upload", "validate", "stage", "commit", "done"] = Field(description=(
+        "Where the import is: waiting for its file, checking rows, storing them under a new version of the "
+        "period's lines, making that version current, or done (the lines are the period's)."))
+    rows: int | None = Field(ge=0, description="Expense rows in the file (blank lines not counted), once read.")
+    stored_lines: int | None = Field(ge=0, description="Lines the period holds after the import, once committed.")
+    new_lines: int | None = Field(ge=0, description=(
+        "`merge`: lines the import added to the period (0 for a file imported again); null for `replace`."))
+    errors: list[ImportRowError] = Field(max_length=100, description="The first 100 invalid rows, in file order.")
+    error_count: int = Field(ge=0, description="Invalid rows in all (the ones past the first 100 are counted only).")
+    upload_expires_at: Timestamp = Field(description="When the upload URL stopped (or stops) working.")
+
+
 _TYPES_LISTED = "; ".join(f"`{t.value}` ({spec.label}: {', '.join(f'`{s.value}`' for s in spec.steps)})"
                           for t, spec in _TYPES.items())
 
@@ -612,7 +638,8 @@ class WebhookJob(Model):
     # The job representation (as `GET /jobs/{jobId}` answers it) without `deliveries`.
     job_id: str = Field(json_schema_extra={"format": "uuid"}, description="Random UUID v4.")
     report_id: ReportId
-    period: Period
+    period: _MaybePeriod = Field(description=(
+        "The month the job reads; null only for an import created without `period` whose file is not read yet."))
     type: JobTypeValue = Field(description=(
         "The job's type, from one registry (its label and steps): " + _TYPES_LISTED + ". The rate limit of jobs "
         "per rolling hour counts per user and type."))
@@ -665,6 +692,10 @@ class WebhookJob(Model):
         "a warm run finds vendors due for, `trigger: schedule`): its `admin`s see it in `GET /jobs` and may cancel "
         "it; it is never retried and has no result. `reportId` is `cache-warm`, `period` the month it ran in, "
         "and `totalLines`/`processedLines` count its due vendors and those asked so far."))
+    import_: ImportProgress | None = Field(default=None, alias="import", description=(
+        "An import's file and what became of it (null for every other type). While it imports, `totalLines` and "
+        "`processedLines` count the file's rows checked and stored; an `import_and_report` job then counts its "
+        "report's lines as any report job. An import without a report has `reportId` `lines-import`."))
 
 
 class Delivery(Model):
@@ -699,6 +730,29 @@ class Job(WebhookJob):
         "the events they list), planned in the same write as the final status; `[]` until the job is final, and "
         "for a report with only `api` targets. Retry one with `POST /jobs/{jobId}/deliveries/{n}/retry`, `n` being "
         "its place in this list from 0."))
+
+
+class ImportRequest(Model):
+    # POST /imports. A file of any size the bucket takes: the answer carries the URL to PUT it to.
+    model_config = ConfigDict(json_schema_extra={"example": {"format": "csv", "mode": "merge", "period": "2026-01"}})
+    format: Literal["csv"] = Field(description="The file's format: `csv`, as POST /expenses takes it.")
+    mode: Literal["merge", "replace"] = Field("merge", description=(
+        "`merge` (default): the file's lines are added to the period's, a line with the same `lineId` replaced. "
+        "`replace`: the period's lines become exactly the file's (the way to correct a month)."))
+    period: Annotated[Period | Absent, _rule(validation.check_period)] = Field(None, description=(
+        "The month the file holds; a row of another month is an error. Absent: the month of the file's first row. "
+        "With it, one import of the period runs at a time (409 `existingJobId`)."))
+    report_id: ReportId | Absent = Field(None, description=(
+        "Generate this report on the period once the lines are stored (type `import_and_report`); the same "
+        "permission and async target as `generate` are needed."))
+
+
+class ImportAccepted(Job):
+    # 202 to POST /imports: the job, and where to PUT its file.
+    upload_url: str = Field(json_schema_extra={"format": "uri"}, description=(
+        "A presigned S3 URL: PUT the file there with `Content-Type: text/csv`, within 15 minutes. The job starts "
+        "when the file arrives; one never uploaded fails with a message saying so."))
+    upload_expires_at: Timestamp = Field(description="When `uploadUrl` stops working (15 minutes on).")
 
 
 class WebhookPayload(Model):
@@ -889,6 +943,15 @@ class ExpenseListQuery(Query):
         return {"period": None, **data}  # absent: "period: must be a month YYYY-MM.", as the rule says
 
 
+class ExpenseDeleteQuery(Query):
+    period: Annotated[Period, _rule(validation.check_period)] = Field(description="The month (`YYYY-MM`); required.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _period_required(cls, data: Any) -> Any:
+        return {"period": None, **data}
+
+
 class JobListQuery(Query):
     page_size: Annotated[int, *_page_size("Jobs", 20, 100)]
     page: Annotated[int | None, BeforeValidator(_page), WithJsonSchema(
@@ -914,8 +977,8 @@ class ResultQuery(Query):
 
 # The models whose schemas the document holds, in its order (a model they use comes with it).
 REQUESTS: tuple[type[BaseModel], ...] = (ReportConfigInput, ReportConfigPatch, ExpenseImport, ExpenseLineInput,
-                                        GenerateRequest, LinePatch)
+                                        GenerateRequest, LinePatch, ImportRequest)
 RESPONSES: tuple[type[BaseModel], ...] = (Problem, ReportConfig, ReportList, WebhookSecretRotation, ImportResult,
-                                         ExpenseLinePage, Job, JobList, EventList, Result, Health, Readiness,
-                                         WebhookPayload)
+                                         ExpenseLinePage, Job, ImportAccepted, JobList, EventList, Result, Health,
+                                         Readiness, WebhookPayload)
 QUERIES: tuple[type[Query], ...] = (ReportListQuery, ExpenseListQuery, JobListQuery, EventListQuery, ResultQuery)

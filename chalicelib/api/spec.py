@@ -159,6 +159,7 @@ _ORDER = [
     "GenerateRequest", "Job", "WebhookJob", "JobStep", "WarmCounts", "Usage", "WebhookPayload", "Delivery",
     "DeliveryStatus", "JobList", "Event", "EventList", "Total", "ResultLine", "Result", "LinePatch", "Health",
     "Readiness", "ReadinessChecks", "ReportConfigPatch", "ReportList",
+    "ImportRequest", "ImportAccepted", "ImportProgress", "ImportRowError",
 ]
 
 
@@ -797,6 +798,25 @@ PATHS = {
                 "503": _ref("ServiceUnavailable"),
             },
         },
+        "delete": {
+            "operationId": "deleteExpenses",
+            "tags": ["expenses"],
+            "summary": "Remove the caller's lines of one month",
+            "description": (
+                "The period's lines are gone at once for every reader (listing, a job starting); jobs that already "
+                "started keep reading the lines they started on. 409 while a job of the caller reads or imports the "
+                "period's lines (extension `existingJobId`); delete once it has finished."
+            ),
+            "parameters": [*query(m.ExpenseDeleteQuery)],
+            "responses": {
+                "204": {"description": "Deleted (also when the period had no lines). No body."},
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "409": _problem("A job reads or imports the period's lines (extension `existingJobId`)."),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
+            },
+        },
         "get": {
             "operationId": "listExpenses",
             "tags": ["expenses"],
@@ -806,6 +826,50 @@ PATHS = {
                 "200": _json(m.ExpenseLinePage, "One page of lines, in `lineId` order."),
                 "400": _ref("BadRequest"),
                 "401": _ref("Unauthorized"),
+                "500": _ref("InternalError"),
+                "503": _ref("ServiceUnavailable"),
+            },
+        },
+    },
+    "/api/v1/imports": {
+        "post": {
+            "operationId": "startImport",
+            "tags": ["expenses"],
+            "summary": "Import a large file of lines as a job",
+            "description": (
+                "For a CSV file of any size the bucket takes (POST /expenses stays for up to 5,000 lines). Answers "
+                "202 with the import job (type `lines_import`, or `import_and_report` with `reportId`), status "
+                "`Queued`, and `uploadUrl`: PUT the file there with `Content-Type: text/csv` within 15 minutes "
+                "(`uploadExpiresAt`). The job starts when the file arrives and goes through the steps upload, "
+                "validate, stage and commit, with progress in rows (`totalLines`, `processedLines`). It stores all of "
+                "the file's rows or none: every row is checked first (by the rules of POST /expenses), and the rows "
+                "become the period's lines in one write, so a failed import leaves the previous lines exactly as they "
+                "were and a report reads either the old lines or the new ones, never a mix. Errors name the file's "
+                "own rows (the header is row 1): `errorMessage` the first, `import.errors` the first 100, "
+                "`import.errorCount` all of them. A line without `lineId` is named by its content and its occurrence "
+                "in the file, so importing the same file again stores nothing new (`import.newLines` 0). A file "
+                "holds the lines of one month. A file never uploaded fails the job with a message saying so."
+            ),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref(m.ImportRequest)}}},
+            "responses": {
+                "202": {
+                    "description": "Accepted: the job (status `Queued`) and where to PUT the file. Poll `Location`.",
+                    "headers": {
+                        "Location": {"$ref": "#/components/headers/Location-Job"},
+                        "Retry-After": {"$ref": "#/components/headers/Retry-After"},
+                    },
+                    "content": {"application/json": {"schema": ref(m.ImportAccepted)}},
+                },
+                "400": _ref("BadRequest"),
+                "401": _ref("Unauthorized"),
+                "403": _problem("`reportId` names a report the caller may not generate."),
+                "404": _problem("`reportId` names no report of the caller's tenant."),
+                "409": _problem(
+                    "An import of the same period is active (extension `existingJobId`), or the report of "
+                    "`reportId` is not configured for asynchronous generation."
+                ),
+                "413": _ref("PayloadTooLarge"),
+                "415": _ref("UnsupportedMediaType"),
                 "500": _ref("InternalError"),
                 "503": _ref("ServiceUnavailable"),
             },

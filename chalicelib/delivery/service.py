@@ -59,8 +59,8 @@ def plan(job: Job, to: JobStatus) -> list[Delivery]:
     from chalicelib.delivery import webhook
 
     event = EVENT_OF.get(to)
-    if job.type == "cache_warm":
-        return []  # a tenant's own job: no report, so no targets (its reportId only names its type)
+    if job.type in ("cache_warm", "lines_import"):
+        return []  # no report, so no targets (its reportId only names its type)
     report = reports.report_of(job.tenant or job.owner_id, job.report_id) if event else None
     if report is None:
         return []

@@ -13,7 +13,10 @@ every tenant with work running; 1.0 when alone).
   tenant's next request, which finds at most about one second of turns before its own (the bucket's burst).
 
 A request that finds no turn within the limiter's `wait_max` raises QuotaBusy, as the limiter itself would: the
-worker hands its job or chunk back to the queue (worker/loop.categorize).
+worker hands its job or chunk back to the queue (worker/loop.categorize). So does a request of an invocation that
+must give its worker to a waiting tenant (`give_way`, set by worker/fairness.py): it raises GiveWay, a QuotaBusy,
+before it asks for a turn, so that the worker frees up within a request's latency rather than at the end of a
+wave of requests (seconds at a tight limit); the answers already got are written through to the cache.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ from chalicelib.fair.shares import Rules
 SPARE_WAIT_SECONDS = 0.05  # beyond its share a request takes a turn only this close
 POLL_SECONDS = 0.25  # and otherwise looks again after about this long (less at high rates)
 
-_snapshots = demand.Cached(max_age=0.5)  # one per process: every invocation's gate reads the same picture
+_snapshots = demand.Cached(max_age=0.25)  # one per process: every invocation's gate reads the same picture
+
+
+class GiveWay(QuotaBusy):
+    """This invocation's tenant holds more workers than its share while another tenant waits: hand the work back."""
 
 
 class TenantGate:
@@ -44,6 +51,7 @@ class TenantGate:
         self._spare = dataclasses.replace(limiter, wait_max=SPARE_WAIT_SECONDS)
         per_second = max(float(limiter.rpm or 0), 1.0) / 60.0
         self.poll = min(POLL_SECONDS, 0.5 / per_second)  # twice per interval between two turns, at least
+        self.give_way: Callable[[Any], bool] | None = None  # given this gate's snapshot: must the work go back?
 
     def fraction(self) -> float:
         return self.rules.budget_fraction(self._snapshot(), self.tenant)
@@ -58,6 +66,8 @@ class TenantGate:
         wait_max = self.limiter.wait_max
         deadline = self._clock() + (math.inf if wait_max is None else wait_max)
         while True:
+            if self.give_way is not None and self.give_way(self._snapshot()):
+                raise GiveWay(0.0)
             try:
                 self._own(self.fraction()).acquire(*args, **kwargs)
             except QuotaBusy:

@@ -29,6 +29,7 @@ from chalicelib.tables import Control
 KEY = "fair#demand"
 WAITING_TTL_SECONDS = 120.0
 SEP = "|"
+RESCUE_SECONDS = 10.0  # a claim to free a worker for a waiting tenant (rescue) lapses after this
 PRUNE_MAX = 25  # lapsed entries removed per read, at most: a read stays one read and a few small writes
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def _ensure() -> None:
     if _made.is_set():
         return
     Control(KEY).update(actions=[Control.fair_waiting.set(Control.fair_waiting | {}),
-                                 Control.fair_running.set(Control.fair_running | {})])
+                                 Control.fair_running.set(Control.fair_running | {}),
+                                 Control.fair_rescue.set(Control.fair_rescue | {})])
     _made.set()
 
 
@@ -71,9 +73,21 @@ def waiting(tenant: str, message: str, visible_at: float) -> None:
 
 
 def take(tenant: str, message: str, invocation: str, lapses_at: float) -> None:
-    """An invocation took the message: it no longer waits, and the tenant has one more running."""
+    """An invocation took the message: it no longer waits, and the tenant has one more running (and any rescue
+    of it is over: if it still waits, another invocation may free a worker for it)."""
     _update(Control.fair_waiting[entry(tenant, message)].remove(),
-            Control.fair_running[entry(tenant, invocation)].set(round(lapses_at, 3)))
+            Control.fair_running[entry(tenant, invocation)].set(round(lapses_at, 3)),
+            Control.fair_rescue[tenant].remove())
+
+
+def rescue(tenant: str, now: float | None = None) -> bool:
+    """Claim the freeing of one worker for waiting `tenant`: True for one claimer until the tenant takes a message
+    or RESCUE_SECONDS pass. Every invocation of a tenant over its share sees the same picture; without the claim
+    they would all hand their work back and leave their own tenant no worker at all."""
+    now = time.time() if now is None else now
+    # rescue_free: one invocation frees a worker per waiting tenant; a claim whose invocation died lapses.
+    free = Control.fair_rescue[tenant].does_not_exist() | (Control.fair_rescue[tenant] < now)
+    return _update(Control.fair_rescue[tenant].set(round(now + RESCUE_SECONDS, 3)), condition=free)
 
 
 def done(tenant: str, invocation: str) -> None:
@@ -96,7 +110,9 @@ def read(now: float | None = None) -> Snapshot:
         attr = Control.fair_waiting if kind == "w" else Control.fair_running
         # entry_unchanged: a message re-sent (or an invocation renewed) since our read keeps its new entry.
         _update(attr[key].remove(), condition=(attr[key] == value))
+    visible = [k for k, v in waits.items() if now <= v + WAITING_TTL_SECONDS]  # delayed ones wait too
     return Snapshot(
+        jobs=Counter(k.rsplit(SEP, 1)[1].split("#", 1)[0] for k in visible),
         running=Counter(tenant_of(k) for k, v in runs.items() if v >= now),
         waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS))
 

@@ -48,6 +48,7 @@ class Snapshot:
 
     running: Mapping[str, int] = field(default_factory=dict)
     waiting: Mapping[str, int] = field(default_factory=dict)
+    jobs: Mapping[str, int] = field(default_factory=dict)  # job id -> its messages waiting (fair/window.py)
 
     def r(self, tenant: str) -> int:
         return int(self.running.get(tenant, 0))
@@ -75,14 +76,20 @@ class Rules:
         held = snap.r(tenant) + 1  # with this worker
         return any(self.gives_way(tenant, held, u, snap.r(u)) for u in snap.waiting_tenants(tenant))
 
-    def must_yield(self, snap: Snapshot, tenant: str, turn_is_over: bool = False) -> bool:
-        """An invocation of `tenant` between two batches hands its work back so that a waiting tenant gets the
-        worker; after a quantum of work (`turn_is_over`) on a tie too, so that tenants take turns."""
+    def must_yield(self, snap: Snapshot, tenant: str, turn_is_over: bool = False) -> str | None:
+        """The waiting tenant for which an invocation of `tenant` hands its work back (between two batches, or
+        before a model request), or None; after a quantum of work (`turn_is_over`) on a tie too, so that tenants
+        take turns. Every invocation of `tenant` sees the same picture: one of them rescues the waiting tenant
+        (demand.rescue), the others work on."""
         held = snap.r(tenant)
-        return any(self.gives_way(tenant, held, u, snap.r(u), tie=turn_is_over) for u in snap.waiting_tenants(tenant))
+        return next((u for u in snap.waiting_tenants(tenant)
+                     if self.gives_way(tenant, held, u, snap.r(u), tie=turn_is_over)), None)
 
     def budget_fraction(self, snap: Snapshot, tenant: str) -> float:
         """The tenant's share of the provider's budget: its weight over the weights of every tenant that has
-        invocations running (itself included). 1.0 alone: the whole budget, a burst when others are idle."""
-        active = {t for t, n in snap.running.items() if n > 0} | {tenant}
+        invocations running or messages waiting (itself included): a tenant about to ask finds the others'
+        reservations thinned already. 1.0 alone: the whole budget, a burst when others are idle (and the turns a
+        share leaves unused go to whoever asks: budget.TenantGate)."""
+        active = {t for t, n in snap.running.items() if n > 0} | {t for t, n in snap.waiting.items() if n > 0}
+        active |= {tenant}
         return self.weights.of(tenant) / sum(self.weights.of(t) for t in active)

@@ -16,7 +16,8 @@ from chalicelib import clock, messages
 from chalicelib.jobs import store
 from chalicelib.jobs.states import ChunkStatus
 from chalicelib.jobs.store import Lease, Progress
-from chalicelib.lines.store import owner_period, read_lines
+from chalicelib.lines.store import read_lines
+from chalicelib.lines.versions import job_partition
 from chalicelib.messages import RunChunk
 from chalicelib.tables import ExpenseLine, Job, JobChunk
 
@@ -25,11 +26,12 @@ log = logging.getLogger(__name__)
 PENDING, RUNNING, DONE = ChunkStatus.PENDING, ChunkStatus.RUNNING, ChunkStatus.DONE
 
 
-def plan(owner_id: str, period: str, chunk_lines: int) -> list[str]:
-    """Upper bounds of chunks of `chunk_lines` lines, from the keys alone; the last is "" (open-ended)."""
+def plan(part: str, chunk_lines: int) -> list[str]:
+    """Upper bounds of chunks of `chunk_lines` lines of the partition (the job's pinned version of its period's
+    lines, lines/versions.job_partition), from the keys alone; the last is "" (open-ended)."""
     bounds = []
     count = 0
-    for line in ExpenseLine.query(owner_period(owner_id, period), attributes_to_get=["lineId"], page_size=1000,
+    for line in ExpenseLine.query(part, attributes_to_get=["lineId"], page_size=1000,
                                   consistent_read=True):
         count += 1
         if count % chunk_lines == 0:
@@ -112,7 +114,7 @@ def holds(chunk: JobChunk, lease: Lease) -> bool:
 
 def next_lines(job: Job, chunk: JobChunk, n: int, after: str | None = None) -> list:
     """Up to `n` of the chunk's lines after its checkpoint (or after `after`), in one read."""
-    lines = read_lines(job.owner_id, job.period, chunk.cursor if after is None else after, n)
+    lines = read_lines(job_partition(job), chunk.cursor if after is None else after, n)
     return [line for line in lines if not chunk.upto or line.line_id <= chunk.upto]
 
 

@@ -14,6 +14,7 @@ from chalicelib.categorize.usage import Usage
 from chalicelib.jobs import store
 from chalicelib.jobs.states import JobStatus, TransitionRaced, event_item
 from chalicelib.jobs.store import Lease, Progress, moves
+from chalicelib.lines import versions
 from chalicelib.lines.store import count_lines
 from chalicelib.tables import Job
 
@@ -36,7 +37,10 @@ def claim(job_id: str, lease: Lease, reason: str, count: Callable[[Job], int] | 
     status = S(job.status)
     try:
         if status is S.QUEUED:
-            total = count(job) if count else count_lines(job.owner_id, job.period)
+            # Pin the version of the period's lines this job reads from now on (lines/versions.py): an import
+            # committing while it runs changes nothing under it. moves.start writes the pin.
+            job.lines_version = job.lines_version or versions.pointer(job.owner_id, job.period).version
+            total = count(job) if count else count_lines(versions.job_partition(job))
             return moves.start(job, lease, total)
         if status is S.CANCELLATION_REQUESTED:
             cancel(job)

@@ -64,7 +64,7 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
     else:
         percent = min(99, processed * 100 // total) if total else 0
     return {
-        "jobId": job.job_id, "reportId": job.report_id, "period": job.period, "type": job.type,
+        "jobId": job.job_id, "reportId": job.report_id, "period": job.period or None, "type": job.type,
         "typeLabel": label(job.type), "status": job.status, "statusMessage": job.status_message,
         "progressPercent": percent,
         "totalLines": total, "processedLines": processed, "failedLines": int(job.failed_lines),
@@ -81,6 +81,7 @@ def to_dict(job: Job, base_url: str) -> dict[str, Any]:
         # One per report target the final status was sent to (email, webhook); [] until the job is final.
         "deliveries": delivery_dicts(job),
         "warm": _warm_counts(job),
+        "import": import_progress(job),
     }
 
 
@@ -91,6 +92,17 @@ def _actions(job: Job) -> list[str]:
         # has no result.
         return [a for a in actions if a == JobAction.CANCEL.value]
     return actions
+
+
+def import_progress(job: Job) -> dict[str, Any] | None:
+    """An import's file and what became of it (lines/importer.py keeps it on the job); null for other types."""
+    state = job.lines_import
+    if state is None:
+        return None
+    return {"mode": state.get("mode", "merge"), "stage": state.get("stage", "upload"), "rows": state.get("rows"),
+            "storedLines": state.get("storedLines"), "newLines": state.get("new"),
+            "errors": state.get("errors", []), "errorCount": int(state.get("errorCount", 0)),
+            "uploadExpiresAt": state.get("uploadExpiresAt")}
 
 
 def _warm_counts(job: Job) -> dict[str, int] | None:

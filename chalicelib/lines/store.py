@@ -9,14 +9,11 @@ from typing import Any
 
 from chalicelib import clock, paging
 from chalicelib.auth import Principal
-from chalicelib.errors import ValidationFailed
+from chalicelib.errors import ServiceUnavailable, ValidationFailed
+from chalicelib.lines import ids, versions
 from chalicelib.lines.validation import MAX_RANGE_KEY_BYTES, key_fits
+from chalicelib.lines.versions import owner_period as owner_period  # re-exported: the key of unversioned lines
 from chalicelib.tables import ExpenseLine
-
-
-def owner_period(owner_id: str, period: str) -> str:
-    return f"{owner_id}#{period}"
-
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Lines expire this long after the later of their month's end and their import (docs/deploy.md, "Data safety
@@ -42,26 +39,41 @@ def import_seq(moment: datetime, index: int) -> str:
     return f"{(moment - _EPOCH) // timedelta(microseconds=1):016d}.{index:06d}"
 
 
-def import_lines(principal: Principal, lines: list[dict[str, str]]) -> dict[str, Any]:
-    """Store validated lines, in the order given, each with its import sequence.
+def line_item(part: str, line: dict[str, str], stamp: str, seq: str, expires: datetime) -> ExpenseLine:
+    return ExpenseLine(part, line["lineId"], date=line["date"], vendor=line["vendor"], amount=line["amount"],
+                       currency=line["currency"], description=line["description"], imported_at=stamp,
+                       import_seq=seq, expires_at=expires)
 
-    A re-imported lineId replaces the stored line of its month, sequence included: it moves to the place of
-    its latest import (a report lists it there), as any replaced line would.
+
+def import_lines(principal: Principal, lines: list[dict[str, str]]) -> dict[str, Any]:
+    """Store validated lines, in the order given, each with its import sequence, in each period's current version.
+
+    A line without a lineId is named by its content and occurrence (lines/ids.py): the same request again stores
+    nothing new. A re-imported lineId replaces the stored line of its month, sequence included: it moves to the
+    place of its latest import (a report lists it there), as any replaced line would.
     """
     moment = clock.now()
     stamp = clock.iso(moment)
-    periods = set()
-    with ExpenseLine.batch_write() as batch:
-        for index, line in enumerate(lines):
-            period = line["date"][:7]
-            periods.add(period)
-            batch.save(ExpenseLine(
-                owner_period(principal.user_id, period), line["lineId"], date=line["date"],
-                vendor=line["vendor"], amount=line["amount"], currency=line["currency"],
-                description=line["description"], imported_at=stamp, import_seq=import_seq(moment, index),
-                expires_at=line_expiry(period, moment),
-            ))
-    return {"imported": len(lines), "periods": sorted(periods)}
+    by_period: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    for index, line in enumerate(ids.assign(lines)):
+        by_period.setdefault(line["date"][:7], []).append((index, line))
+    owner = principal.user_id
+    for period, numbered in by_period.items():
+        for _ in range(5):
+            seen = versions.pointer(owner, period)
+            part = versions.partition(owner, period, seen.version)
+            with ExpenseLine.batch_write() as batch:
+                for index, line in numbered:
+                    batch.save(line_item(part, line, stamp, import_seq(moment, index), line_expiry(period, moment)))
+            try:
+                versions.note_write(owner, period, seen)
+                break
+            except versions.PeriodChanged:
+                continue  # an import committed or a DELETE landed meanwhile: write into what is current now
+        else:
+            raise ServiceUnavailable("The period's lines kept changing while this request ran; nothing may be "
+                                     "lost, so try again.")
+    return {"imported": len(lines), "periods": sorted(by_period)}
 
 
 def to_dict(line: ExpenseLine) -> dict[str, str]:
@@ -74,7 +86,7 @@ def list_lines(principal: Principal, period: str, size: int, token: str | None) 
     if start is not None and (set(start) != {"lineId"} or not key_fits(start["lineId"], MAX_RANGE_KEY_BYTES)):
         # A token names the last line of its page; a lineId DynamoDB cannot take as a key is a forged token.
         raise ValidationFailed("nextToken: is not a token this API issued.", field="nextToken")
-    key = owner_period(principal.user_id, period)
+    key = versions.current_partition(principal.user_id, period)
     last = {"ownerPeriod": {"S": key}, "lineId": {"S": start["lineId"]}} if start else None
     result = ExpenseLine.query(key, limit=size, last_evaluated_key=last, consistent_read=True)
     items = [to_dict(line) for line in result]
@@ -82,29 +94,29 @@ def list_lines(principal: Principal, period: str, size: int, token: str | None) 
     return {"items": items, "nextToken": paging.encode({"lineId": items[-1]["lineId"]}) if more else None}
 
 
-def iter_lines(owner_id: str, period: str, after: str = "", page: int = 100) -> Iterator[ExpenseLine]:
-    """Lines of a month in lineId order, strictly after the checkpoint `after`, read page by page."""
-    key = owner_period(owner_id, period)
+def iter_lines(part: str, *, after: str = "", page: int = 100) -> Iterator[ExpenseLine]:
+    """Lines of a partition (lines/versions.job_partition) in lineId order, strictly after the checkpoint `after`,
+    read page by page."""
     condition = ExpenseLine.line_id > after if after else None
-    yield from ExpenseLine.query(key, range_key_condition=condition, consistent_read=True, page_size=page)
+    yield from ExpenseLine.query(part, range_key_condition=condition, consistent_read=True, page_size=page)
 
 
-def read_lines(owner_id: str, period: str, after: str, n: int) -> list[ExpenseLine]:
+def read_lines(part: str, after: str, n: int) -> list[ExpenseLine]:
     """Up to `n` lines strictly after `after`, in one read."""
-    return list(islice(iter_lines(owner_id, period, after=after, page=n), n))
+    return list(islice(iter_lines(part, after=after, page=n), n))
 
 
-def whole_period(owner_id: str, period: str, n: int) -> list[ExpenseLine] | None:
-    """Every line of the month when there are at most `n` (one read), else None."""
-    page = ExpenseLine.query(owner_period(owner_id, period), consistent_read=True, limit=n)
+def whole_period(part: str, n: int) -> list[ExpenseLine] | None:
+    """Every line of the partition when there are at most `n` (one read), else None."""
+    page = ExpenseLine.query(part, consistent_read=True, limit=n)
     lines = list(page)
     return lines if page.last_evaluated_key is None else None
 
 
 def has_lines(owner_id: str, period: str) -> bool:
-    """Whether the month has any line (one read of one key)."""
-    return bool(read_lines(owner_id, period, "", 1))
+    """Whether the month has any line (one read of one key, in its current version)."""
+    return bool(read_lines(versions.current_partition(owner_id, period), "", 1))
 
 
-def count_lines(owner_id: str, period: str) -> int:
-    return ExpenseLine.count(owner_period(owner_id, period), consistent_read=True)
+def count_lines(part: str) -> int:
+    return ExpenseLine.count(part, consistent_read=True)

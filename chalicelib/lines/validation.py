@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import uuid
 from collections import Counter
 from datetime import date
 from decimal import Decimal
@@ -193,7 +192,7 @@ def check_line_members(raw: Any, where: str, line: str | None = None) -> None:
 
 def line_id_rule(line_id: Any, fail: Any) -> str:
     if line_id in (None, ""):
-        return str(uuid.uuid4())
+        return ""  # named by its content and occurrence once the whole request is read (lines/ids.py)
     if not isinstance(line_id, str) or not LINE_ID.fullmatch(line_id):
         raise fail("lineId", f"must be 1 to {MAX_LINE_ID_CHARS} characters of letters, digits and . _ : - "
                              f"(starting with a letter or digit), or left out{_but(line_id)}")
@@ -264,6 +263,9 @@ def _check_all(items: list[tuple[Any, str, str, str]]) -> list[Any]:
     seen: dict[str, str] = {}
     for raw, where, line, short in items:
         valid = check_line(raw, where, line)
+        if not valid.line_id:
+            lines.append(valid)  # no lineId: lines/ids.py names it, by content and occurrence, uniquely
+            continue
         first = seen.get(valid.line_id)
         if first is not None:
             raise ValidationFailed(f"{where}: lineId {valid.line_id} appears twice in this request (also at "
@@ -303,33 +305,59 @@ _CSV_ERRORS = [  # csv.Error texts, in words
 ]
 
 
+HEADER_RULE = (f"the header, naming the columns {in_words(REQUIRED_COLUMNS)} (lineId and description are "
+               "optional)")
+
+
+def check_header(cells: list[str], blank: bool) -> list[str]:
+    """The CSV's header row (row 1), its cells trimmed, or ValidationFailed saying what is wrong with it. `blank`:
+    the whole file is empty (rather than starting with a blank row)."""
+    header = [cell.strip() for cell in cells]
+    if not any(header):
+        raise ValidationFailed(f"The CSV {'is empty' if blank else 'starts with a blank row'}: its first row "
+                               f"must be {HEADER_RULE}.", field="header")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    extra = [shown(c, 40) if c else "(a column without a name)" for c in header if c not in CSV_COLUMNS]
+    if len(extra) > 5:
+        extra = [*extra[:5], f"{len(extra) - 5} more"]
+    counts = Counter(header)
+    twice = [c for c in CSV_COLUMNS if counts[c] > 1]
+    if missing or extra or twice:
+        faults = ([f"it lacks {in_words(missing)}"] if missing else []) + \
+                 ([f"it has the unknown column{'s' if len(extra) > 1 else ''} {in_words(extra)}"]
+                  if extra else []) + \
+                 ([f"it names {in_words(twice)} more than once"] if twice else [])
+        raise ValidationFailed(f"The CSV header (row 1) must name the columns {in_words(REQUIRED_COLUMNS)}, and "
+                               f"may add lineId and description; {'; '.join(faults)}.", field="header")
+    return header
+
+
+def check_cells(cells: list[str], header: list[str], where: str, line: str) -> dict[str, str]:
+    """A data row as {column: cell}, or ValidationFailed when it has not one cell per column."""
+    if len(cells) != len(header):
+        raise ValidationFailed(
+            f"{where} has {len(cells)} cell{'s' if len(cells) != 1 else ''}, but the header has "
+            f"{len(header)} columns: every row needs one cell per column (an empty one where there is "
+            "no value).", line=line)
+    return dict(zip(header, cells, strict=True))
+
+
+def csv_error(err: csv.Error, row: int, physical: int) -> ValidationFailed:
+    """A csv.Error met reading record `row` (the file's line `physical`), in words."""
+    reason = next((words for key, words in _CSV_ERRORS if key in str(err).lower()), "is not valid CSV")
+    where, line, _ = csv_row(row, physical, at="the error is on")
+    return ValidationFailed(f"{where} {reason}.", line=line)
+
+
 def parse_csv(text: str, max_lines: int) -> list[dict[str, str]]:
     """The lines of a CSV import. Rows are numbered as a spreadsheet numbers them: the header is row 1, a blank
     line is a row too (and skipped), and a quoted cell over several lines is still one row."""
-    header_rule = (f"the header, naming the columns {in_words(REQUIRED_COLUMNS)} (lineId and description are "
-                   "optional)")
     # Excel's "CSV UTF-8" starts with a byte-order mark.
     reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
     row = 0
     try:
-        header = [cell.strip() for cell in next(reader, [])]
+        header = check_header(next(reader, []), blank=not text.strip())
         row = 1
-        if not any(header):
-            raise ValidationFailed(f"The CSV {'is empty' if not text.strip() else 'starts with a blank row'}: "
-                                   f"its first row must be {header_rule}.", field="header")
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        extra = [shown(c, 40) if c else "(a column without a name)" for c in header if c not in CSV_COLUMNS]
-        if len(extra) > 5:
-            extra = [*extra[:5], f"{len(extra) - 5} more"]
-        counts = Counter(header)
-        twice = [c for c in CSV_COLUMNS if counts[c] > 1]
-        if missing or extra or twice:
-            faults = ([f"it lacks {in_words(missing)}"] if missing else []) + \
-                     ([f"it has the unknown column{'s' if len(extra) > 1 else ''} {in_words(extra)}"]
-                      if extra else []) + \
-                     ([f"it names {in_words(twice)} more than once"] if twice else [])
-            raise ValidationFailed(f"The CSV header (row 1) must name the columns {in_words(REQUIRED_COLUMNS)}, and "
-                                   f"may add lineId and description; {'; '.join(faults)}.", field="header")
         items: list[tuple[Any, str, str, str]] = []
         for cells in reader:
             row += 1
@@ -339,16 +367,9 @@ def parse_csv(text: str, max_lines: int) -> list[dict[str, str]]:
                 raise ValidationFailed(f"The CSV holds more than {max_lines} rows after the header; at most "
                                        f"{max_lines} are taken per request: split the file.", field="lines")
             where, line, short = csv_row(row, reader.line_num)
-            if len(cells) != len(header):
-                raise ValidationFailed(
-                    f"{where} has {len(cells)} cell{'s' if len(cells) != 1 else ''}, but the header has "
-                    f"{len(header)} columns: every row needs one cell per column (an empty one where there is "
-                    "no value).", line=line)
-            items.append((dict(zip(header, cells, strict=True)), where, line, short))
+            items.append((check_cells(cells, header, where, line), where, line, short))
     except csv.Error as err:
-        reason = next((words for key, words in _CSV_ERRORS if key in str(err).lower()), "is not valid CSV")
-        where, line, _ = csv_row(row + 1, reader.line_num, at="the error is on")
-        raise ValidationFailed(f"{where} {reason}.", line=line) from None
+        raise csv_error(err, row + 1, reader.line_num) from None
     if not items:
         raise ValidationFailed("The CSV has a header row but no expense rows: put one line per row below the "
                                "header.", field="lines")

@@ -36,6 +36,7 @@ from chalicelib.jobs import store
 from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.states import TERMINAL, JobStatus
 from chalicelib.lines.store import iter_lines
+from chalicelib.lines.versions import job_partition
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Control, Job
 
@@ -70,7 +71,7 @@ def submit(run: Any) -> bool:
     tenant = job.tenant or job.owner_id
     categories = list(job.categories)
     groups: dict[str, tuple[str, str]] = {}
-    for line in iter_lines(job.owner_id, job.period, page=1000):
+    for line in iter_lines(job_partition(job), page=1000):  # the version the job pinned
         groups.setdefault(normalize_vendor(line.vendor), (line.vendor, line.description or ""))
     known = cache.lookup(categories, list(groups), settings.openai_model, job.job_id, tenant=tenant)
     misses = [v for v in groups if v not in known]

@@ -6,8 +6,10 @@ large job's chunks, or whose worker never frees up because each chunk runs for m
 - `turn`: a received job or chunk message whose tenant holds more of the fleet than another waiting tenant is
   deferred to the back of the queue (fair/queue.defer) instead of run; otherwise the invocation is registered as
   its tenant's (fair/demand) for as long as it runs.
-- `must_yield`: between two batches, an invocation whose tenant holds more than its share while another tenant
-  waits hands its job or chunk back (loop.work), at a checkpoint, and the freed worker takes the waiting message.
+- `must_yield`: an invocation whose tenant holds more than its share while another tenant waits hands its job or
+  chunk back, at a checkpoint (loop.work) or before a model request (its tenant gate, `give_way_between_requests`);
+  one invocation per waiting tenant does (demand.rescue), and the freed worker takes the waiting message.
+- `top_up`: a fanned-out job keeps a few chunk messages in the queue, not all of them (fair/window.py).
 
 Both read the same one-item picture of the fleet (fair/demand.read) and decide by the same rules (fair/shares).
 """
@@ -15,6 +17,7 @@ Both read the same one-item picture of the fleet (fair/demand.read) and decide b
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -22,15 +25,51 @@ from collections.abc import Iterator
 from typing import Any
 
 from chalicelib.fair import demand, queue
-from chalicelib.fair.shares import Rules, Weights
+from chalicelib.fair.shares import Rules, Snapshot, Weights
 from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
 LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda time by this much
 
 
+def give_way_between_requests(run: Any) -> None:
+    """Let the invocation's tenant gate hand the work back before a model request too (fair/budget.py), once the
+    invocation has done a batch (as between batches: every invocation makes progress)."""
+    gate = getattr(run.backend, "limiter", None)
+    if gate is None or not run.settings.fair_shares or not hasattr(gate, "give_way"):
+        return
+    tenant = run.job.tenant or run.job.owner_id
+    gate.give_way = lambda snap: run.done > 0 and must_yield(run.settings, tenant, run.started, snap)
+
+
+def top_up(run: Any) -> None:
+    """Send the next held chunks of the run's job (fair/window.py) so that a few wait in the queue. Best effort:
+    the reaper sends what stays unsent."""
+    if not run.settings.fair_shares:
+        return
+    from chalicelib.fair import window
+    from chalicelib.jobs import chunks
+
+    job = run.job
+    try:
+        numbers = window.top_up(job.job_id, job.tenant or job.owner_id)
+        if numbers:
+            chunks.send(job.job_id, numbers, reason="fan-out", tenant=job.tenant or job.owner_id)
+    except Exception:
+        log.warning("could not send a job's next chunks; the reaper will", exc_info=True,
+                    extra={"jobId": job.job_id})
+
+
 def rules(settings: Settings) -> Rules:
-    return Rules(Weights(dict(settings.tenant_weights)), max(0, settings.fair_min_slots))
+    return Rules(_weights(settings.tenant_weights), max(0, settings.fair_min_slots))
+
+
+@functools.lru_cache(maxsize=4)
+def _weights(named: tuple[tuple[str, float], ...]) -> Weights:
+    """TENANT_WEIGHTS names tenants as their tokens' tenant claim; jobs and messages carry the tenant key."""
+    from chalicelib.auth import tenant_key
+
+    return Weights({tenant_key(claim, ""): weight for claim, weight in named})
 
 
 @contextlib.contextmanager
@@ -40,15 +79,22 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
     if not settings.fair_shares or not tenant:
         yield True  # a message from before fair shares (no tenant) runs as it comes
         return
-    snap = demand.read()
+    try:
+        snap = demand.read()
+    except Exception:  # the picture is advice: without it the message runs as it came
+        log.warning("could not read the fleet's demand", exc_info=True)
+        snap = Snapshot()
     if rules(settings).defer(snap, tenant):
         queue.defer(message)
         log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
         yield False
         return
-    invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}#{uuid.uuid4().hex[:8]}"
+    invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}-{uuid.uuid4().hex[:8]}"
     lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
-    demand.take(tenant, queue.message_key(message), invocation, lapses)
+    try:
+        demand.take(tenant, queue.message_key(message), invocation, lapses)
+    except Exception:  # the message runs; the picture is a message out until its entry lapses
+        log.warning("could not register a tenant's running entry", exc_info=True, extra={"tenant": tenant})
     try:
         yield True
     finally:
@@ -58,14 +104,20 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
             log.warning("could not end a tenant's running entry", exc_info=True, extra={"tenant": tenant})
 
 
-def must_yield(settings: Settings, tenant: str, started: float) -> bool:
-    """Should an invocation of `tenant` (working since `started`, epoch seconds) hand its work back now?"""
+def must_yield(settings: Settings, tenant: str, started: float, snap: Snapshot | None = None) -> bool:
+    """Should an invocation of `tenant` (working since `started`, epoch seconds) hand its work back now? By `snap`,
+    or by the demand item read now."""
     if not settings.fair_shares or not tenant:
         return False
     try:
-        snap = demand.read()
+        snap = demand.read() if snap is None else snap
     except Exception:  # advice only: keep working
         log.warning("could not read the fleet's demand", exc_info=True)
         return False
     over = time.time() - started >= settings.fair_quantum_seconds
-    return rules(settings).must_yield(snap, tenant, turn_is_over=over)
+    waiter = rules(settings).must_yield(snap, tenant, turn_is_over=over)
+    try:
+        return waiter is not None and demand.rescue(waiter)  # one of the tenant's invocations frees the worker
+    except Exception:
+        log.warning("could not claim a rescue", exc_info=True)
+        return False

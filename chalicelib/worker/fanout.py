@@ -7,6 +7,7 @@ from __future__ import annotations
 from chalicelib import faults
 from chalicelib.jobs import chunks, runner
 from chalicelib.jobs.states import JobStatus
+from chalicelib.lines.versions import job_partition
 from chalicelib.worker.cancel import stop
 from chalicelib.worker.completion import complete_if_due
 from chalicelib.worker.invocation import Invocation
@@ -24,7 +25,7 @@ def fan_out(run: Invocation, reason: str) -> None:
     bounds = list(job.chunk_bounds or [])
     planned_before = bool(int(job.chunk_count))
     if not planned_before:
-        bounds = chunks.record_plan(job, chunks.plan(job.owner_id, job.period, run.settings.chunk_lines))
+        bounds = chunks.record_plan(job, chunks.plan(job_partition(job), run.settings.chunk_lines))
         faults.point("after_plan")
     todo = chunks.create(job, bounds) if bounds else []  # only what a planner that died before it left undone
     if reason == "retried":
@@ -34,6 +35,10 @@ def fan_out(run: Invocation, reason: str) -> None:
         # never started are sent again (a second message for a chunk is dropped by its lease).
         todo = sorted(set(todo) | set(chunks.never_started(job.job_id)))
     runner.release(job, run.lease)
+    if run.settings.fair_shares and reason != "retried":
+        from chalicelib.fair import window
+
+        todo = window.hold(job.job_id, todo)  # a few in the queue at a time; chunks that start send the rest
     chunks.send(job.job_id, todo, reason="fan-out", tenant=job.tenant or job.owner_id)
     job.refresh(consistent_read=True)
     if job.status == JobStatus.CANCELLATION_REQUESTED.value:

@@ -126,6 +126,10 @@ def start(context: Any, settings: Settings | None, claim: Any) -> Invocation | N
         from chalicelib.worker import batchlane
 
         run.memo.update(batchlane.answers(job))  # what the provider's batch answered: no request for those
+    if settings.fair_shares:
+        from chalicelib.worker import fairness
+
+        fairness.give_way_between_requests(run)
     return run
 
 

@@ -152,6 +152,12 @@ def _batch_length(lines: list, limit: int, wave: int, answered: dict[str, Any]) 
     return take
 
 
+def _by(wait: QuotaBusy) -> str:
+    from chalicelib.fair.budget import GiveWay
+
+    return "fair share" if isinstance(wait, GiveWay) else "shared limiter"
+
+
 def categorize(run: Invocation, scope: Scope, lines: list) -> dict[str, Answer] | None:
     """Answers for `lines`, or None when the job was re-enqueued or failed meanwhile."""
     try:
@@ -168,7 +174,7 @@ def categorize(run: Invocation, scope: Scope, lines: list) -> dict[str, Answer] 
         # One long wait is one event, with the 429s that led to it.
         detail = {"waitSeconds": round(wait.seconds, 3), "requeuedWithDelaySeconds": delay,
                   **({"count": limited} if limited else {}),
-                  **({"by": "shared limiter"} if isinstance(wait, QuotaBusy) else {})}
+                  **({"by": _by(wait)} if isinstance(wait, QuotaBusy) else {})}
         event_item(run.job.job_id, "rate_limited", detail).save()
         scope.requeue(delay, "rate_limited", spent)
         return None

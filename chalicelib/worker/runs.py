@@ -13,10 +13,11 @@ from chalicelib.jobs.runner import Lease
 from chalicelib.jobs.states import TERMINAL, WORKED, JobStatus
 from chalicelib.jobs.types import JobType, Step
 from chalicelib.lines.store import count_lines, whole_period
+from chalicelib.lines.versions import job_partition
 from chalicelib.messages import WarmCache
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job
-from chalicelib.worker import seams
+from chalicelib.worker import fairness, seams
 from chalicelib.worker.completion import complete_if_due
 from chalicelib.worker.fanout import fan_out
 from chalicelib.worker.invocation import backend, retry_loop, start
@@ -37,12 +38,20 @@ class LineCount:
 
     def __call__(self, job: Job) -> int:
         # A claim that raced counts again: only the latest read may stand.
-        lines = whole_period(job.owner_id, job.period, self.fits)
+        part = job_partition(job)  # runner.claim pinned the version this job reads
+        lines = whole_period(part, self.fits)
         self.lines = lines or []
-        return count_lines(job.owner_id, job.period) if lines is None else len(lines)
+        return count_lines(part) if lines is None else len(lines)
 
 
 def run_job(job_id: str, reason: str, context: Any, settings: Settings | None = None) -> None:
+    from chalicelib.lines import importer
+
+    loaded = runner.load(job_id)
+    if loaded is not None and importer.is_import(loaded):
+        # An import (or the import part of import_and_report): its own steps (lines/importer.py). Past its commit
+        # an import_and_report job is a report job and goes on below.
+        return importer.run(job_id, reason, context, settings)
     known = settings or get_settings()
     count = LineCount(known.line_batch_size * known.line_read_ahead)
     run = start(context, settings, lambda lease: runner.claim(job_id, lease, reason, count))
@@ -123,6 +132,7 @@ def run_chunk(job_id: str, number: int, context: Any, settings: Settings | None 
     chunk = chunks.claim(job_id, number, run.lease) if run else None
     if run is None or chunk is None:
         return
+    fairness.top_up(run)  # this chunk's message left the queue: the next one of the job takes its place
     try:
         work(run, ChunkScope(run, chunk))
     finally:

@@ -13,6 +13,7 @@ from chalicelib.jobs.create import enqueue
 from chalicelib.jobs.runner import Progress
 from chalicelib.jobs.states import JobStatus
 from chalicelib.lines.store import read_lines
+from chalicelib.lines.versions import job_partition
 from chalicelib.worker import completion, seams
 from chalicelib.worker.cancel import stop
 from chalicelib.worker.invocation import Invocation
@@ -60,7 +61,7 @@ class JobScope(_Scope):
     def next_lines(self, n: int, after: str | None = None) -> list:
         """Up to `n` lines after the checkpoint (or after `after`), in one read."""
         job = self.run.job
-        return read_lines(job.owner_id, job.period, job.cursor if after is None else after, n)
+        return read_lines(job_partition(job), job.cursor if after is None else after, n)
 
     def checkpoint(self, cursor: str, done: Progress, eta: str | None) -> bool:
         return runner.checkpoint(self.run.job, self.run.lease, self.run.job.cursor, cursor, done, eta)

@@ -196,6 +196,7 @@ def test_start_a_job_watch_it_move_complete_download_the_csv_and_settle_a_flagge
     expect(card.locator("progress")).to_have_attribute("value", "100")
     expect(card.locator(".f-lines")).to_have_text("250 / 250")
     expect(card.locator(".f-flagged")).to_have_text("2")
+    expect(card.locator(".f-lane")).to_have_text("standard")
     expect(steps).to_have_text(["Collect: Completed", "Categorize: Completed", "Assemble: Completed"])
     expect(card.locator(".steps li[aria-current]")).to_have_count(0)
     expect(card).to_have_attribute("data-polling", "false")  # terminal: no more polls

@@ -23,10 +23,12 @@ from chalicelib import clock, credentials, deps, reaper, schedules, worker
 from chalicelib.auth import tenant_scope
 from chalicelib.categorize import seen
 from chalicelib.jobs import chunks, create, runner
+from chalicelib.lines import versions
 from chalicelib.reports.service import DEFAULT_CATEGORIES
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job, JobChunk
 from tests import iam
+from tests.integration.test_imports import Imports, rows, write
 from tests.integration.test_worker import Api
 from tests.support import Ctx, Receiver, deliver, drain, expense_lines, lambda_event, receive, vendors
 
@@ -48,6 +50,8 @@ NOT_EXERCISED_BY = {
     "api_handler": {
         # Powertools idempotency reads the record only when a refused conditional put did not return it.
         ("dynamodb:GetItem", "-idempotency"),
+        # POST /imports signs a PUT URL (no call): the client's upload through it acts with this grant.
+        ("s3:PutObject", "/imports/*"),
     },
 }
 
@@ -142,6 +146,10 @@ def test_api_handler_policy_allows_what_the_routes_do_and_no_more(api, secret_pa
         assert api.client.http.get(f"/api/v1/jobs/{done_id}/result?format=csv", headers=api.headers).status_code == 200
         line = api.call("get", f"/jobs/{done_id}/result")[1]["lines"][0]
         assert api.call("patch", f"/jobs/{done_id}/lines/{line['lineId']}", {"category": line["category"]})[0] == 200
+        # Imports: one created (its upload URL signed), a period's lines deleted (and one refused: a job reads it).
+        assert api.call("post", "/imports", {"format": "csv", "period": "2026-03"})[0] == 202
+        assert api.call("delete", "/expenses?period=2026-01")[0] == 409
+        assert api.call("delete", "/expenses?period=2026-04")[0] == 204
         with monkeypatch.context() as m:  # the queue refuses the message: the create is undone
             m.setattr(create, "enqueue", mock.Mock(side_effect=RuntimeError("queue down")))
             assert api.call("post", "/expenses", {"lines": expense_lines(1, vendors(1), period="2026-02")})[0] == 201
@@ -149,8 +157,12 @@ def test_api_handler_policy_allows_what_the_routes_do_and_no_more(api, secret_pa
     check("api_handler", needed)
 
 
-def test_process_work_policy_allows_what_the_worker_does_and_no_more(api, model_settings):
+def test_process_work_policy_allows_what_the_worker_does_and_no_more(api, model_settings, tmp_path):
     job_id = api.start(expense_lines(30, vendors(12)))
+    # An import merged into the lines the jobs above read (its file arrives before the recording starts).
+    importing = Imports(api.client, api.token)
+    upload = importing.begin(period="2026-01")
+    importing.upload(upload, write(tmp_path / "import.csv", rows(30, "2026-01")))
     big_id = api.start(expense_lines(60, vendors(8)))
     fanout = dataclasses.replace(model_settings, fanout_threshold_lines=40, chunk_lines=25)
     receiver, gone = Receiver().__enter__(), Receiver(default=410).__enter__()
@@ -163,12 +175,12 @@ def test_process_work_policy_allows_what_the_worker_does_and_no_more(api, model_
     with iam.recording() as needed:
         # one drain: receive() deletes the messages of jobs it was not given. The delivered job's email and webhook
         # go out from the worker too (SES on the sender's identity, the report's secret).
-        drain({job_id, big_id, delivered}, fanout)
+        drain({job_id, big_id, delivered, upload["jobId"]}, fanout)
         deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(), MessageBody=json.dumps({"kind": "warm"}))
         deliver(_warm_messages(), Ctx(), model_settings)
     receiver.__exit__(None, None, None)
     gone.__exit__(None, None, None)
-    assert api.job(job_id)["status"] == api.job(big_id)["status"] == "Completed"
+    assert api.job(job_id)["status"] == api.job(big_id)["status"] == api.job(upload["jobId"])["status"] == "Completed"
     # The 410 disables its target on the report: the worker writes the report item too.
     assert [d["status"] for d in api.job(delivered)["deliveries"]] == ["Delivered", "Delivered", "Disabled"]
     check("process_work", needed)
@@ -206,6 +218,15 @@ def test_reap_stale_jobs_policy_allows_what_the_reaper_does_and_no_more(api, mod
         Job(job_id).update(actions=[Job.heartbeat_at.set(old)])
     for chunk in chunks.of(fanned):
         chunk.update(actions=[JobChunk.heartbeat_at.set(old)])
+    # An import whose file never came; a replaced version of a period's lines, due; one still read by a job.
+    waiting = Imports(api.client, api.token).begin(period="2026-05")["jobId"]
+    Job(waiting).update(actions=[Job.heartbeat_at.set(old)])
+    owner = Job.get(queued).owner_id
+    assert api.call("post", "/expenses", {"lines": expense_lines(3, vendors(2), period="2026-06")})[0] == 201
+    assert api.call("delete", "/expenses?period=2026-06")[0] == 204
+    versions.garbage(owner, "2026-06", versions.UNVERSIONED, time.time() - 1).save()
+    Job(queued).update(actions=[Job.lines_version.set("vpinned")])
+    versions.garbage(owner, "2026-01", "vpinned", time.time() - 1).save()
     with iam.recording() as needed:
         counts = reaper.reap()
     assert counts["requeued"] >= 2 and counts["cancelled"] >= 1, counts

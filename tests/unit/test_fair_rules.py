@@ -58,6 +58,51 @@ def test_with_fewer_workers_than_tenants_they_take_turns_after_a_quantum():
 def test_an_idle_tenants_share_of_the_budget_is_lent_out():
     rules = Rules(Weights({"a": 3.0}))
     assert rules.budget_fraction(Snapshot(running={"a": 2}), "a") == 1.0  # alone: the whole budget
-    assert rules.budget_fraction(Snapshot(running={"a": 2}, waiting={"b": 1}), "a") == 1.0  # b asks nothing yet
+    assert rules.budget_fraction(Snapshot(running={"a": 2}, waiting={"a": 9}), "a") == 1.0
     assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "a") == 0.75
     assert rules.budget_fraction(Snapshot(running={"a": 2, "b": 1}), "b") == 0.25
+
+
+def test_tenant_weights_name_tenant_claims_and_weigh_the_jobs_tenant_keys():
+    import dataclasses
+
+    from chalicelib.auth import tenant_key
+    from chalicelib.settings import Settings
+    from chalicelib.worker.fairness import rules
+
+    weights = rules(dataclasses.replace(Settings(), tenant_weights=(("acme#eu", 3.0),))).weights
+    assert weights.of(tenant_key("acme#eu", "someone")) == 3.0
+    assert weights.of(tenant_key("globex", "someone")) == 1.0
+
+
+def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
+    import dataclasses
+
+    from chalicelib.fair.budget import GiveWay, TenantGate
+
+    @dataclasses.dataclass
+    class Limiter:  # the fields TenantGate copies, and the acquires it makes
+        rpm: float | None = 120
+        tpm: float | None = None
+        wait_max: float | None = 6.0
+        burst_seconds: float = 1.0
+        key: str = "limiter#unit"
+        calls: list = dataclasses.field(default_factory=list)
+
+        def share(self, fraction: float, key: str) -> Limiter:
+            return dataclasses.replace(self, key=key, rpm=(self.rpm or 0) * fraction or None)
+
+        def acquire(self, tokens: int) -> float:
+            self.calls.append((self.key, tokens))
+            return 0.0
+
+    shared = Limiter()
+    gate = TenantGate(shared, "tenant#a", Rules(), snapshot=lambda: Snapshot(running={"tenant#a": 1}))
+    assert gate.acquire(10) == 0.0  # alone: its own bucket's turn, then the shared bucket's
+    assert [key for key, _ in shared.calls] == ["limiter#unit#tenant#tenant#a", "limiter#unit"]
+    gate.give_way = lambda snap: True
+    shared.calls.clear()
+    with pytest.raises(GiveWay):
+        gate.acquire(10)
+    assert shared.calls == []
+

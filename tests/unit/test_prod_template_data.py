@@ -82,8 +82,10 @@ def test_results_bucket_is_encrypted_explicitly_with_a_bucket_key(resources):
 def test_results_bucket_is_versioned_and_its_lifecycle_expires_old_versions_and_aborts_uploads(resources):
     bucket = _props(resources, "ResultsBucket")
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
-    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    rule, imports = bucket["LifecycleConfiguration"]["Rules"]
     assert rule["Status"] == "Enabled" and rule["ExpirationInDays"] == 30
+    # An import's file is read within minutes of its upload: kept 2 days, not 30.
+    assert (imports["Prefix"], imports["ExpirationInDays"], imports["Status"]) == ("imports/", 2, "Enabled")
     assert 1 <= rule["NoncurrentVersionExpiration"]["NoncurrentDays"] <= 30  # a restore window, not forever
     assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7
     assert all(bucket["PublicAccessBlockConfiguration"].values())

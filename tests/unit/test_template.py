@@ -45,8 +45,9 @@ WILDCARD_RESOURCES = {
 WILDCARD_SUFFIXES = {
     # The streams of the function's own log group (their names are made up by Lambda).
     "logs": re.compile(r"^arn:aws:logs:[^:]+:\d{12}:log-group:/aws/lambda/[a-z0-9-]+:\*$"),
-    # Result objects under results/ of the stage's bucket (keys are per job and version).
-    "s3": re.compile(r"^arn:aws:s3:::[a-z0-9-]+-results-\d{12}/results/\*$"),
+    # Result objects under results/ of the stage's bucket (keys are per job and version), and import files under
+    # imports/ (one per import job).
+    "s3": re.compile(r"^arn:aws:s3:::[a-z0-9-]+-results-\d{12}/(results|imports)/\*$"),
 }
 
 

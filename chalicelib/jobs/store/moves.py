@@ -239,13 +239,15 @@ def _reload(job: Job) -> None:
     current().reload(job)
 
 
-def start(job: Job, lease: Lease, total: int) -> Job:
-    """Queued -> Processing, leased to the invocation that starts it, with its total."""
+def start(job: Job, lease: Lease, total: int, message: str | None = None) -> Job:
+    """Queued -> Processing, leased to the invocation that starts it, with its total (`message`: the status
+    message, when the job starts with something other than categorizing)."""
     stamp = clock.iso(clock.now())
     return _move(job, S.PROCESSING, "started", {"totalLines": total}, Change(set={
         "started_at": job.started_at or stamp, "heartbeat_at": stamp,
         "total_lines": max(total, int(job.processed_lines)), "lease_owner": lease.owner, "lease_until": lease.until,
-        "reap_count": 0, "status_message": f"Categorizing {total} lines"}))
+        "reap_count": 0, "status_message": message or f"Categorizing {total} lines",
+        **({"lines_version": job.lines_version} if job.lines_version else {})}))
 
 
 def cancel(job: Job, by: str | None = None, unleased_only: bool = False) -> Job:

@@ -5,7 +5,7 @@ nothing was stored."""
 from __future__ import annotations
 
 import json
-from uuid import UUID
+import re
 
 import pytest
 
@@ -78,13 +78,22 @@ def test_csv_with_bad_shape_is_400_and_stores_nothing(api, csv):
     assert lines_of(api, owner, "2026-01") == []
 
 
-def test_csv_without_line_ids_mints_uuid4_line_ids(api):
+def test_csv_without_line_ids_names_lines_by_content_and_a_reimport_stores_nothing_new(api):
     owner = user()
-    csv = "date,vendor,amount,currency\n2026-01-15,UBER,23.50,USD\n2026-01-16,LYFT,9.00,USD\n"
+    # Two identical rides on one day are two lines (occurrence 1 and 2); "9.00" and "9.0" are one amount.
+    csv = ("date,vendor,amount,currency\n2026-01-15,UBER,23.50,USD\n2026-01-16,LYFT,9.00,USD\n"
+           "2026-01-16,LYFT,9.00,USD\n")
     response = send(api, "POST", "/api/v1/expenses", owner, csv, "text/csv; charset=utf-8")
-    assert response.status_code == 201 and response.json_body == {"imported": 2, "periods": ["2026-01"]}
+    assert response.status_code == 201 and response.json_body == {"imported": 3, "periods": ["2026-01"]}
     stored = lines_of(api, owner, "2026-01")
-    assert len(stored) == 2 and all(UUID(line["lineId"]).version == 4 for line in stored)
+    assert len(stored) == 3 and all(re.fullmatch(r"[0-9a-f]{24}-[12]", line["lineId"]) for line in stored)
+    lyft = sorted(line["lineId"] for line in stored if line["vendor"] == "LYFT")
+    assert lyft[0][:24] == lyft[1][:24] and {lyft[0][-2:], lyft[1][-2:]} == {"-1", "-2"}
+
+    again = send(api, "POST", "/api/v1/expenses", owner, csv.replace("9.00", "9.0"), "text/csv; charset=utf-8")
+    assert again.status_code == 201
+    assert sorted(line["lineId"] for line in lines_of(api, owner, "2026-01")) == sorted(
+        line["lineId"] for line in stored)
 
 
 def test_reimporting_a_line_id_replaces_the_line(api):
