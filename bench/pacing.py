@@ -36,8 +36,10 @@ from bench.env import PREFIX, ROOT, STAGE, Run
 from local.stack import ManagedProcess, free_port
 
 WORKERS, MODEL_CONCURRENCY, MODEL_BATCH_SIZE = 4, 4, 25
-RPM, TPM, WINDOW_SECONDS, LATENCY = 300, 1_000_000, 1.0, 0.3
-LINES = 8_000  # one vendor each: LINES / MODEL_BATCH_SIZE requests (320: 64 s at RPM)
+# Tokens are not the binding limit here (a request is charged about 3,700: its cacheable prefix, the vendors and
+# max_completion_tokens): the goal is about the request rate.
+RPM, TPM, WINDOW_SECONDS, LATENCY = 240, 4_000_000, 1.0, 0.3
+LINES = 6_000  # one vendor each: LINES / MODEL_BATCH_SIZE requests (240: 60 s at RPM)
 BASELINE_SECONDS = 40.0
 COOKBOOK_PAUSE_SECONDS, COOKBOOK_ATTEMPTS, COOKBOOK_IN_FLIGHT = 15.0, 5, 16
 IMPORT_MAX = 5_000
@@ -120,9 +122,20 @@ class Side:
     def of_bound(self) -> float:
         return self.bound_seconds / self.wall if self.wall > 0 else 0.0
 
+    @property
+    def phase(self) -> float:
+        """Seconds from the first request's arrival to the last one's answer: the time the provider was asked."""
+        log = self.stats["log"]
+        return log[-1]["t"] - log[0]["t"] + LATENCY if log else 0.0
+
+    @property
+    def of_bound_in_phase(self) -> float:
+        return self.bound_seconds / self.phase if self.phase > 0 else 0.0
+
     def row(self) -> list[str]:
         return [self.name, f"{self.wall:.1f}", str(self.requests), str(self.stats["ok"]), str(self.rate_limited),
                 f"{self.share_429:.2%}", f"{int(self.stats['ok']) / self.wall * 60:.0f}", f"{self.of_bound:.1%}",
+                f"{self.of_bound_in_phase:.1%}",
                 f"{self.lines / self.wall * 60:,.0f}", f"{busiest_second(self.stats['log'])}",
                 str(self.stats["early_retries"])]
 
@@ -188,11 +201,9 @@ def paced(bench: Run) -> Side:
     if done["status"] != "Completed":
         raise RuntimeError(f"job {job['jobId']} ended {done['status']}: {done.get('errorMessage')}")
     log = stats["log"]
-    span = (log[-1]["t"] - log[0]["t"]) if log else 0.0
-    within = int(stats["ok"]) / RPM * 60 / span if span else 0.0
     detail = (f"{done['processedLines']:,} lines, {done['failedLines']} flagged; model requests from "
-              f"{log[0]['t']:.1f} s to {log[-1]['t']:.1f} s after POST ({span:.1f} s: {within:.1%} of the bound "
-              "between the first and the last request)" if log else "no model requests")
+              f"{log[0]['t']:.1f} s to {log[-1]['t']:.1f} s after POST (the rest of the wall time is the job's "
+              "fan-out before them and its completion after)" if log else "no model requests")
     return Side("paced (this fleet)", int(done["processedLines"]), wall, stats, detail)
 
 
@@ -298,8 +309,8 @@ def run(bench: Run) -> None:
     sides = [paced(bench)]
     print(f"  paced run done in {sides[0].wall:.1f} s", flush=True)
     sides.append(cookbook(bench))
-    print(table(["side", "wall s", "requests", "answered 200", "429s", "429 share", "200s/min", "% of bound",
-                 "lines/min", "most in any 1 s", "early retries"], [s.row() for s in sides]))
+    print(table(["side", "wall s", "requests", "answered 200", "429s", "429 share", "200s/min", "% of bound (wall)",
+                 "% of bound (asking)", "lines/min", "most in any 1 s", "early retries"], [s.row() for s in sides]))
     ours, base = sides
     for side in sides:
         note(f"{side.name}: {side.detail}")
@@ -307,10 +318,18 @@ def run(bench: Run) -> None:
         note(f"{side.name}: tokens charged {tokens['charged']:,}, given back on settlement {tokens['settled']:,}, "
              f"used {tokens['prompt'] + tokens['completion']:,}")
     note(f"bound: requests answered 200 at {RPM} a minute (paced: {ours.bound_seconds:.1f} s for "
-         f"{ours.stats['ok']} requests); % of bound = bound / wall")
+         f"{ours.stats['ok']} requests); % of bound (wall) = bound / wall time; % of bound (asking) = bound / the "
+         "time from the first request's arrival to the last one's answer")
+    note(f"load average when done: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+         "(the workers, moto and the simulators share them)")
     note(f"the paced side's 429 share is {ours.share_429 / base.share_429:.3f}x the cookbook's and its 200s a minute "
          f"{ours.of_bound / base.of_bound:.2f}x" if base.share_429 and base.of_bound else "no cookbook figures")
     target(f"at most {SHARE_429_TARGET:.0%} of the paced fleet's requests answered 429",
            ours.share_429 <= SHARE_429_TARGET, f"{ours.rate_limited} / {ours.requests} = {ours.share_429:.2%}")
-    target(f"at least {BOUND_TARGET:.0%} of the request-rate bound", ours.of_bound >= BOUND_TARGET,
+    target(f"at least {BOUND_TARGET:.0%} of the request-rate bound while asking",
+           ours.of_bound_in_phase >= BOUND_TARGET,
+           f"{ours.bound_seconds:.1f} s bound / {ours.phase:.1f} s from the first request to the last answer = "
+           f"{ours.of_bound_in_phase:.1%}")
+    target(f"at least {BOUND_TARGET:.0%} of the request-rate bound over the job's wall time",
+           ours.of_bound >= BOUND_TARGET,
            f"{ours.bound_seconds:.1f} s bound / {ours.wall:.1f} s wall = {ours.of_bound:.1%}")

@@ -603,8 +603,10 @@ class JobStep(Model):
                     "completedAt": None, "attempts": 1, "progressPercent": 40, "errorMessage": None}})
     name: StepNameValue = Field(description=f"The step, in its type's order: {_TYPES_LISTED}.")
     status: StepStatusValue = Field(description=(
-        "`Pending` (not begun), `Running`, `Completed`, `Failed` (the job failed in it), `Skipped` (nothing to do "
-        "in it: categorize of an empty period), `Cancelled` (the job was cancelled before it finished)."))
+        "`Pending` (not begun), `Running`, `Completed`, `Failed` (the job failed in it; `deliver`: a delivery did "
+        "not arrive), `Skipped` (nothing to do in it: categorize of an empty period, deliver when no target wants "
+        "`job.completed`), `Cancelled` (the job was cancelled before it finished). `deliver` (a report with an email "
+        "or webhook target) runs after the job is `Completed`, settled by its `deliveries`."))
     started_at: _MaybeTime = Field(description="When its latest attempt began.")
     completed_at: _MaybeTime = Field(description="When it became Completed, Failed, Skipped or Cancelled.")
     attempts: int = Field(ge=0, description=(

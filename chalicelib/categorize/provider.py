@@ -198,12 +198,18 @@ def _tell(limiter: Any, what: str, *args: Any, **kwargs: Any) -> None:
                     exc_info=True)
 
 
-def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int) -> None:
+def _hold_fleet(limiter: Any, retry_after: float | None, tokens: int, headers: Any = None) -> None:
     """Tell the fleet's limiter about a 429, so every worker's next request waits out the provider's window.
 
-    No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS).
+    The window as exactly as the provider says it: retry-after-ms when it is there (a rolling window reopens in
+    tens of milliseconds; the whole-second retry-after would idle the fleet up to a second for each 429), else the
+    hint the retry loop waits for. No hint: the first backoff (RATE_LIMIT_FLOOR_SECONDS). The request that met the
+    429 still waits its own retry out, never less than that floor (retry.rate_limit_wait); the fleet's pace after
+    the hold keeps the others from spinning.
     """
-    _tell(limiter, "hold", max(retry_after or 0.0, RATE_LIMIT_FLOOR_SECONDS), tokens)
+    exact = _number(headers.get("retry-after-ms"), 0.001) if headers is not None else None
+    seconds = exact if exact else retry_after if retry_after else RATE_LIMIT_FLOOR_SECONDS
+    _tell(limiter, "hold", seconds, tokens)
 
 
 FLEX_UNAVAILABLE = "resource_unavailable"  # flex processing's 429 when it has no capacity (not billed)
@@ -232,6 +238,10 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
     budget = completion_budget(items, categories)
     tokens = estimate_tokens(messages, budget, schema_text(tuple(categories)))
     if limiter is not None:
+        # The client is made (a lazily made one, ~0.1 s at a worker's first request) and the answer's model built
+        # before the turn, not between the turn and the send: a request that leaves late crowds the next ones.
+        _ = api.chat
+        answer_model(tuple(categories))
         limiter.acquire(tokens)
     served, fallbacks = lane, 0
     while True:
@@ -255,7 +265,8 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
             if limiter is not None and isinstance(err, openai.APIStatusError):
                 _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
             if limiter is not None and error.name == RATE_LIMITED:
-                _hold_fleet(limiter, error.retry_after, tokens)
+                headers = err.response.headers if isinstance(err, openai.APIStatusError) else None
+                _hold_fleet(limiter, error.retry_after, tokens, headers)
             if meter is not None and fallbacks:
                 meter.add(usage.Usage(flex_fallbacks=fallbacks))
             raise error from err

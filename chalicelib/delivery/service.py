@@ -24,6 +24,7 @@ from typing import Any
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import clock, faults, messages
+from chalicelib.jobs import deliver as steps_of_delivery
 from chalicelib.jobs.states import TERMINAL, DeliveryStatus, JobStatus, event_item
 from chalicelib.jobs.store import deliveries as outboxes
 from chalicelib.jobs.store.deliveries import DELIVERING, UNPLANNED
@@ -135,6 +136,9 @@ def _plan_late(job: Job) -> Job | None:
     waiting = any(d.status == D.PENDING.value for d in planned)
     if not outboxes.plan_late(job, planned, waiting, (job.outbox_id or "").removesuffix(UNPLANNED)):
         return None  # store: outbox_is_ours
+    fresh = _read(job.job_id)
+    if fresh is not None:
+        steps_of_delivery.planned(fresh)
     enqueue(job)
     return job if waiting else None
 
@@ -305,6 +309,7 @@ def _record(job: Job, n: int, d: Delivery, attempt: int, lease: int, outcome: _O
         fresh = _read(job.job_id)
         if fresh is not None and not any(x.status == D.PENDING.value for x in fresh.deliveries or []):
             _clear_mark(fresh)  # (two deliveries ending at once may each leave it: the sweep clears it then)
+            steps_of_delivery.settled(fresh)  # the job's `deliver` step: Completed, or Failed naming what missed
     return status.value
 
 
@@ -327,6 +332,9 @@ def dead_lettered(message: Deliver) -> dict[str, Any]:
               "attempt": int(d.attempts) + 1, "outcome": "failed", "status": D.FAILED.value, "error": error}
     if not outboxes.fail_waiting(job.job_id, message.n, d, error, detail):  # store: still_waiting
         return {"outcome": "stale", "jobId": message.job_id}
+    fresh = _read(job.job_id)
+    if fresh is not None:
+        steps_of_delivery.settled(fresh)
     return {"outcome": "failed", "jobId": message.job_id}
 
 
@@ -419,6 +427,7 @@ def retry(owner_id: str, job_id: str, n: int) -> Job:
         if report is not None and report.owner_id == owner_id:
             reports.set_target_disabled(report.tenant, report.report_id, d.destination, False)
     job.refresh(consistent_read=True)
+    steps_of_delivery.reopened(job)
     enqueue(job)
     return job
 

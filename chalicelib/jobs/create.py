@@ -66,14 +66,20 @@ def _new_job(owner_id: str, report: ReportConfig | None, period: str, trigger: s
         period=period, type=job_type, status=JobStatus.QUEUED.value, active_status=JobStatus.QUEUED.value,
         trigger=trigger, categories=list(report.categories) if report is not None else [], created_at=stamp,
         updated_at=stamp, heartbeat_at=stamp, status_message="Waiting for a worker",
-        lock_key=lock_key(owner_id, report_id, period, job_type), steps=_planned(job_type), steps_version=0,
+        lock_key=lock_key(owner_id, report_id, period, job_type), steps=_planned(job_type, _delivered(report)),
+        steps_version=0,
         expires_at=clock.expiry(get_settings().retention_days))
     return Job(str(uuid.uuid4()), **{**values, **fields})
 
 
-def _planned(job_type: str) -> list:
-    """A new job's steps: its type's, all Pending (jobs/stepplan.py)."""
-    return step_writes.items(stepplan.plan(job_type))
+def _planned(job_type: str, deliver: bool = False) -> list:
+    """A new job's steps: its type's, all Pending (jobs/stepplan.py); `deliver` adds the deliver step."""
+    return step_writes.items(stepplan.plan(job_type, deliver))
+
+
+def _delivered(report: ReportConfig | None) -> bool:
+    """The report sends its result somewhere (an email or webhook target): its jobs end with `deliver`."""
+    return report is not None and any(t.get("type") != "api" for t in report.delivery_targets or [])
 
 
 def _commit(job: Job, add_to_window: Callable[[TransactWrite], None], of_report: bool) -> None:

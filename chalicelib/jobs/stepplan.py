@@ -14,8 +14,8 @@ The rules:
   after it are Pending again (they used what it made).
 - settle: the status machine's final moves (and a retry) settle the steps in the same write: Cancelled -> every
   Running or Pending step Cancelled; Failed -> the Running step Failed with the job's message; Completed -> Running
-  Completed, Pending Skipped; Queued again (a retry) -> Failed and Cancelled steps Pending, so the retry resumes at
-  the first step not finished (`resume_at`).
+  Completed, Pending Skipped (but `deliver`, which comes after: chalicelib/jobs/deliver.py); Queued again (a
+  retry) -> Failed and Cancelled steps Pending, so the retry resumes at the first step not finished (`resume_at`).
 """
 
 from __future__ import annotations
@@ -183,6 +183,8 @@ def _settler(to: JobStatus, now: str, message: str | None) -> Callable[[StepStat
                           if s.status is P.RUNNING else (s.status, {}))
     if to is JobStatus.COMPLETED:
         def completed(s: StepState) -> tuple[StepStatus, dict]:
+            if s.name == Step.DELIVER.value and s.status is P.PENDING:
+                return s.status, {}  # it begins now: the deliveries the completion planned settle it (deliver.py)
             if s.status is P.PENDING:
                 return P.SKIPPED, {"completed_at": now}
             if s.status in (P.RUNNING, P.FAILED, P.CANCELLED):

@@ -70,14 +70,14 @@ def fail(job: Job, step: Step, message: str, live: bool = True) -> bool:
     return _mark(job, lambda s, now: stepplan.fail(s, step, message, now), live)
 
 
-def skip(job: Job, step: Step) -> bool:
+def skip(job: Job, step: Step, live: bool = True) -> bool:
     """A Pending step with nothing to do is Skipped."""
-    return _mark(job, lambda s, now: stepplan.skip(s, step, now), True)
+    return _mark(job, lambda s, now: stepplan.skip(s, step, now), live)
 
 
-def retake(job: Job, step: Step) -> bool:
+def retake(job: Job, step: Step, live: bool = True) -> bool:
     """A finished step runs again (attempts + 1) and the steps after it are Pending again."""
-    return _mark(job, lambda s, now: stepplan.retake(s, step, now), True)
+    return _mark(job, lambda s, now: stepplan.retake(s, step, now), live)
 
 
 def progress(job: Job, step: Step, percent: int) -> bool:

@@ -201,7 +201,7 @@ def test_the_project_installs_the_reports_command() -> None:
     assert out.returncode == 0 and "exit codes: 0 completed/ok, 1 job failed" in out.stdout
 
 
-def test_list_update_and_delete_reports(api_stack: str, worker: Any, token_for: Any) -> None:
+def test_list_update_and_delete_reports(api_stack: str, worker: Any, token_for: Any, tmp_path: Path) -> None:
     token, report_id = token_for(), f"cli-{uuid.uuid4().hex[:10]}"
     run = lambda *args: reports(*args, base=api_stack, token=token)  # noqa: E731
     ok(run("create-report", report_id, "--name", "Before", "--role", "finance"))
@@ -225,6 +225,7 @@ def test_list_update_and_delete_reports(api_stack: str, worker: Any, token_for: 
     assert "400" in bad.stderr and "categories" in bad.stderr
     assert ok(run("update-report", report_id), 2).stderr.startswith("reports: error: nothing to change")
 
+    ok(run("import", str(write_lines(tmp_path / "lines.csv", 2, "2026-01"))))  # a month without lines: 422
     job_id = ok(run("submit", report_id, "--period", "2026-01", "--wait")).stdout.strip()
     ok(run("delete-report", report_id))
     assert json.loads(ok(run("status", job_id, "--json")).stdout)["status"] == "Completed"

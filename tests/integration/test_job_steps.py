@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 
 import pytest
 
@@ -159,3 +160,54 @@ def test_the_hourly_limit_and_the_active_job_lock_count_per_user_and_type(client
     assert (shown["type"], shown["typeLabel"]) == ("import_and_report", "Import and generate")
     for job in (*imports, both):  # no upload will start them: leave nothing live for a later sweep
         moves.cancel_queued(job)
+
+
+# --- deliver: after completion, settled by the deliveries ---------------------------------------------------------
+
+
+def test_a_report_with_a_webhook_ends_with_deliver_settled_by_its_deliveries(client, token_for):
+    from tests.driver import Driver
+    from tests.support import Receiver
+
+    me = Driver(client, token_for(tenant=f"t-{uuid.uuid4().hex[:10]}"))  # its lines of the month are its own
+    assert me.call("post", "/expenses", {"lines": expense_lines(6, vendors(3))})[0] == 201
+    with Receiver(answers=[(410, {})]) as rx:
+        hook = {"type": "webhook", "url": rx.url, "events": ["job.completed"]}
+        report_id = me.call("post", "/reports", {"name": "Delivered", "deliveryTargets": [
+            {"type": "api", "mode": "async"}, hook]})[1]["reportId"]
+        first = me.call("post", f"/reports/{report_id}/generate", {"period": "2026-01"})[1]
+        assert [s["name"] for s in first["steps"]] == ["collect", "categorize", "assemble", "deliver"]
+        drain({first["jobId"]})
+        gone = me.job(first["jobId"])  # the receiver answered 410: the job is Completed, its deliver step Failed
+        assert gone["status"] == "Completed" and gone["deliveries"][0]["status"] == "Disabled"
+        assert steps_of(gone) == [("collect", "Completed", 1), ("categorize", "Completed", 1),
+                                  ("assemble", "Completed", 1), ("deliver", "Failed", 1)]
+        assert gone["steps"][3]["errorMessage"].startswith("1 of 1 deliveries did not arrive: ")
+        assert "410" in gone["steps"][3]["errorMessage"]
+
+        # A person sends it again (the target is enabled again): deliver runs again, and this time arrives.
+        status, body = me.call("post", f"/jobs/{first['jobId']}/deliveries/0/retry")
+        assert status == 202 and steps_of(body)[3] == ("deliver", "Running", 2)
+        drain({first["jobId"]})
+        done = me.job(first["jobId"])
+        assert done["deliveries"][0]["status"] == "Delivered" and len(rx.requests) == 2
+        assert steps_of(done)[3] == ("deliver", "Completed", 2) and done["steps"][3]["errorMessage"] is None
+        assert [m for m in step_moves(me, first["jobId"]) if m[0] == "deliver"] == [
+            ("deliver", "Pending", "Running"), ("deliver", "Running", "Failed"), ("deliver", "Failed", "Running"),
+            ("deliver", "Running", "Completed")]
+
+
+def test_a_report_of_api_targets_only_has_no_deliver_step_and_a_webhook_not_wanting_completion_skips_it(
+        client, token_for):
+    from tests.driver import Driver
+
+    me = Driver(client, token_for(tenant=f"t-{uuid.uuid4().hex[:10]}"))
+    assert me.call("post", "/expenses", {"lines": expense_lines(3, vendors(2))})[0] == 201
+    failures_only = {"type": "webhook", "url": "https://hooks.example.com/x", "events": ["job.failed"]}
+    report_id = me.call("post", "/reports", {"name": "Failures only", "deliveryTargets": [
+        {"type": "api", "mode": "async"}, failures_only]})[1]["reportId"]
+    job_id = me.call("post", f"/reports/{report_id}/generate", {"period": "2026-01"})[1]["jobId"]
+    drain({job_id})
+    job = me.job(job_id)
+    assert job["status"] == "Completed" and job["deliveries"] == []
+    assert steps_of(job)[3] == ("deliver", "Skipped", 0)

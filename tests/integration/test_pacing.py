@@ -229,3 +229,18 @@ def test_an_openai_rate_limit_error_is_what_the_window_answers():
             api.chat.completions.create(model="m", messages=[{"role": "user", "content": "[]"}])
     assert caught.value.code == "rate_limit_exceeded"
     assert "retry-after-ms" in caught.value.response.headers
+
+
+def test_the_fleet_holds_for_the_window_s_exact_retry_after_ms_not_the_whole_second():
+    """A rolling window reopens in a quarter second: the fleet waits that, where the rounded-up retry-after would
+    idle every worker a second for each 429 (the request that met it still waits its own floor)."""
+    from tests.integration.test_shared_quota import Refusing, _rate_limit_error
+
+    clock = FrozenClock()
+    key = new_key()
+    worker_a, worker_b = worker(clock, key, rpm=600), worker(clock, key, rpm=600)
+    with pytest.raises(provider.ProviderError) as limited:
+        provider.ask(Refusing(_rate_limit_error({"retry-after-ms": "250", "retry-after": "1"})), "m", ITEMS, CATS,
+                     worker_a)
+    assert limited.value.retry_after == 1.0  # what the retry loop waits for this request
+    assert worker_b.acquire(100) == pytest.approx(0.25)

@@ -76,3 +76,13 @@ def test_the_representation_of_a_step():
     steps, _ = stepplan.begin(stepplan.plan(JobType.CACHE_WARM.value), Step.REFRESH, NOW)
     assert steps[1].to_dict() == {"name": "refresh", "status": "Running", "startedAt": NOW, "completedAt": None,
                                   "attempts": 1, "progressPercent": None, "errorMessage": None}
+
+
+def test_completion_leaves_deliver_to_the_deliveries():
+    planned = stepplan.plan("expense_report", deliver=True)
+    assert [s.name for s in planned] == ["collect", "categorize", "assemble", "deliver"]
+    running, _ = stepplan.begin(planned, Step.ASSEMBLE, NOW)
+    completed, _ = stepplan.settle(running, JobStatus.COMPLETED, NOW)
+    assert [s.status.value for s in completed] == ["Skipped", "Skipped", "Completed", "Pending"]
+    cancelled, _ = stepplan.settle(running, JobStatus.CANCELLED, NOW)
+    assert cancelled[3].status is P.CANCELLED  # a cancelled job delivers no report

@@ -123,6 +123,8 @@ def transition(
             raise _explain(err, job, current, to) from err
     job.refresh(consistent_read=True)
     observability.job_finished(to.value, job.created_at)  # counts terminal states only
+    if to is S.COMPLETED:
+        _deliver_step(job)  # before the first attempt is queued: its outcome settles the step
     if deliver:
         faults.point("after_final_status")
         try:
@@ -130,6 +132,15 @@ def transition(
         except Exception:  # the status has moved: a delivery left unqueued is queued by the reaper
             log.exception("could not queue the job's deliveries", extra={"jobId": job.job_id})
     return job
+
+
+def _deliver_step(job: Job) -> None:
+    from chalicelib.jobs import deliver
+
+    try:
+        deliver.planned(job)
+    except Exception:  # the job is Completed: a step mark that failed must not hold its deliveries back
+        log.exception("could not mark the deliver step", extra={"jobId": job.job_id})
 
 
 def _final_actions(job: Job, to: JobStatus, plan: Any) -> tuple[list[Action], bool]:
