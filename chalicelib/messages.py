@@ -142,13 +142,11 @@ def group(message: Message) -> dict[str, str]:
     return {"MessageGroupId": tenant} if tenant else {}
 
 
-def send(message: Message, delay_seconds: float = 0, register: bool = True) -> None:
-    """Put one message on the work queue, visible after `delay_seconds` (capped at MAX_DELAY_SECONDS).
-    `register=False`: the message is registered as its tenant's demand already (a deferral, fair/queue.py)."""
+def send(message: Message, delay_seconds: float = 0) -> None:
+    """Put one message on the work queue, visible after `delay_seconds` (capped at MAX_DELAY_SECONDS)."""
     from chalicelib.fair import queue  # registers a job's or chunk's message as its tenant's demand
 
-    if register:
-        queue.sending([message], capped(delay_seconds))
+    queue.sending([message], capped(delay_seconds))
     deps.client("sqs").send_message(QueueUrl=deps.work_queue_url(), MessageBody=message.to_body(),
                                     DelaySeconds=capped(delay_seconds), **group(message))
 

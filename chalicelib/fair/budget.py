@@ -75,7 +75,8 @@ class TenantGate:
                     return self._spare.acquire(*args, **kwargs)
                 except QuotaBusy as busy:
                     left = deadline - self._clock()
-                    if left <= 0:
+                    if left <= 0 or busy.seconds - SPARE_WAIT_SECONDS > left:
+                        # No spare turn comes sooner than a queued one would: hand the work back now.
                         raise QuotaBusy(max(busy.seconds, self.poll)) from None
                     self._sleep(min(left, self.poll * random.uniform(0.5, 1.0)))
                     continue

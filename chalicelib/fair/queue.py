@@ -53,6 +53,5 @@ def defer(message: Any) -> None:
     as handled. A new message, not a visibility change: a deferral must not count toward the DLQ's receives."""
     from chalicelib import messages
 
-    # Its waiting entry stays as it is (visible already): one write less per deferral, and a queue of another
-    # tenant's messages ahead of the waiting one's is deferred through that much faster.
-    messages.send(message, DEFER_SECONDS, register=False)
+    # Registered again: its waiting entry would otherwise lapse while its tenant keeps giving way for minutes.
+    messages.send(message, DEFER_SECONDS)

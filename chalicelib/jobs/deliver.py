@@ -15,6 +15,7 @@ from __future__ import annotations
 from chalicelib.jobs import steps
 from chalicelib.jobs.states import DeliveryStatus, JobStatus
 from chalicelib.jobs.store import steps as step_writes
+from chalicelib.jobs.store.deliveries import UNPLANNED
 from chalicelib.jobs.types import Step
 from chalicelib.tables import Job
 
@@ -28,8 +29,8 @@ def _has_step(job: Job) -> bool:
 
 def planned(job: Job) -> None:
     """The Completed move planned the job's deliveries (or planned them late): begin the step, or skip it."""
-    if not _has_step(job):
-        return
+    if not _has_step(job) or (job.outbox_id or "").endswith(UNPLANNED):
+        return  # planning failed at the final move: the reaper's sweep plans them, and calls this again
     if any(d.status == D.PENDING.value for d in job.deliveries or []):
         steps.begin(job, Step.DELIVER, live=False)
     else:

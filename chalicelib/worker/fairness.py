@@ -32,14 +32,24 @@ log = logging.getLogger(__name__)
 LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda time by this much
 
 
+MIN_TURN_SECONDS = 2.0  # an invocation gives way before a model request once it has worked this long (or a batch)
+
+
 def give_way_between_requests(run: Any) -> None:
     """Let the invocation's tenant gate hand the work back before a model request too (fair/budget.py), once the
-    invocation has done a batch (as between batches: every invocation makes progress)."""
+    invocation has done a batch or worked MIN_TURN_SECONDS: every invocation makes progress (the answers it got
+    are in the cache for the next), and a first batch of a large job (seconds at a tight limit) does not hold a
+    waiting tenant's worker."""
     gate = getattr(run.backend, "limiter", None)
     if gate is None or not run.settings.fair_shares or not hasattr(gate, "give_way"):
         return
     tenant = run.job.tenant or run.job.owner_id
-    gate.give_way = lambda snap: run.done > 0 and must_yield(run.settings, tenant, run.started, snap)
+
+    def give_way(snap: Snapshot) -> bool:
+        worked = run.done > 0 or time.time() - run.started >= MIN_TURN_SECONDS
+        return worked and must_yield(run.settings, tenant, run.started, snap)
+
+    gate.give_way = give_way
 
 
 def top_up(run: Any) -> None:

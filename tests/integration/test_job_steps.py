@@ -211,3 +211,34 @@ def test_a_report_of_api_targets_only_has_no_deliver_step_and_a_webhook_not_want
     job = me.job(job_id)
     assert job["status"] == "Completed" and job["deliveries"] == []
     assert steps_of(job)[3] == ("deliver", "Skipped", 0)
+
+
+def test_deliveries_planned_late_by_the_sweep_begin_the_deliver_step_then(client, token_for, monkeypatch):
+    from chalicelib.delivery import service as delivery
+    from tests.driver import Driver
+    from tests.support import Receiver
+
+    me = Driver(client, token_for(tenant=f"t-{uuid.uuid4().hex[:10]}"))
+    assert me.call("post", "/expenses", {"lines": expense_lines(4, vendors(2))})[0] == 201
+    with Receiver() as rx:
+        report_id = me.call("post", "/reports", {"name": "Late", "deliveryTargets": [
+            {"type": "api", "mode": "async"}, {"type": "webhook", "url": rx.url, "events": ["job.completed"]}]}
+                            )[1]["reportId"]
+        job_id = me.call("post", f"/reports/{report_id}/generate", {"period": "2026-01"})[1]["jobId"]
+        real = delivery.plan
+
+        def report_unreadable(*args, **kwargs):
+            raise OSError("the reports table did not answer")
+
+        monkeypatch.setattr(delivery, "plan", report_unreadable)
+        drain({job_id})
+        completed = me.job(job_id)  # Completed all the same; its deliveries wait for the sweep to plan them
+        assert completed["status"] == "Completed" and completed["deliveries"] == []
+        assert steps_of(completed)[3] == ("deliver", "Pending", 0)
+        monkeypatch.setattr(delivery, "plan", real)
+        wait_for(lambda: delivery.sweep() >= 0 and steps_of(me.job(job_id))[3] == ("deliver", "Running", 1), 10,
+                 what="the sweep to plan the deliveries")
+        drain({job_id})
+        done = me.job(job_id)
+        assert done["deliveries"][0]["status"] == "Delivered" and len(rx.requests) == 1
+        assert steps_of(done)[3] == ("deliver", "Completed", 1)
