@@ -103,13 +103,14 @@ def _work(run_: Invocation) -> None:
                      moment=clock.iso(clock.now()), stagedRows=0)
         if not job.period:
             job.period = str(rows.period)  # the file's month: the job reads and locks by it from now on
+        # Before any row is staged: an import that never commits leaves no lines behind for good.
+        garbage = versions.garbage(job.owner_id, job.period, state["version"],
+                                   time.time() + versions.STAGED_GC_SECONDS)
+        garbage.save()
+        state["gcKey"] = garbage.line_id
         _save(run_, state, f"{rows.rows} rows checked; storing them", processed=0, total=rows.rows,
               period=job.period)
         steps.advance(run_.job, Step.VALIDATE, Step.STAGE)
-        garbage = versions.garbage(job.owner_id, job.period, state["version"],
-                                   time.time() + versions.STAGED_GC_SECONDS)
-        garbage.save()  # an import that never commits leaves no lines behind for good
-        state["gcKey"] = garbage.line_id
     if state["stage"] == "stage":
         if not _stage(run_, state):
             return
@@ -227,7 +228,7 @@ def _commit(run_: Invocation, state: dict[str, Any]) -> None:
     job = run_.job
     merged = state.get("mode", "merge") == "merge"
     staged_gc = versions.garbage(job.owner_id, job.period, state["version"], 0)
-    staged_gc.line_id = state["gcKey"]
+    staged_gc.line_id = state["gcKey"]  # its note goes with the commit (the sweep never deletes a current one)
     for _attempt in range(COMMIT_ATTEMPTS):
         seen = versions.pointer(job.owner_id, job.period)
         if seen.version == state["version"]:
