@@ -23,7 +23,7 @@ from chalicelib.lines import importer, uploads, versions
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 from tests.driver import Driver
-from tests.support import deliver, drain, receive
+from tests.support import Ctx, deliver, drain, receive
 
 HEADER = ["lineId", "date", "vendor", "amount", "currency", "description"]
 
@@ -319,3 +319,18 @@ def test_a_merge_whose_month_was_deleted_meanwhile_fails_and_stores_nothing(impo
     failed = imports.run(write(tmp_path / "d.csv", rows(10, "2027-06", ids=True)), period="2027-06")
     assert failed["status"] == "Failed" and "were replaced or deleted while this import ran" in failed["errorMessage"]
     assert imports.stored("2027-06") == []  # the delete stands; nothing of the import was stored
+
+
+def test_an_import_out_of_time_hands_over_and_the_next_invocation_goes_on_from_its_rows(imports: Imports,
+                                                                                        tmp_path: Path) -> None:
+    # Each invocation's time is up after one batch of rows (its deadline is before it starts): it checkpoints the
+    # rows staged, hands the job over and sends the message that continues it; no row is written twice.
+    job = imports.begin(period="2027-07")
+    imports.upload(job, write(tmp_path / "long.csv", rows(12_000, "2027-07")))
+    short = get_settings().lambda_time_reserve_seconds * 1000
+    deliveries = drain({job["jobId"]}, ctx_factory=lambda: Ctx(remaining_ms=int(short)))
+    done = imports.job(job["jobId"])
+    assert done["status"] == "Completed" and deliveries >= 3, (deliveries, done["statusMessage"])
+    assert done["import"]["storedLines"] == 12_000 and len(imports.stored("2027-07")) == 12_000
+    stage = next(s for s in done["steps"] if s["name"] == "stage")
+    assert stage["status"] == "Completed"
