@@ -27,6 +27,7 @@ _BODIES = {
     ("POST", "/api/v1/reports/{reportId}/generate"): {"period": "2026-01"},
     ("PATCH", "/api/v1/jobs/{jobId}/lines/{lineId}"): {"category": "Other"},
     ("PATCH", "/api/v1/reports/{reportId}"): {"name": "Hostile"},
+    ("POST", "/api/v1/imports"): {"format": "csv", "mode": "merge", "period": "2026-01"},
 }
 
 
@@ -45,7 +46,7 @@ def request_for(method: str, template: str, **ids: str) -> tuple[str, str | None
     values = {"reportId": f"r-{uuid.uuid4().hex[:12]}", "jobId": str(uuid.uuid4()), "lineId": "tx-000001", "n": "0",
               **ids}
     path = template.format(**values)
-    if template == "/api/v1/expenses" and method == "GET":
+    if template == "/api/v1/expenses" and method in ("GET", "DELETE"):
         path += "?period=2026-01"
     body = _BODIES.get((method, template))
     return path, json.dumps(body) if body is not None else None

@@ -92,6 +92,11 @@ def _routes(w: World) -> dict[tuple[str, str], tuple[str, str, object]]:
         # Last: by the owner's turn, the owner's and the role holder's generates above have left active jobs.
         ("PATCH", "/api/v1/reports/{reportId}"): ("PATCH", f"/api/v1/reports/{w.report_id}", {"name": "Taken"}),
         ("DELETE", "/api/v1/reports/{reportId}"): ("DELETE", f"/api/v1/reports/{w.report_id}", None),
+        # An import that generates the report afterwards needs what generate needs; each caller's own period.
+        ("POST", "/api/v1/imports"): ("POST", "/api/v1/imports", {"format": "csv", "period": "2026-06",
+                                                                  "reportId": w.report_id}),
+        # After every read of the lines: each caller removes their own (only the owner has any).
+        ("DELETE", "/api/v1/expenses"): ("DELETE", f"/api/v1/expenses?period={PERIOD}", None),
     }
 
 
@@ -130,6 +135,10 @@ EXPECTED = {
     # The owner's and the role holder's generates (2026-05) are still Queued: 409.
     ("DELETE", "/api/v1/reports/{reportId}"): {"another user": 404, "user without the role": 404,
                                                "role holder": 403, "owner": 409},
+    ("POST", "/api/v1/imports"): {"another user": 403, "user without the role": 403, "role holder": 202,
+                                  "owner": 202},
+    ("DELETE", "/api/v1/expenses"): {"another user": 204, "user without the role": 204, "role holder": 204,
+                                     "owner": 204},
 }
 
 
