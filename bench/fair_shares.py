@@ -128,6 +128,7 @@ def _wait(api: InProcessApi, headers: dict[str, str], job_id: str, until: Any, t
         time.sleep(POLL)
 
 
+GAVE_WAY: list[float] = []  # per loaded run: seconds from B's generate to A's first give-way before a request
 PHASES: list[tuple[str, float, float]] = []  # (run, created -> started, started -> completed) of each B job
 
 
@@ -203,6 +204,11 @@ def _loaded(api: InProcessApi, arrivals: Arrivals) -> Loaded:
     solo_end = time.monotonic()
     api.call("delete", f"/api/v1/jobs/{a_job}", a_headers)
     _wait(api, a_headers, a_job, lambda j: j["status"] in TERMINAL_STATES, timeout=60.0)
+    _, events = api.call("get", f"/api/v1/jobs/{a_job}/events", a_headers)
+    b_created = clock.now().timestamp() - (time.monotonic() - b_start)
+    gave = [clock.parse(e["at"]).timestamp() - b_created for e in (events or {}).get("items", [])
+            if e["type"] == "rate_limited" and (e.get("detail") or {}).get("by") == "fair share"]
+    GAVE_WAY.append(min((g for g in gave if g >= 0), default=float("nan")))
     a_during, b_during = arrivals.count("A", b_start, b_end), arrivals.count("B", b_start, b_end)
     a_solo = arrivals.count("A", b_end, solo_end)
     return Loaded(b_seconds, a_during / b_seconds, a_solo / SOLO_WINDOW,
@@ -261,6 +267,8 @@ def _report(idle: list[float], loaded: list[Loaded]) -> None:
          "is the floor")
     note("B's phases (job timestamps, queue wait + work): "
          + "; ".join(f"{label} {wait:.2f} + {work:.2f} s" for label, wait, work in PHASES))
+    note("A's first give-way before a model request (an event `rate_limited`, by `fair share`), after B's "
+         "generate: " + ", ".join(f"{g:.2f} s" for g in GAVE_WAY) + " (nan: A gave way at a checkpoint instead)")
     worst = max(r.b_seconds for r in loaded)
     target(f"B under A's load within {RATIO_TARGET:g}x its idle time, every run", worst <= RATIO_TARGET * base,
            f"worst {worst:.2f} s / {base:.2f} s = {worst / base:.2f}x")
