@@ -14,18 +14,14 @@ cheapest lane's cost, warm, as the ratio base.
 from __future__ import annotations
 
 import dataclasses
-import string
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
 from bench.api import InProcessApi, new_user
 from bench.common import heading, note, table
 from bench.env import Run
-from chalicelib import deps, worker
-from chalicelib.jobs.states import TERMINAL, JobStatus
+from bench.seams import letters, run_until_done
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tables import Job
 from chalicelib.worker import batchlane
@@ -39,66 +35,19 @@ MODEL = "gpt-4o-mini"
 LANES = ("standard", "flex", "batch")
 
 
-class _Ctx:
-    function_name = "process_work"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:process_work"
-
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000
-
-
-def _invoke(message: dict[str, Any], settings: Settings) -> None:
-    sqs, url = deps.client("sqs"), deps.work_queue_url()
-    event = {"Records": [{"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
-                          "body": message["Body"], "attributes": {"ApproximateReceiveCount": "1"},
-                          "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:work", "awsRegion": "us-east-1"}]}
-    out = worker.handle_batch(event, _Ctx(), settings)
-    if out["batchItemFailures"]:
-        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
-    else:
-        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-
-
 def _run_until_done(job_id: str, settings: Settings, timeout: float = 150.0) -> None:
-    """Work messages to the worker, the batch poller between rounds, until the job is terminal."""
-    sqs, url = deps.client("sqs"), deps.work_queue_url()
-    deadline = time.monotonic() + timeout
-    with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="invocation") as pool:
-        while True:
-            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
-            if got:
-                list(pool.map(lambda m: _invoke(m, settings), got))
-            job = Job.get(job_id, consistent_read=True)
-            if JobStatus(job.status) in TERMINAL:
-                if job.status != JobStatus.COMPLETED.value:
-                    raise RuntimeError(f"job {job_id} ended {job.status}: {job.error_message}")
-                return
-            if job.batch_state == "submitted":
-                batchlane.poll(settings)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"job {job_id} still {job.status} after {timeout:.0f} s")
-            if not got:
-                time.sleep(0.05)
+    """The seams part's driver, with the batch poller run between rounds while the job's batch is out."""
+    def poll_batches(job: Job) -> None:
+        if job.batch_state == "submitted":
+            batchlane.poll(settings)
 
-
-def _letters(n: int) -> str:
-    out = ""
-    while True:
-        n, digit = divmod(n, 26)
-        out = string.ascii_uppercase[digit] + out
-        if not n:
-            return out
+    run_until_done(job_id, settings, timeout, each_round=poll_batches)
 
 
 def _lines(period: str) -> list[dict[str, str]]:
-    salt = _letters(uuid.uuid4().int % 26 ** 8)  # vendors the vendor cache has never seen
+    salt = letters(uuid.uuid4().int % 26 ** 8)  # vendors the vendor cache has never seen
     return [{"lineId": f"c-{i:06d}", "date": f"{period}-{1 + i % 28:02d}",
-             "vendor": f"Vendor {salt} {_letters(i % VENDORS)}", "amount": f"{1 + i % 500}.{i % 100:02d}",
+             "vendor": f"Vendor {salt} {letters(i % VENDORS)}", "amount": f"{1 + i % 500}.{i % 100:02d}",
              "currency": "USD", "description": "expense"} for i in range(LINES)]
 
 

@@ -21,6 +21,7 @@ import logging
 import string
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -72,8 +73,12 @@ def _invoke(message: dict[str, Any], settings: Settings) -> None:
         sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def _run_until_done(job_id: str, settings: Settings, timeout: float = 120.0) -> None:
-    """Hand every work message to the worker, each its own invocation, until the job is terminal."""
+def run_until_done(job_id: str, settings: Settings, timeout: float = 120.0,
+                   each_round: Callable[[Job], None] | None = None) -> None:
+    """Hand every work message to the worker, each its own invocation, until the job is terminal.
+
+    `each_round` sees the job after every round that left it running (the cost part polls the provider's batches).
+    """
     sqs, url = deps.client("sqs"), deps.work_queue_url()
     deadline = time.monotonic() + timeout
     with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="invocation") as pool:
@@ -86,13 +91,15 @@ def _run_until_done(job_id: str, settings: Settings, timeout: float = 120.0) -> 
                 if job.status != JobStatus.COMPLETED.value:
                     raise RuntimeError(f"job {job_id} ended {job.status}: {job.error_message}")
                 return
+            if each_round:
+                each_round(job)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"job {job_id} still {job.status} after {timeout:.0f} s")
             if not got:
                 time.sleep(0.02)
 
 
-def _letters(n: int) -> str:
+def letters(n: int) -> str:
     """`n` in letters: vendor normalization drops every word with a digit in it."""
     out = ""
     while True:
@@ -103,9 +110,9 @@ def _letters(n: int) -> str:
 
 
 def _lines(n: int, vendors: int, period: str) -> list[dict[str, str]]:
-    salt = _letters(uuid.uuid4().int % 26 ** 8)  # vendors the cache has never seen
+    salt = letters(uuid.uuid4().int % 26 ** 8)  # vendors the cache has never seen
     return [{"lineId": f"s-{i:06d}", "date": f"{period}-{1 + i % 28:02d}",
-             "vendor": f"Vendor {salt} {_letters(i % vendors)}", "amount": f"{1 + i % 500}.{i % 100:02d}",
+             "vendor": f"Vendor {salt} {letters(i % vendors)}", "amount": f"{1 + i % 500}.{i % 100:02d}",
              "currency": "USD", "description": "expense"} for i in range(n)]
 
 
@@ -115,7 +122,7 @@ def _timed_job(api: InProcessApi, headers: dict[str, str], report_id: str, lines
         api.import_lines(headers, lines[start:start + 5000])
     started = time.perf_counter()
     job = api.generate(headers, report_id, period)
-    _run_until_done(job["jobId"], settings)
+    run_until_done(job["jobId"], settings)
     return time.perf_counter() - started
 
 

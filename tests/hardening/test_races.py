@@ -248,7 +248,7 @@ def test_a_checkpoint_that_wins_against_a_reap_makes_the_reap_a_no_op(api, small
     deliveries = drain({job_id}, small_batches)
     # (Its delivery sweep is left out: other tests' finished jobs in this moto server may have deliveries due.)
     assert [{k: v for k, v in o.items() if k != "deliveries"} for o in outcome] == [
-        {"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 1}]
+        {"requeued": 0, "failed": 0, "cancelled": 0, "skipped": 1, "linesDeleted": 0}]
     assert deliveries == 1  # nothing was re-enqueued: the live worker kept its lease and finished
     assert_every_line_once(api, job_id, lines)
     assert "reaped" not in _events(api, job_id)

@@ -82,6 +82,6 @@ def test_allowed_actions_through_the_api(api, token_for, settings):
     assert (job["status"], job["allowedActions"]) == ("Completed", ["result", "settle"])
     assert api.call("post", f"/jobs/{job_id}/retry")[0] == 409 and api.call("delete", f"/jobs/{job_id}")[0] == 409
 
-    failed = api.start(expense_lines(2, vendors(1)), period="2026-02")
+    failed = api.start(expense_lines(2, vendors(1), period="2026-02"), period="2026-02")
     transition(Job.get(failed, consistent_read=True), S.FAILED, "failed")
     assert actions(failed) == ["retry"]
