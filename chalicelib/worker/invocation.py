@@ -3,6 +3,8 @@ retry loop, the model backend), and what it counts per batch (`progress`, agains
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,9 +56,23 @@ class Invocation:
     written: dict[str, LineResult] | None = None
 
 
+_import_started = threading.Lock()
+
+
+def _import_provider_beside() -> None:
+    """Import provider (openai, pydantic: about a second on a 2-core machine) on a thread of its own, once per
+    process. Imported at the first model request instead, it came after the claim, the fan-out and the first
+    reads, and delayed the first request by that second; begun here, it overlaps them (they mostly wait on the
+    network). An invocation whose vendors are all cached never waits for it."""
+    if "chalicelib.categorize.provider" in sys.modules or not _import_started.acquire(blocking=False):
+        return
+    threading.Thread(target=importlib.import_module, args=("chalicelib.categorize.provider",),
+                     name="import-provider", daemon=True).start()
+
+
 class _Client:
-    """The openai client, made on the first model request: importing openai is ~0.5 s of a cold start that an
-    invocation whose vendors are all cached never needs (provider, which imports it, is imported here too)."""
+    """The openai client, made on the first model request (provider is imported beside the invocation's first
+    steps: _import_provider_beside)."""
 
     def __init__(self, key: str, base_url: str | None, timeout: float) -> None:
         self._args = (key, base_url, timeout)
@@ -116,6 +132,8 @@ def start(context: Any, settings: Settings | None, claim: Any) -> Invocation | N
     settings = settings or get_settings()
     remaining = context.get_remaining_time_in_millis() / 1000.0
     lease = Lease(owner=str(getattr(context, "aws_request_id", "local")), until=time.time() + remaining + 5)
+    if settings.openai_api_key or settings.openai_api_key_param:
+        _import_provider_beside()
     job = claim(lease)
     if job is None:
         return None
