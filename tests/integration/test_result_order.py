@@ -11,6 +11,7 @@ import io
 import json
 import random
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,35 @@ def test_assembly_orders_many_lines_by_import_sequence_with_unsequenced_lines_fi
     text, _ = results.fetch(key, csv_format=True)
     rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"))))
     assert [row["lineId"] for row in rows] == expected
+
+
+@pytest.mark.parametrize("chunk_lines", [10_000, 400, 150])  # no plan's ranges, fewer than read ahead, more
+def test_a_fanned_out_jobs_report_reads_each_stored_row_once_by_its_plans_ranges(settings, chunk_lines):
+    """A fanned-out job's rows are read back by its plan's ranges, a few side by side (results.stored_rows): each
+    range (after, upto] gives its rows once, the bound line in the range it ends, and the report holds every
+    stored row once, in order, and nothing of another job's."""
+    from chalicelib.worker import rows
+
+    n = 1_000
+    job = Job(str(uuid.uuid4()), owner_id="u", report_id="r-ranges", period="2026-01", status="Processing",
+              created_at="x", updated_at="x", lock_key="x")
+    ids = sorted(f"line-{uuid.UUID(int=random.Random(i).getrandbits(128)).hex}" for i in range(n))
+    # The plan as chunks.plan records it: the last line id of each full chunk, the last bound "" (open-ended).
+    job.chunk_bounds = [ids[i - 1] for i in range(chunk_lines, n, chunk_lines)] + [""] if chunk_lines < n else None
+
+    def row(job_id: str, line_id: str, i: int) -> LineResult:
+        return LineResult(job_id, line_id, date="2026-01-02", vendor=f"V{i}", amount="1.00", currency="USD",
+                          description=f"d{i}", category="Other", confidence=0.9, source="rules",
+                          needs_review=False, import_seq=f"{i:06d}", expires_at=timedelta(days=1))
+
+    rows.save([row(job.job_id, line_id, i) for i, line_id in enumerate(ids)])
+    rows.save([row(str(uuid.uuid4()), line_id, i) for i, line_id in enumerate(ids[:50])])  # another job's
+    assert [r.line_id for r in results.stored_rows(job)] == ids
+    key, needs_review, count = results.assemble_counted(job, 1)
+    assert (needs_review, count) == (0, n)
+    report = json.loads(results.fetch(key, csv_format=False)[0])
+    assert [line["lineId"] for line in report["lines"]] == ids
+    assert report["totals"] == [{"category": "Other", "currency": "USD", "amount": f"{n}.00", "lines": n}]
 
 
 # --- 4c, 4d: what the counters count, in the document ---------------------------------------------------------
