@@ -28,21 +28,30 @@ PENDING, RUNNING, DONE = ChunkStatus.PENDING, ChunkStatus.RUNNING, ChunkStatus.D
 
 def plan(part: str, chunk_lines: int) -> list[str]:
     """Upper bounds of chunks of `chunk_lines` lines of the partition (the job's pinned version of its period's
-    lines, lines/versions.job_partition), from the keys alone; the last is "" (open-ended).
+    lines, lines/versions.job_partition); the last is "" (open-ended).
 
-    No page size: DynamoDB pages a keys-only query by the 1 MB it reads, thousands of keys a page, where pages of
-    1,000 made a 200,000-line plan 200 round trips. The plan is most of a large fan-out (93% of a 200,000-line
-    one's 37 s against moto, where each key read costs the same whatever the page; bench part `import`)."""
-    bounds = []
-    count = 0
-    for line in ExpenseLine.query(part, attributes_to_get=["lineId"], consistent_read=True):
-        count += 1
-        if count % chunk_lines == 0:
-            bounds.append(line.line_id)
-    if not bounds or count % chunk_lines:
-        bounds.append("")
+    Counted, not read: a Query with Select=COUNT and Limit up to the next bound returns no item, only how many
+    it passed and the key it stopped at (LastEvaluatedKey), which is the bound. A page may stop short of its
+    Limit (1 MB of lines read); the next one goes on to the same bound. Reading the keys instead cost their
+    transfer and parsing: 0.40-0.46 s for 6,000 lines on the bench's moto against 0.10-0.15 s counted, and
+    the plan is most of a large fan-out."""
+    bounds: list[str] = []
+    query = ExpenseLine._get_connection().query
+    counted, start = 0, None  # lines since the last bound; where the next page starts
+    while True:
+        page = query(part, consistent_read=True, select="COUNT", limit=chunk_lines - counted,
+                     exclusive_start_key=start)
+        counted += int(page.get("Count", 0))
+        start = page.get("LastEvaluatedKey")
+        if start is None:
+            break
+        if counted >= chunk_lines:
+            bounds.append(start["lineId"]["S"])
+            counted = 0
+    if bounds and not counted:
+        bounds[-1] = ""  # the last chunk takes whatever sorts after its start (it has no line past its bound)
     else:
-        bounds[-1] = ""  # the last chunk takes whatever sorts after its start
+        bounds.append("")
     return bounds
 
 

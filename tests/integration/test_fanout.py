@@ -184,3 +184,31 @@ def test_write_through_in_one_transaction_keeps_a_person_s_answer_and_lands_the_
     found = cache.lookup(DEFAULT_CATEGORIES, names, "m", tenant=TENANT)
     assert {n: a.category for n, a in found.items()} == {
         names[0]: "Airfare", names[1]: "Airfare", names[2]: "Lodging", names[3]: "Airfare", names[4]: "Airfare"}
+
+
+@pytest.mark.parametrize(("n", "chunk_lines", "description_bytes"), [
+    (0, 60, 10), (1, 60, 10), (59, 60, 10), (60, 60, 10), (61, 60, 10), (300, 60, 10),
+    # 1,300 lines of ~2 KB: DynamoDB (and moto) stop a page at 1 MB read, short of the Limit of 1,000.
+    (1_300, 1_000, 2_000)])
+def test_the_plan_counts_its_bounds_exactly_even_when_pages_stop_at_one_megabyte(n, chunk_lines, description_bytes):
+    """chunks.plan counts (Select=COUNT) up to each bound instead of reading the keys: every chunk but the last
+    holds exactly chunk_lines lines, the last the rest (never empty unless the month is), and the ranges cover
+    every line once."""
+    import uuid
+
+    from chalicelib.tables import ExpenseLine
+
+    part = f"u-plan-{uuid.uuid4().hex[:8]}#2026-01"
+    ids = sorted(f"line-{uuid.uuid4().hex}" for _ in range(n))
+    with ExpenseLine.batch_write() as batch:
+        for line_id in ids:
+            batch.save(ExpenseLine(part, line_id, date="2026-01-02", vendor="V", amount="1.00", currency="USD",
+                                   description="d" * description_bytes, imported_at="x"))
+    bounds = chunks.plan(part, chunk_lines)
+    sizes = []
+    for after, upto in chunks.ranges(bounds):
+        sizes.append(sum(1 for i in ids if i > after and (not upto or i <= upto)))
+    assert sum(sizes) == n
+    assert sizes[:-1] == [chunk_lines] * (len(sizes) - 1)
+    assert 0 < sizes[-1] <= chunk_lines or n == 0
+    assert len(bounds) == max(1, -(-n // chunk_lines))
