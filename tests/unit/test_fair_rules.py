@@ -106,3 +106,86 @@ def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
         gate.acquire(10)
     assert shared.calls == []
 
+
+
+def _queue_limiter(ahead: list[float]):
+    """A limiter whose shared queue ends `ahead[0]` seconds from now (the own buckets always have a turn)."""
+    import dataclasses
+
+    from chalicelib.categorize.errors import QuotaBusy
+
+    @dataclasses.dataclass
+    class Limiter:
+        rpm: float | None = 120
+        tpm: float | None = None
+        wait_max: float | None = 30.0
+        key: str = "limiter#unit"
+        lead: float = 0.25
+        calls: list = dataclasses.field(default_factory=list)
+
+        def share(self, fraction: float, key: str) -> Limiter:
+            return dataclasses.replace(self, key=key, rpm=(self.rpm or 0) * fraction or None)
+
+        def acquire(self, tokens: int) -> float:
+            if self.key == "limiter#unit" and self.wait_max is not None and ahead[0] > self.wait_max + self.lead:
+                raise QuotaBusy(ahead[0])  # nothing reserved
+            self.calls.append((self.key, round(ahead[0], 2)))
+            return 0.0
+
+    return Limiter()
+
+
+def test_a_request_within_its_share_reserves_no_turn_beyond_the_queue_horizon():
+    """Within its share, a request does not queue more than QUEUE_AHEAD_SECONDS (past the lead) behind others:
+    it keeps its own bucket's turn (taken once) and waits until the queue has moved up, then reserves."""
+    from chalicelib.fair.budget import QUEUE_AHEAD_SECONDS, TenantGate
+
+    ahead = [3.0]  # another tenant's turns already reserved 3 s ahead
+    shared = _queue_limiter(ahead)
+
+    def sleep(seconds: float) -> None:
+        ahead[0] -= seconds  # the queue moves up as time passes
+
+    gate = TenantGate(shared, "tenant#a", Rules(), snapshot=lambda: Snapshot(running={"tenant#a": 1}), sleep=sleep)
+    gate.acquire(10)
+    own = [c for c in shared.calls if c[0] != "limiter#unit"]
+    queued = [c for c in shared.calls if c[0] == "limiter#unit"]
+    assert len(own) == 1 and len(queued) == 1
+    assert queued[0][1] <= QUEUE_AHEAD_SECONDS + shared.lead
+
+
+def test_a_request_waiting_for_the_queue_to_move_up_gives_way_when_its_invocation_must():
+    """A wait for the queue is no wait for the worker: the give-way check runs before each look, so an
+    invocation whose tenant must give way hands its work back without reserving a turn it would not use."""
+    from chalicelib.fair.budget import GiveWay, TenantGate
+
+    ahead = [3.0]
+    shared = _queue_limiter(ahead)
+    looks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        looks.append(seconds)
+        ahead[0] -= seconds
+
+    gate = TenantGate(shared, "tenant#a", Rules(), snapshot=lambda: Snapshot(running={"tenant#a": 1}), sleep=sleep)
+    gate.give_way = lambda snap: bool(looks)  # another tenant starts waiting during the first wait
+    with pytest.raises(GiveWay):
+        gate.acquire(10)
+    assert [c for c in shared.calls if c[0] == "limiter#unit"] == []
+
+
+def test_once_an_invocation_gives_way_every_request_it_has_left_gives_way_too(monkeypatch):
+    """The rescue is one claim per waiting tenant: the invocation that won it must not find it taken (by itself)
+    on its next request and ask on; each of its threads gives way from then on."""
+    import types
+
+    from chalicelib.worker import fairness
+
+    answers = iter([False, True, False, False])  # must_yield: no, then yes (rescue won), then taken (by us)
+    monkeypatch.setattr(fairness, "must_yield", lambda *a, **k: next(answers))
+    gate = types.SimpleNamespace(give_way=None)
+    run = types.SimpleNamespace(backend=types.SimpleNamespace(limiter=gate), done=1, started=0.0,
+                                settings=types.SimpleNamespace(fair_shares=True),
+                                job=types.SimpleNamespace(tenant="tenant#a", owner_id="u"))
+    fairness.give_way_between_requests(run)
+    assert [gate.give_way(Snapshot()) for _ in range(4)] == [False, True, True, True]
