@@ -39,8 +39,11 @@ class _WindowRaced(Exception):
     """Another create for this user changed the rate window between our read and write."""
 
 
-def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start", tenant: str = "") -> None:
-    """The job's work message (chalicelib.messages.StartJob) for its `tenant`, visible after `delay_seconds`."""
+def enqueue(job_id: str, delay_seconds: int = 0, reason: str = "start", *, tenant: str) -> None:
+    """The job's work message (chalicelib.messages.StartJob) for its `tenant`, visible after `delay_seconds`.
+
+    `tenant` is required: a message without one runs outside fair shares (worker/fairness.turn), as the batch
+    poller's once did."""
     messages.send(StartJob(job_id, reason, tenant), delay_seconds)
 
 

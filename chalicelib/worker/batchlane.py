@@ -163,7 +163,7 @@ def _poll_one(api: Any, job: Job, settings: Settings) -> str:
     left = f"; {got.unanswered} requests unanswered, asked on the standard lane" if got.unanswered else ""
     message = f"The provider's batch {found.status} with answers for {len(got.answers)} vendors{left}"
     if store.current().end_batch(job, "collected", answers_key, got.usage, message):
-        enqueue(job.job_id, reason="batch_collected")
+        enqueue(job.job_id, reason="batch_collected", tenant=job.tenant or job.owner_id)
     _forget(job.job_id)
     return "collected"
 

@@ -4,6 +4,7 @@ partial results, expiry, cancel forwarded), the provider's prompt cache, and `us
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 from chalicelib.worker import batchlane
 from tests.integration.test_worker import Api, assert_every_line_once
-from tests.support import drain, expense_lines, receive, vendors
+from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors
 
 MODEL = "gpt-4o-mini"
 
@@ -109,6 +110,12 @@ def test_batch_lane_end_to_end(api, sim, model_settings):
                                                                "assemble": "Pending"}
     assert batchlane.poll(model_settings)["collected"] == 1
     assert batchlane.poll(model_settings)["collected"] == 0  # collected once
+    sent = receive({job_id})
+    # The poller's message carries the job's tenant, like every job message: without it the job would run
+    # outside fair shares (worker/fairness.turn runs a message without a tenant as it comes).
+    assert [json.loads(m["Body"]) for m in sent] == [{"jobId": job_id, "reason": "batch_collected",
+                                                      "tenant": Job.get(job_id).tenant or Job.get(job_id).owner_id}]
+    deliver(sent, Ctx(), model_settings)
     drain({job_id}, model_settings)
     assert_every_line_once(api, job_id, lines)
     job = api.job(job_id)
@@ -201,7 +208,6 @@ def test_an_unknown_lane_is_400_and_creates_nothing(api):
 def test_usage_of_requests_answered_before_a_long_rate_limit_wait_is_counted_with_the_hand_back(
         api, sim, model_settings):
     from chalicelib import worker
-    from tests.support import Ctx, deliver
 
     # Unpaced (no limits to learn: three requests out at once), so that two are answered while one meets the 429;
     # a fleet learning its limits sends one probe first, and its 429 would hold the other two.
