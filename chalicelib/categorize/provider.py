@@ -264,6 +264,10 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
             error = classify(err)
             if limiter is not None and isinstance(err, openai.APIStatusError):
                 _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
+            elif limiter is not None:
+                # No answer at all (a timeout, a dropped connection): nothing to learn, but a probe must not
+                # hold every other request for PROBE_SECONDS; the next request probes.
+                _tell(limiter, "answered", None, ok=False)
             if limiter is not None and error.name == RATE_LIMITED:
                 headers = err.response.headers if isinstance(err, openai.APIStatusError) else None
                 _hold_fleet(limiter, error.retry_after, tokens, headers)

@@ -174,6 +174,23 @@ def test_an_error_page_without_limits_teaches_nothing_and_frees_the_probe(sim):
     assert worker(clock, key, learn=True, wait_max=0.0).acquire(100) == 0.0
 
 
+def test_a_probe_that_gets_no_answer_at_all_frees_the_probe_for_the_next_request():
+    """A timeout or a dropped connection brings no headers and no status: the probe is freed at once, not held
+    for PROBE_SECONDS while every other worker's requests wait on it (the chaos test saw the fleet stall ~10 s,
+    and the reaper take live jobs for dead)."""
+    from local.stack import free_port
+
+    clock = FrozenClock()
+    key = new_key()
+    fleet = worker(clock, key, learn=True)
+    nowhere = provider.client("sk-test", f"http://127.0.0.1:{free_port()}/v1", 2.0)  # connection refused
+    with pytest.raises(provider.ProviderError):
+        provider.ask(nowhere, "gpt-4o-mini", ITEMS, CATS, fleet)
+    item = Control.get(key, consistent_read=True)
+    assert item.learned_rpm is None and item.probe_until is None  # the next request probes at once
+    assert worker(clock, key, learn=True, wait_max=0.0).acquire(100) == 0.0
+
+
 # --- tokens reserved, then settled ------------------------------------------------------------------------------
 
 
