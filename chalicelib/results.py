@@ -63,12 +63,13 @@ def stored_rows(job: Job) -> Iterator[LineResult]:
     A fanned-out job's rows are read by its chunks' ranges (its recorded plan), a few side by side: on the
     bench's moto a 6,000-line report's read went from about 1.0 s in one query to 0.6-0.75 s. A job without
     a plan is one query, page by page."""
+    from chalicelib.jobs.chunks import ranges  # the chunks' own (after, upto] ranges
+
     bounds = list(job.chunk_bounds or [])
     if len(bounds) < 2:
         yield from LineResult.query(job.job_id, consistent_read=True, page_size=500)
         return
-    spans = [("" if i == 0 else bounds[i - 1], upto) for i, upto in enumerate(bounds)]  # (after, upto]
-    waiting = iter(spans)
+    waiting = iter(ranges(bounds))
     with ThreadPoolExecutor(max_workers=RANGES_AHEAD, thread_name_prefix="report-read") as pool:
         reads = deque(pool.submit(_rows_in, job.job_id, *span) for span in islice(waiting, RANGES_AHEAD))
         while reads:
