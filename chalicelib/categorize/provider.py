@@ -262,15 +262,13 @@ def ask(api: openai.OpenAI, model: str, items: list[Item], categories: list[str]
                 continue
             observability.model_request(rate_limited=isinstance(err, openai.RateLimitError))
             error = classify(err)
-            if limiter is not None and isinstance(err, openai.APIStatusError):
-                _tell(limiter, "answered", err.response.headers, ok=False)  # a 429 advertises the limits too
-            elif limiter is not None:
-                # No answer at all (a timeout, a dropped connection): nothing to learn, but a probe must not
-                # hold every other request for PROBE_SECONDS; the next request probes.
-                _tell(limiter, "answered", None, ok=False)
-            if limiter is not None and error.name == RATE_LIMITED:
+            if limiter is not None:
+                # A 429 advertises the limits too. No answer at all (a timeout, a dropped connection) teaches
+                # nothing, but still frees a probe: it must not hold every other request for PROBE_SECONDS.
                 headers = err.response.headers if isinstance(err, openai.APIStatusError) else None
-                _hold_fleet(limiter, error.retry_after, tokens, headers)
+                _tell(limiter, "answered", headers, ok=False)
+                if error.name == RATE_LIMITED:
+                    _hold_fleet(limiter, error.retry_after, tokens, headers)
             if meter is not None and fallbacks:
                 meter.add(usage.Usage(flex_fallbacks=fallbacks))
             raise error from err
