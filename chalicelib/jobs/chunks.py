@@ -46,7 +46,7 @@ def plan(part: str, chunk_lines: int) -> list[str]:
         if start is None:
             break
         if counted >= chunk_lines:
-            bounds.append(start["lineId"]["S"])
+            bounds.append(start[ExpenseLine.line_id.attr_name]["S"])
             counted = 0
     if bounds and not counted:
         bounds[-1] = ""  # the last chunk takes whatever sorts after its start (it has no line past its bound)
