@@ -40,8 +40,9 @@ WORKERS, MODEL_CONCURRENCY, MODEL_BATCH_SIZE = 4, 4, 25
 # max_completion_tokens): the goal is about the request rate.
 RPM, TPM, WINDOW_SECONDS, LATENCY = 240, 4_000_000, 1.0, 0.3
 # One vendor each: LINES / MODEL_BATCH_SIZE requests (480: 120 s at RPM). A job has fixed costs the pace cannot
-# touch (about 1.8 s from POST to its first request, learning the limits, about 1.3 s to assemble its report after
-# the last answer); two minutes of requests keep them to the share of a real long job.
+# touch (about 2.5 s from POST to its first request, learning the limits included, and about 2.5 s from the last
+# answer to Completed, reading back and writing the report); two minutes of requests keep them to the share of a
+# real long job.
 LINES = 12_000
 BASELINE_SECONDS = 40.0
 COOKBOOK_PAUSE_SECONDS, COOKBOOK_ATTEMPTS, COOKBOOK_IN_FLIGHT = 15.0, 5, 16

@@ -53,7 +53,8 @@ def assemble(job: Job, version: int, tick: Callable[[], None] | None = None,
 
 # Ranges of a fanned-out job's rows read side by side, ahead of the one being written into the report: a read
 # waits mostly on the table, so the next ranges' reads overlap this one's formatting. At most this many ranges'
-# rows are held at once (a range is a chunk: CHUNK_LINES rows), so memory stays flat with the job's size.
+# rows are read ahead of the one being written (a range is a chunk: CHUNK_LINES rows), so memory stays flat with
+# the job's size.
 RANGES_AHEAD = 3
 
 
