@@ -76,27 +76,9 @@ def test_tenant_weights_name_tenant_claims_and_weigh_the_jobs_tenant_keys():
 
 
 def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
-    import dataclasses
-
     from chalicelib.fair.budget import GiveWay, TenantGate
 
-    @dataclasses.dataclass
-    class Limiter:  # the fields TenantGate copies, and the acquires it makes
-        rpm: float | None = 120
-        tpm: float | None = None
-        wait_max: float | None = 6.0
-        burst_seconds: float = 1.0
-        key: str = "limiter#unit"
-        calls: list = dataclasses.field(default_factory=list)
-
-        def share(self, fraction: float, key: str) -> Limiter:
-            return dataclasses.replace(self, key=key, rpm=(self.rpm or 0) * fraction or None)
-
-        def acquire(self, tokens: int) -> float:
-            self.calls.append((self.key, tokens))
-            return 0.0
-
-    shared = Limiter()
+    shared = _queue_limiter([0.0])  # the shared queue is empty
     gate = TenantGate(shared, "tenant#a", Rules(), snapshot=lambda: Snapshot(running={"tenant#a": 1}))
     assert gate.acquire(10) == 0.0  # alone: its own bucket's turn, then the shared bucket's
     assert [key for key, _ in shared.calls] == ["limiter#unit#tenant#tenant#a", "limiter#unit"]
@@ -105,7 +87,6 @@ def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
     with pytest.raises(GiveWay):
         gate.acquire(10)
     assert shared.calls == []
-
 
 
 def _queue_limiter(ahead: list[float]):
