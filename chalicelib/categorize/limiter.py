@@ -66,6 +66,12 @@ LATE_MAX_SECONDS = 0.025
 MISSED_TURNS_MAX = 3
 # The tokens level holds one second of the limit (or one request, when a request is larger than that).
 TOKEN_BURST_SECONDS = 1.0
+# A tenant's share (`share`) banks one more request once nobody of the tenant has taken a turn for this long: a
+# small job back from idle sends its first two requests one interval apart, not one share's interval (bench part
+# `fair`: tenant B's 300-line job at half the budget took ~1 s more than alone, its 3 requests at 1 a second).
+# A tenant that asks without pause takes its turns as they come and never stays untouched that long.
+SHARE_IDLE_SECONDS = 10.0
+SHARE_IDLE_CREDIT = 1.0
 # How long one request may go out alone to learn the limits before another request takes over the probe.
 PROBE_SECONDS = 10.0
 # The others look for the probe's answer this often: learning happens once per account (the limits stay in the
@@ -102,6 +108,7 @@ class SharedLimiter:
     sleep: Callable[[float], None] = time.sleep
     wait_max: float | None = None  # longest wait for a turn; beyond it, QuotaBusy (None: always wait)
     key: str = KEY  # the item: key_for(base URL, API key)
+    idle_credit: float = 0.0  # requests the level banks beyond one, once untouched SHARE_IDLE_SECONDS (`share`)
     # The learned limits as last read (for `share`); not copied by dataclasses.replace.
     _last_learned: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -109,12 +116,13 @@ class SharedLimiter:
         """A bucket of its own (at `key`) for `fraction` of this limiter's limits, configured or as last learned:
         a tenant's share of the fleet's turns (fair/budget.TenantGate). It only keeps accounts: its turns are not
         sent (no lead, no look-ahead, no missed turns), and it learns nothing itself (it hears of no answer).
-        Before anything is learned it is no limit: every request then queues at this limiter alone."""
+        Before anything is learned it is no limit: every request then queues at this limiter alone. A tenant back
+        from idle has SHARE_IDLE_CREDIT more (the shared bucket never has: its turns reach the provider)."""
         rpm, tpm = self.rpm, self.tpm
         if self.learn and self._last_learned is not None:
             rpm, tpm = rpm or self._last_learned[0] or None, tpm or self._last_learned[1] or None
         return replace(self, key=key, rpm=rpm * fraction if rpm else None, tpm=tpm * fraction if tpm else None,
-                       learn=False, lead=0.0, check_ahead=0.0, late_max=None)
+                       learn=False, lead=0.0, check_ahead=0.0, late_max=None, idle_credit=SHARE_IDLE_CREDIT)
 
     def limits(self, item: Control | None, changes: Mapping[str, Any] | None = None) -> Limits | None:
         """The limits the fleet paces at (the margin applied): configured ones, else learned ones (in `item`,
@@ -135,10 +143,13 @@ class SharedLimiter:
         """The levels at `now` (or at the item's time, if another worker wrote a later one) and that time."""
         cap_t = max(tokens, (limits.tpm or 0) / 60.0 * TOKEN_BURST_SECONDS)
         if item is None or item.level_at is None:
-            return 1.0, cap_t, now
+            return 1.0 + self.idle_credit, cap_t, now
         at = max(now, float(item.level_at))
         elapsed = at - float(item.level_at)
-        req = min(1.0, float(item.level_requests or 0) + elapsed * (limits.rpm or 0) / 60.0)
+        level = float(item.level_requests or 0)
+        # One request, or the idle credit once untouched that long; a credit banked but not yet spent stays.
+        cap_r = 1.0 + self.idle_credit if elapsed >= SHARE_IDLE_SECONDS else max(1.0, level)
+        req = min(cap_r, level + elapsed * (limits.rpm or 0) / 60.0)
         tok = min(cap_t, float(item.level_tokens or 0) + elapsed * (limits.tpm or 0) / 60.0)
         return req, tok, at
 

@@ -3,7 +3,8 @@
 TenantGate wraps the limiter's `acquire` (never rewrites it): before a request takes its turn at the shared bucket,
 it takes one at its tenant's own bucket, a copy of the shared limiter (same pacing, same code) keyed by tenant and
 filled at the tenant's fraction of the limits (fair/shares.Rules.budget_fraction: its weight over the weights of
-every tenant with work running; 1.0 when alone).
+every tenant with work running; 1.0 when alone), which banks one more turn after an idle spell
+(limiter.SHARE_IDLE_CREDIT: a small job's first two requests go out together).
 
 - Within its share (its own bucket has a turn now), a request queues at the shared bucket as before: first come,
   first served, but never more than QUEUE_AHEAD_SECONDS ahead; a request whose turn would be later keeps its own

@@ -56,6 +56,34 @@ def test_the_limiter_hands_out_turns_in_order_one_interval_apart():
     assert [bucket.acquire(100) for _ in range(2)] == [0.0, 1.0]
 
 
+def test_a_tenants_share_banks_one_more_turn_only_after_an_idle_spell():
+    """A tenant's own bucket (`share`): back from idle, two turns at once (a small job's first two requests go
+    out together); asking without pause, one turn per interval, however long it goes on; the shared bucket never
+    banks more than one, idle or not."""
+    clock = FrozenClock()
+    shared = limiter(clock, rpm=60, tpm=None)
+    own = dataclasses.replace(shared.share(0.5, f"{shared.key}#tenant#b"), wait_max=0.0)  # one turn per 2 s
+
+    def turns_now() -> int:
+        n = 0
+        with pytest.raises(QuotaBusy):
+            while True:
+                own.acquire(100)
+                n += 1
+        return n
+
+    assert turns_now() == 2  # a tenant never seen: idle
+    for _ in range(12):  # 24 s asking as each turn comes: never more than one banked
+        clock.now += 2.0
+        assert turns_now() == 1
+    clock.now += limiter_module.SHARE_IDLE_SECONDS
+    assert turns_now() == 2
+    clock.now += 1.0
+    assert turns_now() == 0  # the credit spent, the pace is the share's again
+    clock.now += limiter_module.SHARE_IDLE_SECONDS + 30
+    assert [shared.acquire(100) for _ in range(2)] == [0.0, 1.0]  # the shared bucket: one at once, always
+
+
 def test_a_turn_too_far_away_is_refused_and_reserves_nothing():
     clock = FrozenClock()
     bucket = limiter(clock, rpm=None, tpm=6000, wait_max=1.5)  # 100 tokens a second
