@@ -33,14 +33,18 @@ log = logging.getLogger(__name__)
 LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda time by this much
 
 
-MIN_TURN_SECONDS = 2.0  # an invocation gives way before a model request once it has worked this long (or a batch)
+# An invocation gives way before a model request once one of its requests was answered, a batch is done, or it
+# has worked this long.
+MIN_TURN_SECONDS = 2.0
 
 
 def give_way_between_requests(run: Any) -> None:
     """Let the invocation's tenant gate hand the work back before a model request too (fair/budget.py), once the
-    invocation has done a batch or worked MIN_TURN_SECONDS: every invocation makes progress (the answers it got
-    are in the cache for the next), and a first batch of a large job (seconds at a tight limit) does not hold a
-    waiting tenant's worker."""
+    invocation has had an answer, done a batch or worked MIN_TURN_SECONDS: every invocation makes progress (the
+    answers it got are in the cache for the next), and a first batch of a large job (seconds at a tight limit)
+    does not hold a waiting tenant's worker. Waiting for a whole batch or 2 s instead, a chunk's invocation that had
+    just started could not give way for up to 2 s (a large job's chunks start every few seconds: bench part
+    `fair`'s worker logs showed A's new invocations passing over a waiting B)."""
     gate = getattr(run.backend, "limiter", None)
     if gate is None or not run.settings.fair_shares or not hasattr(gate, "give_way"):
         return
@@ -53,12 +57,18 @@ def give_way_between_requests(run: Any) -> None:
     def give_way(snap: Snapshot) -> bool:
         if yielding.is_set():
             return True
-        worked = run.done > 0 or time.time() - run.started >= MIN_TURN_SECONDS
+        worked = (run.done > 0 or _answered(run.backend)
+                  or time.time() - run.started >= MIN_TURN_SECONDS)
         if worked and must_yield(run.settings, tenant, run.started, snap):
             yielding.set()
         return yielding.is_set()
 
     gate.give_way = give_way
+
+
+def _answered(backend: Any) -> bool:
+    meter = getattr(backend, "meter", None)
+    return meter is not None and meter.total().requests > 0
 
 
 def top_up(run: Any) -> None:

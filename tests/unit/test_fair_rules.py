@@ -89,8 +89,9 @@ def test_a_gate_whose_invocation_must_give_way_asks_for_no_turn():
     assert shared.calls == []
 
 
-def _queue_limiter(ahead: list[float]):
-    """A limiter whose shared queue ends `ahead[0]` seconds from now (the own buckets always have a turn)."""
+def _queue_limiter(ahead: list[float], own: list[float] | None = None):
+    """A limiter whose shared queue ends `ahead[0]` seconds from now; the own buckets have a turn `own[0]` seconds
+    from now (always now without `own`)."""
     import dataclasses
 
     from chalicelib.categorize.errors import QuotaBusy
@@ -110,6 +111,8 @@ def _queue_limiter(ahead: list[float]):
         def acquire(self, tokens: int) -> float:
             if self.key == "limiter#unit" and self.wait_max is not None and ahead[0] > self.wait_max + self.lead:
                 raise QuotaBusy(ahead[0])  # nothing reserved
+            if self.key != "limiter#unit" and own and own[0] > 0:
+                raise QuotaBusy(own[0])
             self.calls.append((self.key, round(ahead[0], 2)))
             return 0.0
 
@@ -170,3 +173,45 @@ def test_once_an_invocation_gives_way_every_request_it_has_left_gives_way_too(mo
                                 job=types.SimpleNamespace(tenant="tenant#a", owner_id="u"))
     fairness.give_way_between_requests(run)
     assert [gate.give_way(Snapshot()) for _ in range(4)] == [False, True, True, True]
+
+
+def test_a_request_beyond_its_share_queues_within_it_as_soon_as_its_own_turn_comes():
+    """Its own bucket's turn is 0.1 s away, and then the shared queue's end is just within the horizon of a
+    request within its share (too far for a spare turn): the request looks again when its own turn comes and
+    queues then, before another tenant's spare-seekers reserve the turns it would have had."""
+    from chalicelib.fair.budget import QUEUE_AHEAD_SECONDS, TenantGate
+
+    ahead, own = [0.25 + QUEUE_AHEAD_SECONDS + 0.1], [0.1]  # 0.25: the fake limiter's lead
+    shared = _queue_limiter(ahead, own)
+    elapsed = [0.0]
+
+    def sleep(seconds: float) -> None:
+        elapsed[0] += seconds
+        ahead[0] -= seconds
+        own[0] -= seconds
+
+    gate = TenantGate(shared, "tenant#a", Rules(), snapshot=lambda: Snapshot(running={"tenant#a": 1}), sleep=sleep)
+    gate.acquire(10)
+    assert [key for key, _ in shared.calls] == ["limiter#unit#tenant#tenant#a", "limiter#unit"]
+    assert elapsed[0] == pytest.approx(0.1)  # queued the moment its own turn came (a look at random: up to 0.25 s)
+
+
+def test_a_young_invocation_gives_way_once_one_of_its_requests_was_answered(monkeypatch):
+    """No batch done and under MIN_TURN_SECONDS: it keeps the worker until its first answer (progress: the answer
+    is cached for the next invocation), then gives way, not after its whole first batch or 2 s."""
+    import time
+    import types
+
+    from chalicelib.categorize.usage import Meter, Usage
+    from chalicelib.worker import fairness
+
+    monkeypatch.setattr(fairness, "must_yield", lambda *a, **k: True)
+    meter = Meter()
+    gate = types.SimpleNamespace(give_way=None)
+    run = types.SimpleNamespace(backend=types.SimpleNamespace(limiter=gate, meter=meter), done=0,
+                                started=time.time(), settings=types.SimpleNamespace(fair_shares=True),
+                                job=types.SimpleNamespace(tenant="tenant#a", owner_id="u"))
+    fairness.give_way_between_requests(run)
+    assert gate.give_way(Snapshot()) is False
+    meter.add(Usage(requests=1))
+    assert gate.give_way(Snapshot()) is True
