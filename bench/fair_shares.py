@@ -312,6 +312,12 @@ def _report(idle: list[float], loaded: list[Loaded]) -> None:
            f"the fleet's pace while B ran {pace:.3f}/s ({n} requests) vs A's alone {alone:.3f}/s: A's drop "
            f"{drop:.1%}, B's share {b_d} / {n} = {share:.1%} (equal when no turn is lost; resolution "
            f"{RESOLUTION:.1%})")
+    span = sum(r.during.span for r in loaded)
+    idle_s = max(0.0, span - sum(r.during.n - 1 for r in loaded) / alone)
+    note(f"turns the fleet left unused while B ran: {idle_s:.2f} s of {span:.1f} s ({idle_s * alone:.1f} turns at "
+         "A's pace alone); where the workers' traces showed it: a worker switching from A to B while the other "
+         "worker's invocation was between two waves of requests (its rows and checkpoint, ~0.4 s, then the "
+         "limiter's 0.25 s lead), nobody asking for the turn then due")
     note("A's throughput is its model requests answered per second (the provider's budget is what tenants "
          "share), paced from the intervals between arrivals (Pace); A's job is cancelled once measured: the "
          "figures need its first ~40 s, not its ~100 s")
