@@ -40,8 +40,9 @@ from chalicelib.fair.shares import Rules
 SPARE_WAIT_SECONDS = 0.05  # beyond its share a request takes a turn only this close
 # Within its share, a turn at most this far ahead (past the limiter's lead). Every turn reserved ahead is one that
 # a newcomer's first request finds before its own, and that an invocation giving way must wait out before its
-# worker is free: at 0.5 s, tenant B's queue wait (bench part `fair`) was 0.4-1.5 s and its first request waited
-# up to 1 s behind A's turns; at 0.25 s, 0.3-0.5 s, with A's pace alone unchanged (1.90 a second of 2).
+# worker is free: at 0.5 s, tenant B's queue wait (bench part `fair`) was 0.35-1.53 s (over 1 s in 6 runs of 12)
+# and its first request waited up to 1 s behind A's turns; at 0.25 s, 0.28-1.43 s (over 1 s in 3 runs of 18),
+# with A's pace alone unchanged (1.90 a second of 2).
 QUEUE_AHEAD_SECONDS = 0.25
 POLL_SECONDS = 0.25  # and otherwise looks again after about this long (less at high rates)
 
