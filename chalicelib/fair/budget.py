@@ -88,11 +88,12 @@ class TenantGate:
                     within = True
                 except QuotaBusy as busy:
                     own_in = busy.seconds
+            shared = self._queued if within else self._spare
             try:
-                return (self._queued if within else self._spare).acquire(*args, **kwargs)
+                return shared.acquire(*args, **kwargs)
             except QuotaBusy as busy:
                 left = deadline - self._clock()
-                ahead = QUEUE_AHEAD_SECONDS if within else SPARE_WAIT_SECONDS
+                ahead = shared.wait_max  # how far past the lead this request may take a turn
                 if left <= 0 or busy.seconds - ahead - self.limiter.lead > left:
                     # No turn comes sooner than the limiter's own wait allows: hand the work back now.
                     raise QuotaBusy(max(busy.seconds, self.poll)) from None

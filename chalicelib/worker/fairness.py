@@ -57,18 +57,13 @@ def give_way_between_requests(run: Any) -> None:
     def give_way(snap: Snapshot) -> bool:
         if yielding.is_set():
             return True
-        worked = (run.done > 0 or _answered(run.backend)
+        worked = (run.done > 0 or run.backend.meter.total().requests > 0
                   or time.time() - run.started >= MIN_TURN_SECONDS)
         if worked and must_yield(run.settings, tenant, run.started, snap):
             yielding.set()
         return yielding.is_set()
 
     gate.give_way = give_way
-
-
-def _answered(backend: Any) -> bool:
-    meter = getattr(backend, "meter", None)
-    return meter is not None and meter.total().requests > 0
 
 
 def top_up(run: Any) -> None:
