@@ -315,9 +315,10 @@ def _report(idle: list[float], loaded: list[Loaded]) -> None:
     span = sum(r.during.span for r in loaded)
     idle_s = max(0.0, span - sum(r.during.n - 1 for r in loaded) / alone)
     note(f"turns the fleet left unused while B ran: {idle_s:.2f} s of {span:.1f} s ({idle_s * alone:.1f} turns at "
-         "A's pace alone); where the workers' traces showed it: a worker switching from A to B while the other "
+         "A's pace alone); one place the workers' traces showed it: a worker switching from A to B while the other "
          "worker's invocation was between two waves of requests (its rows and checkpoint, ~0.4 s, then the "
-         "limiter's 0.25 s lead), nobody asking for the turn then due")
+         "limiter's 0.25 s lead), nobody asking for the turn then due (not the only cause: with the next wave "
+         "asked for across the checkpoint, the gap before B's first request remained)")
     note("A's throughput is its model requests answered per second (the provider's budget is what tenants "
          "share), paced from the intervals between arrivals (Pace); A's job is cancelled once measured: the "
          "figures need its first ~40 s, not its ~100 s")
