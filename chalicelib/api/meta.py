@@ -27,8 +27,9 @@ _HERE = Path(__file__).parent
 
 # Readiness probes: their own clients, separate from chalicelib.deps (whose timeouts and retries suit requests),
 # so that a sick dependency answers "not ready" within READY_DEADLINE_SECONDS instead of after retries.
-_PROBE_CONFIG = Config(connect_timeout=1, read_timeout=1, retries={"total_max_attempts": 1},
-                       max_pool_connections=2)
+# Module attributes, not constants folded into a Config: the tests that check how a part fails (not how fast)
+# lengthen both, since a moto server on a loaded 2-core CI machine can take over a second for one call.
+PROBE_TIMEOUT_SECONDS = 1.0
 READY_DEADLINE_SECONDS = 2.0
 _MISSING = frozenset({"ResourceNotFoundException", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
                       "NoSuchBucket", "NotFound", "404"})
@@ -112,12 +113,14 @@ def _queue_url(settings: Settings) -> str:
 
 
 def _probe_client(service: str, settings: Settings) -> Any:
-    return _client(service, settings.region, settings.aws_endpoint_url)
+    return _client(service, settings.region, settings.aws_endpoint_url, PROBE_TIMEOUT_SECONDS)
 
 
 @lru_cache(maxsize=16)
-def _client(service: str, region: str, endpoint: str | None) -> Any:
-    return boto3.client(service, region_name=region, endpoint_url=endpoint, config=_PROBE_CONFIG)
+def _client(service: str, region: str, endpoint: str | None, timeout: float) -> Any:
+    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1},
+                    max_pool_connections=2)
+    return boto3.client(service, region_name=region, endpoint_url=endpoint, config=config)
 
 
 @bp.route("/openapi.json", methods=["GET"], content_types=NO_BODY)

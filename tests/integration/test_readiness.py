@@ -39,6 +39,15 @@ def _pointing_at(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> Settings:
     return settings
 
 
+@pytest.fixture
+def patient_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the tests of what a probe finds, not how fast: the product's 1 s probe timeout failed one on a loaded
+    CI machine, where the moto server took over a second for a GetQueueAttributes ("timeout", not "missing").
+    The hung-dependency test below keeps the product's timeouts."""
+    monkeypatch.setattr(meta, "PROBE_TIMEOUT_SECONDS", 15.0)
+    monkeypatch.setattr(meta, "READY_DEADLINE_SECONDS", 30.0)
+
+
 def _assert_not_ready(status: int, headers: dict[str, str], body: dict[str, Any]) -> dict[str, str]:
     assert status == 503, body
     assert headers["Content-Type"] == "application/problem+json"
@@ -48,7 +57,7 @@ def _assert_not_ready(status: int, headers: dict[str, str], body: dict[str, Any]
     return body["checks"]
 
 
-def test_ready_when_the_table_the_queue_and_the_bucket_answer(client):
+def test_ready_when_the_table_the_queue_and_the_bucket_answer(client, patient_probes):
     with iam.recording() as calls:  # every thread: the checks run in parallel
         status, headers, body = _ready(client)
     assert status == 200, body
@@ -62,7 +71,7 @@ def test_ready_when_the_table_the_queue_and_the_bucket_answer(client):
 
 
 @pytest.mark.parametrize("part", PARTS)
-def test_a_missing_part_is_a_503_naming_it(client, monkeypatch, part):
+def test_a_missing_part_is_a_503_naming_it(client, monkeypatch, patient_probes, part):
     missing = f"no-such-{uuid.uuid4().hex[:8]}"
     settings = get_settings()
     change = {"table": {"prefix": missing},
@@ -77,7 +86,7 @@ def test_a_missing_part_is_a_503_naming_it(client, monkeypatch, part):
     assert all(named[p] not in body["detail"] for p in PARTS if p != part)
 
 
-def test_an_unreachable_endpoint_is_a_503_naming_every_part(client, monkeypatch):
+def test_an_unreachable_endpoint_is_a_503_naming_every_part(client, monkeypatch, patient_probes):
     _pointing_at(monkeypatch, aws_endpoint_url=f"http://127.0.0.1:{free_port()}")
     checks = _assert_not_ready(*_ready(client))
     assert checks == {p: "unreachable" for p in PARTS}
