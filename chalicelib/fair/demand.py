@@ -1,12 +1,14 @@
 """The fleet's demand, in one DynamoDB item that every worker reads: which tenants have messages waiting in the
 queue and which have invocations working, so that each worker decides by the same picture (fair/shares.py).
 
-Two maps on the Control item `fair#demand`:
+Three maps on the Control item `fair#demand`:
 - `fairWaiting`: "tenant|message" -> the epoch second the message becomes visible. Written when a job or chunk
   message is sent (messages.send), removed when an invocation takes it. An entry lapses WAITING_TTL_SECONDS after
   it became visible, so a message lost to a purge or the DLQ stops holding the others back.
 - `fairRunning`: "tenant|invocation" -> the epoch second the entry lapses (the invocation's Lambda time and a
   margin), so a worker killed mid-run stops counting without anyone cleaning up after it.
+- `fairRescue`: waiting tenant -> the epoch second a claim to free a worker for it lapses (`rescue`). Read into
+  the picture too, so that the other invocations do not try a claim already taken.
 
 Each write sets or removes one map key (its own): writers never overwrite one another and need no version.
 Removing a lapsed entry is conditioned on the value read (`entry_unchanged`), so a message re-sent meanwhile
@@ -104,6 +106,7 @@ def read(now: float | None = None) -> Snapshot:
     _made.set()
     waits = {k: float(v) for k, v in (item.fair_waiting.as_dict() if item.fair_waiting else {}).items()}
     runs = {k: float(v) for k, v in (item.fair_running.as_dict() if item.fair_running else {}).items()}
+    rescued = {k: float(v) for k, v in (item.fair_rescue.as_dict() if item.fair_rescue else {}).items()}
     lapsed = [("w", k, v) for k, v in waits.items() if v + WAITING_TTL_SECONDS < now]
     lapsed += [("r", k, v) for k, v in runs.items() if v < now]
     for kind, key, value in lapsed[:PRUNE_MAX]:
@@ -114,7 +117,8 @@ def read(now: float | None = None) -> Snapshot:
     return Snapshot(
         jobs=Counter(k.rsplit(SEP, 1)[1].split("#", 1)[0] for k in visible),
         running=Counter(tenant_of(k) for k, v in runs.items() if v >= now),
-        waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS))
+        waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS),
+        rescued={t: v for t, v in rescued.items() if v >= now})
 
 
 class Cached:

@@ -49,6 +49,11 @@ class Snapshot:
     running: Mapping[str, int] = field(default_factory=dict)
     waiting: Mapping[str, int] = field(default_factory=dict)
     jobs: Mapping[str, int] = field(default_factory=dict)  # job id -> its messages waiting (fair/window.py)
+    rescued: Mapping[str, float] = field(default_factory=dict)  # waiting tenant -> epoch its rescue claim lapses
+
+    def rescue_claimed(self, tenant: str, now: float) -> bool:
+        """Another invocation has claimed to free a worker for `tenant` (demand.rescue), as of this picture."""
+        return float(self.rescued.get(tenant, 0.0)) >= now
 
     def r(self, tenant: str) -> int:
         return int(self.running.get(tenant, 0))

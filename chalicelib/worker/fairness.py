@@ -138,8 +138,13 @@ def must_yield(settings: Settings, tenant: str, started: float, snap: Snapshot |
     except Exception:  # advice only: keep working
         log.warning("could not read the fleet's demand", exc_info=True)
         return False
-    over = time.time() - started >= settings.fair_quantum_seconds
+    now = time.time()
+    over = now - started >= settings.fair_quantum_seconds
     waiter = rules(settings).must_yield(snap, tenant, turn_is_over=over)
+    if waiter is not None and snap.rescue_claimed(waiter, now):
+        # Another invocation frees the worker: its conditional write would only fail again. Every look of every
+        # thread of the tenant holding the workers tried it while the waiting tenant's message stayed untaken.
+        return False
     try:
         return waiter is not None and demand.rescue(waiter)  # one of the tenant's invocations frees the worker
     except Exception:

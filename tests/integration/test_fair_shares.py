@@ -209,3 +209,36 @@ def test_of_a_tenants_invocations_racing_to_free_a_worker_for_a_waiting_tenant_e
     demand.take(waiting, "job-x", "inv-1", time.time() + 60)
     assert demand.rescue(waiting)  # ...after which it may be rescued again (if it still waits)
     demand.done(waiting, "inv-1")
+
+
+def test_an_invocation_that_sees_the_rescue_claimed_does_not_try_to_claim_it_again(fair):
+    """While the waiting tenant's message stays untaken, every look of every thread of the tenant holding the
+    workers would try the claim's conditional write again, and fail: the picture carries the claim instead."""
+    from tests.hardening.common import count_store_calls
+
+    holder, waiter = f"holder-{uuid.uuid4().hex[:8]}", f"waiter-{uuid.uuid4().hex[:8]}"
+    for n in (1, 2):
+        demand.take(holder, f"job-h{n}", f"inv-h{n}", time.time() + 60)
+    demand.waiting(waiter, "job-w", time.time() - 1)
+    try:
+        def picture() -> Snapshot:  # ours only: other tests' tenants may share this moto server's demand item
+            snap = demand.read()
+            return Snapshot(running={holder: snap.r(holder)}, waiting={waiter: snap.waiting.get(waiter, 0)},
+                            rescued={t: v for t, v in snap.rescued.items() if t == waiter})
+
+        assert picture().rescued == {}
+        assert fairness.must_yield(fair, holder, started=0.0, snap=picture())  # the first claims it, and yields
+        seen = picture()
+        assert seen.rescued[waiter] == pytest.approx(time.time() + demand.RESCUE_SECONDS, abs=2.0)
+        with count_store_calls() as calls:
+            assert not fairness.must_yield(fair, holder, started=0.0, snap=seen)
+        assert calls.calls == []
+        with count_store_calls() as control:  # without the claim in the picture, the write is tried (and fails)
+            assert not fairness.must_yield(fair, holder, started=0.0,
+                                           snap=dataclasses.replace(seen, rescued={}))
+        assert ("dynamodb", "UpdateItem") in control.calls
+    finally:
+        demand.take(waiter, "job-w", "inv-w", time.time() + 60)  # removes its waiting entry and the claim
+        for name in ("inv-h1", "inv-h2"):
+            demand.done(holder, name)
+        demand.done(waiter, "inv-w")
