@@ -15,14 +15,17 @@ POINTS = ("after_model_call", "after_result_writes", "after_checkpoint", "before
 FANOUT_POINTS = ("after_plan",)
 # Delivery: a final status written with its deliveries, none queued yet; an attempt claimed, nothing sent yet.
 DELIVERY_POINTS = ("after_final_status", "after_delivery_claim")
+# The batch lane: the provider's batch is created, the job does not record it yet.
+BATCH_POINTS = ("after_batch_create",)
+ALL_POINTS = POINTS + FANOUT_POINTS + DELIVERY_POINTS + BATCH_POINTS
 _armed: str | None = None
 
 
 def arm(name: str | None) -> None:
     """Exit the process with 137 the first time the worker passes `name` (None disarms)."""
     global _armed
-    if name is not None and name not in POINTS + FANOUT_POINTS + DELIVERY_POINTS:
-        raise ValueError(f"unknown fault point {name!r}; one of {', '.join(POINTS + FANOUT_POINTS + DELIVERY_POINTS)}")
+    if name is not None and name not in ALL_POINTS:
+        raise ValueError(f"unknown fault point {name!r}; one of {', '.join(ALL_POINTS)}")
     _armed = name
 
 

@@ -2,8 +2,9 @@
 them, with a configurable completion delay, partial results, expiry and cancel.
 
 - `POST /v1/files` (multipart, purpose `batch`) stores a JSONL file; `GET /v1/files/{id}/content` returns it.
-- `POST /v1/batches` {input_file_id, endpoint, completion_window "24h"} creates a batch; `GET /v1/batches/{id}`
-  reads it; `POST /v1/batches/{id}/cancel` cancels it.
+- `POST /v1/batches` {input_file_id, endpoint, completion_window "24h", metadata} creates a batch;
+  `GET /v1/batches/{id}` reads it; `POST /v1/batches/{id}/cancel` cancels it; `GET /v1/batches?limit&after` lists
+  them newest first, a page at a time (`has_more`, `last_id` for the next page's `after`), as OpenAI does.
 - A batch is `in_progress` until `batch_delay` seconds after its creation, then `completed`: every line answered
   (one output line `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`),
   except the custom_ids in `batch_failed_ids`, which go to the error file with a 500. With `batch_expire_after`
@@ -41,10 +42,13 @@ class Batches:
 
     # -- routing ---------------------------------------------------------------------------------------------
 
-    def route(self, method: str, path: str, raw: bytes, content_type: str) -> Reply:
+    def route(self, method: str, path: str, raw: bytes, content_type: str,
+              query: dict[str, list[str]] | None = None) -> Reply:
         from local.simulator import Reply, error_reply
 
         parts = path.strip("/").split("/")  # v1, files|batches, id?, action?
+        if parts[1] == "batches" and method == "GET" and len(parts) == 2:
+            return self._list(query or {})
         if parts[1] == "files" and method == "POST" and len(parts) == 2:
             return self._upload(raw, content_type)
         if parts[1] == "files" and method == "GET" and len(parts) == 4 and parts[3] == "content":
@@ -109,6 +113,28 @@ class Batches:
         with self._lock:
             self.batches[batch["id"]] = batch
         return Reply(200, _public(batch))
+
+    def _list(self, query: dict[str, list[str]]) -> Reply:
+        from local.simulator import Reply, error_reply
+
+        try:
+            limit = int(query.get("limit", ["20"])[0])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            return error_reply(400, "limit must be between 1 and 100.", "invalid_request_error", None)
+        with self._lock:
+            newest = sorted(self.batches.values(), key=lambda b: b["_created"], reverse=True)
+            after = query.get("after", [None])[0]
+            if after is not None:
+                ids = [b["id"] for b in newest]
+                newest = newest[ids.index(after) + 1:] if after in ids else []
+            page = newest[:limit]
+            for batch in page:
+                self._advance(batch)
+            data = [_public(b) for b in page]
+        return Reply(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                           "last_id": data[-1]["id"] if data else None, "has_more": len(newest) > limit})
 
     # -- progress --------------------------------------------------------------------------------------------
 

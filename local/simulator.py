@@ -569,7 +569,7 @@ class Simulator:
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
         if path.startswith("/v1/files") or path.startswith("/v1/batches"):
-            return self.batches.route(method, path, raw, content_type)
+            return self.batches.route(method, path, raw, content_type, parse_qs(parts.query))
         body, problem = _json_body(raw) if method == "POST" else ({}, None)
         if problem:
             return error_reply(400, problem, "invalid_request_error", None)

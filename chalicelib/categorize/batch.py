@@ -19,6 +19,11 @@ from chalicelib.categorize.types import Answer, Item
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 FINISHED = ("completed", "expired", "cancelled", "failed")  # the batch will answer nothing more
+# A batch of ours that will answer nothing we asked for: never taken back for its job (`find`).
+DEAD = ("failed", "cancelling", "cancelled")
+# How far back `find` looks: the provider lists batches newest first, so this bounds the pages read. An orphan is
+# looked for when its job's message comes back (the queue's visibility timeout, or the reaper: minutes).
+FIND_LOOKBACK_SECONDS = 6 * 3600
 
 
 def request_line(custom_id: str, model: str, items: list[Item], categories: list[str], cache_key: str) -> dict:
@@ -36,6 +41,18 @@ def submit(api: Any, lines: list[dict], metadata: dict[str, str]) -> str:
     created = api.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window=WINDOW,
                                  metadata=metadata)
     return str(created.id)
+
+
+def find(api: Any, metadata: dict[str, str], now: float) -> Any | None:
+    """The newest batch created in the last FIND_LOOKBACK_SECONDS whose metadata holds all of `metadata` and that
+    is not DEAD: one `submit` created for the same job and attempt, whose invocation died before recording it."""
+    for batch in api.batches.list(limit=100):  # newest first; the SDK fetches the next page as the loop goes on
+        if (getattr(batch, "created_at", 0) or 0) < now - FIND_LOOKBACK_SECONDS:
+            return None
+        theirs = getattr(batch, "metadata", None) or {}
+        if batch.status not in DEAD and all(theirs.get(k) == v for k, v in metadata.items()):
+            return batch
+    return None
 
 
 @dataclass(frozen=True)

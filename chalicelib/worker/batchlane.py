@@ -5,6 +5,9 @@
    vendors each custom_id asks about) goes to S3; the job records the batch (`wait_on_batch`, one write under its
    lease, refused if a batch is already there) and is listed in the pending-batches item. The invocation ends:
    the job stays Processing with no lease and no message, its status message "Waiting on the provider's batch".
+   The batch's metadata names the job, the batch it replaces (after a cancel and a retry) and the plan: an
+   invocation killed between creating the batch and recording it leaves it running (and billed) at the provider;
+   the job's next invocation takes it back (categorize/batch.find) instead of paying for a second.
 2. `poll` (the `poll_provider_batches` schedule): for each pending job, a job that became final meanwhile
    (cancelled) has its cancel forwarded to its batch, and once the batch stopped, what it answered before (billed
    by the provider) is counted on the job and kept in the tenant's cache. A finished batch (completed, expired,
@@ -27,7 +30,7 @@ from typing import Any
 
 from pynamodb.exceptions import PutError
 
-from chalicelib import credentials, deps
+from chalicelib import credentials, deps, faults
 from chalicelib.categorize import batch as provider_batch
 from chalicelib.categorize import cache, prompt
 from chalicelib.categorize.normalize import normalize_vendor
@@ -75,25 +78,43 @@ def submit(run: Any) -> bool:
         groups.setdefault(normalize_vendor(line.vendor), (line.vendor, line.description or ""))
     known = cache.lookup(categories, list(groups), settings.openai_model, job.job_id, tenant=tenant)
     misses = [v for v in groups if v not in known]
-    if not misses:
+    # The job and the batch this one replaces (none, or the one cancelled with the job before a retry): an
+    # invocation that died between creating the batch and recording it left one at the provider, running and
+    # billed; the next one takes it back instead of creating a second (the first would never be collected nor
+    # cancelled). One list call per submit.
+    ours = {"jobId": job.job_id, "replaces": job.batch_id or "-"}
+    orphan = provider_batch.find(api, ours, time.time())
+    if orphan is not None and not (orphan.metadata or {}).get("plan"):
+        orphan = None  # not one this code made (its plan is unknown)
+    if orphan is None and not misses:
         return False
-    size, key = settings.model_batch_size, prompt.cache_key(tenant, categories)
-    plan = {f"r{n // size}": [[v, *groups[v]] for v in misses[n:n + size]] for n in range(0, len(misses), size)}
-    lines = [provider_batch.request_line(custom_id, settings.openai_model,
-                                         [Item(f"v{i}", vendor, description)
-                                          for i, (_, vendor, description) in enumerate(items)], categories, key)
-             for custom_id, items in plan.items()]
-    plan_key = f"results/batches/{job.job_id}/{int(time.time() * 1000)}/plan.json"
-    _put(plan_key, plan)
-    batch_id = provider_batch.submit(api, lines, {"jobId": job.job_id})
-    message = f"{WAITING} ({len(lines)} requests for {len(misses)} vendors)"
+    if orphan is not None:
+        batch_id, plan_key = str(orphan.id), str(orphan.metadata["plan"])
+        plan = _get(plan_key)
+        log.info("took back a provider batch created for the job", extra={"jobId": job.job_id, "batchId": batch_id})
+    else:
+        size, key = settings.model_batch_size, prompt.cache_key(tenant, categories)
+        plan = {f"r{n // size}": [[v, *groups[v]] for v in misses[n:n + size]] for n in range(0, len(misses), size)}
+        lines = [provider_batch.request_line(custom_id, settings.openai_model,
+                                             [Item(f"v{i}", vendor, description)
+                                              for i, (_, vendor, description) in enumerate(items)], categories, key)
+                 for custom_id, items in plan.items()]
+        plan_key = f"results/batches/{job.job_id}/{int(time.time() * 1000)}/plan.json"
+        _put(plan_key, plan)
+        batch_id = provider_batch.submit(api, lines, {**ours, "plan": plan_key})
+        faults.point("after_batch_create")
+    vendors = sum(len(items) for items in plan.values())
+    message = f"{WAITING} ({len(plan)} requests for {vendors} vendors)"
     if not store.current().wait_on_batch(job, run.lease, batch_id, plan_key, message):
-        # Another invocation of the job submitted first (or the job moved on): this batch is not the job's.
-        _cancel(api, batch_id)
+        # Another invocation of the job submitted first (or the job moved on): unless the job records this very
+        # batch (taken back by both), it is not the job's.
+        current = store.current().load(job.job_id)
+        if current is None or current.batch_id != batch_id:
+            _cancel(api, batch_id)
         return True
     list_pending(job.job_id)
     log.info("job waits on a provider batch", extra={"jobId": job.job_id, "batchId": batch_id,
-                                                     "requests": len(lines)})
+                                                     "requests": len(plan)})
     return True
 
 

@@ -20,9 +20,10 @@ from tests.support import Receiver, drain, expense_lines, receive, vendors
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_worker_until_killed(aws_endpoint: str, point: str) -> int:
+def run_worker_until_killed(aws_endpoint: str, point: str, **extra: str) -> int:
+    """A local worker process armed to exit (137, no `finally`) at `point`; its exit code. `extra`: more env."""
     env = {**os.environ, "COMPONENTS": "worker", "CHALICE_STAGE": "pytest", "AWS_ENDPOINT_URL": aws_endpoint,
-           "PORT": str(free_port()), "WORKER_CRASH_AT": point}
+           "PORT": str(free_port()), "WORKER_CRASH_AT": point, **extra}
     worker = subprocess.Popen([sys.executable, "-m", "local.stack"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,10 +15,29 @@ import pytest
 from chalicelib import deps, reaper
 from chalicelib.settings import get_settings
 from local.stack import free_port
+from tests.e2e.test_delivery_kill import run_worker_until_killed
 from tests.integration.test_worker import Api, assert_every_line_once
 from tests.support import drain, expense_lines, receive, vendors, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def clear_strays(job_id: str) -> None:
+    """Receive what earlier tests left on the queue (dropped); the job's own message goes back, visible at once."""
+    for message in receive({job_id}):
+        deps.client("sqs").change_message_visibility(QueueUrl=deps.work_queue_url(),
+                                                     ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+
+
+def reap_until_requeued(api: Api, job_id: str) -> None:
+    """Run the reaper (a job is stale after 1 s here) until it has re-enqueued the dead worker's job."""
+    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
+
+    def reaped() -> bool:
+        reaper.reap(quick)
+        return "reaped" in [e["type"] for e in api.call("get", f"/jobs/{job_id}/events")[1]["items"]]
+
+    wait_for(reaped, 10, interval=0.3, what="the reaper to re-enqueue the job")
 
 
 @pytest.mark.parametrize("point, env, counted", [
@@ -34,29 +53,13 @@ def test_killed_worker_process_is_reaped_and_its_job_finished_exactly_once(clien
     api = Api(client, token_for())
     lines = expense_lines(200, vendors(60))
     job_id = api.start(lines)
-    for message in receive({job_id}):  # clears strays of earlier tests; ours goes back on the queue
-        deps.client("sqs").change_message_visibility(QueueUrl=deps.work_queue_url(),
-                                                     ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
-    env = {**os.environ, "COMPONENTS": "worker", "CHALICE_STAGE": "pytest", "AWS_ENDPOINT_URL": aws_endpoint,
-           "PORT": str(free_port()), "LINE_BATCH_SIZE": "50", "LINE_READ_AHEAD": "1", "WORKER_CRASH_AT": point, **env}
-    worker = subprocess.Popen([sys.executable, "-m", "local.stack"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        code = worker.wait(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    clear_strays(job_id)
+    code = run_worker_until_killed(aws_endpoint, point, LINE_BATCH_SIZE="50", LINE_READ_AHEAD="1", **env)
     assert code == 137  # the process died abruptly (no `finally` ran), holding the job's lease
     job = api.job(job_id)
     assert job["status"] == "Processing" and job["processedLines"] == counted
 
-    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
-
-    def reaped() -> bool:
-        reaper.reap(quick)
-        return "reaped" in [e["type"] for e in api.call("get", f"/jobs/{job_id}/events")[1]["items"]]
-
-    wait_for(reaped, 10, interval=0.3, what="the reaper to re-enqueue the job")
+    reap_until_requeued(api, job_id)
     drain({job_id})  # a fresh worker, resuming from the checkpoint (or the recorded plan)
     assert_every_line_once(api, job_id, lines)
 
@@ -69,9 +72,7 @@ def test_a_worker_killed_mid_categorize_is_resumed_in_its_step_and_collect_is_no
     api = Api(client, token_for())
     lines = expense_lines(300, vendors(300))  # every line its own vendor: every batch asks the model
     job_id = api.start(lines)
-    for message in receive({job_id}):  # clears strays of earlier tests; ours goes back on the queue
-        deps.client("sqs").change_message_visibility(QueueUrl=deps.work_queue_url(),
-                                                     ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    clear_strays(job_id)
     model = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": sim.url, "MODEL_BATCH_SIZE": "10",
              "MODEL_CONCURRENCY": "1"}
     env = {**os.environ, "COMPONENTS": "worker", "CHALICE_STAGE": "pytest", "AWS_ENDPOINT_URL": aws_endpoint,
@@ -93,13 +94,7 @@ def test_a_worker_killed_mid_categorize_is_resumed_in_its_step_and_collect_is_no
     assert [(s["name"], s["status"], s["attempts"]) for s in killed["steps"]] == [
         ("collect", "Completed", 1), ("categorize", "Running", 1), ("assemble", "Pending", 0)]
 
-    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
-
-    def reaped() -> bool:
-        reaper.reap(quick)
-        return "reaped" in [e["type"] for e in api.call("get", f"/jobs/{job_id}/events")[1]["items"]]
-
-    wait_for(reaped, 10, interval=0.3, what="the reaper to re-enqueue the job")
+    reap_until_requeued(api, job_id)
     settings = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
                                    line_batch_size=50, line_read_ahead=1, model_batch_size=10)
     drain({job_id}, settings)  # a fresh worker takes the job up where the dead one left it

@@ -279,3 +279,36 @@ def test_a_flex_request_may_take_longer_than_the_clients_timeout(api, sim, model
     assert_every_line_once(api, job_id, lines)
     job = api.job(job_id)
     assert job["failedLines"] == 0 and job["retryCount"] == 0 and job["usage"]["modelRequests"] == 1
+
+
+@pytest.mark.sim(batch_delay=3600.0)
+def test_find_takes_back_only_a_live_batch_of_the_same_job_and_submit(sim):
+    """The provider's list, newest first and a page at a time, searched by metadata: a cancelled batch of the job
+    is not taken back, nor one of another job or made for another submit (the one after a cancel and a retry),
+    nor one older than the lookback."""
+    import time
+
+    from chalicelib.categorize import batch as provider_batch
+    from chalicelib.categorize import provider
+    from chalicelib.categorize.types import Item
+
+    api = provider.client("sk-test", sim.url, 10.0)
+    line = provider_batch.request_line("r0", MODEL, [Item("v0", "ACME", "")], ["Travel", "Meals"], "k")
+
+    def create(**metadata: str) -> str:
+        return provider_batch.submit(api, [line], {"plan": "p", **metadata})
+
+    first = create(jobId="j1", replaces="-")
+    other_job = create(jobId="j2", replaces="-")
+    after_retry = create(jobId="j1", replaces="batch_old")
+    cancelled = create(jobId="j1", replaces="-")
+    api.batches.cancel(cancelled)
+    now = time.time()
+    assert provider_batch.find(api, {"jobId": "j1", "replaces": "-"}, now).id == first  # the newer one is dead
+    assert provider_batch.find(api, {"jobId": "j1", "replaces": "batch_old"}, now).id == after_retry
+    assert provider_batch.find(api, {"jobId": "j3", "replaces": "-"}, now) is None
+    assert provider_batch.find(api, {"jobId": "j1", "replaces": "-"},
+                               now + provider_batch.FIND_LOOKBACK_SECONDS + 60) is None
+    # Two to a page: the SDK follows `has_more` / `after` through all four, newest first.
+    assert api.batches.list(limit=2).has_more
+    assert [b.id for b in api.batches.list(limit=2)] == [cancelled, after_retry, other_job, first]

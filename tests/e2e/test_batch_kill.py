@@ -1,0 +1,53 @@
+"""A worker process killed (exit 137, no `finally`) between creating the provider's batch and recording it on the
+job: the job's next invocation takes that batch back. The provider runs one batch for the job, not two (the first
+would run, be billed, and never be collected nor cancelled), and every line is counted once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from chalicelib.settings import get_settings
+from chalicelib.tables import Job
+from chalicelib.worker import batchlane
+from tests.e2e.test_delivery_kill import run_worker_until_killed
+from tests.e2e.test_worker_kill import clear_strays, reap_until_requeued
+from tests.integration.test_lanes import generate
+from tests.integration.test_worker import Api, assert_every_line_once
+from tests.support import drain, expense_lines, vendors
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_batch_created_by_a_killed_worker_is_taken_back_not_paid_for_twice(client, token_for, aws_endpoint, sim):
+    api = Api(client, token_for())
+    lines = expense_lines(60, vendors(20))
+    job_id = generate(api, lines, {"lane": "batch"})
+    clear_strays(job_id)
+    code = run_worker_until_killed(aws_endpoint, "after_batch_create", OPENAI_API_KEY="sk-test",
+                                   OPENAI_BASE_URL=sim.url, MODEL_BATCH_SIZE="10")
+    assert code == 137  # died abruptly, the batch created at the provider and not recorded on the job
+
+    def batches_of_the_job() -> list[dict]:
+        return [b for b in sim.batches.batches.values() if (b.get("metadata") or {}).get("jobId") == job_id]
+
+    [orphan] = batches_of_the_job()
+    job = Job.get(job_id, consistent_read=True)
+    assert job.status == "Processing" and job.batch_id is None and job.lease_owner
+
+    reap_until_requeued(api, job_id)
+    settings = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
+                                   model_batch_size=10)
+    drain({job_id}, settings)  # the next invocation: finds the batch by its metadata, and records it
+    job = Job.get(job_id, consistent_read=True)
+    assert (job.batch_id, job.batch_state) == (orphan["id"], "submitted")
+    assert batches_of_the_job() == [orphan]  # no second batch
+    assert api.job(job_id)["statusMessage"] == "Waiting on the provider's batch (2 requests for 20 vendors)"
+
+    assert batchlane.poll(settings)["collected"] == 1
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    shown = api.job(job_id)
+    assert shown["processedLines"] == 60 and shown["usage"]["modelRequests"] == 2  # the one batch's requests
+    assert sim.stats(include_log=False)["requests"] == 0  # and no chat completion: the batch answered them all
+    assert sim.batches.cancels == []
