@@ -312,3 +312,26 @@ def test_find_takes_back_only_a_live_batch_of_the_same_job_and_submit(sim):
     # Two to a page: the SDK follows `has_more` / `after` through all four, newest first.
     assert api.batches.list(limit=2).has_more
     assert [b.id for b in api.batches.list(limit=2)] == [cancelled, after_retry, other_job, first]
+
+
+@pytest.mark.sim(batch_delay=3600.0)
+def test_an_invocation_that_took_back_the_batch_its_job_records_does_not_cancel_it(api, sim, model_settings):
+    """Two invocations of one job (a redelivered start): the first records the batch; the second, which loaded the
+    job before that write, finds the same batch by its metadata, and its own write is refused (batch_not_submitted).
+    It must leave the batch alone: it is the job's (a batch of its own making would be cancelled)."""
+    import time
+    import types
+
+    from chalicelib.jobs.store.lease import Lease
+
+    lines = expense_lines(30, vendors(15))
+    job_id = generate(api, lines, {"lane": "batch"})
+    stale = Job.get(job_id, consistent_read=True)  # loaded before the batch was recorded
+    waiting = _wait_on_batch(job_id, model_settings)
+    second = types.SimpleNamespace(job=stale, settings=model_settings, backend=object(),
+                                   lease=Lease(f"second-{uuid.uuid4().hex[:8]}", time.time() + 60))
+    assert batchlane.submit(second)  # it stops: the job waits on its batch
+    assert sim.batches.cancels == []
+    assert [b["id"] for b in sim.batches.batches.values()] == [waiting.batch_id]  # taken back, not made again
+    job = Job.get(job_id, consistent_read=True)
+    assert (job.batch_id, job.batch_state) == (waiting.batch_id, "submitted")
