@@ -351,6 +351,9 @@ class Job(_Model):
     batch_state = UnicodeAttribute(null=True, attr_name="batchState")
     batch_plan_key = UnicodeAttribute(null=True, attr_name="batchPlanKey")
     batch_answers_key = UnicodeAttribute(null=True, attr_name="batchAnswersKey")
+    # The plan of a batch about to be created (written before the create, removed when the job records the batch):
+    # the job's next invocation looks for that batch at the provider only when it is set.
+    batch_intent = UnicodeAttribute(null=True, attr_name="batchIntent")
     # The job's ordered steps and a version every steps write checks and bumps (store/steps.steps_unchanged);
     # absent on a job from before steps.
     steps = ListAttribute(of=JobStep, null=True)

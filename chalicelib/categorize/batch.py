@@ -21,9 +21,9 @@ WINDOW = "24h"
 FINISHED = ("completed", "expired", "cancelled", "failed")  # the batch will answer nothing more
 # A batch of ours that will answer nothing we asked for: never taken back for its job (`find`).
 DEAD = ("failed", "cancelling", "cancelled")
-# How far back `find` looks: the provider lists batches newest first, so this bounds the pages read. An orphan is
-# looked for when its job's message comes back (the queue's visibility timeout, or the reaper: minutes).
-FIND_LOOKBACK_SECONDS = 6 * 3600
+# How far back `find` looks: the provider lists batches newest first, so this bounds the pages read (an orphan is
+# looked for when its job's message comes back: the queue's visibility timeout, or the reaper, minutes later).
+FIND_LOOKBACK_SECONDS = 24 * 3600
 
 
 def request_line(custom_id: str, model: str, items: list[Item], categories: list[str], cache_key: str) -> dict:
@@ -45,7 +45,7 @@ def submit(api: Any, lines: list[dict], metadata: dict[str, str]) -> str:
 
 def find(api: Any, metadata: dict[str, str], now: float) -> Any | None:
     """The newest batch created in the last FIND_LOOKBACK_SECONDS whose metadata holds all of `metadata` and that
-    is not DEAD: one `submit` created for the same job and attempt, whose invocation died before recording it."""
+    is not DEAD: the one a job's invocation created (metadata: the job and its plan) and died before recording."""
     for batch in api.batches.list(limit=100):  # newest first; the SDK fetches the next page as the loop goes on
         if (getattr(batch, "created_at", 0) or 0) < now - FIND_LOOKBACK_SECONDS:
             return None

@@ -5,9 +5,10 @@
    vendors each custom_id asks about) goes to S3; the job records the batch (`wait_on_batch`, one write under its
    lease, refused if a batch is already there) and is listed in the pending-batches item. The invocation ends:
    the job stays Processing with no lease and no message, its status message "Waiting on the provider's batch".
-   The batch's metadata names the job, the batch it replaces (after a cancel and a retry) and the plan: an
-   invocation killed between creating the batch and recording it leaves it running (and billed) at the provider;
-   the job's next invocation takes it back (categorize/batch.find) instead of paying for a second.
+   The plan's key is written on the job just before the batch is created (`intend_batch`), and the batch's
+   metadata names the job and the plan: an invocation killed between creating the batch and recording it leaves
+   it running (and billed) at the provider; the job's next invocation finds it (categorize/batch.find) and takes
+   it back instead of paying for a second.
 2. `poll` (the `poll_provider_batches` schedule): for each pending job, a job that became final meanwhile
    (cancelled) has its cancel forwarded to its batch, and once the batch stopped, what it answered before (billed
    by the provider) is counted on the job and kept in the tenant's cache. A finished batch (completed, expired,
@@ -78,18 +79,16 @@ def submit(run: Any) -> bool:
         groups.setdefault(normalize_vendor(line.vendor), (line.vendor, line.description or ""))
     known = cache.lookup(categories, list(groups), settings.openai_model, job.job_id, tenant=tenant)
     misses = [v for v in groups if v not in known]
-    # The job and the batch this one replaces (none, or the one cancelled with the job before a retry): an
-    # invocation that died between creating the batch and recording it left one at the provider, running and
-    # billed; the next one takes it back instead of creating a second (the first would never be collected nor
-    # cancelled). One list call per submit.
-    ours = {"jobId": job.job_id, "replaces": job.batch_id or "-"}
-    orphan = provider_batch.find(api, ours, time.time())
-    if orphan is not None and not (orphan.metadata or {}).get("plan"):
-        orphan = None  # not one this code made (its plan is unknown)
+    # An invocation that died between creating the batch and recording it left one at the provider, running and
+    # billed: the job's intent (its plan, written just before the create) says so, and the job takes that batch
+    # back instead of creating a second (the first would never be collected nor cancelled). Only then is the
+    # provider's list read.
+    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": job.batch_intent}, time.time()) \
+        if job.batch_intent else None
     if orphan is None and not misses:
         return False
     if orphan is not None:
-        batch_id, plan_key = str(orphan.id), str(orphan.metadata["plan"])
+        batch_id, plan_key = str(orphan.id), str(job.batch_intent)
         plan = _get(plan_key)
         log.info("took back a provider batch created for the job", extra={"jobId": job.job_id, "batchId": batch_id})
     else:
@@ -101,7 +100,9 @@ def submit(run: Any) -> bool:
                  for custom_id, items in plan.items()]
         plan_key = f"results/batches/{job.job_id}/{int(time.time() * 1000)}/plan.json"
         _put(plan_key, plan)
-        batch_id = provider_batch.submit(api, lines, {**ours, "plan": plan_key})
+        if not store.current().intend_batch(job, run.lease, plan_key):
+            return True  # the lease is lost, or the job waits on a batch already: nothing to send, nor to work
+        batch_id = provider_batch.submit(api, lines, {"jobId": job.job_id, "plan": plan_key})
         faults.point("after_batch_create")
     vendors = sum(len(items) for items in plan.values())
     message = f"{WAITING} ({len(plan)} requests for {vendors} vendors)"

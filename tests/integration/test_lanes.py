@@ -282,10 +282,9 @@ def test_a_flex_request_may_take_longer_than_the_clients_timeout(api, sim, model
 
 
 @pytest.mark.sim(batch_delay=3600.0)
-def test_find_takes_back_only_a_live_batch_of_the_same_job_and_submit(sim):
-    """The provider's list, newest first and a page at a time, searched by metadata: a cancelled batch of the job
-    is not taken back, nor one of another job or made for another submit (the one after a cancel and a retry),
-    nor one older than the lookback."""
+def test_find_takes_back_only_a_live_batch_of_the_same_job_and_plan(sim):
+    """The provider's list, newest first and a page at a time, searched by metadata: a cancelled batch is not
+    taken back, nor one of another job or of another plan of the job, nor one older than the lookback."""
     import time
 
     from chalicelib.categorize import batch as provider_batch
@@ -295,30 +294,30 @@ def test_find_takes_back_only_a_live_batch_of_the_same_job_and_submit(sim):
     api = provider.client("sk-test", sim.url, 10.0)
     line = provider_batch.request_line("r0", MODEL, [Item("v0", "ACME", "")], ["Travel", "Meals"], "k")
 
-    def create(**metadata: str) -> str:
-        return provider_batch.submit(api, [line], {"plan": "p", **metadata})
+    def create(job: str, plan: str) -> str:
+        return provider_batch.submit(api, [line], {"jobId": job, "plan": plan})
 
-    first = create(jobId="j1", replaces="-")
-    other_job = create(jobId="j2", replaces="-")
-    after_retry = create(jobId="j1", replaces="batch_old")
-    cancelled = create(jobId="j1", replaces="-")
+    first = create("j1", "p1")
+    other_job = create("j2", "p1")
+    other_plan = create("j1", "p2")
+    cancelled = create("j1", "p1")
     api.batches.cancel(cancelled)
     now = time.time()
-    assert provider_batch.find(api, {"jobId": "j1", "replaces": "-"}, now).id == first  # the newer one is dead
-    assert provider_batch.find(api, {"jobId": "j1", "replaces": "batch_old"}, now).id == after_retry
-    assert provider_batch.find(api, {"jobId": "j3", "replaces": "-"}, now) is None
-    assert provider_batch.find(api, {"jobId": "j1", "replaces": "-"},
+    assert provider_batch.find(api, {"jobId": "j1", "plan": "p1"}, now).id == first  # the newer one is dead
+    assert provider_batch.find(api, {"jobId": "j1", "plan": "p2"}, now).id == other_plan
+    assert provider_batch.find(api, {"jobId": "j3", "plan": "p1"}, now) is None
+    assert provider_batch.find(api, {"jobId": "j1", "plan": "p1"},
                                now + provider_batch.FIND_LOOKBACK_SECONDS + 60) is None
     # Two to a page: the SDK follows `has_more` / `after` through all four, newest first.
     assert api.batches.list(limit=2).has_more
-    assert [b.id for b in api.batches.list(limit=2)] == [cancelled, after_retry, other_job, first]
+    assert [b.id for b in api.batches.list(limit=2)] == [cancelled, other_plan, other_job, first]
 
 
 @pytest.mark.sim(batch_delay=3600.0)
 def test_an_invocation_that_took_back_the_batch_its_job_records_does_not_cancel_it(api, sim, model_settings):
     """Two invocations of one job (a redelivered start): the first records the batch; the second, which loaded the
-    job before that write, finds the same batch by its metadata, and its own write is refused (batch_not_submitted).
-    It must leave the batch alone: it is the job's (a batch of its own making would be cancelled)."""
+    job between the first's intent and its record, finds the same batch by its metadata, and its own write is
+    refused (batch_not_submitted). It must leave the batch alone: it is the job's."""
     import time
     import types
 
@@ -326,8 +325,9 @@ def test_an_invocation_that_took_back_the_batch_its_job_records_does_not_cancel_
 
     lines = expense_lines(30, vendors(15))
     job_id = generate(api, lines, {"lane": "batch"})
-    stale = Job.get(job_id, consistent_read=True)  # loaded before the batch was recorded
+    stale = Job.get(job_id, consistent_read=True)
     waiting = _wait_on_batch(job_id, model_settings)
+    stale.batch_intent = waiting.batch_plan_key  # as loaded between the intent and the record
     second = types.SimpleNamespace(job=stale, settings=model_settings, backend=object(),
                                    lease=Lease(f"second-{uuid.uuid4().hex[:8]}", time.time() + 60))
     assert batchlane.submit(second)  # it stops: the job waits on its batch

@@ -278,7 +278,12 @@ class StoreContract:
         job = self.seed(store, new_job())
         mine = lease("a")
         assert store.take_lease(job, mine)
+        assert not store.intend_batch(store.load(job.job_id), lease("b"), "plan-1")  # lease_is_ours
+        assert store.intend_batch(job, mine, "plan-1")
+        assert store.load(job.job_id).batch_intent == "plan-1"  # before the create: a crash leaves it
         assert store.wait_on_batch(job, mine, "batch-1", "plan-1", "Waiting")
+        assert store.load(job.job_id).batch_intent is None  # recorded: nothing to look for any more
+        assert not store.intend_batch(store.load(job.job_id), mine, "plan-2")  # batch_not_submitted
         # batch_not_submitted: a second invocation of the same start message does not replace the batch.
         assert not store.wait_on_batch(store.load(job.job_id), mine, "batch-2", "plan-2", "Waiting")
         assert not store.wait_on_batch(store.load(job.job_id), lease("b"), "batch-3", "plan-3", "Waiting")

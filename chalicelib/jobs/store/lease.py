@@ -206,6 +206,7 @@ class JobStore(Protocol):
                       usage: Usage | None = None) -> bool: ...
     def next_result_version(self, job: Job, fixed: int) -> int: ...
     def set_result(self, job: Job, version: int, key: str, message: str) -> bool: ...
+    def intend_batch(self, job: Job, lease: Lease, plan_key: str) -> bool: ...
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool: ...
     def batch_progress(self, job: Job, message: str) -> bool: ...
     def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool: ...
@@ -451,10 +452,15 @@ class DynamoJobStore:
 
     # the batch lane (worker/batchlane.py)
 
+    def intend_batch(self, job: Job, lease: Lease, plan_key: str) -> bool:
+        return self._update(job, [Job.batch_intent.set(plan_key)],
+                            lease_is_ours(lease) & batch_not_submitted() & (Job.status == S.PROCESSING.value))
+
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
         stamp = _now_iso()
         return self._update(job, [Job.batch_id.set(batch_id), Job.batch_state.set("submitted"),
                                   Job.batch_plan_key.set(plan_key), Job.batch_answers_key.remove(),
+                                  Job.batch_intent.remove(),
                                   Job.status_message.set(message), Job.heartbeat_at.set(stamp),
                                   Job.updated_at.set(stamp)],
                             lease_is_ours(lease) & batch_not_submitted() & (Job.status == S.PROCESSING.value))
@@ -819,9 +825,17 @@ class MemoryJobStore(step_writes.MemorySteps):
 
         return self._apply(job, lambda j: int(j.result_version) == version, change)
 
+    def intend_batch(self, job: Job, lease: Lease, plan_key: str) -> bool:
+        def change(j: Job) -> None:
+            j.batch_intent = plan_key
+
+        return self._apply(job, lambda j: j.lease_owner == lease.owner and j.batch_state in (None, "cancelled")
+                           and j.status == S.PROCESSING.value, change)
+
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
         def change(j: Job) -> None:
             j.batch_id, j.batch_state, j.batch_plan_key, j.batch_answers_key = batch_id, "submitted", plan_key, None
+            j.batch_intent = None
             j.status_message, j.heartbeat_at = message, _now_iso()
             j.updated_at = j.heartbeat_at
 
