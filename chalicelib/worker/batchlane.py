@@ -2,13 +2,14 @@
 
 1. `submit` (the job's first invocation, before its lines are worked): every vendor of the job's lines that the
    tenant's cache does not answer goes into one JSONL file of requests (categorize/batch.py); the plan (which
-   vendors each custom_id asks about) goes to S3; the job records the batch (`wait_on_batch`, one write under its
-   lease, refused if a batch is already there) and is listed in the pending-batches item. The invocation ends:
-   the job stays Processing with no lease and no message, its status message "Waiting on the provider's batch".
-   The plan's key is written on the job just before the batch is created (`intend_batch`), and the batch's
-   metadata names the job and the plan: an invocation killed between creating the batch and recording it leaves
-   it running (and billed) at the provider; the job's next invocation finds it (categorize/batch.find) and takes
-   it back instead of paying for a second.
+   vendors each custom_id asks about) goes to S3; the plan's key is written on the job as its intent
+   (`intend_batch`) and the job listed in the pending-batches item, then the batch is created (its metadata names
+   the job and the plan) and the job records it (`wait_on_batch`, one write under its lease, refused if a batch is
+   already there; it clears the intent). The invocation ends: the job stays Processing with no lease and no
+   message, its status message "Waiting on the provider's batch". An invocation killed between the create and the
+   record leaves the batch running (and billed) at the provider: the job's next invocation finds it by its
+   metadata (categorize/batch.find) and takes it back instead of paying for a second; if the job stops first
+   (cancelled, or failed by the reaper), the poller cancels it.
 2. `poll` (the `poll_provider_batches` schedule): for each pending job, a job that became final meanwhile
    (cancelled) has its cancel forwarded to its batch, and once the batch stopped, what it answered before (billed
    by the provider) is counted on the job and kept in the tenant's cache. A finished batch (completed, expired,
@@ -83,13 +84,15 @@ def submit(run: Any) -> bool:
     # billed: the job's intent (its plan, written just before the create) says so, and the job takes that batch
     # back instead of creating a second (the first would never be collected nor cancelled). Only then is the
     # provider's list read.
-    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": job.batch_intent}, time.time()) \
-        if job.batch_intent else None
+    orphan = _orphan(api, job) if job.batch_intent else None
     if orphan is None and not misses:
+        if job.batch_intent:  # nothing at the provider: later invocations need not read its list again
+            store.current().clear_batch_intent(job, job.batch_intent)
         return False
     if orphan is not None:
         batch_id, plan_key = str(orphan.id), str(job.batch_intent)
         plan = _get(plan_key)
+        list_pending(job.job_id)  # listed at the intent; again, in case the poller let it go meanwhile
         log.info("took back a provider batch created for the job", extra={"jobId": job.job_id, "batchId": batch_id})
     else:
         size, key = settings.model_batch_size, prompt.cache_key(tenant, categories)
@@ -102,21 +105,33 @@ def submit(run: Any) -> bool:
         _put(plan_key, plan)
         if not store.current().intend_batch(job, run.lease, plan_key):
             return True  # the lease is lost, or the job waits on a batch already: nothing to send, nor to work
+        list_pending(job.job_id)  # so that the poller cancels the batch if the job stops before recording it
         batch_id = provider_batch.submit(api, lines, {"jobId": job.job_id, "plan": plan_key})
         faults.point("after_batch_create")
     vendors = sum(len(items) for items in plan.values())
     message = f"{WAITING} ({len(plan)} requests for {vendors} vendors)"
     if not store.current().wait_on_batch(job, run.lease, batch_id, plan_key, message):
         # Another invocation of the job submitted first (or the job moved on): unless the job records this very
-        # batch (taken back by both), it is not the job's.
+        # batch (taken back by both) or intends it (this invocation's lease lapsed: the next one takes it back,
+        # or the poller cancels it if the job stopped), it is not the job's.
         current = store.current().load(job.job_id)
-        if current is None or current.batch_id != batch_id:
+        if current is None or (current.batch_id != batch_id and current.batch_intent != plan_key):
             _cancel(api, batch_id)
         return True
-    list_pending(job.job_id)
     log.info("job waits on a provider batch", extra={"jobId": job.job_id, "batchId": batch_id,
                                                      "requests": len(plan)})
     return True
+
+
+def _orphan(api: Any, job: Job) -> Any | None:
+    """The batch the job's leftover intent names, if it is at the provider and alive. A failed list is read as
+    none (a second batch at worst, as before intents), not as a crash that would fail the job."""
+    try:
+        return provider_batch.find(api, {"jobId": job.job_id, "plan": job.batch_intent or ""}, time.time())
+    except Exception:
+        log.warning("could not look for a batch of the job at the provider", exc_info=True,
+                    extra={"jobId": job.job_id})
+        return None
 
 
 def list_pending(job_id: str) -> None:
@@ -136,7 +151,7 @@ def _forget(job_id: str) -> None:
 def _cancel(api: Any, batch_id: str) -> None:
     try:
         api.batches.cancel(batch_id)
-    except Exception:  # already final at the provider, or unreachable: the next poll (if listed) tries again
+    except Exception:  # already final at the provider, or unreachable: the next poll tries again if the job is listed
         log.warning("could not cancel a provider batch", extra={"batchId": batch_id}, exc_info=True)
 
 
@@ -160,6 +175,10 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
     api = _api(settings) if pending else None
     for job_id in pending:
         job = store.current().load(job_id)
+        if job is not None and job.batch_intent and job.batch_state != "submitted" and api is not None:
+            if kind := _poll_intent(api, job):
+                counts[kind] += 1
+            continue
         if job is None or job.batch_state != "submitted" or not job.batch_id or api is None:
             _forget(job_id)
             continue
@@ -168,6 +187,19 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
         except Exception:  # one job's failure (the provider, S3) must not stop the others; the next poll retries
             log.exception("could not poll a provider batch", extra={"jobId": job_id, "batchId": job.batch_id})
     return counts
+
+
+def _poll_intent(api: Any, job: Job) -> str | None:
+    """A job that was about to create a batch and has not recorded one: while it lives, its next invocation takes
+    the batch back; once it is final (cancelled, or failed by the reaper), the batch, if any, is cancelled."""
+    if JobStatus(job.status) not in TERMINAL:
+        return "waiting"
+    orphan = _orphan(api, job)
+    if orphan is None:
+        _forget(job.job_id)  # none made, or cancelled by the last poll
+        return None
+    _cancel(api, str(orphan.id))  # listed still: the next poll finds it cancelling (dead) and forgets the job
+    return "cancelling"
 
 
 def _poll_one(api: Any, job: Job, settings: Settings) -> str:

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from chalicelib import reaper
 from chalicelib.settings import get_settings
 from chalicelib.tables import Job
 from chalicelib.worker import batchlane
@@ -15,33 +16,43 @@ from tests.e2e.test_delivery_kill import run_worker_until_killed
 from tests.e2e.test_worker_kill import clear_strays, reap_until_requeued
 from tests.integration.test_lanes import generate
 from tests.integration.test_worker import Api, assert_every_line_once
-from tests.support import drain, expense_lines, vendors
+from tests.support import drain, expense_lines, vendors, wait_for
 
 
-@pytest.mark.sim(batch_delay=0.0)
-def test_a_batch_created_by_a_killed_worker_is_taken_back_not_paid_for_twice(client, token_for, aws_endpoint, sim):
-    api = Api(client, token_for())
+def _killed_after_create(api: Api, aws_endpoint: str, sim) -> tuple[str, list[dict], dict]:
+    """A batch-lane job whose worker died (exit 137) right after creating its batch: (job id, lines, the batch)."""
     lines = expense_lines(60, vendors(20))
     job_id = generate(api, lines, {"lane": "batch"})
     clear_strays(job_id)
     code = run_worker_until_killed(aws_endpoint, "after_batch_create", OPENAI_API_KEY="sk-test",
                                    OPENAI_BASE_URL=sim.url, MODEL_BATCH_SIZE="10")
     assert code == 137  # died abruptly, the batch created at the provider and not recorded on the job
-
-    def batches_of_the_job() -> list[dict]:
-        return [b for b in sim.batches.batches.values() if (b.get("metadata") or {}).get("jobId") == job_id]
-
-    [orphan] = batches_of_the_job()
+    [orphan] = _batches_of(sim, job_id)
     job = Job.get(job_id, consistent_read=True)
     assert job.status == "Processing" and job.batch_id is None and job.lease_owner
+    assert job.batch_intent == orphan["metadata"]["plan"]
+    return job_id, lines, orphan
 
+
+def _batches_of(sim, job_id: str) -> list[dict]:
+    return [b for b in sim.batches.batches.values() if (b.get("metadata") or {}).get("jobId") == job_id]
+
+
+def _model_settings(sim):
+    return dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
+                               model_batch_size=10)
+
+
+@pytest.mark.sim(batch_delay=0.0)
+def test_a_batch_created_by_a_killed_worker_is_taken_back_not_paid_for_twice(client, token_for, aws_endpoint, sim):
+    api = Api(client, token_for())
+    job_id, lines, orphan = _killed_after_create(api, aws_endpoint, sim)
     reap_until_requeued(api, job_id)
-    settings = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
-                                   model_batch_size=10)
+    settings = _model_settings(sim)
     drain({job_id}, settings)  # the next invocation: finds the batch by its metadata, and records it
     job = Job.get(job_id, consistent_read=True)
-    assert (job.batch_id, job.batch_state) == (orphan["id"], "submitted")
-    assert batches_of_the_job() == [orphan]  # no second batch
+    assert (job.batch_id, job.batch_state, job.batch_intent) == (orphan["id"], "submitted", None)
+    assert _batches_of(sim, job_id) == [orphan]  # no second batch
     assert api.job(job_id)["statusMessage"] == "Waiting on the provider's batch (2 requests for 20 vendors)"
 
     assert batchlane.poll(settings)["collected"] == 1
@@ -51,3 +62,28 @@ def test_a_batch_created_by_a_killed_worker_is_taken_back_not_paid_for_twice(cli
     assert shown["processedLines"] == 60 and shown["usage"]["modelRequests"] == 2  # the one batch's requests
     assert sim.stats(include_log=False)["requests"] == 0  # and no chat completion: the batch answered them all
     assert sim.batches.cancels == []
+
+
+@pytest.mark.sim(batch_delay=3600.0)
+def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_by_the_poller(client, token_for,
+                                                                                        aws_endpoint, sim):
+    """No invocation of the job comes again to take the batch back: the poller (the job is listed from its intent)
+    forwards the job's cancel to it, then lets the job go."""
+    api = Api(client, token_for())
+    job_id, _, orphan = _killed_after_create(api, aws_endpoint, sim)
+    settings = _model_settings(sim)
+    assert batchlane.poll(settings) == {"waiting": 1, "collected": 0, "cancelling": 0, "cancelled": 0}  # alive
+    assert sim.batches.cancels == []
+    assert api.call("delete", f"/jobs/{job_id}")[0] == 200
+    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
+
+    def cancelled() -> bool:  # the dead worker held the lease: the reaper finishes the cancel
+        reaper.reap(quick)
+        return api.job(job_id)["status"] == "Cancelled"
+
+    wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+    assert batchlane.poll(settings)["cancelling"] == 1
+    assert sim.batches.cancels == [orphan["id"]]
+    assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    assert sim.batches.cancels == [orphan["id"]] and _batches_of(sim, job_id) == [orphan]

@@ -315,9 +315,9 @@ def test_find_takes_back_only_a_live_batch_of_the_same_job_and_plan(sim):
 
 @pytest.mark.sim(batch_delay=3600.0)
 def test_an_invocation_that_took_back_the_batch_its_job_records_does_not_cancel_it(api, sim, model_settings):
-    """Two invocations of one job (a redelivered start): the first records the batch; the second, which loaded the
-    job between the first's intent and its record, finds the same batch by its metadata, and its own write is
-    refused (batch_not_submitted). It must leave the batch alone: it is the job's."""
+    """Two invocations of one job: the first records the batch; the second (whose lease is not, or no longer, the
+    job's), which loaded the job between the first's intent and its record, finds the same batch by its metadata,
+    and its own write is refused. It must leave the batch alone: it is the job's."""
     import time
     import types
 
@@ -335,3 +335,25 @@ def test_an_invocation_that_took_back_the_batch_its_job_records_does_not_cancel_
     assert [b["id"] for b in sim.batches.batches.values()] == [waiting.batch_id]  # taken back, not made again
     job = Job.get(job_id, consistent_read=True)
     assert (job.batch_id, job.batch_state) == (waiting.batch_id, "submitted")
+
+
+def test_a_leftover_intent_with_no_batch_at_the_provider_is_cleared_and_the_job_works_on(api, sim, model_settings):
+    """An invocation wrote the intent and died before the create (or the batch was cancelled): with every vendor
+    cached meanwhile there is nothing to send; the intent goes, so later invocations do not read the provider's
+    list again, and the job is worked from the cache."""
+    from chalicelib.categorize import cache
+    from chalicelib.categorize.normalize import normalize_vendor
+
+    names = vendors(5)
+    lines = expense_lines(20, names)
+    job_id = generate(api, lines, {"lane": "batch"})
+    job = Job.get(job_id, consistent_read=True)
+    Job(job_id).update(actions=[Job.batch_intent.set(f"results/batches/{job_id}/1/plan.json")])
+    categories = list(job.categories)
+    cache.remember_many(categories, [(normalize_vendor(v), categories[0], 0.99) for v in names], MODEL,
+                        tenant=job.tenant or job.owner_id)
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+    done = Job.get(job_id, consistent_read=True)
+    assert done.status == "Completed" and done.batch_intent is None and done.batch_id is None
+    assert sim.batches.batches == {} and sim.stats(include_log=False)["requests"] == 0

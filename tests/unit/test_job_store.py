@@ -299,6 +299,15 @@ class StoreContract:
         assert (stored.batch_state, stored.batch_answers_key, int(stored.usage_requests),
                 stored.status_message) == ("collected", "answers-1", 3, "Collected")
 
+    def test_a_leftover_batch_intent_is_cleared_only_while_unchanged(self, store):
+        job = self.seed(store, new_job())
+        mine = lease("a")
+        assert store.take_lease(job, mine) and store.intend_batch(job, mine, "plan-1")
+        assert not store.clear_batch_intent(store.load(job.job_id), "plan-0")  # intent_unchanged: a newer one stays
+        assert store.load(job.job_id).batch_intent == "plan-1"
+        assert store.clear_batch_intent(store.load(job.job_id), "plan-1")
+        assert store.load(job.job_id).batch_intent is None
+
     def test_a_cancelled_batch_may_be_replaced_by_a_retry(self, store):
         job = self.seed(store, new_job())
         mine = lease("a")

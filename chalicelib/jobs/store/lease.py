@@ -136,7 +136,8 @@ def newest_result(version: int) -> Condition:
 
 def batch_not_submitted() -> Condition:
     """Two invocations of one job (a redelivered start) each submitting a batch: the second one's write is refused
-    (its batch is cancelled), so the job waits on one batch and its answers are counted once. A batch cancelled
+    (its batch is cancelled, unless it is the one the job records or intends: worker/batchlane.submit), so the job
+    waits on one batch and its answers are counted once. A batch cancelled
     with its job (a retry) may be replaced."""
     return Job.batch_state.does_not_exist() | (Job.batch_state == "cancelled")
 
@@ -207,6 +208,7 @@ class JobStore(Protocol):
     def next_result_version(self, job: Job, fixed: int) -> int: ...
     def set_result(self, job: Job, version: int, key: str, message: str) -> bool: ...
     def intend_batch(self, job: Job, lease: Lease, plan_key: str) -> bool: ...
+    def clear_batch_intent(self, job: Job, plan_key: str) -> bool: ...
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool: ...
     def batch_progress(self, job: Job, message: str) -> bool: ...
     def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool: ...
@@ -455,6 +457,10 @@ class DynamoJobStore:
     def intend_batch(self, job: Job, lease: Lease, plan_key: str) -> bool:
         return self._update(job, [Job.batch_intent.set(plan_key)],
                             lease_is_ours(lease) & batch_not_submitted() & (Job.status == S.PROCESSING.value))
+
+    def clear_batch_intent(self, job: Job, plan_key: str) -> bool:
+        # intent_unchanged: an intent written since (a new submit) stays.
+        return self._update(job, [Job.batch_intent.remove()], Job.batch_intent == plan_key)
 
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
         stamp = _now_iso()
@@ -831,6 +837,12 @@ class MemoryJobStore(step_writes.MemorySteps):
 
         return self._apply(job, lambda j: j.lease_owner == lease.owner and j.batch_state in (None, "cancelled")
                            and j.status == S.PROCESSING.value, change)
+
+    def clear_batch_intent(self, job: Job, plan_key: str) -> bool:
+        def change(j: Job) -> None:
+            j.batch_intent = None
+
+        return self._apply(job, lambda j: j.batch_intent == plan_key, change)
 
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
         def change(j: Job) -> None:
