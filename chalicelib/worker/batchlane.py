@@ -195,8 +195,8 @@ def _poll_intent(api: Any, job: Job) -> str | None:
     if JobStatus(job.status) not in TERMINAL:
         return "waiting"
     orphan = _orphan(api, job)
-    if orphan is None:
-        _forget(job.job_id)  # none made, or cancelled by the last poll
+    if orphan is None or orphan.status in provider_batch.FINISHED:
+        _forget(job.job_id)  # none made, cancelled by the last poll, or finished: nothing to stop
         return None
     _cancel(api, str(orphan.id))  # listed still: the next poll finds it cancelling (dead) and forgets the job
     return "cancelling"

@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib import reaper
 from chalicelib.settings import get_settings
-from chalicelib.tables import Job
+from chalicelib.tables import Control, Job
 from chalicelib.worker import batchlane
 from tests.e2e.test_delivery_kill import run_worker_until_killed
 from tests.e2e.test_worker_kill import clear_strays, reap_until_requeued
@@ -65,15 +65,18 @@ def test_a_batch_created_by_a_killed_worker_is_taken_back_not_paid_for_twice(cli
 
 
 @pytest.mark.sim(batch_delay=3600.0)
+@pytest.mark.parametrize("finished", [False, True], ids=["running", "finished"])
 def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_by_the_poller(client, token_for,
-                                                                                        aws_endpoint, sim):
+                                                                                        aws_endpoint, sim, finished):
     """No invocation of the job comes again to take the batch back: the poller (the job is listed from its intent)
-    forwards the job's cancel to it, then lets the job go."""
+    forwards the job's cancel to a running batch, then lets the job go; a finished one has nothing to stop."""
     api = Api(client, token_for())
     job_id, _, orphan = _killed_after_create(api, aws_endpoint, sim)
     settings = _model_settings(sim)
     assert batchlane.poll(settings) == {"waiting": 1, "collected": 0, "cancelling": 0, "cancelled": 0}  # alive
     assert sim.batches.cancels == []
+    if finished:
+        sim.configure(batch_delay=0.0)  # completed at its next read
     assert api.call("delete", f"/jobs/{job_id}")[0] == 200
     quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
 
@@ -82,8 +85,10 @@ def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_by_the
         return api.job(job_id)["status"] == "Cancelled"
 
     wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
-    assert batchlane.poll(settings)["cancelling"] == 1
-    assert sim.batches.cancels == [orphan["id"]]
+    stopped = [] if finished else [orphan["id"]]
+    assert batchlane.poll(settings)["cancelling"] == len(stopped)
+    assert sim.batches.cancels == stopped
     assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    assert job_id not in Control.get(batchlane.PENDING, consistent_read=True).stamps.as_dict()  # let go
     assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
-    assert sim.batches.cancels == [orphan["id"]] and _batches_of(sim, job_id) == [orphan]
+    assert sim.batches.cancels == stopped and _batches_of(sim, job_id) == [orphan]
