@@ -176,8 +176,11 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
     for job_id in pending:
         job = store.current().load(job_id)
         if job is not None and job.batch_intent and job.batch_state != "submitted" and api is not None:
-            if kind := _poll_intent(api, job):
-                counts[kind] += 1
+            try:
+                if kind := _poll_intent(api, job):
+                    counts[kind] += 1
+            except Exception:  # the provider's list: the job stays listed, and the next poll looks again
+                log.exception("could not look for a job's intended batch", extra={"jobId": job_id})
             continue
         if job is None or job.batch_state != "submitted" or not job.batch_id or api is None:
             _forget(job_id)
@@ -194,7 +197,8 @@ def _poll_intent(api: Any, job: Job) -> str | None:
     the batch back; once it is final (cancelled, or failed by the reaper), the batch, if any, is cancelled."""
     if JobStatus(job.status) not in TERMINAL:
         return "waiting"
-    orphan = _orphan(api, job)
+    # Not _orphan: a failed list must not read as "none" here, or the job would be let go with its batch running.
+    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": job.batch_intent or ""}, time.time())
     if orphan is None or orphan.status in provider_batch.FINISHED:
         _forget(job.job_id)  # none made, cancelled by the last poll, or finished: nothing to stop
         return None

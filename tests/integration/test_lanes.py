@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib.categorize import prices
 from chalicelib.settings import get_settings
-from chalicelib.tables import Job
+from chalicelib.tables import Control, Job
 from chalicelib.worker import batchlane
 from tests.integration.test_worker import Api, assert_every_line_once
 from tests.support import Ctx, deliver, drain, expense_lines, receive, vendors
@@ -357,3 +357,37 @@ def test_a_leftover_intent_with_no_batch_at_the_provider_is_cleared_and_the_job_
     done = Job.get(job_id, consistent_read=True)
     assert done.status == "Completed" and done.batch_intent is None and done.batch_id is None
     assert sim.batches.batches == {} and sim.stats(include_log=False)["requests"] == 0
+
+
+@pytest.mark.sim(batch_delay=3600.0)
+def test_a_failed_list_keeps_a_stopped_jobs_intended_batch_watched(api, sim, model_settings, monkeypatch):
+    """The poller looks for the batch a stopped job intended; the provider's list fails once: the job stays
+    listed (it is not let go with its batch running), and the next poll cancels the batch."""
+    import types
+
+    from chalicelib.categorize import batch as provider_batch
+    from chalicelib.categorize import provider
+    from chalicelib.categorize.types import Item
+
+    job_id = generate(api, expense_lines(10, vendors(3)), {"lane": "batch"})
+    assert api.call("delete", f"/jobs/{job_id}")[0] == 200  # queued: final at once
+    real = provider.client("sk-test", sim.url, 10.0)
+    plan = f"results/batches/{job_id}/1/plan.json"
+    line = provider_batch.request_line("r0", MODEL, [Item("v0", "ACME", "")], ["Travel", "Meals"], "k")
+    orphan = provider_batch.submit(real, [line], {"jobId": job_id, "plan": plan})
+    Job(job_id).update(actions=[Job.batch_intent.set(plan)])
+    batchlane.list_pending(job_id)
+    failures = [ConnectionError("the provider's list is unreachable")]
+
+    def listing(**kwargs):
+        if failures:
+            raise failures.pop()
+        return real.batches.list(**kwargs)
+
+    flaky = types.SimpleNamespace(batches=types.SimpleNamespace(list=listing, cancel=real.batches.cancel))
+    monkeypatch.setattr(batchlane, "_api", lambda settings: flaky)
+    batchlane.poll(model_settings)
+    assert sim.batches.cancels == []
+    assert job_id in Control.get(batchlane.PENDING, consistent_read=True).stamps.as_dict()  # still watched
+    batchlane.poll(model_settings)
+    assert sim.batches.cancels == [orphan]
