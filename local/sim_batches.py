@@ -10,7 +10,8 @@ them, with a configurable completion delay, partial results, expiry and cancel.
   except the custom_ids in `batch_failed_ids`, which go to the error file with a 500. With `batch_expire_after`
   shorter than `batch_delay`, the batch `expired` at that moment: the first half of its lines answered, the rest
   in the error file with code `batch_expired` (OpenAI's shape for an expired batch's unfinished requests).
-- A cancelled batch (`cancelling`, then `cancelled` at the next read) keeps the lines answered before (none here).
+- A cancelled batch (`cancelling`, then `cancelled` at the next read) keeps the lines answered before the cancel:
+  the first `batch_cancel_answered` share of them (none by default).
 
 Answers are the simulator's own (`Simulator.answer`: the same categories and prompt-cache accounting as chat
 completions), without latency or rate limits: a batch has its own pool at the provider.
@@ -142,7 +143,8 @@ class Batches:
         """Move the batch on as time has passed (callers hold the lock)."""
         cfg = self.sim._config
         if batch["status"] == "cancelling":
-            self._finish(batch, "cancelled", [])
+            lines = batch["_lines"]
+            self._finish(batch, "cancelled", lines[: int(len(lines) * cfg.batch_cancel_answered)])
             return
         if batch["status"] != "in_progress":
             return

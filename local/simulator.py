@@ -129,11 +129,13 @@ class SimConfig:
     batch_expire_after: float | None = _knob(None, _optional_float, "seconds after which a batch not yet complete "
                                              "expires: the requests done by then are answered, the rest expired")
     batch_failed_ids: list[str] | None = _knob(None, _names, "custom_ids (comma list) a batch answers with an error")
+    batch_cancel_answered: float = _knob(0.0, float, "share of a cancelled batch's requests answered before the "
+                                         "cancel reached them (kept in its output file, billed, as OpenAI does)")
     auth_error: bool = _knob(False, _flag, "answer 401 invalid_api_key")
 
     def __post_init__(self) -> None:
         for name in ("p429", "p500", "ptimeout", "pmalformed", "pmissing", "pbadcategory", "pbadrow", "prefusal",
-                     "pflex_unavailable"):
+                     "pflex_unavailable", "batch_cancel_answered"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability between 0 and 1")
         for name in ("rpm", "tpm"):

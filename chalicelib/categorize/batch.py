@@ -43,14 +43,15 @@ def submit(api: Any, lines: list[dict], metadata: dict[str, str]) -> str:
     return str(created.id)
 
 
-def find(api: Any, metadata: dict[str, str], now: float) -> Any | None:
-    """The newest batch created in the last FIND_LOOKBACK_SECONDS whose metadata holds all of `metadata` and that
-    is not DEAD: the one a job's invocation created (metadata: the job and its plan) and died before recording."""
+def find(api: Any, metadata: dict[str, str], now: float, skip: tuple[str, ...] = DEAD) -> Any | None:
+    """The newest batch created in the last FIND_LOOKBACK_SECONDS whose metadata holds all of `metadata` and whose
+    status is not in `skip`: the one a job's invocation created (metadata: the job and its plan) and died before
+    recording (not DEAD, to take it back; any that may have answered, to count what it answered)."""
     for batch in api.batches.list(limit=100):  # newest first; the SDK fetches the next page as the loop goes on
         if (getattr(batch, "created_at", 0) or 0) < now - FIND_LOOKBACK_SECONDS:
             return None
         theirs = getattr(batch, "metadata", None) or {}
-        if batch.status not in DEAD and all(theirs.get(k) == v for k, v in metadata.items()):
+        if batch.status not in skip and all(theirs.get(k) == v for k, v in metadata.items()):
             return batch
     return None
 

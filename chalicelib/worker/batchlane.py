@@ -177,7 +177,7 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
         job = store.current().load(job_id)
         if job is not None and job.batch_intent and job.batch_state != "submitted" and api is not None:
             try:
-                if kind := _poll_intent(api, job):
+                if kind := _poll_intent(api, job, settings):
                     counts[kind] += 1
             except Exception:  # the provider's list: the job stays listed, and the next poll looks again
                 log.exception("could not look for a job's intended batch", extra={"jobId": job_id})
@@ -192,18 +192,30 @@ def poll(settings: Settings | None = None) -> dict[str, int]:
     return counts
 
 
-def _poll_intent(api: Any, job: Job) -> str | None:
+def _poll_intent(api: Any, job: Job, settings: Settings) -> str | None:
     """A job that was about to create a batch and has not recorded one: while it lives, its next invocation takes
-    the batch back; once it is final (cancelled, or failed by the reaper), the batch, if any, is cancelled."""
+    the batch back; once it is final (cancelled, or failed by the reaper), the batch, if any, is cancelled, and
+    once it has stopped, what it answered is counted on the job (the provider bills it) and kept in the tenant's
+    cache, as for a batch the job recorded (`_stop`)."""
     if JobStatus(job.status) not in TERMINAL:
         return "waiting"
+    plan_key = job.batch_intent or ""
     # Not _orphan: a failed list must not read as "none" here, or the job would be let go with its batch running.
-    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": job.batch_intent or ""}, time.time())
-    if orphan is None or orphan.status in provider_batch.FINISHED:
-        _forget(job.job_id)  # none made, cancelled by the last poll, or finished: nothing to stop
+    # A failed batch (its input refused) answered nothing and bills nothing: none to stop, none to count.
+    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": plan_key}, time.time(), skip=("failed",))
+    if orphan is None:
+        _forget(job.job_id)  # none made
         return None
-    _cancel(api, str(orphan.id))  # listed still: the next poll finds it cancelling (dead) and forgets the job
-    return "cancelling"
+    if orphan.status not in provider_batch.FINISHED:
+        if orphan.status != "cancelling":
+            _cancel(api, str(orphan.id))
+        return "cancelling"  # listed still: a later poll finds it stopped and counts it
+    got = _collect(api, job, orphan, settings, plan_key)
+    # intent_unchanged & job_is_final: two pollers count it once; a job retried meanwhile takes the batch back.
+    if store.current().settle_intent(job, plan_key, got.usage):
+        _forget(job.job_id)
+        return "cancelled"
+    return None  # the next poll reads the job again: retried (it waits), or settled by another poller (let go)
 
 
 def _poll_one(api: Any, job: Job, settings: Settings) -> str:
@@ -240,9 +252,11 @@ def _stop(api: Any, job: Job, found: Any, settings: Settings) -> str:
     return "cancelled"
 
 
-def _collect(api: Any, job: Job, found: Any, settings: Settings) -> provider_batch.Collected:
-    """A finished batch's answers, written through to the tenant's cache as the job's own model answers are."""
-    got = provider_batch.collect(api, found, _get(job.batch_plan_key or ""), settings.openai_model,
+def _collect(api: Any, job: Job, found: Any, settings: Settings,
+             plan_key: str | None = None) -> provider_batch.Collected:
+    """A finished batch's answers (its plan: the job's recorded one, or `plan_key`), written through to the
+    tenant's cache as the job's own model answers are."""
+    got = provider_batch.collect(api, found, _get(plan_key or job.batch_plan_key or ""), settings.openai_model,
                                  list(job.categories))
     cache.remember_many(list(job.categories), [(v, a.category, a.confidence) for v, a in got.answers.items()
                                                if a.category], settings.openai_model, job.job_id,

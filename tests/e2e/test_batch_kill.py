@@ -64,14 +64,16 @@ def test_a_batch_created_by_a_killed_worker_is_taken_back_not_paid_for_twice(cli
     assert sim.batches.cancels == []
 
 
-@pytest.mark.sim(batch_delay=3600.0)
+@pytest.mark.sim(batch_delay=3600.0, batch_cancel_answered=0.5)
 @pytest.mark.parametrize("finished", [False, True], ids=["running", "finished"])
-def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_by_the_poller(client, token_for,
-                                                                                        aws_endpoint, sim, finished):
+def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_and_counted(client, token_for,
+                                                                                      aws_endpoint, sim, finished):
     """No invocation of the job comes again to take the batch back: the poller (the job is listed from its intent)
-    forwards the job's cancel to a running batch, then lets the job go; a finished one has nothing to stop."""
+    forwards the job's cancel to a running batch; once the batch has stopped, what it answered (half of it when
+    cancelled running, all of it when it finished first) is counted on the job and kept in the tenant's cache, and
+    the job is let go. A retry then asks only for the rest."""
     api = Api(client, token_for())
-    job_id, _, orphan = _killed_after_create(api, aws_endpoint, sim)
+    job_id, lines, orphan = _killed_after_create(api, aws_endpoint, sim)
     settings = _model_settings(sim)
     assert batchlane.poll(settings) == {"waiting": 1, "collected": 0, "cancelling": 0, "cancelled": 0}  # alive
     assert sim.batches.cancels == []
@@ -85,10 +87,35 @@ def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_by_the
         return api.job(job_id)["status"] == "Cancelled"
 
     wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+    assert api.job(job_id)["usage"]["modelRequests"] == 0
     stopped = [] if finished else [orphan["id"]]
-    assert batchlane.poll(settings)["cancelling"] == len(stopped)
-    assert sim.batches.cancels == stopped
-    assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    if not finished:
+        assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 1, "cancelled": 0}
+        assert sim.batches.cancels == stopped
+    assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 1}
+    answered = 2 if finished else 1  # of the batch's 2 requests (10 vendors each)
+    shown = api.job(job_id)
+    assert shown["status"] == "Cancelled" and shown["usage"]["modelRequests"] == answered  # billed, so counted
+    assert shown["usage"]["inputTokens"] > 0 and shown["processedLines"] == 0
     assert job_id not in Control.get(batchlane.PENDING, consistent_read=True).stamps.as_dict()  # let go
-    assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}
+    assert Job.get(job_id, consistent_read=True).batch_intent is None
+    assert batchlane.poll(settings) == {"waiting": 0, "collected": 0, "cancelling": 0, "cancelled": 0}  # once
+    assert api.job(job_id)["usage"]["modelRequests"] == answered
     assert sim.batches.cancels == stopped and _batches_of(sim, job_id) == [orphan]
+
+    # Retried: the vendors the orphan answered come from the tenant's cache; only the rest goes to a new batch.
+    sim.configure(batch_delay=0.0)
+    assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202
+    drain({job_id}, settings)
+    if finished:
+        assert _batches_of(sim, job_id) == [orphan]  # every vendor cached: no batch at all
+    else:
+        [_, again] = _batches_of(sim, job_id)
+        assert again["request_counts"]["total"] == 1  # the 10 vendors the cancelled batch did not answer
+        assert batchlane.poll(settings)["collected"] == 1
+        drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    done = api.job(job_id)
+    assert done["status"] == "Completed" and done["processedLines"] == 60
+    assert done["usage"]["modelRequests"] == 2  # every vendor asked once, over the two batches
+    assert sim.stats(include_log=False)["requests"] == 0  # no chat completion

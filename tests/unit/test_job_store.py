@@ -308,6 +308,20 @@ class StoreContract:
         assert store.clear_batch_intent(store.load(job.job_id), "plan-1")
         assert store.load(job.job_id).batch_intent is None
 
+    def test_a_stopped_jobs_orphan_batch_is_counted_once_and_only_while_the_job_is_stopped(self, store):
+        live = self.seed(store, new_job(batch_intent="plan-1"))
+        used = Usage(requests=1, input_tokens=700, output_tokens=40)
+        assert not store.settle_intent(live, "plan-1", used)  # job_is_final: a live job takes its batch back
+        stopped = self.seed(store, new_job(JobStatus.CANCELLED, batch_intent="plan-1"))
+        assert not store.settle_intent(store.load(stopped.job_id), "plan-0", used)  # intent_unchanged
+        first, second = store.load(stopped.job_id), store.load(stopped.job_id)
+        assert store.settle_intent(first, "plan-1", used)
+        assert not store.settle_intent(second, "plan-1", used)  # a second poller: counted once
+        stored = store.load(stopped.job_id)
+        assert (stored.batch_intent, int(stored.usage_requests), int(stored.usage_input_tokens),
+                int(stored.usage_output_tokens), stored.status) == (None, 1, 700, 40, "Cancelled")
+        assert store.load(live.job_id).batch_intent == "plan-1" and not store.load(live.job_id).usage_requests
+
     def test_a_cancelled_batch_may_be_replaced_by_a_retry(self, store):
         job = self.seed(store, new_job())
         mine = lease("a")

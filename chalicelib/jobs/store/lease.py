@@ -142,6 +142,18 @@ def batch_not_submitted() -> Condition:
     return Job.batch_state.does_not_exist() | (Job.batch_state == "cancelled")
 
 
+def intent_unchanged(plan_key: str) -> Condition:
+    """A job's leftover batch intent is cleared (or its batch counted) once: an intent written since (a new submit)
+    stays, and a second poller finds it gone."""
+    return Job.batch_intent == plan_key
+
+
+def job_is_final() -> Condition:
+    """A stopped job's orphan batch is counted only while the job is stopped: a job retried since takes the batch
+    back itself (its next invocation finds the intent), and counts it when it collects it."""
+    return Job.status.is_in(*status_values(TERMINAL))
+
+
 def batch_submitted(batch_id: str) -> Condition:
     """Two pollers (or a poll racing a cancel) finishing one batch: only the first collects it, so its answers'
     usage is added once; a batch replaced since (a retry) is not collected into the job."""
@@ -212,6 +224,7 @@ class JobStore(Protocol):
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool: ...
     def batch_progress(self, job: Job, message: str) -> bool: ...
     def end_batch(self, job: Job, state: str, answers_key: str | None, usage: Usage, message: str) -> bool: ...
+    def settle_intent(self, job: Job, plan_key: str, usage: Usage) -> bool: ...
     # The steps (store/steps.py): the whole list under steps_unchanged (and job_is_live when `live`), with an event
     # per transition; one step's progress under progress_forward.
     def write_steps(self, job: Job, seen: int, steps: list[JobStep], moved: Sequence[Moved], live: bool) -> bool: ...
@@ -459,8 +472,11 @@ class DynamoJobStore:
                             lease_is_ours(lease) & batch_not_submitted() & (Job.status == S.PROCESSING.value))
 
     def clear_batch_intent(self, job: Job, plan_key: str) -> bool:
-        # intent_unchanged: an intent written since (a new submit) stays.
-        return self._update(job, [Job.batch_intent.remove()], Job.batch_intent == plan_key)
+        return self._update(job, [Job.batch_intent.remove()], intent_unchanged(plan_key))
+
+    def settle_intent(self, job: Job, plan_key: str, usage: Usage) -> bool:
+        return self._update(job, [Job.batch_intent.remove(), Job.updated_at.set(_now_iso()), *_usage_actions(usage)],
+                            intent_unchanged(plan_key) & job_is_final())
 
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
         stamp = _now_iso()
@@ -843,6 +859,13 @@ class MemoryJobStore(step_writes.MemorySteps):
             j.batch_intent = None
 
         return self._apply(job, lambda j: j.batch_intent == plan_key, change)
+
+    def settle_intent(self, job: Job, plan_key: str, usage: Usage) -> bool:
+        def change(j: Job) -> None:
+            j.batch_intent, j.updated_at = None, _now_iso()
+            _add_usage(j, usage)
+
+        return self._apply(job, lambda j: j.batch_intent == plan_key and S(j.status) in TERMINAL, change)
 
     def wait_on_batch(self, job: Job, lease: Lease, batch_id: str, plan_key: str, message: str) -> bool:
         def change(j: Job) -> None:
