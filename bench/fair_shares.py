@@ -16,6 +16,7 @@ tenant is a fresh user (a user without a tenant claim is its own tenant) with co
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -284,18 +285,25 @@ def run(bench: Run) -> None:
     _report(idle, loaded)
 
 
+def _unused(r: Loaded) -> float:
+    """Seconds of turns nobody used while B ran: the span less the intervals A's pace alone would have filled."""
+    return max(0.0, r.during.span - (r.during.n - 1) / r.solo.rate) if r.solo.rate else float("nan")
+
+
 def _report(idle: list[float], loaded: list[Loaded]) -> None:
     base = percentile(idle, 50)
     rows = [[f"run {i + 1}", f"{r.b_seconds:.2f}", f"{r.b_seconds / base:.2f}x", f"{r.solo.rate:.2f}",
-             f"{r.a_during:.2f}", f"{r.a_drop:.1%}", f"{r.b_share:.1%}"] for i, r in enumerate(loaded)]
+             f"{r.a_during:.2f}", f"{r.a_drop:.1%}", f"{r.b_share:.1%}", f"{_unused(r):.2f}",
+             "checkpoint" if math.isnan(g) else f"request, {g:.2f} s"]
+            for i, (r, g) in enumerate(zip(loaded, GAVE_WAY[-len(loaded):], strict=True))]
     print(table(["", "B s (A's load)", "B / B idle", "A req/s alone", "A req/s while B ran", "A's drop",
-                 "B's share"], rows))
+                 "B's share", "unused s", "A gave way at"], rows))
     note(f"B idle (no other tenant, workers warm): {', '.join(f'{s:.2f}' for s in idle)} s; median {base:.2f} s "
          "is the floor")
     note("B's phases (job timestamps, queue wait + work): "
          + "; ".join(f"{label} {wait:.2f} + {work:.2f} s" for label, wait, work in PHASES))
-    note("A's first give-way before a model request (an event `rate_limited`, by `fair share`), after B's "
-         "generate: " + ", ".join(f"{g:.2f} s" for g in GAVE_WAY) + " (nan: A gave way at a checkpoint instead)")
+    note("A gave way at: where A's first invocation to give way did, after B's generate: before a model request "
+         "(an event `rate_limited`, by `fair share`, that many seconds after) or at a checkpoint")
     worst = max(r.b_seconds for r in loaded)
     target(f"B under A's load within {RATIO_TARGET:g}x its idle time, every run", worst <= RATIO_TARGET * base,
            f"worst {worst:.2f} s / {base:.2f} s = {worst / base:.2f}x")
@@ -315,10 +323,13 @@ def _report(idle: list[float], loaded: list[Loaded]) -> None:
     span = sum(r.during.span for r in loaded)
     idle_s = max(0.0, span - sum(r.during.n - 1 for r in loaded) / alone)
     note(f"turns the fleet left unused while B ran: {idle_s:.2f} s of {span:.1f} s ({idle_s * alone:.1f} turns at "
-         "A's pace alone); one place the workers' traces showed it: a worker switching from A to B while the other "
-         "worker's invocation was between two waves of requests (its rows and checkpoint, ~0.4 s, then the "
-         "limiter's 0.25 s lead), nobody asking for the turn then due (not the only cause: with the next wave "
-         "asked for across the checkpoint, the gap before B's first request remained)")
+         "A's pace alone; per run: `unused s`). Where they go (arrivals and worker logs): the worker switching from "
+         "A to B needs ~0.7-1.2 s from A's give-way to B's first request (hand-back, A's messages deferred, B's "
+         "start, B's reservations, the limiter's 0.25 s lead); a turn falls due meanwhile that A's other invocation "
+         "does not take when it is between two waves (its last answer, rows and checkpoint, then the lead: ~0.95 s "
+         "after its last turn). A's two invocations take turns one by one, so their waves end a turn apart: a "
+         "give-way at a checkpoint meets the other's gap; one before a request, when the switch outlasts the "
+         "other's wave")
     note("A's throughput is its model requests answered per second (the provider's budget is what tenants "
          "share), paced from the intervals between arrivals (Pace); A's job is cancelled once measured: the "
          "figures need its first ~40 s, not its ~100 s")
