@@ -4,7 +4,7 @@ Four kinds travel on the queue: start (or continue) a job, run one chunk of a fa
 cache, and deliver a finished job to one target. The results bucket's ObjectCreated notifications arrive there
 too, in S3's format: an import's file arrived, read as a start of its job. Their JSON keys are the wire format: a
 message sent by the code before a deploy is read by the code after it, so a key is never renamed (`jobId`,
-`chunk`, `reason`, `tenant`; `kind: warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
+`chunk`, `reason`, `tenant`, `deferrals`; `kind: warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
 
 A job's and a chunk's message name the job's tenant (`tenant`, absent in messages from before fair shares): it is
 the message's group on the queue (SQS fair queues: `MessageGroupId`), and what the worker's fair shares go by
@@ -43,10 +43,12 @@ class StartJob:
     job_id: str
     reason: str = "start"  # start | continuation | rate_limited | retried | reaped | fan-out | fair_share...
     tenant: str = ""  # "" in a message from before fair shares
+    deferrals: int = 0  # times a worker sent it back for a waiting tenant (fair/queue.defer); 0 is not written
 
     def to_body(self) -> str:
         return json.dumps({"jobId": self.job_id, "reason": self.reason,
-                           **({"tenant": self.tenant} if self.tenant else {})})
+                           **({"tenant": self.tenant} if self.tenant else {}),
+                           **({"deferrals": self.deferrals} if self.deferrals else {})})
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,12 @@ class RunChunk:
     chunk: int
     reason: str
     tenant: str = ""
+    deferrals: int = 0
 
     def to_body(self) -> str:
         return json.dumps({"jobId": self.job_id, "chunk": self.chunk, "reason": self.reason,
-                           **({"tenant": self.tenant} if self.tenant else {})})
+                           **({"tenant": self.tenant} if self.tenant else {}),
+                           **({"deferrals": self.deferrals} if self.deferrals else {})})
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,10 @@ def parse(body: str) -> Message:
         if "Records" in data:
             return _uploaded(data["Records"])
         job_id, reason, tenant = str(data["jobId"]), str(data.get("reason", "start")), str(data.get("tenant") or "")
+        deferrals = max(0, int(data.get("deferrals") or 0))
         if "chunk" in data:
-            return RunChunk(job_id, int(data["chunk"]), reason, tenant)
-        return StartJob(job_id, reason, tenant)
+            return RunChunk(job_id, int(data["chunk"]), reason, tenant, deferrals)
+        return StartJob(job_id, reason, tenant, deferrals)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise NotAWorkMessage(f"not a work message: {body[:80]!r}") from err
 

@@ -4,8 +4,9 @@ Fairness over the provider's budget alone would not help a small job whose messa
 large job's chunks, or whose worker never frees up because each chunk runs for minutes. So, with FAIR_SHARES on:
 
 - `turn`: a received job or chunk message whose tenant holds more of the fleet than another waiting tenant is
-  deferred to the back of the queue (fair/queue.defer) instead of run; otherwise the invocation is registered as
-  its tenant's (fair/demand) for as long as it runs.
+  deferred to the back of the queue (fair/queue.defer) instead of run, at most MAX_DEFERRALS times (a waiting
+  entry whose message is gone must not hold the others back); otherwise the invocation is registered as its
+  tenant's (fair/demand) for as long as it runs.
 - `must_yield`: an invocation whose tenant holds more than its share while another tenant waits hands its job or
   chunk back, at a checkpoint (loop.work) or before a model request (its tenant gate, `give_way_between_requests`);
   one invocation per waiting tenant does (demand.rescue), and the freed worker takes the waiting message.
@@ -109,10 +110,15 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
         log.warning("could not read the fleet's demand", exc_info=True)
         snap = Snapshot()
     if rules(settings).defer(snap, tenant):
-        queue.defer(message)
-        log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
-        yield False
-        return
+        if queue.deferrals(message) < queue.MAX_DEFERRALS:
+            queue.defer(message)
+            log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
+            yield False
+            return
+        # The waiting tenant's message never took a worker through all those deferrals: it is not on the queue
+        # (fair/queue.MAX_DEFERRALS); this one runs.
+        log.warning("ran despite a waiting tenant: deferred %d times while that tenant's message took no worker",
+                    queue.deferrals(message), extra={"jobId": message.job_id, "tenant": tenant})
     invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}-{uuid.uuid4().hex[:8]}"
     lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
     try:

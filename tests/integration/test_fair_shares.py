@@ -242,3 +242,44 @@ def test_an_invocation_that_sees_the_rescue_claimed_does_not_try_to_claim_it_aga
         for name in ("inv-h1", "inv-h2"):
             demand.done(holder, name)
         demand.done(waiter, "inv-w")
+
+
+def test_a_waiting_entry_whose_message_is_gone_holds_another_tenants_job_back_only_a_few_deferrals(
+        client, token_for, workers, monkeypatch):
+    """A tenant's waiting entry with no message on the queue (purged, moved to the DLQ, or registered by a process
+    that died before the send) and another tenant holding a worker on paper (a killed invocation's running entry,
+    as the chaos soak leaves them): that tenant's job is deferred for the phantom, but at most MAX_DEFERRALS
+    times, then runs. Before the bound its message went round the queue until the phantom lapsed (2 minutes)."""
+    x = _driver(client, token_for, workers)
+    x_tenant = next(iter(workers))
+    phantom = f"tenant-gone-{uuid.uuid4().hex[:8]}"
+    deferred: list[int] = []
+    real_defer = fair_queue.defer
+
+    def defer(message):
+        deferred.append(fair_queue.deferrals(message))
+        real_defer(message)
+
+    monkeypatch.setattr(fair_queue, "defer", defer)
+    demand.waiting(phantom, "job-lost-to-a-purge", time.time())
+    demand.take(x_tenant, "job-of-a-killed-worker", "killed-invocation", time.time() + 600)
+    try:
+        assert demand.read().waiting[phantom] == 1 and demand.read().running[x_tenant] == 1
+        lines = expense_lines(30, vendors(6))
+        job_id = x.start(lines)
+        wait_for(lambda: x.job(job_id)["status"] == "Completed", timeout=45,
+                 what="the job Completed, past the phantom waiting tenant")
+        assert deferred == list(range(fair_queue.MAX_DEFERRALS))  # deferred (fairness on), and bounded
+        assert demand.read().waiting[phantom] == 1  # the phantom still counts: it was the bound that let it run
+        assert_every_line_once(x, job_id, lines)
+    finally:
+        _forget(phantom, "job-lost-to-a-purge", x_tenant, "killed-invocation")
+
+
+def _forget(waiting_tenant: str, message: str, running_tenant: str, invocation: str) -> None:
+    """The phantoms out of the demand item, which the later tests on this moto server read."""
+    from chalicelib.tables import Control
+
+    Control(demand.KEY).update(actions=[Control.fair_waiting[demand.entry(waiting_tenant, message)].remove(),
+                                        Control.fair_running[demand.entry(running_tenant, invocation)].remove(),
+                                        Control.fair_rescue[waiting_tenant].remove()])
