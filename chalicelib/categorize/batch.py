@@ -19,8 +19,9 @@ from chalicelib.categorize.types import Answer, Item
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 FINISHED = ("completed", "expired", "cancelled", "failed")  # the batch will answer nothing more
-# A batch of ours that will answer nothing we asked for: never taken back for its job (`find`).
-DEAD = ("failed", "cancelling", "cancelled")
+# A batch that answered nothing (its input refused) and bills nothing: `find` passes over it. A cancelled one is
+# found: what it answered before the cancel is billed, and its job counts it and keeps its answers.
+UNANSWERED = ("failed",)
 # How far back `find` looks: the provider lists batches newest first, so this bounds the pages read (an orphan is
 # looked for when its job's message comes back: the queue's visibility timeout, or the reaper, minutes later).
 FIND_LOOKBACK_SECONDS = 24 * 3600
@@ -43,10 +44,10 @@ def submit(api: Any, lines: list[dict], metadata: dict[str, str]) -> str:
     return str(created.id)
 
 
-def find(api: Any, metadata: dict[str, str], now: float, skip: tuple[str, ...] = DEAD) -> Any | None:
+def find(api: Any, metadata: dict[str, str], now: float, skip: tuple[str, ...] = UNANSWERED) -> Any | None:
     """The newest batch created in the last FIND_LOOKBACK_SECONDS whose metadata holds all of `metadata` and whose
     status is not in `skip`: the one a job's invocation created (metadata: the job and its plan) and died before
-    recording (not DEAD, to take it back; any that may have answered, to count what it answered)."""
+    recording."""
     for batch in api.batches.list(limit=100):  # newest first; the SDK fetches the next page as the loop goes on
         if (getattr(batch, "created_at", 0) or 0) < now - FIND_LOOKBACK_SECONDS:
             return None

@@ -83,7 +83,9 @@ def submit(run: Any) -> bool:
     # An invocation that died between creating the batch and recording it left one at the provider, running and
     # billed: the job's intent (its plan, written just before the create) says so, and the job takes that batch
     # back instead of creating a second (the first would never be collected nor cancelled). Only then is the
-    # provider's list read.
+    # provider's list read. A batch the poller cancelled meanwhile (the job was cancelled, then retried before
+    # the poller saw the batch stop) is taken back too: collected, what it answered is counted and kept, and the
+    # vendors it did not answer are asked on the standard lane, as for an expired batch.
     orphan = _orphan(api, job) if job.batch_intent else None
     if orphan is None and not misses:
         if job.batch_intent:  # nothing at the provider: later invocations need not read its list again
@@ -201,8 +203,7 @@ def _poll_intent(api: Any, job: Job, settings: Settings) -> str | None:
         return "waiting"
     plan_key = job.batch_intent or ""
     # Not _orphan: a failed list must not read as "none" here, or the job would be let go with its batch running.
-    # A failed batch (its input refused) answered nothing and bills nothing: none to stop, none to count.
-    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": plan_key}, time.time(), skip=("failed",))
+    orphan = provider_batch.find(api, {"jobId": job.job_id, "plan": plan_key}, time.time())
     if orphan is None:
         _forget(job.job_id)  # none made
         return None
@@ -211,7 +212,8 @@ def _poll_intent(api: Any, job: Job, settings: Settings) -> str | None:
             _cancel(api, str(orphan.id))
         return "cancelling"  # listed still: a later poll finds it stopped and counts it
     got = _collect(api, job, orphan, settings, plan_key)
-    # intent_unchanged & job_is_final: two pollers count it once; a job retried meanwhile takes the batch back.
+    # intent_unchanged & job_is_final: two pollers count it once; a job retried meanwhile takes the batch back
+    # (cancelled or not: `submit`), and counts it when the poller collects it as the batch the job records.
     if store.current().settle_intent(job, plan_key, got.usage):
         _forget(job.job_id)
         return "cancelled"

@@ -119,3 +119,38 @@ def test_the_batch_of_a_job_cancelled_before_it_was_recorded_is_cancelled_and_co
     assert done["status"] == "Completed" and done["processedLines"] == 60
     assert done["usage"]["modelRequests"] == 2  # every vendor asked once, over the two batches
     assert sim.stats(include_log=False)["requests"] == 0  # no chat completion
+
+
+@pytest.mark.sim(batch_delay=3600.0, batch_cancel_answered=0.5)
+def test_a_job_retried_before_the_poller_saw_its_cancelled_orphan_stop_takes_it_back_and_counts_it(
+        client, token_for, aws_endpoint, sim):
+    """Cancelled before its batch was recorded, the poller cancels the orphan; the user retries before a later poll
+    sees the batch stopped (a minute at least; at OpenAI cancelling can take ten). The poller leaves a live job's
+    intent alone, so the retried job's invocation takes the cancelled batch back: it is collected as the batch the
+    job records (what it answered counted and cached), and the vendors it did not answer are asked on the
+    standard lane. Nothing billed goes uncounted, no vendor is paid for twice, every line once."""
+    api = Api(client, token_for())
+    job_id, lines, orphan = _killed_after_create(api, aws_endpoint, sim)
+    settings = _model_settings(sim)
+    assert api.call("delete", f"/jobs/{job_id}")[0] == 200
+    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
+
+    def cancelled() -> bool:
+        reaper.reap(quick)
+        return api.job(job_id)["status"] == "Cancelled"
+
+    wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+    assert batchlane.poll(settings)["cancelling"] == 1 and sim.batches.cancels == [orphan["id"]]
+    assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202  # before the poller saw the batch stop
+    assert batchlane.poll(settings)["waiting"] == 1  # live again: the poller leaves the intent to the job
+    drain({job_id}, settings)  # takes the cancelled batch back: the job records it
+    job = Job.get(job_id, consistent_read=True)
+    assert (job.batch_id, job.batch_state, job.batch_intent) == (orphan["id"], "submitted", None)
+    assert batchlane.poll(settings)["collected"] == 1  # what it answered: 1 request of 2
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    done = api.job(job_id)
+    assert done["status"] == "Completed" and done["processedLines"] == 60
+    assert sim.stats(include_log=False)["requests"] == 1  # the other 10 vendors, on the standard lane
+    assert done["usage"]["modelRequests"] == 2  # the cancelled batch's answered request, and that one
+    assert _batches_of(sim, job_id) == [orphan] and sim.batches.cancels == [orphan["id"]]

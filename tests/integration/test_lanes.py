@@ -282,9 +282,10 @@ def test_a_flex_request_may_take_longer_than_the_clients_timeout(api, sim, model
 
 
 @pytest.mark.sim(batch_delay=3600.0)
-def test_find_takes_back_only_a_live_batch_of_the_same_job_and_plan(sim):
-    """The provider's list, newest first and a page at a time, searched by metadata: a cancelled batch is not
-    taken back, nor one of another job or of another plan of the job, nor one older than the lookback."""
+def test_find_takes_back_only_a_batch_of_the_same_job_and_plan(sim):
+    """The provider's list, newest first and a page at a time, searched by metadata: the newest batch of the job's
+    plan (a cancelled one too: what it answered is billed, and its job collects it), not one of another job or of
+    another plan of the job, nor one older than the lookback, nor one of a status the caller skips."""
     import time
 
     from chalicelib.categorize import batch as provider_batch
@@ -303,7 +304,8 @@ def test_find_takes_back_only_a_live_batch_of_the_same_job_and_plan(sim):
     cancelled = create("j1", "p1")
     api.batches.cancel(cancelled)
     now = time.time()
-    assert provider_batch.find(api, {"jobId": "j1", "plan": "p1"}, now).id == first  # the newer one is dead
+    assert provider_batch.find(api, {"jobId": "j1", "plan": "p1"}, now).id == cancelled  # the newest
+    assert provider_batch.find(api, {"jobId": "j1", "plan": "p1"}, now, skip=("cancelling", "cancelled")).id == first
     assert provider_batch.find(api, {"jobId": "j1", "plan": "p2"}, now).id == other_plan
     assert provider_batch.find(api, {"jobId": "j3", "plan": "p1"}, now) is None
     assert provider_batch.find(api, {"jobId": "j1", "plan": "p1"},

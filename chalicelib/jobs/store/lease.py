@@ -149,8 +149,8 @@ def intent_unchanged(plan_key: str) -> Condition:
 
 
 def job_is_final() -> Condition:
-    """A stopped job's orphan batch is counted only while the job is stopped: a job retried since takes the batch
-    back itself (its next invocation finds the intent), and counts it when it collects it."""
+    """A stopped job's orphan batch is counted by the poller only while the job is stopped: a job retried since
+    takes the batch back itself (its next invocation finds the intent), and counts it when it collects it."""
     return Job.status.is_in(*status_values(TERMINAL))
 
 
