@@ -92,6 +92,23 @@ def rescue(tenant: str, now: float | None = None) -> bool:
     return _update(Control.fair_rescue[tenant].set(round(now + RESCUE_SECONDS, 3)), condition=free)
 
 
+def forget_waiting(tenants: list[str], visible_before: float) -> int:
+    """Remove the waiting entries of `tenants` that became visible before `visible_before`: their messages did not
+    take a worker while another tenant's message was deferred for them (fair/queue.MAX_DEFERRALS), so they are not
+    on the queue (purged, in the DLQ, or never sent). Each removal is conditioned on the value read
+    (`entry_unchanged`): a message sent again meanwhile keeps its fresh entry. Returns how many went."""
+    try:
+        item = Control.get(KEY, consistent_read=True)
+    except Control.DoesNotExist:
+        return 0
+    waits = {k: float(v) for k, v in (item.fair_waiting.as_dict() if item.fair_waiting else {}).items()}
+    gone = 0
+    for key, value in waits.items():
+        if tenant_of(key) in tenants and value < visible_before:
+            gone += _update(Control.fair_waiting[key].remove(), condition=(Control.fair_waiting[key] == value))
+    return gone
+
+
 def done(tenant: str, invocation: str) -> None:
     _update(Control.fair_running[entry(tenant, invocation)].remove())
 

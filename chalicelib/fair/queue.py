@@ -24,7 +24,10 @@ DEFER_SECONDS = 1  # a deferred message comes back after this: behind the waitin
 # it lapses (demand.WAITING_TTL_SECONDS): every message of a tenant holding more workers than that phantom would
 # otherwise go round the queue for two minutes, workers free and nothing worked. A chaos soak with fair shares on
 # met one: 1,060 deferrals in a minute and no line worked. A real waiting tenant's message is taken within a
-# deferral or two (the deferred one goes behind it), so the bound costs fairness nothing in practice.
+# deferral or two (the deferred one goes behind it), so the bound costs fairness nothing in practice. The message
+# that reaches the bound also removes the waiting entries it was deferred for that have been visible that long
+# (demand.forget_waiting): they would otherwise hold every other message back as long, and have the invocations
+# of tenants over their share hand their work back to them (a rescue every 10 s) until they lapse.
 MAX_DEFERRALS = 5
 
 log = logging.getLogger(__name__)

@@ -78,8 +78,12 @@ class Rules:
         """A received message of `tenant` goes back to the queue: another tenant waiting for a worker has the
         better claim on this one. Ties are not deferred (two waiting tenants would defer each other forever):
         the queue's order decides them."""
+        return bool(self.deferring_to(snap, tenant))
+
+    def deferring_to(self, snap: Snapshot, tenant: str) -> list[str]:
+        """The waiting tenants that have the better claim on a worker than a received message of `tenant`."""
         held = snap.r(tenant) + 1  # with this worker
-        return any(self.gives_way(tenant, held, u, snap.r(u)) for u in snap.waiting_tenants(tenant))
+        return [u for u in snap.waiting_tenants(tenant) if self.gives_way(tenant, held, u, snap.r(u))]
 
     def must_yield(self, snap: Snapshot, tenant: str, turn_is_over: bool = False) -> str | None:
         """The waiting tenant for which an invocation of `tenant` hands its work back (between two batches, or

@@ -109,16 +109,23 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
     except Exception:  # the picture is advice: without it the message runs as it came
         log.warning("could not read the fleet's demand", exc_info=True)
         snap = Snapshot()
-    if rules(settings).defer(snap, tenant):
+    waiters = rules(settings).deferring_to(snap, tenant)
+    if waiters:
         if queue.deferrals(message) < queue.MAX_DEFERRALS:
             queue.defer(message)
             log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
             yield False
             return
-        # The waiting tenant's message never took a worker through all those deferrals: it is not on the queue
-        # (fair/queue.MAX_DEFERRALS); this one runs.
-        log.warning("ran despite a waiting tenant: deferred %d times while that tenant's message took no worker",
-                    queue.deferrals(message), extra={"jobId": message.job_id, "tenant": tenant})
+        # The waiting tenants' messages took no worker through all those deferrals: they are not on the queue
+        # (fair/queue.MAX_DEFERRALS). This one runs, and their entries that old go.
+        try:
+            gone = demand.forget_waiting(waiters, time.time() - queue.MAX_DEFERRALS * queue.DEFER_SECONDS)
+        except Exception:  # they lapse on their own
+            log.warning("could not remove waiting entries", exc_info=True)
+            gone = 0
+        log.warning("ran despite a waiting tenant: deferred %d times while its message took no worker; %d of its "
+                    "waiting entries removed", queue.deferrals(message), gone,
+                    extra={"jobId": message.job_id, "tenant": tenant})
     invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}-{uuid.uuid4().hex[:8]}"
     lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
     try:
