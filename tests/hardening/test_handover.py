@@ -23,8 +23,10 @@ def test_a_continuation_received_while_its_sender_is_still_running_is_worked_not
     lines = expense_lines(60, vendors(20))
     job_id = api.start(lines)
     # A budget already spent: one batch per invocation, then a continuation for the next.
+    # fair_shares off: waiting entries other tests left behind would have the continuations deferred (tests/fair)
+    # instead of handed over, which is what this test is about.
     short = dataclasses.replace(get_settings(), line_batch_size=10, line_read_ahead=1,
-                                lambda_time_reserve_seconds=300)
+                                lambda_time_reserve_seconds=300, fair_shares=False)
     with HandOff(short) as handoff:
         drain({job_id}, short)
     assert handoff.handed >= 5  # every continuation went straight to another worker
@@ -34,7 +36,8 @@ def test_a_continuation_received_while_its_sender_is_still_running_is_worked_not
 def test_chunks_received_while_the_planner_is_still_running_are_assembled_without_the_reaper(api):
     lines = expense_lines(150, vendors(30))
     job_id = api.start(lines)
-    fanout = dataclasses.replace(get_settings(), fanout_threshold_lines=100, chunk_lines=50, line_batch_size=25)
+    fanout = dataclasses.replace(get_settings(), fanout_threshold_lines=100, chunk_lines=50, line_batch_size=25,
+                                 fair_shares=False)  # every chunk sent at once, not a tenant's window
     with HandOff(fanout) as handoff:
         drain({job_id}, fanout)
     assert handoff.handed == 3
@@ -44,7 +47,8 @@ def test_chunks_received_while_the_planner_is_still_running_are_assembled_withou
 def test_a_retry_after_a_cancel_during_the_split_plans_once_and_counts_each_line_once(api, monkeypatch):
     lines = expense_lines(150, vendors(30))
     job_id = api.start(lines)
-    fanout = dataclasses.replace(get_settings(), fanout_threshold_lines=100, chunk_lines=50, line_batch_size=25)
+    fanout = dataclasses.replace(get_settings(), fanout_threshold_lines=100, chunk_lines=50, line_batch_size=25,
+                                 fair_shares=False)  # every chunk sent at once, not a tenant's window
     real_plan = chunks.plan
     cancelled = []
 
@@ -145,7 +149,8 @@ def test_a_retried_fanned_out_job_whose_recheck_spans_invocations_still_resends_
     job_id = api.start(lines)
     model = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
                                 fanout_threshold_lines=100, chunk_lines=50, line_batch_size=25, line_read_ahead=1,
-                                model_batch_size=25, model_concurrency=1)
+                                model_batch_size=25, model_concurrency=1,
+                                fair_shares=False)  # all 3 chunk messages at once, not a tenant's window
     sim.configure(fail_first=100_000, fail_status=400)  # every line flagged for review
     deliver(receive({job_id}), Ctx(), model)  # the split
     parts = receive({job_id})
