@@ -150,6 +150,9 @@ class Settings:
     tenant_weights: tuple[tuple[str, float], ...] = field(default=(), metadata=_env("TENANT_WEIGHTS", parse=_weights))
     fair_min_slots: int = field(default=1, metadata=_int("FAIR_MIN_SLOTS"))
     fair_quantum_seconds: float = field(default=30.0, metadata=_float("FAIR_QUANTUM_SECONDS"))
+    # An invocation's running entry (fair/demand) lapses this long after its last renewal; a live invocation renews
+    # it every quarter of that (worker/fairness.turn), so a killed worker stops counting within it.
+    fair_running_ttl_seconds: float = field(default=60.0, metadata=_float("FAIR_RUNNING_TTL_SECONDS"))
     openai_timeout_seconds: float = field(default=30.0, metadata=_float("OPENAI_TIMEOUT_SECONDS"))
     line_batch_size: int = field(default=100, metadata=_int("LINE_BATCH_SIZE"))
     # A batch may take up to this many times line_batch_size lines when they need no more model requests

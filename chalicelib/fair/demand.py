@@ -5,8 +5,9 @@ Three maps on the Control item `fair#demand`:
 - `fairWaiting`: "tenant|message" -> the epoch second the message becomes visible. Written when a job or chunk
   message is sent (messages.send), removed when an invocation takes it. An entry lapses WAITING_TTL_SECONDS after
   it became visible, so a message lost to a purge or the DLQ stops holding the others back.
-- `fairRunning`: "tenant|invocation" -> the epoch second the entry lapses (the invocation's Lambda time and a
-  margin), so a worker killed mid-run stops counting without anyone cleaning up after it.
+- `fairRunning`: "tenant|invocation" -> the epoch second the entry lapses. A live invocation renews it (`renew`,
+  worker/fairness.turn), so a worker killed mid-run stops counting within FAIR_RUNNING_TTL_SECONDS without anyone
+  cleaning up after it.
 - `fairRescue`: waiting tenant -> the epoch second a claim to free a worker for it lapses (`rescue`). Read into
   the picture too, so that the other invocations do not try a claim already taken.
 
@@ -107,6 +108,14 @@ def forget_waiting(tenants: list[str], visible_before: float) -> int:
         if tenant_of(key) in tenants and value < visible_before:
             gone += _update(Control.fair_waiting[key].remove(), condition=(Control.fair_waiting[key] == value))
     return gone
+
+
+def renew(tenant: str, invocation: str, lapses_at: float) -> bool:
+    """Move a running entry's lapse to `lapses_at`; False when the entry is gone (done, or pruned as lapsed)."""
+    key = Control.fair_running[entry(tenant, invocation)]
+    # renew_only_while_running: a renewal that lands after `done` (or after a read pruned the entry) must not bring
+    # the entry back: its tenant would count one invocation more, that nobody ends, until it lapsed again.
+    return _update(key.set(round(lapses_at, 3)), condition=key.exists())
 
 
 def done(tenant: str, invocation: str) -> None:

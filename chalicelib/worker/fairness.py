@@ -31,7 +31,8 @@ from chalicelib.fair.shares import Rules, Snapshot, Weights
 from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
-LAPSE_MARGIN_SECONDS = 30.0  # a running entry outlives its invocation's Lambda time by this much
+RENEWALS_PER_TTL = 4  # a running entry is renewed this many times per FAIR_RUNNING_TTL_SECONDS: a late one or two
+# (a slow write, a busy process) do not let a live invocation's entry lapse
 
 
 # An invocation gives way before a model request once one of its requests was answered, a batch is done, or it
@@ -127,18 +128,55 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
                     "waiting entries removed", queue.deferrals(message), gone,
                     extra={"jobId": message.job_id, "tenant": tenant})
     invocation = f"{getattr(context, 'aws_request_id', '') or 'local'}-{uuid.uuid4().hex[:8]}"
-    lapses = time.time() + context.get_remaining_time_in_millis() / 1000.0 + LAPSE_MARGIN_SECONDS
+    ttl = max(1.0, settings.fair_running_ttl_seconds)
+    renewal: _Renewal | None = None
     try:
-        demand.take(tenant, queue.message_key(message), invocation, lapses)
+        demand.take(tenant, queue.message_key(message), invocation, time.time() + ttl)
+        renewal = _Renewal(tenant, invocation, ttl).start()
     except Exception:  # the message runs; the picture is a message out until its entry lapses
         log.warning("could not register a tenant's running entry", exc_info=True, extra={"tenant": tenant})
     try:
         yield True
     finally:
+        if renewal is not None:
+            renewal.stop()
         try:
             demand.done(tenant, invocation)
         except Exception:  # the entry lapses on its own
             log.warning("could not end a tenant's running entry", exc_info=True, extra={"tenant": tenant})
+
+
+class _Renewal:
+    """Keeps an invocation's running entry from lapsing while the invocation runs, and only then.
+
+    The entry lapses a TTL after its last renewal, not after the invocation's Lambda time: a worker killed mid-run
+    (SIGKILL, a Lambda timeout, the host gone) runs no `finally`, and its tenant would count a worker more for up
+    to 15 minutes, its messages deferred and its invocations giving way to every other tenant meanwhile. The
+    renewing thread dies with the process, so the entry lapses within the TTL."""
+
+    def __init__(self, tenant: str, invocation: str, ttl: float) -> None:
+        self.tenant, self.invocation, self.ttl = tenant, invocation, ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fair-renewal-{invocation}", daemon=True)
+
+    def start(self) -> _Renewal:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        # A renewal still in flight after this is conditioned on the entry being there (demand.renew), so one that
+        # lands after `done` does not bring it back; the join only keeps the thread from outliving the invocation.
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl / RENEWALS_PER_TTL):
+            try:
+                if not demand.renew(self.tenant, self.invocation, time.time() + self.ttl):
+                    return  # done, or pruned as lapsed: not this thread's to bring back
+            except Exception:  # the next renewal may get through; a lapse only costs the picture one worker
+                log.warning("could not renew a tenant's running entry", exc_info=True,
+                            extra={"tenant": self.tenant})
 
 
 def must_yield(settings: Settings, tenant: str, started: float, snap: Snapshot | None = None) -> bool:

@@ -287,3 +287,34 @@ def _forget(*tenants: str) -> None:
     actions = [attr[k].remove() for attr, k in keys if demand.tenant_of(k) in tenants]
     actions += [Control.fair_rescue[t].remove() for t in tenants]
     Control(demand.KEY).update(actions=actions)
+
+
+def _running_lapses(tenant: str) -> dict[str, float]:
+    """The tenant's running entries as stored: invocation id -> the epoch second it lapses."""
+    from chalicelib.tables import Control
+
+    item = Control.get(demand.KEY, consistent_read=True)
+    runs = item.fair_running.as_dict() if item.fair_running else {}
+    return {k.rsplit(demand.SEP, 1)[1]: float(v) for k, v in runs.items() if demand.tenant_of(k) == tenant}
+
+
+def test_a_running_invocation_keeps_its_entry_past_the_ttl_and_no_renewal_outlives_it(fair):
+    ttl = 1.0
+    settings = dataclasses.replace(fair, fair_running_ttl_seconds=ttl)
+    tenant = f"tenant-live-{uuid.uuid4().hex[:8]}"
+    message = parse_message(f'{{"jobId": "job-{uuid.uuid4().hex[:8]}", "tenant": "{tenant}"}}')
+    with fairness.turn(message, Ctx(), settings) as runs:
+        assert runs  # a fresh tenant holds nothing: it is never deferred
+        [(invocation, first)] = _running_lapses(tenant).items()
+        assert first <= time.time() + ttl + 0.5  # its own TTL, not the Lambda's 15 minutes
+        # The invocation outlives its TTL three times over (a chunk waiting on a slow provider): every read of the
+        # fleet, which prunes lapsed entries, still counts it, and its lapse moves on.
+        until = time.monotonic() + 3 * ttl
+        while time.monotonic() < until:
+            assert demand.read().running.get(tenant) == 1
+            time.sleep(0.05)  # the reads' rhythm over the scenario's 3 s, not a synchronization
+        assert _running_lapses(tenant)[invocation] > first + ttl
+    assert tenant not in demand.read().running and _running_lapses(tenant) == {}
+    # A renewal that lands after the end (a write slower than the join) finds no entry and makes none.
+    assert demand.renew(tenant, invocation, time.time() + 60) is False
+    assert _running_lapses(tenant) == {}
