@@ -4,7 +4,8 @@ Four kinds travel on the queue: start (or continue) a job, run one chunk of a fa
 cache, and deliver a finished job to one target. The results bucket's ObjectCreated notifications arrive there
 too, in S3's format: an import's file arrived, read as a start of its job. Their JSON keys are the wire format: a
 message sent by the code before a deploy is read by the code after it, so a key is never renamed (`jobId`,
-`chunk`, `reason`, `tenant`, `deferrals`; `kind: warm`, `after`; `kind: deliver`, `n`, `id`, `attempt`).
+`chunk`, `reason`, `tenant`, `deferrals`, `deferredSince`; `kind: warm`, `after`; `kind: deliver`, `n`, `id`,
+`attempt`).
 
 A job's and a chunk's message name the job's tenant (`tenant`, absent in messages from before fair shares): it is
 the message's group on the queue (SQS fair queues: `MessageGroupId`), and what the worker's fair shares go by
@@ -44,11 +45,11 @@ class StartJob:
     reason: str = "start"  # start | continuation | rate_limited | retried | reaped | fan-out | fair_share...
     tenant: str = ""  # "" in a message from before fair shares
     deferrals: int = 0  # times a worker sent it back for a waiting tenant (fair/queue.defer); 0 is not written
+    deferred_since: float = 0.0  # epoch second of the first of those deferrals; 0 is not written
 
     def to_body(self) -> str:
         return json.dumps({"jobId": self.job_id, "reason": self.reason,
-                           **({"tenant": self.tenant} if self.tenant else {}),
-                           **({"deferrals": self.deferrals} if self.deferrals else {})})
+                           **({"tenant": self.tenant} if self.tenant else {}), **_deferred(self)})
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,16 @@ class RunChunk:
     reason: str
     tenant: str = ""
     deferrals: int = 0
+    deferred_since: float = 0.0
 
     def to_body(self) -> str:
         return json.dumps({"jobId": self.job_id, "chunk": self.chunk, "reason": self.reason,
-                           **({"tenant": self.tenant} if self.tenant else {}),
-                           **({"deferrals": self.deferrals} if self.deferrals else {})})
+                           **({"tenant": self.tenant} if self.tenant else {}), **_deferred(self)})
+
+
+def _deferred(message: StartJob | RunChunk) -> dict[str, Any]:
+    return {**({"deferrals": message.deferrals} if message.deferrals else {}),
+            **({"deferredSince": round(message.deferred_since, 3)} if message.deferred_since else {})}
 
 
 @dataclass(frozen=True)
@@ -113,9 +119,10 @@ def parse(body: str) -> Message:
             return _uploaded(data["Records"])
         job_id, reason, tenant = str(data["jobId"]), str(data.get("reason", "start")), str(data.get("tenant") or "")
         deferrals = max(0, int(data.get("deferrals") or 0))
+        since = max(0.0, float(data.get("deferredSince") or 0))
         if "chunk" in data:
-            return RunChunk(job_id, int(data["chunk"]), reason, tenant, deferrals)
-        return StartJob(job_id, reason, tenant, deferrals)
+            return RunChunk(job_id, int(data["chunk"]), reason, tenant, deferrals, since)
+        return StartJob(job_id, reason, tenant, deferrals, since)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise NotAWorkMessage(f"not a work message: {body[:80]!r}") from err
 

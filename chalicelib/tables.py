@@ -495,4 +495,5 @@ class Control(_Model):
     fair_waiting: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairWaiting")
     fair_running: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRunning")
     fair_rescue: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairRescue")  # tenant -> until
+    fair_taken: MapAttribute[str, Any] = MapAttribute(null=True, attr_name="fairTaken")  # tenant -> last take
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")

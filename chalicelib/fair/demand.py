@@ -10,6 +10,9 @@ Three maps on the Control item `fair#demand`:
   cleaning up after it.
 - `fairRescue`: waiting tenant -> the epoch second a claim to free a worker for it lapses (`rescue`). Read into
   the picture too, so that the other invocations do not try a claim already taken.
+- `fairTaken`: tenant -> the epoch second an invocation last took one of its messages: the evidence that a waiting
+  tenant is being served (worker/fairness.turn, at the deferral bound). Kept TAKEN_KEEP_SECONDS, so the item
+  holds the tenants of the last few minutes, not every tenant that ever ran (an item is at most 400 KB).
 
 Each write sets or removes one map key (its own): writers never overwrite one another and need no version.
 Removing a lapsed entry is conditioned on the value read (`entry_unchanged`), so a message re-sent meanwhile
@@ -33,6 +36,8 @@ KEY = "fair#demand"
 WAITING_TTL_SECONDS = 120.0
 SEP = "|"
 RESCUE_SECONDS = 10.0  # a claim to free a worker for a waiting tenant (rescue) lapses after this
+# A take older than this is no evidence worth keeping: a waiting entry visible before it has lapsed anyway.
+TAKEN_KEEP_SECONDS = 2 * WAITING_TTL_SECONDS
 PRUNE_MAX = 25  # lapsed entries removed per read, at most: a read stays one read and a few small writes
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,8 @@ def _ensure() -> None:
         return
     Control(KEY).update(actions=[Control.fair_waiting.set(Control.fair_waiting | {}),
                                  Control.fair_running.set(Control.fair_running | {}),
-                                 Control.fair_rescue.set(Control.fair_rescue | {})])
+                                 Control.fair_rescue.set(Control.fair_rescue | {}),
+                                 Control.fair_taken.set(Control.fair_taken | {})])
     _made.set()
 
 
@@ -80,7 +86,8 @@ def take(tenant: str, message: str, invocation: str, lapses_at: float) -> None:
     of it is over: if it still waits, another invocation may free a worker for it)."""
     _update(Control.fair_waiting[entry(tenant, message)].remove(),
             Control.fair_running[entry(tenant, invocation)].set(round(lapses_at, 3)),
-            Control.fair_rescue[tenant].remove())
+            Control.fair_rescue[tenant].remove(),
+            Control.fair_taken[tenant].set(round(time.time(), 3)))
 
 
 def rescue(tenant: str, now: float | None = None) -> bool:
@@ -129,14 +136,17 @@ def read(now: float | None = None) -> Snapshot:
         item = Control.get(KEY, consistent_read=True)
     except Control.DoesNotExist:
         return Snapshot()
-    _made.set()
+    if item.fair_taken is not None:  # an item from before `fairTaken` still needs its map (_ensure)
+        _made.set()
     waits = {k: float(v) for k, v in (item.fair_waiting.as_dict() if item.fair_waiting else {}).items()}
     runs = {k: float(v) for k, v in (item.fair_running.as_dict() if item.fair_running else {}).items()}
     rescued = {k: float(v) for k, v in (item.fair_rescue.as_dict() if item.fair_rescue else {}).items()}
+    taken = {k: float(v) for k, v in (item.fair_taken.as_dict() if item.fair_taken else {}).items()}
     lapsed = [("w", k, v) for k, v in waits.items() if v + WAITING_TTL_SECONDS < now]
     lapsed += [("r", k, v) for k, v in runs.items() if v < now]
+    lapsed += [("t", k, v) for k, v in taken.items() if v + TAKEN_KEEP_SECONDS < now]
     for kind, key, value in lapsed[:PRUNE_MAX]:
-        attr = Control.fair_waiting if kind == "w" else Control.fair_running
+        attr = {"w": Control.fair_waiting, "r": Control.fair_running, "t": Control.fair_taken}[kind]
         # entry_unchanged: a message re-sent (or an invocation renewed) since our read keeps its new entry.
         _update(attr[key].remove(), condition=(attr[key] == value))
     visible = [k for k, v in waits.items() if now <= v + WAITING_TTL_SECONDS]  # delayed ones wait too
@@ -144,7 +154,7 @@ def read(now: float | None = None) -> Snapshot:
         jobs=Counter(k.rsplit(SEP, 1)[1].split("#", 1)[0] for k in visible),
         running=Counter(tenant_of(k) for k, v in runs.items() if v >= now),
         waiting=Counter(tenant_of(k) for k, v in waits.items() if v <= now <= v + WAITING_TTL_SECONDS),
-        rescued={t: v for t, v in rescued.items() if v >= now})
+        rescued={t: v for t, v in rescued.items() if v >= now}, taken=taken)
 
 
 class Cached:

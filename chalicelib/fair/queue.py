@@ -24,10 +24,12 @@ DEFER_SECONDS = 1  # a deferred message comes back after this: behind the waitin
 # it lapses (demand.WAITING_TTL_SECONDS): every message of a tenant holding more workers than that phantom would
 # otherwise go round the queue for two minutes, workers free and nothing worked. A chaos soak with fair shares on
 # met one: 1,060 deferrals in a minute and no line worked. A real waiting tenant's message is taken within a
-# deferral or two (the deferred one goes behind it), so the bound costs fairness nothing in practice. The message
-# that reaches the bound also removes the waiting entries it was deferred for that have been visible that long
-# (demand.forget_waiting): they would otherwise hold every other message back as long, and have the invocations
-# of tenants over their share hand their work back to them (a rescue every 10 s) until they lapse.
+# deferral or two (the deferred one goes behind it), so the bound costs fairness nothing in practice. At the bound
+# the message looks for evidence (worker/fairness.turn): a waiting tenant that has taken no message since the
+# first deferral (`deferredSince`) has its entries visible before then removed (demand.forget_waiting): they would
+# otherwise hold every other message back as long, and have the invocations of tenants over their share hand
+# their work back to them (a rescue every 10 s) until they lapse. A waiting tenant that has taken one meanwhile is
+# being served: the deferrals were fair, and the message is deferred again with its count started afresh.
 MAX_DEFERRALS = 5
 
 log = logging.getLogger(__name__)
@@ -58,16 +60,25 @@ def sending(messages: Sequence[Any], delay_seconds: int) -> None:
                         extra={"jobId": message.job_id})
 
 
-def defer(message: Any) -> None:
+def defer(message: Any, afresh: bool = False) -> None:
     """Send the message again, DEFER_SECONDS later, to the back of the queue; the received copy is then deleted
-    as handled. A new message, not a visibility change: a deferral must not count toward the DLQ's receives."""
+    as handled. A new message, not a visibility change: a deferral must not count toward the DLQ's receives.
+    `afresh`: count this deferral as the first (the waiting tenants were seen served: worker/fairness.turn)."""
     import dataclasses
 
     from chalicelib import messages
 
+    first = afresh or not deferrals(message)
+    since = time.time() if first or not deferred_since(message) else deferred_since(message)
     # Registered again: its waiting entry would otherwise lapse while its tenant keeps giving way for minutes.
-    messages.send(dataclasses.replace(message, deferrals=deferrals(message) + 1), DEFER_SECONDS)
+    messages.send(dataclasses.replace(message, deferrals=1 if afresh else deferrals(message) + 1,
+                                      deferred_since=since), DEFER_SECONDS)
 
 
 def deferrals(message: Any) -> int:
     return int(getattr(message, "deferrals", 0) or 0)
+
+
+def deferred_since(message: Any) -> float:
+    """The epoch second of the message's first deferral; 0.0 if none (or sent by code from before the field)."""
+    return float(getattr(message, "deferred_since", 0.0) or 0.0)

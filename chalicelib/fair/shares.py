@@ -50,6 +50,7 @@ class Snapshot:
     waiting: Mapping[str, int] = field(default_factory=dict)
     jobs: Mapping[str, int] = field(default_factory=dict)  # job id -> its messages waiting (fair/window.py)
     rescued: Mapping[str, float] = field(default_factory=dict)  # waiting tenant -> epoch its rescue claim lapses
+    taken: Mapping[str, float] = field(default_factory=dict)  # tenant -> epoch its last message was taken
 
     def rescue_claimed(self, tenant: str, now: float) -> bool:
         """Another invocation has claimed to free a worker for `tenant` (demand.rescue), as of this picture."""

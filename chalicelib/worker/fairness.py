@@ -117,13 +117,25 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
             log.info("deferred for a waiting tenant", extra={"jobId": message.job_id, "tenant": tenant})
             yield False
             return
-        # The waiting tenants' messages took no worker through all those deferrals: they are not on the queue
-        # (fair/queue.MAX_DEFERRALS). This one runs, and their entries that old go.
+        # At the bound (fair/queue.MAX_DEFERRALS), by evidence, not by the count alone: the deferrals may be
+        # minutes apart, the waiting tenants served in between. One that has taken a message since the first
+        # deferral is being served: this message was fairly deferred, and is again, its count started afresh.
+        # One that has taken none while this message was drawn that many times has entries older than that
+        # which no worker can take (purged, in the DLQ, never sent): they go, so that they hold nothing back.
+        since = queue.deferred_since(message) or time.time() - queue.MAX_DEFERRALS * queue.DEFER_SECONDS
+        served = [u for u in waiters if snap.taken.get(u, 0.0) >= since]
+        stale = [u for u in waiters if u not in served]
         try:
-            gone = demand.forget_waiting(waiters, time.time() - queue.MAX_DEFERRALS * queue.DEFER_SECONDS)
+            gone = demand.forget_waiting(stale, since) if stale else 0
         except Exception:  # they lapse on their own
             log.warning("could not remove waiting entries", exc_info=True)
             gone = 0
+        if served:
+            queue.defer(message, afresh=True)
+            log.info("deferred again for a waiting tenant that is being served",
+                     extra={"jobId": message.job_id, "tenant": tenant})
+            yield False
+            return
         log.warning("ran despite a waiting tenant: deferred %d times while its message took no worker; %d of its "
                     "waiting entries removed", queue.deferrals(message), gone,
                     extra={"jobId": message.job_id, "tenant": tenant})

@@ -26,7 +26,7 @@ from chalicelib.settings import get_settings
 from chalicelib.worker import fairness
 from tests.driver import Driver
 from tests.integration.test_worker import assert_every_line_once
-from tests.support import Ctx, deliver, expense_lines, vendors, wait_for
+from tests.support import Ctx, deliver, expense_lines, receive, vendors, wait_for
 
 pytestmark = pytest.mark.sim(latency=0.2)
 
@@ -322,3 +322,37 @@ def test_a_running_invocation_keeps_its_entry_past_the_ttl_and_no_renewal_outliv
     # ... and a renewal that lands after the end anyway (a write slower than the join) finds no entry, makes none.
     assert demand.renew(tenant, invocation, time.time() + 60) is False
     assert running_lapses(tenant) == {}
+
+
+@pytest.mark.parametrize("took_since_first_deferral", [True, False])
+def test_at_the_deferral_bound_a_waiting_tenant_being_served_keeps_its_backlog(fair, took_since_first_deferral):
+    """The bound goes by evidence: a waiting tenant that took a message since the message's first deferral is
+    being served (the deferrals were fair: deferred again, counted afresh, its backlog kept); one that took
+    none has its old entries removed as gone from the queue, and the message runs."""
+    from chalicelib.messages import StartJob
+    from chalicelib.tables import Control
+
+    now = time.time()
+    holder, waiter = (f"tenant-{name}-{uuid.uuid4().hex[:8]}" for name in ("holder", "waiter"))
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    try:
+        for n in range(2):  # the holder has two workers, the waiter none: the holder's messages defer to it
+            demand.take(holder, f"job-h{n}", f"inv-h{n}", now + 60)
+        demand.waiting(waiter, "job-w-backlog", now - 30)  # visible 30 s: older than the 5 s of deferrals
+        # The holder's message was first deferred 20 s ago (deferrals minutes apart happen on a busy fleet).
+        took = now - 10 if took_since_first_deferral else now - 25
+        Control(demand.KEY).update(actions=[Control.fair_taken[waiter].set(took)])
+        message = StartJob(job_id, "fan-out", holder, deferrals=fair_queue.MAX_DEFERRALS, deferred_since=now - 20)
+        with fairness.turn(message, Ctx(), fair) as runs:
+            assert runs is not took_since_first_deferral
+        if took_since_first_deferral:
+            assert demand.read().waiting.get(waiter) == 1  # its backlog still counts
+            [sent] = wait_for(lambda: receive({job_id}), timeout=10, what="the message sent again (1 s delay)")
+            again = parse_message(sent["Body"])
+            assert (again.deferrals, again.tenant) == (1, holder) and again.deferred_since >= now
+            deps.client("sqs").delete_message(QueueUrl=deps.work_queue_url(), ReceiptHandle=sent["ReceiptHandle"])
+        else:
+            assert waiter not in demand.read().waiting  # gone from the queue: it holds nothing back any more
+            assert receive({job_id}, wait=2) == []  # the message ran, nothing sent again (a deferral shows in 1 s)
+    finally:
+        _forget(holder, waiter)

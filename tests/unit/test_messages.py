@@ -24,6 +24,8 @@ from chalicelib.messages import (
     StartJob("9b2f6a1e-8c1d-4c55-9a51-2f0f5f3f8d11"), StartJob("j-1", "rate_limited"), StartJob("j-1", "reaped"),
     RunChunk("j-1", 0, "fan-out"), RunChunk("j-1", 17, "continuation"),
     StartJob("j-1", "start", "t-1", deferrals=3), RunChunk("j-1", 2, "fan-out", "t-1", deferrals=1),
+    StartJob("j-1", "start", "t-1", deferrals=2, deferred_since=1764800000.125),
+    RunChunk("j-1", 2, "fan-out", "t-1", deferrals=5, deferred_since=1764800000.5),
     WarmCache(), WarmCache("vendor#acme"),
 ])
 def test_each_message_round_trips(message):
