@@ -154,3 +154,46 @@ def test_a_job_retried_before_the_poller_saw_its_cancelled_orphan_stop_takes_it_
     assert sim.stats(include_log=False)["requests"] == 1  # the other 10 vendors, on the standard lane
     assert done["usage"]["modelRequests"] == 2  # the cancelled batch's answered request, and that one
     assert _batches_of(sim, job_id) == [orphan] and sim.batches.cancels == [orphan["id"]]
+
+
+@pytest.mark.sim(batch_delay=3600.0)
+def test_a_job_retried_while_the_poller_looks_for_its_orphan_keeps_the_batch_running(client, token_for,
+                                                                                    aws_endpoint, sim, monkeypatch):
+    """The poller reads the cancelled job, then asks the provider for its orphan (seconds at OpenAI); the user
+    retries in between. The poller reads the job again before it cancels: the orphan is not cancelled, the
+    retried job takes it back, and every vendor is answered by that one batch (none sent to the standard lane
+    at twice the price)."""
+    api = Api(client, token_for())
+    job_id, lines, orphan = _killed_after_create(api, aws_endpoint, sim)
+    settings = _model_settings(sim)
+    assert api.call("delete", f"/jobs/{job_id}")[0] == 200
+    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
+
+    def cancelled() -> bool:
+        reaper.reap(quick)
+        return api.job(job_id)["status"] == "Cancelled"
+
+    wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+    real_find = batchlane.provider_batch.find
+    retried: list[int] = []
+
+    def find_while_the_user_retries(*args, **kwargs):
+        found = real_find(*args, **kwargs)
+        if not retried:  # the poller's look, between its read of the job and its cancel
+            retried.append(api.call("post", f"/jobs/{job_id}/retry")[0])
+        return found
+
+    monkeypatch.setattr(batchlane.provider_batch, "find", find_while_the_user_retries)
+    assert batchlane.poll(settings)["waiting"] == 1
+    assert retried == [202] and sim.batches.cancels == []  # the live job's batch runs on
+    drain({job_id}, settings)  # the retried job takes the orphan back
+    job = Job.get(job_id, consistent_read=True)
+    assert (job.batch_id, job.batch_state, job.batch_intent) == (orphan["id"], "submitted", None)
+    sim.configure(batch_delay=0.0)
+    assert batchlane.poll(settings)["collected"] == 1
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    done = api.job(job_id)
+    assert done["status"] == "Completed" and done["usage"]["modelRequests"] == 2  # the orphan's 2 requests
+    assert sim.stats(include_log=False)["requests"] == 0 and sim.batches.cancels == []  # none on the standard lane
+    assert _batches_of(sim, job_id) == [orphan]

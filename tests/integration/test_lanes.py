@@ -176,6 +176,46 @@ def test_cancel_while_waiting_is_final_forwarded_to_the_batch_and_a_retry_loses_
     assert api.job(job_id)["usage"]["modelRequests"] == 2  # 15 vendors, 10 a request, in the second batch
 
 
+def test_a_job_retried_while_the_poller_reads_its_batch_keeps_the_batch_running(api, sim, model_settings,
+                                                                                 monkeypatch):
+    """The poller reads the cancelled job, then the provider's batch (seconds at OpenAI); the user retries in
+    between. The poller reads the job again before it forwards the cancel: the batch runs on, the retried job
+    goes on waiting on it, and its answers are every vendor's (none sent to the standard lane at twice the price)."""
+    lines = expense_lines(30, vendors(15))
+    job_id = generate(api, lines, {"lane": "batch"})
+    waiting = _wait_on_batch(job_id, model_settings)
+    status, cancelled = api.call("delete", f"/jobs/{job_id}")
+    assert status == 200 and cancelled["status"] == "Cancelled"  # no worker holds it: final at once
+    real_api = batchlane._api
+    retried: list[int] = []
+
+    def api_while_the_user_retries(settings):
+        client = real_api(settings)
+        real_retrieve = client.batches.retrieve
+
+        def retrieve(*args, **kwargs):
+            found = real_retrieve(*args, **kwargs)
+            if not retried:  # the poller's read of the batch, between its read of the job and its cancel
+                retried.append(api.call("post", f"/jobs/{job_id}/retry")[0])
+            return found
+
+        client.batches.retrieve = retrieve
+        return client
+
+    monkeypatch.setattr(batchlane, "_api", api_while_the_user_retries)
+    assert batchlane.poll(model_settings)["waiting"] == 1
+    assert retried == [202] and sim.batches.cancels == []  # the live job's batch runs on
+    drain({job_id}, model_settings)  # the retried job's invocation finds it waiting on that batch
+    assert Job.get(job_id, consistent_read=True).batch_id == waiting.batch_id
+    sim.configure(batch_delay=0.0)
+    assert batchlane.poll(model_settings)["collected"] == 1
+    drain({job_id}, model_settings)
+    assert_every_line_once(api, job_id, lines)
+    done = api.job(job_id)
+    assert done["status"] == "Completed" and done["usage"]["modelRequests"] == 2  # 15 vendors, 10 a request
+    assert sim.stats(include_log=False)["requests"] == 0 and sim.batches.cancels == []
+
+
 @pytest.mark.sim(batch_delay=0.0)
 def test_a_fanned_out_batch_job_works_its_chunks_from_the_collected_answers(api, sim, model_settings):
     fanout = dataclasses.replace(model_settings, fanout_threshold_lines=100, chunk_lines=60, line_batch_size=25)
