@@ -34,6 +34,18 @@ def _killed_after_create(api: Api, aws_endpoint: str, sim) -> tuple[str, list[di
     return job_id, lines, orphan
 
 
+def _cancel_past_the_dead_worker(api: Api, job_id: str) -> None:
+    """DELETE the job; the dead worker held its lease, so the reaper finishes the cancel."""
+    assert api.call("delete", f"/jobs/{job_id}")[0] == 200
+    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
+
+    def cancelled() -> bool:
+        reaper.reap(quick)
+        return api.job(job_id)["status"] == "Cancelled"
+
+    wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+
+
 def _batches_of(sim, job_id: str) -> list[dict]:
     return [b for b in sim.batches.batches.values() if (b.get("metadata") or {}).get("jobId") == job_id]
 
@@ -132,14 +144,7 @@ def test_a_job_retried_before_the_poller_saw_its_cancelled_orphan_stop_takes_it_
     api = Api(client, token_for())
     job_id, lines, orphan = _killed_after_create(api, aws_endpoint, sim)
     settings = _model_settings(sim)
-    assert api.call("delete", f"/jobs/{job_id}")[0] == 200
-    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
-
-    def cancelled() -> bool:
-        reaper.reap(quick)
-        return api.job(job_id)["status"] == "Cancelled"
-
-    wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+    _cancel_past_the_dead_worker(api, job_id)
     assert batchlane.poll(settings)["cancelling"] == 1 and sim.batches.cancels == [orphan["id"]]
     assert api.call("post", f"/jobs/{job_id}/retry")[0] == 202  # before the poller saw the batch stop
     assert batchlane.poll(settings)["waiting"] == 1  # live again: the poller leaves the intent to the job
@@ -166,14 +171,7 @@ def test_a_job_retried_while_the_poller_looks_for_its_orphan_keeps_the_batch_run
     api = Api(client, token_for())
     job_id, lines, orphan = _killed_after_create(api, aws_endpoint, sim)
     settings = _model_settings(sim)
-    assert api.call("delete", f"/jobs/{job_id}")[0] == 200
-    quick = dataclasses.replace(get_settings(), stale_after_seconds=1)
-
-    def cancelled() -> bool:
-        reaper.reap(quick)
-        return api.job(job_id)["status"] == "Cancelled"
-
-    wait_for(cancelled, 10, interval=0.3, what="the reaper to finish the cancel")
+    _cancel_past_the_dead_worker(api, job_id)
     real_find = batchlane.provider_batch.find
     retried: list[int] = []
 
