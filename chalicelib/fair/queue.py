@@ -29,8 +29,11 @@ DEFER_SECONDS = 1  # a deferred message comes back after this: behind the waitin
 # first deferral (`deferredSince`) has its entries visible before then removed (demand.forget_waiting): they would
 # otherwise hold every other message back as long, and have the invocations of tenants over their share hand
 # their work back to them (a rescue every 10 s) until they lapse. A waiting tenant that has taken one meanwhile is
-# being served: the deferrals were fair, and the message is deferred again with its count started afresh.
+# being served: the deferrals were fair, and the message is deferred again with its count started afresh, for up
+# to SERVED_MAX_SECONDS from the first deferral: a served tenant may hold a phantom entry too (a purged message
+# beside a running job), and past that its entries older than the first deferral go like any other's.
 MAX_DEFERRALS = 5
+SERVED_MAX_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +66,13 @@ def sending(messages: Sequence[Any], delay_seconds: int) -> None:
 def defer(message: Any, afresh: bool = False) -> None:
     """Send the message again, DEFER_SECONDS later, to the back of the queue; the received copy is then deleted
     as handled. A new message, not a visibility change: a deferral must not count toward the DLQ's receives.
-    `afresh`: count this deferral as the first (the waiting tenants were seen served: worker/fairness.turn)."""
+    `afresh`: count this deferral as the first (the waiting tenants were seen served: worker/fairness.turn); the
+    time of the first deferral stays, so that the restarts end (SERVED_MAX_SECONDS)."""
     import dataclasses
 
     from chalicelib import messages
 
-    first = afresh or not deferrals(message)
-    since = time.time() if first or not deferred_since(message) else deferred_since(message)
+    since = deferred_since(message) or time.time()
     # Registered again: its waiting entry would otherwise lapse while its tenant keeps giving way for minutes.
     messages.send(dataclasses.replace(message, deferrals=1 if afresh else deferrals(message) + 1,
                                       deferred_since=since), DEFER_SECONDS)

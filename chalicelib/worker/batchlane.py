@@ -209,7 +209,7 @@ def _poll_intent(api: Any, job: Job, settings: Settings) -> str | None:
         return None
     if orphan.status not in provider_batch.FINISHED:
         if orphan.status != "cancelling":
-            if not _still_stopped(job, intent=plan_key):
+            if _taken_back(job.job_id, str(orphan.id), intent=plan_key):
                 return "waiting"  # retried meanwhile: its invocation takes the batch back
             _cancel(api, str(orphan.id))
         return "cancelling"  # listed still: a later poll finds it stopped and counts it
@@ -248,7 +248,7 @@ def _stop(api: Any, job: Job, found: Any, settings: Settings) -> str:
     (a retry asks again only for the rest), and the job no longer waits on it."""
     if found.status not in provider_batch.FINISHED:
         if found.status != "cancelling":
-            if not _still_stopped(job, batch_id=job.batch_id):
+            if _taken_back(job.job_id, job.batch_id or ""):
                 return "waiting"  # retried meanwhile: the job goes on waiting on its batch
             _cancel(api, job.batch_id or "")
         return "cancelling"
@@ -258,15 +258,17 @@ def _stop(api: Any, job: Job, found: Any, settings: Settings) -> str:
     return "cancelled"
 
 
-def _still_stopped(job: Job, intent: str | None = None, batch_id: str | None = None) -> bool:
-    """Read the job again just before its batch is cancelled: the read this poll began with is a provider call
-    (seconds) old, and a user who retried the job meanwhile has it take the batch back (`submit`). Cancelling it
-    then would not lose a line, but would send what the batch had yet to answer to the standard lane at twice
-    the price. The provider's cancel cannot be conditioned on the job, so this narrows the window to this read."""
-    now = store.current().load(job.job_id)
-    if now is None or JobStatus(now.status) not in TERMINAL:
+def _taken_back(job_id: str, batch_id: str, intent: str | None = None) -> bool:
+    """Is the job live again and still on this batch (recording it, or intending it: its next invocation takes it
+    back)? Read just before the poller cancels the batch: the read the poll began with is a provider call (seconds)
+    old, and a user may have retried the job meanwhile. Cancelling its batch then would lose no line, but would send
+    what the batch had yet to answer to the standard lane at twice the price. Anything else (the job gone, final
+    still, or on another batch) and the batch is cancelled: nobody else would ever cancel or collect it. The
+    provider's cancel cannot be conditioned on the job, so this narrows the window to this read."""
+    now = store.current().load(job_id)
+    if now is None or JobStatus(now.status) in TERMINAL:
         return False
-    return (now.batch_intent or "") == (intent or "") if intent is not None else now.batch_id == batch_id
+    return now.batch_id == batch_id or (intent is not None and now.batch_intent == intent)
 
 
 def _collect(api: Any, job: Job, found: Any, settings: Settings,

@@ -119,14 +119,19 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
             return
         # At the bound (fair/queue.MAX_DEFERRALS), by evidence, not by the count alone: the deferrals may be
         # minutes apart, the waiting tenants served in between. One that has taken a message since the first
-        # deferral is being served: this message was fairly deferred, and is again, its count started afresh.
-        # One that has taken none while this message was drawn that many times has entries older than that
-        # which no worker can take (purged, in the DLQ, never sent): they go, so that they hold nothing back.
+        # deferral is being served: this message was fairly deferred, and is again, its count started afresh
+        # (for SERVED_MAX_SECONDS at most). One that has taken none while this message was drawn that many times
+        # has entries older than that which no worker can take (purged, in the DLQ, never sent): they go, so that
+        # they hold nothing back.
         since = queue.deferred_since(message) or time.time() - queue.MAX_DEFERRALS * queue.DEFER_SECONDS
-        served = [u for u in waiters if snap.taken.get(u, 0.0) >= since]
+        overdue = time.time() - since > queue.SERVED_MAX_SECONDS
+        served = [] if overdue else [u for u in waiters if snap.taken.get(u, 0.0) >= since]
         stale = [u for u in waiters if u not in served]
+        # Past SERVED_MAX_SECONDS, an entry visible that long goes whenever it appeared: its tenant took messages
+        # all along, so a real message of that age would have been taken.
+        cutoff = time.time() - queue.SERVED_MAX_SECONDS if overdue else since
         try:
-            gone = demand.forget_waiting(stale, since) if stale else 0
+            gone = demand.forget_waiting(stale, cutoff) if stale else 0
         except Exception:  # they lapse on their own
             log.warning("could not remove waiting entries", exc_info=True)
             gone = 0

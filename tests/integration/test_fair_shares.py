@@ -324,11 +324,18 @@ def test_a_running_invocation_keeps_its_entry_past_the_ttl_and_no_renewal_outliv
     assert running_lapses(tenant) == {}
 
 
-@pytest.mark.parametrize("took_since_first_deferral", [True, False])
-def test_at_the_deferral_bound_a_waiting_tenant_being_served_keeps_its_backlog(fair, took_since_first_deferral):
+@pytest.mark.parametrize("first_deferred, took, deferred_again", [
+    (20, 10, True),  # took a message since the first deferral: being served, its backlog kept
+    (20, 25, False),  # took none since: its entries older than the first deferral are gone from the queue
+    (40, 10, False),  # served, but deferring for longer than SERVED_MAX_SECONDS: a phantom beside a running job
+], ids=["served", "not-served", "served-too-long"])
+def test_at_the_deferral_bound_a_waiting_tenant_being_served_keeps_its_backlog(fair, first_deferred, took,
+                                                                               deferred_again):
     """The bound goes by evidence: a waiting tenant that took a message since the message's first deferral is
-    being served (the deferrals were fair: deferred again, counted afresh, its backlog kept); one that took
-    none has its old entries removed as gone from the queue, and the message runs."""
+    being served (the deferrals were fair: deferred again, counted afresh, its backlog kept), for
+    SERVED_MAX_SECONDS at most; otherwise its old entries are removed as gone from the queue, and the message
+    runs. (Seconds ago, each.)"""
+    took_since_first_deferral = deferred_again
     from chalicelib.messages import StartJob
     from chalicelib.tables import Control
 
@@ -338,18 +345,19 @@ def test_at_the_deferral_bound_a_waiting_tenant_being_served_keeps_its_backlog(f
     try:
         for n in range(2):  # the holder has two workers, the waiter none: the holder's messages defer to it
             demand.take(holder, f"job-h{n}", f"inv-h{n}", now + 60)
-        demand.waiting(waiter, "job-w-backlog", now - 30)  # visible 30 s: older than the 5 s of deferrals
-        # The holder's message was first deferred 20 s ago (deferrals minutes apart happen on a busy fleet).
-        took = now - 10 if took_since_first_deferral else now - 25
-        Control(demand.KEY).update(actions=[Control.fair_taken[waiter].set(took)])
-        message = StartJob(job_id, "fan-out", holder, deferrals=fair_queue.MAX_DEFERRALS, deferred_since=now - 20)
+        demand.waiting(waiter, "job-w-backlog", now - 35)  # visible 35 s: older than the 5 s of deferrals
+        # The holder's message was first deferred a while ago (deferrals far apart happen on a busy fleet).
+        Control(demand.KEY).update(actions=[Control.fair_taken[waiter].set(now - took)])
+        since = round(now - first_deferred, 3)
+        message = StartJob(job_id, "fan-out", holder, deferrals=fair_queue.MAX_DEFERRALS, deferred_since=since)
         with fairness.turn(message, Ctx(), fair) as runs:
             assert runs is not took_since_first_deferral
         if took_since_first_deferral:
             assert demand.read().waiting.get(waiter) == 1  # its backlog still counts
             [sent] = wait_for(lambda: receive({job_id}), timeout=10, what="the message sent again (1 s delay)")
             again = parse_message(sent["Body"])
-            assert (again.deferrals, again.tenant) == (1, holder) and again.deferred_since >= now
+            # Counted afresh; the first deferral's time kept, so that the restarts end.
+            assert (again.deferrals, again.tenant, again.deferred_since) == (1, holder, since)
             deps.client("sqs").delete_message(QueueUrl=deps.work_queue_url(), ReceiptHandle=sent["ReceiptHandle"])
         else:
             assert waiter not in demand.read().waiting  # gone from the queue: it holds nothing back any more

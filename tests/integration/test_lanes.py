@@ -176,6 +176,7 @@ def test_cancel_while_waiting_is_final_forwarded_to_the_batch_and_a_retry_loses_
     assert api.job(job_id)["usage"]["modelRequests"] == 2  # 15 vendors, 10 a request, in the second batch
 
 
+@pytest.mark.sim(batch_delay=3600.0)  # running when the poller reads it, however slow the machine
 def test_a_job_retried_while_the_poller_reads_its_batch_keeps_the_batch_running(api, sim, model_settings,
                                                                                  monkeypatch):
     """The poller reads the cancelled job, then the provider's batch (seconds at OpenAI); the user retries in
