@@ -123,13 +123,14 @@ def turn(message: Any, context: Any, settings: Settings) -> Iterator[bool]:
         # (for SERVED_MAX_SECONDS at most). One that has taken none while this message was drawn that many times
         # has entries older than that which no worker can take (purged, in the DLQ, never sent): they go, so that
         # they hold nothing back.
-        since = queue.deferred_since(message) or time.time() - queue.MAX_DEFERRALS * queue.DEFER_SECONDS
-        overdue = time.time() - since > queue.SERVED_MAX_SECONDS
+        now = time.time()
+        since = queue.deferred_since(message) or now - queue.MAX_DEFERRALS * queue.DEFER_SECONDS
+        overdue = now - since > queue.SERVED_MAX_SECONDS
         served = [] if overdue else [u for u in waiters if snap.taken.get(u, 0.0) >= since]
         stale = [u for u in waiters if u not in served]
         # Past SERVED_MAX_SECONDS, an entry visible that long goes whenever it appeared: its tenant took messages
         # all along, so a real message of that age would have been taken.
-        cutoff = time.time() - queue.SERVED_MAX_SECONDS if overdue else since
+        cutoff = now - queue.SERVED_MAX_SECONDS if overdue else since
         try:
             gone = demand.forget_waiting(stale, cutoff) if stale else 0
         except Exception:  # they lapse on their own
