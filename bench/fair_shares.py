@@ -323,13 +323,11 @@ def _report(idle: list[float], loaded: list[Loaded]) -> None:
     span = sum(r.during.span for r in loaded)
     idle_s = max(0.0, span - sum(r.during.n - 1 for r in loaded) / alone)
     note(f"turns the fleet left unused while B ran: {idle_s:.2f} s of {span:.1f} s ({idle_s * alone:.1f} turns at "
-         "A's pace alone; per run: `unused s`). Where they go (arrivals and worker logs): the worker switching from "
-         "A to B needs ~0.7-1.2 s from A's give-way to B's first request (hand-back, A's messages deferred, B's "
-         "start, B's reservations, the limiter's 0.25 s lead); a turn falls due meanwhile that A's other invocation "
-         "does not take when it is between two waves (its last answer, rows and checkpoint, then the lead: ~0.95 s "
-         "after its last turn). A's two invocations take turns one by one, so their waves end a turn apart: a "
-         "give-way at a checkpoint meets the other's gap; one before a request, when the switch outlasts the "
-         "other's wave")
+         "A's pace alone; per run: `unused s`). The worker switching from A to B needs ~0.7-1.2 s from A's give-way "
+         "to B's first request (hand-back, A's messages deferred, B's start, B's reservations, the limiter's 0.25 s "
+         "lead), and meanwhile A's other invocation asks alone: without its prefetch (MODEL_PREFETCH, "
+         "worker/prefetch.py) it left a turn unasked between two waves (its last answer, rows and checkpoint, then "
+         "the lead: ~0.95 s after its last turn), 0.31-0.39 s of turns in a third of the runs")
     note("A's throughput is its model requests answered per second (the provider's budget is what tenants "
          "share), paced from the intervals between arrivals (Pace); A's job is cancelled once measured: the "
          "figures need its first ~40 s, not its ~100 s")

@@ -17,7 +17,9 @@ FANOUT_POINTS = ("after_plan",)
 DELIVERY_POINTS = ("after_final_status", "after_delivery_claim")
 # The batch lane: the provider's batch is created, the job does not record it yet.
 BATCH_POINTS = ("after_batch_create",)
-ALL_POINTS = POINTS + FANOUT_POINTS + DELIVERY_POINTS + BATCH_POINTS
+# A paced invocation's prefetch (worker/prefetch.py): the next batch's first request answered, nothing counted.
+PREFETCH_POINTS = ("after_prefetch_answer",)
+ALL_POINTS = POINTS + FANOUT_POINTS + DELIVERY_POINTS + BATCH_POINTS + PREFETCH_POINTS
 _armed: str | None = None
 
 

@@ -154,6 +154,8 @@ class Settings:
     # it every quarter of that (worker/fairness.turn), so a killed worker stops counting within it.
     fair_running_ttl_seconds: float = field(default=60.0, metadata=_float("FAIR_RUNNING_TTL_SECONDS"))
     openai_timeout_seconds: float = field(default=30.0, metadata=_float("OPENAI_TIMEOUT_SECONDS"))
+    # A paced backend asks the next batch's first request while a batch's last ones are out (worker/prefetch.py).
+    model_prefetch: bool = field(default=True, metadata=_env("MODEL_PREFETCH", parse=_switch))
     line_batch_size: int = field(default=100, metadata=_int("LINE_BATCH_SIZE"))
     # A batch may take up to this many times line_batch_size lines when they need no more model requests
     # than one wave (worker/loop.next_batch); 1 makes every batch exactly line_batch_size lines (at least 1).

@@ -112,6 +112,11 @@ class SharedLimiter:
     # The learned limits as last read (for `share`); not copied by dataclasses.replace.
     _last_learned: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
 
+    @property
+    def paced(self) -> bool:
+        """Requests are spaced: a limit configured, or learned as last read (a provider advertising none is not)."""
+        return bool(self.rpm or self.tpm or (self._last_learned and any(self._last_learned)))
+
     def share(self, fraction: float, key: str) -> SharedLimiter:
         """A bucket of its own (at `key`) for `fraction` of this limiter's limits, configured or as last learned:
         a tenant's share of the fleet's turns (fair/budget.TenantGate). It only keeps accounts: its turns are not

@@ -173,7 +173,7 @@ def _remember(answers: list[Answer], items: list[Item], categories: list[str], m
 def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
                backend: ModelBackend | None, memo: dict[str, Answer] | None = None,
                job_id: str | None = None, background: Background | None = None,
-               claim_owner: str | None = None, *, tenant: str) -> dict[str, Answer]:
+               claim_owner: str | None = None, *, tenant: str, others: bool = True) -> dict[str, Answer]:
     """Answers by line id. `backend` None means the offline rules categorizer.
 
     `tenant` (the job's tenant key) scopes every cache read and write and the seen-vendor notes: an answer
@@ -183,7 +183,8 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
     later batch (even one answered with too little confidence to cache) is not asked again; `job_id` does the
     same across the invocations and chunks of one job, through the cache (cache.lookup). With `background`,
     the writes no answer waits for are left to it. With `claim_owner` (a chunk's lease), the job's chunks
-    ask the model about each vendor once between them (claims.py).
+    ask the model about each vendor once between them (claims.py); `others` False leaves out the lines of the
+    vendors another chunk holds instead of waiting for their answers (worker/prefetch.py: nothing waits on it).
     """
     memo = {} if memo is None else memo
     groups: dict[str, list[LineLike]] = {}
@@ -214,9 +215,9 @@ def categorize(lines: list[LineLike], categories: list[str], settings: Settings,
         known.update(ask(misses))
     else:
         known.update(_single_flight(ask, misses, categories, settings, backend, job_id, claim_owner, background,
-                                    tenant))
+                                    tenant, others))
     memo.update({v: a for v, a in known.items() if not a.needs_review})
-    return {line.line_id: known[vendor] for vendor, members in groups.items() for line in members}
+    return {line.line_id: known[vendor] for vendor, members in groups.items() if vendor in known for line in members}
 
 
 def _give_back(job_id: str, categories: list[str], vendors: list[str]) -> None:
@@ -229,8 +230,9 @@ def _give_back(job_id: str, categories: list[str], vendors: list[str]) -> None:
 
 def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[str], categories: list[str],
                    settings: Settings, backend: ModelBackend, job_id: str, owner: str,
-                   background: Background | None, tenant: str) -> dict[str, Answer]:
-    """Ask about the vendors this chunk claims; wait for the answers other chunks of the job are getting."""
+                   background: Background | None, tenant: str, others: bool = True) -> dict[str, Answer]:
+    """Ask about the vendors this chunk claims; wait for the answers other chunks of the job are getting (unless
+    not `others`)."""
     hold = settings.limiter_wait_max_seconds + settings.openai_timeout_seconds + 5.0
 
     def ask_claimed(vendors: list[str]) -> dict[str, Answer]:
@@ -253,7 +255,7 @@ def _single_flight(ask: Callable[[list[str]], dict[str, Answer]], misses: list[s
 
     mine, theirs = claims.take(job_id, categories, misses, owner, hold)
     known = ask_claimed(mine) if mine else {}
-    if theirs:
+    if theirs and others:
         known.update(claims.wait_for(job_id, categories, theirs, backend.model, owner, hold, ask_claimed,
                                      backend.loop.deadline, tenant=tenant))
     return known

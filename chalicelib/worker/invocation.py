@@ -52,6 +52,7 @@ class Invocation:
     memo: dict[str, Answer] = field(default_factory=dict)  # this invocation's answers by normalized vendor
     background: pipeline.Background = field(default_factory=pipeline.Background)
     ahead: ReadAhead = field(default_factory=ReadAhead)  # lines read past the cursor, not yet worked
+    prefetch: Any = None  # the next batch's first request, asked beside this batch's (worker/prefetch.py)
     # Every line result this invocation wrote, when it started the job from its first line (completion.py).
     written: dict[str, LineResult] | None = None
 

@@ -4,9 +4,11 @@ done (then the scope completes), the invocation's time is up (it requeues), or t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections import ChainMap
 from typing import Any, Protocol
 
 from chalicelib import faults, observability
@@ -20,7 +22,7 @@ from chalicelib.jobs.states import JobStatus, event_item
 from chalicelib.jobs.types import Step
 from chalicelib.messages import MAX_DELAY_SECONDS
 from chalicelib.tables import Job
-from chalicelib.worker import completion, fairness, rows
+from chalicelib.worker import completion, fairness, prefetch, rows
 from chalicelib.worker.cancel import CancelWatch, stop
 from chalicelib.worker.invocation import Invocation, progress
 
@@ -60,6 +62,22 @@ class Scope(Protocol):
 
 
 def work(run: Invocation, scope: Scope) -> None:
+    try:
+        _work(run, scope)
+    finally:
+        settle(run)
+
+
+def settle(run: Invocation) -> None:
+    """The prefetch in flight (worker/prefetch.py) asks nothing more, and what it asked is answered: before the
+    invocation's usage is counted for the last time, and before the invocation returns."""
+    if run.prefetch is not None:
+        run.prefetch.stop()
+        run.prefetch.join()
+        run.prefetch = None
+
+
+def _work(run: Invocation, scope: Scope) -> None:
     job = run.job  # as the claim has just read it; later rounds read it again at the end of each batch
     while True:
         status = JobStatus(job.status)
@@ -69,11 +87,13 @@ def work(run: Invocation, scope: Scope) -> None:
             return None
         # At least one batch per invocation, so a short budget still makes progress.
         if run.done and time.monotonic() > run.deadline:
+            settle(run)
             scope.requeue(0, "continuation", progress(run, {}))
             return None
         # Fair shares: a tenant holding more workers than its share while another waits gives this one back,
         # at this checkpoint (worker/fairness.py); its message goes to the back of the queue.
         if run.done and fairness.must_yield(run.settings, job.tenant or job.owner_id, run.started):
+            settle(run)
             scope.requeue(0, "fair_share", progress(run, {}))
             return None
         lines = next_batch(run, scope)
@@ -134,10 +154,16 @@ def next_batch(run: Invocation, scope: Scope) -> list:
     run.ahead.sync(scope.cursor())
     run.ahead.fill(scope.next_lines, low=limit, capacity=limit * settings.line_read_ahead)
     wave = settings.model_batch_size * max(1, settings.model_concurrency)
-    return run.ahead.take(_batch_length(run.ahead.lines, limit, wave, run.memo))
+    return run.ahead.take(_batch_length(run.ahead.lines, limit, wave, _known(run)))
 
 
-def _batch_length(lines: list, limit: int, wave: int, answered: dict[str, Any]) -> int:
+def _known(run: Invocation) -> Any:
+    """The vendors this invocation has answered or is asking about in its prefetch (by normalized vendor)."""
+    asked = run.prefetch.vendors if run.prefetch is not None else ()
+    return ChainMap(run.memo, dict.fromkeys(asked)) if asked else run.memo
+
+
+def _batch_length(lines: list, limit: int, wave: int, answered: Any) -> int:
     """How many of `lines` make the batch: at least `limit`, then on until a vendor past `wave` new ones."""
     new: set[str] = set()
     take = 0
@@ -158,14 +184,66 @@ def _by(wait: QuotaBusy) -> str:
     return "fair share" if isinstance(wait, GiveWay) else "shared limiter"
 
 
+def _asks(run: Invocation, scope: Scope, lines: list, backend: Any) -> dict[str, Answer]:
+    if not lines:
+        return {}
+    return pipeline.categorize(lines, list(run.job.categories), run.settings, backend, run.memo,
+                               run.job.job_id, run.background, claim_owner=scope.claim_owner,
+                               # A job from before tenants: its owner key, a bare sub, is its tenant key.
+                               tenant=run.job.tenant or run.job.owner_id)
+
+
+def _prefetches(run: Invocation) -> bool:
+    backend = run.backend
+    return (backend is not None and run.settings.model_prefetch and backend.lane == "standard"
+            and prefetch.paced(backend.limiter))
+
+
+def _categorize(run: Invocation, scope: Scope, lines: list, pending: prefetch.Prefetch | None) -> dict[str, Answer]:
+    """Answers for `lines`: the vendors that `pending` (the previous batch's prefetch) is not asking about first,
+    with the next batch's prefetch taking its turn after them, then `pending`'s answers (and what it could not
+    get, asked now)."""
+    asked = pending.vendors if pending is not None else frozenset()
+    later = [line for line in lines if normalize_vendor(line.vendor) in asked]
+    own = [line for line in lines if normalize_vendor(line.vendor) not in asked] if later else lines
+    backend, seating = run.backend, None
+    if _prefetches(run):
+        assert backend is not None
+        ahead = prefetch.pick(run.ahead.lines, ChainMap(run.memo, dict.fromkeys(asked)), lines,
+                              run.settings.model_batch_size)
+        if ahead:
+            seating = prefetch.Seating(backend.limiter)
+            backend = dataclasses.replace(backend, limiter=seating)
+            run.prefetch = prefetch.Prefetch(run, scope, ahead, seating)
+    try:
+        answers = _asks(run, scope, own, backend)
+    except BaseException:
+        for unasked in (run.prefetch, pending):  # this batch goes no further: neither do the prefetches
+            if unasked is not None:
+                unasked.stop()
+        if pending is not None:
+            pending.join()  # its request is paid for: counted with the hand-back
+        raise
+    finally:
+        if seating is not None:
+            seating.done()  # every request of the batch has had its turn (or there was none to have)
+    if pending is not None:
+        got = pending.join()
+        run.memo.update({vendor: a for vendor, a in got.items() if not a.needs_review})
+        answers.update({line.line_id: got[normalize_vendor(line.vendor)] for line in later
+                        if normalize_vendor(line.vendor) in got})
+        later = [line for line in later if normalize_vendor(line.vendor) not in got]
+    answers.update(_asks(run, scope, later, run.backend))
+    return answers
+
+
 def categorize(run: Invocation, scope: Scope, lines: list) -> dict[str, Answer] | None:
     """Answers for `lines`, or None when the job was re-enqueued or failed meanwhile."""
+    pending, run.prefetch = run.prefetch, None
     try:
-        return pipeline.categorize(lines, list(run.job.categories), run.settings, run.backend, run.memo,
-                                   run.job.job_id, run.background, claim_owner=scope.claim_owner,
-                                   # A job from before tenants: its owner key, a bare sub, is its tenant key.
-                                   tenant=run.job.tenant or run.job.owner_id)
+        return _categorize(run, scope, lines, pending)
     except LongWait as wait:
+        settle(run)  # the next batch's prefetch: its usage is counted with the hand-back
         delay = min(MAX_DELAY_SECONDS, max(1, math.ceil(wait.seconds)))
         limited = run.loop.stats.rate_limited - run.counted.rate_limited
         spent = progress(run, {}, waits_until=time.time() + wait.seconds)

@@ -108,3 +108,32 @@ def test_a_worker_killed_mid_categorize_is_resumed_in_its_step_and_collect_is_no
     assert [m for m in moves if m[0] == "categorize"] == [
         ("categorize", "Pending", "Running", 1), ("categorize", "Running", "Running", 2),
         ("categorize", "Running", "Completed", 2)]
+
+
+@pytest.mark.sim(latency=0.3)
+def test_a_worker_killed_once_its_prefetch_is_answered_loses_no_line_and_pays_the_prefetch_once(
+        client, token_for, aws_endpoint, sim):
+    """A real SIGKILL (exit 137, no `finally`) of a paced worker just after its prefetch (the next batch's first
+    request, worker/prefetch.py) was answered: nothing of it was counted, so the job resumes from its checkpoint
+    and the report holds every line once; the prefetch's answers reached the vendor cache before the kill, so no
+    vendor is asked twice except those of the batch the kill cut short."""
+    api = Api(client, token_for())
+    lines = expense_lines(60, vendors(60))  # every line its own vendor: every batch asks the model
+    job_id = api.start(lines)
+    clear_strays(job_id)
+    paced = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": sim.url, "OPENAI_RPM": "600", "MODEL_BATCH_SIZE": "5",
+             "MODEL_CONCURRENCY": "1", "LINE_BATCH_SIZE": "5", "LINE_READ_AHEAD": "4"}
+    assert run_worker_until_killed(aws_endpoint, "after_prefetch_answer", **paced) == 137
+    killed = api.job(job_id)
+    assert killed["status"] == "Processing" and killed["processedLines"] < len(lines)
+
+    reap_until_requeued(api, job_id)
+    settings = dataclasses.replace(get_settings(), openai_api_key="sk-test", openai_base_url=sim.url,
+                                   openai_rpm=600, model_batch_size=5, model_concurrency=1, line_batch_size=5,
+                                   line_read_ahead=4)
+    drain({job_id}, settings)
+    assert_every_line_once(api, job_id, lines)
+    asked = sim.stats()["requests_by_vendor"]
+    assert len(asked) == 60
+    # At most the killed batch's own request (5 vendors, its answers held for the next batch's start) again.
+    assert sum(n - 1 for n in asked.values()) <= 5
