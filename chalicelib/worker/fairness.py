@@ -55,6 +55,7 @@ def give_way_between_requests(run: Any) -> None:
     # one per waiting tenant, so its other threads would find it taken (by us) and ask on, keeping the worker
     # from the waiting tenant for the rest of their wave (about 2 s of a 4-request wave at a 1-a-second share).
     yielding = threading.Event()
+    gate.yielding = yielding  # seen at the checkpoint too (`yielding`): the claim may be a prefetch's
 
     def give_way(snap: Snapshot) -> bool:
         if yielding.is_set():
@@ -66,6 +67,15 @@ def give_way_between_requests(run: Any) -> None:
         return yielding.is_set()
 
     gate.give_way = give_way
+
+
+def yielding(run: Any) -> bool:
+    """This invocation has claimed a waiting tenant's rescue before a model request (its gate's `give_way`), so it
+    gives its worker up: at its next checkpoint if no request of its own has yet. A request of the next batch's
+    prefetch (worker/prefetch.py) can make the claim; its GiveWay ends only the prefetch, and `must_yield` would
+    find the rescue claimed (by this invocation) and say no."""
+    flag = getattr(getattr(run.backend, "limiter", None), "yielding", None)
+    return isinstance(flag, threading.Event) and flag.is_set()
 
 
 def top_up(run: Any) -> None:

@@ -66,6 +66,23 @@ def work(run: Invocation, scope: Scope) -> None:
         _work(run, scope)
     finally:
         settle(run)
+        _count_rest(run)
+
+
+def _count_rest(run: Invocation) -> None:
+    """Usage no checkpoint counted: a prefetch answered after the last one (the loop left on a cancel, a lost
+    lease, a failure). Paid for, so it goes to the job; best effort on the way out."""
+    if run.backend is None:
+        return
+    used = run.backend.meter.total()
+    rest = used - run.counted.usage
+    if not rest.requests:
+        return
+    try:
+        runner.count_retries(run.job.job_id, 0, rest)
+        run.counted = dataclasses.replace(run.counted, usage=used)
+    except Exception:
+        log.warning("could not count a prefetch's usage", extra={"jobId": run.job.job_id}, exc_info=True)
 
 
 def settle(run: Invocation) -> None:
@@ -92,7 +109,8 @@ def _work(run: Invocation, scope: Scope) -> None:
             return None
         # Fair shares: a tenant holding more workers than its share while another waits gives this one back,
         # at this checkpoint (worker/fairness.py); its message goes to the back of the queue.
-        if run.done and fairness.must_yield(run.settings, job.tenant or job.owner_id, run.started):
+        if run.done and (fairness.yielding(run)
+                         or fairness.must_yield(run.settings, job.tenant or job.owner_id, run.started)):
             settle(run)
             scope.requeue(0, "fair_share", progress(run, {}))
             return None
@@ -207,7 +225,8 @@ def _categorize(run: Invocation, scope: Scope, lines: list, pending: prefetch.Pr
     later = [line for line in lines if normalize_vendor(line.vendor) in asked]
     own = [line for line in lines if normalize_vendor(line.vendor) not in asked] if later else lines
     backend, seating = run.backend, None
-    if _prefetches(run):
+    # Not when the invocation would stop before the next batch: the prefetch would only delay its way out.
+    if _prefetches(run) and time.monotonic() + run.settings.openai_timeout_seconds < run.deadline:
         assert backend is not None
         ahead = prefetch.pick(run.ahead.lines, ChainMap(run.memo, dict.fromkeys(asked)), lines,
                               run.settings.model_batch_size)

@@ -50,6 +50,7 @@ class Seating:
     def __init__(self, limiter: Any) -> None:
         self.limiter = limiter
         self.seated = threading.Event()
+        self.failed = False  # a request of the batch found no turn (or gave way): the batch is going back
         self._waiting = 0
         self._lock = threading.Lock()
 
@@ -58,6 +59,9 @@ class Seating:
             self._waiting += 1
         try:
             return self.limiter.acquire(*args, **kwargs)
+        except BaseException:
+            self.failed = True
+            raise
         finally:
             with self._lock:
                 self._waiting -= 1
@@ -108,7 +112,7 @@ class Prefetch:
     def _ask(self, lines: list, categories: list[str], settings: Any, backend: Any, job_id: str,
              claim_owner: str | None, tenant: str) -> None:
         self._seating.seated.wait(SEATING_WAIT_SECONDS)
-        if self._stop.is_set():
+        if self._stop.is_set() or self._seating.failed:
             return
         memo: dict[str, Answer] = {}  # its own: run.memo is the loop's (merged at `join`)
         try:

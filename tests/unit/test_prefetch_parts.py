@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from chalicelib.categorize.limiter import SharedLimiter
+from chalicelib.categorize.types import Answer
 from chalicelib.fair.budget import TenantGate
 from chalicelib.fair.shares import Rules
-from chalicelib.worker import prefetch
+from chalicelib.worker import loop, prefetch
 
 
 @dataclass
@@ -70,3 +72,39 @@ def test_only_a_limiter_that_spaces_requests_is_paced():
     assert prefetch.paced(SharedLimiter(None, 10_000))
     assert not prefetch.paced(SharedLimiter(None, None, learn=True))  # nothing learned yet
     assert not prefetch.paced(None)
+
+
+class Pending:
+    """The previous batch's prefetch, done: it asked about `vendors` and got answers for `got`."""
+
+    def __init__(self, vendors: set[str], got: dict[str, Answer]) -> None:
+        self.vendors, self._got = frozenset(vendors), got
+
+    def join(self) -> dict[str, Answer]:
+        return self._got
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_batch_takes_what_its_prefetch_got_and_asks_itself_for_the_rest_after_its_own(monkeypatch):
+    asked: list[list[str]] = []
+
+    def asks(run, scope, lines, backend):
+        asked.append([line.line_id for line in lines])
+        return {line.line_id: Answer("v", "Travel", 0.9, "model", False) for line in lines}
+
+    monkeypatch.setattr(loop, "_asks", asks)
+    monkeypatch.setattr(loop, "_prefetches", lambda run: False)
+    meals = Answer("v0", "Meals", 0.9, "model", False)
+    unsure = Answer("v1", None, 0.0, "model", True)
+    run = SimpleNamespace(memo={}, prefetch=None, backend=None)
+    lines = [Line("1", "Acme"), Line("2", "Globex"), Line("3", "Initech"), Line("4", "ACME"), Line("5", "Hooli")]
+    # The prefetch asked about Acme, Globex and Hooli; it got Acme and a flagged Hooli, not Globex (another
+    # chunk held it, or the prefetch gave up).
+    pending = Pending({"acme", "globex", "hooli"}, {"acme": meals, "hooli": unsure})
+    answers = loop._categorize(run, None, lines, pending)
+    assert asked == [["3"], ["2"]]  # its own vendor first, then what the prefetch did not get
+    assert set(answers) == {"1", "2", "3", "4", "5"}  # every line answered, once
+    assert answers["1"] is answers["4"] is meals and answers["5"] is unsure and answers["2"].category == "Travel"
+    assert run.memo == {"acme": meals}  # a flagged answer is not remembered (as the batch's own are not)
