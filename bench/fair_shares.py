@@ -159,10 +159,12 @@ def _wait(api: InProcessApi, headers: dict[str, str], job_id: str, until: Any, t
 
 
 GAVE_WAY: list[float] = []  # per loaded run: seconds from B's generate to A's first give-way before a request
-PHASES: list[tuple[str, float, float]] = []  # (run, created -> started, started -> completed) of each B job
+# (run, created -> started, started -> completed, its requests' arrivals after its generate) of each B job
+PHASES: list[tuple[str, float, float, list[float]]] = []
 
 
-def _timed(api: InProcessApi, headers: dict[str, str], report_id: str, label: str = "") -> float:
+def _timed(api: InProcessApi, headers: dict[str, str], report_id: str, label: str = "",
+           arrivals: Arrivals | None = None, who: str = "B") -> float:
     started = time.monotonic()
     job = api.generate(headers, report_id, "2026-01")
     done = _wait(api, headers, job["jobId"], lambda j: j["status"] in TERMINAL_STATES)
@@ -170,8 +172,9 @@ def _timed(api: InProcessApi, headers: dict[str, str], report_id: str, label: st
         raise RuntimeError(f"B's job ended {done['status']}: {done.get('errorMessage')}")
     seconds = time.monotonic() - started
     created, begun, completed = (clock.parse(done[k]) for k in ("createdAt", "startedAt", "completedAt"))
+    asked = [t - started for t in arrivals.times((who,), started, started + seconds)] if arrivals else []
     if label and created and begun and completed:
-        PHASES.append((label, (begun - created).total_seconds(), (completed - begun).total_seconds()))
+        PHASES.append((label, (begun - created).total_seconds(), (completed - begun).total_seconds(), asked))
     return seconds
 
 
@@ -228,7 +231,7 @@ def _loaded(api: InProcessApi, arrivals: Arrivals) -> Loaded:
     since = (clock.now() - clock.parse(started["startedAt"])).total_seconds()
     time.sleep(max(0.0, B_AFTER - since))  # the scenario's offset, not a synchronization
     b_start = time.monotonic()
-    b_seconds = _timed(api, b_headers, b_report, f"loaded {len(PHASES) - RUNS + 1}")
+    b_seconds = _timed(api, b_headers, b_report, f"loaded {len(PHASES) - RUNS + 1}", arrivals)
     b_end = b_start + b_seconds
     time.sleep(SOLO_WINDOW)
     solo_end = time.monotonic()
@@ -264,7 +267,7 @@ def run(bench: Run) -> None:
             for i in range(RUNS):
                 _fresh()
                 headers, report = _tenant(api, "idle", B_LINES, arrivals)
-                idle.append(_timed(api, headers, report, f"idle {i + 1}"))
+                idle.append(_timed(api, headers, report, f"idle {i + 1}", arrivals, "idle"))
             print(f"  B idle: {', '.join(f'{s:.2f}' for s in idle)} s", flush=True)
             loaded = []
             for i in range(RUNS):
@@ -300,8 +303,9 @@ def _report(idle: list[float], loaded: list[Loaded]) -> None:
                  "B's share", "unused s", "A gave way at"], rows))
     note(f"B idle (no other tenant, workers warm): {', '.join(f'{s:.2f}' for s in idle)} s; median {base:.2f} s "
          "is the floor")
-    note("B's phases (job timestamps, queue wait + work): "
-         + "; ".join(f"{label} {wait:.2f} + {work:.2f} s" for label, wait, work in PHASES))
+    note("B's phases (job timestamps, queue wait + work; then its requests' arrivals after its generate): "
+         + "; ".join(f"{label} {wait:.2f} + {work:.2f} s ({', '.join(f'{t:.2f}' for t in asked)})"
+                     for label, wait, work, asked in PHASES))
     note("A gave way at: where A's first invocation to give way did, after B's generate: before a model request "
          "(an event `rate_limited`, by `fair share`, that many seconds after) or at a checkpoint")
     worst = max(r.b_seconds for r in loaded)

@@ -111,6 +111,8 @@ class SharedLimiter:
     idle_credit: float = 0.0  # requests the level banks beyond one, once untouched SHARE_IDLE_SECONDS (`share`)
     # The learned limits as last read (for `share`); not copied by dataclasses.replace.
     _last_learned: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
+    # This instance's last reservation spent a turn banked beyond one (`idle_credit`: a tenant back from idle).
+    credited: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def paced(self) -> bool:
@@ -189,6 +191,7 @@ class SharedLimiter:
             if not limits.rpm and not limits.tpm:
                 return held if held > now else None
             req, tok, at = self._levels(item, limits, now + self.lead, tokens)
+            self.credited = bool(self.idle_credit and limits.rpm and req > 1.0 + 1e-6)
             req -= 1 if limits.rpm else 0
             tok -= tokens if limits.tpm else 0
             wait = max(0.0 if not limits.rpm else -req / (limits.rpm / 60.0),

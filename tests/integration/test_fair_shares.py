@@ -162,8 +162,9 @@ def _turns(gates: dict[str, TenantGate], threads: dict[str, int], seconds: float
     return got
 
 
-def _gates(weights: dict[str, float], running: Callable[[], Snapshot]) -> dict[str, TenantGate]:
-    shared = SharedLimiter(rpm=300, tpm=None, wait_max=None, key=f"limiter#test-{uuid.uuid4().hex}")
+def _gates(weights: dict[str, float], running: Callable[[], Snapshot], rpm: float = 300
+           ) -> dict[str, TenantGate]:
+    shared = SharedLimiter(rpm=rpm, tpm=None, wait_max=None, key=f"limiter#test-{uuid.uuid4().hex}")
     rules = Rules(Weights(weights))
     return {t: TenantGate(shared, t, rules, snapshot=running) for t in ("a", "b")}
 
@@ -186,6 +187,43 @@ def test_an_idle_tenants_share_is_lent_to_the_tenant_that_asks():
     both = Snapshot(running={"a": 1, "b": 1})
     got = _turns(_gates({}, lambda: both), {"a": 4}, seconds=3.0)
     assert got["a"] >= 14, got  # the whole bucket (5 a second, a burst of 5 at first: 20), not half of it (10)
+
+
+def test_a_tenant_back_from_idle_has_its_first_wave_take_the_fleets_next_turns():
+    """A asks without pause from 4 threads (long enough for its own first burst to be over); then B, idle until
+    now, asks 3 requests at once, as a small job's first wave does. At equal shares the tenants would take turns
+    (B's third request behind two of A's); B's banked turn makes its wave queue ahead of A's requests within A's
+    share for a moment (fair/budget.BURST_SECONDS), so at most one of A's turns falls among B's."""
+    both = Snapshot(running={"a": 1, "b": 1})
+    gates = _gates({}, lambda: both, rpm=120)
+    turns: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def ask(tenant: str, once: bool = False) -> None:
+        while not stop.is_set():
+            gates[tenant].acquire(100)
+            with lock:
+                turns.append((time.monotonic(), tenant))
+            if once:
+                return
+
+    a_threads = [threading.Thread(target=ask, args=("a",)) for _ in range(4)]
+    for t in a_threads:
+        t.start()
+    wait_for(lambda: sum(who == "a" for _, who in turns) >= 6, 30, what="A's turns past its first burst")
+    b_threads = [threading.Thread(target=ask, args=("b", True)) for _ in range(3)]
+    for t in b_threads:
+        t.start()
+    for t in b_threads:
+        t.join(30)
+    stop.set()
+    for t in a_threads:
+        t.join(30)
+    order = [who for _, who in sorted(turns)]
+    first, last = order.index("b"), len(order) - 1 - order[::-1].index("b")
+    assert order.count("b") == 3
+    assert order[first:last + 1].count("a") <= 1, order
 
 
 def test_of_a_tenants_invocations_racing_to_free_a_worker_for_a_waiting_tenant_exactly_one_does():

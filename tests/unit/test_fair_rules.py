@@ -103,6 +103,7 @@ def _queue_limiter(ahead: list[float], own: list[float] | None = None):
         wait_max: float | None = 30.0
         key: str = "limiter#unit"
         lead: float = 0.25
+        credited: bool = False  # its reservations never spend a banked turn (no burst: fair/budget.BURST_SECONDS)
         calls: list = dataclasses.field(default_factory=list)
 
         def share(self, fraction: float, key: str) -> Limiter:
